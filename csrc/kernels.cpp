@@ -1,0 +1,240 @@
+// The CPU kernels. Compiled once per instruction set with -DFASTLOSS_ISA=<namespace> (see
+// CMakeLists.txt); everything here is in that namespace or file-local, so the builds never mix.
+// Never build this file with -ffast-math: the reduction's error bound (kernels.h) relies on the
+// compiler keeping the order of every addition, and Kahan compensation would be optimised away.
+#include <algorithm>
+#include <type_traits>
+
+#include "fastloss/elementwise.h"
+#include "kernels.h"
+
+#ifndef FASTLOSS_ISA
+#error "compile with -DFASTLOSS_ISA=<namespace>"
+#endif
+
+namespace fastloss {
+namespace FASTLOSS_ISA {
+namespace {
+
+namespace ew = fastloss::elementwise;
+
+constexpr int kLanes = 8;     // independent accumulators: wide enough for AVX2 (2 x 4 doubles)
+constexpr int kTileSize = 256;  // per-element terms are staged in an L1 tile, then accumulated
+
+// kLanes round-robin double accumulators; with kCompensated, each lane is a Kahan sum.
+template <bool kCompensated>
+struct LaneSums {
+  double sum[kLanes] = {};
+  double compensation[kLanes] = {};
+
+  void add(int k, double term) {
+    if (kCompensated) {
+      const double y = term - compensation[k];
+      const double t = sum[k] + y;
+      compensation[k] = (t - sum[k]) - y;
+      sum[k] = t;
+    } else {
+      sum[k] += term;
+    }
+  }
+
+  void add_tile(const double* tile, int count) {
+    int j = 0;
+    for (; j + kLanes <= count; j += kLanes) {
+      for (int k = 0; k < kLanes; ++k) add(k, tile[j + k]);
+    }
+    for (int k = 0; j < count; ++j, ++k) add(k, tile[j]);
+  }
+
+  double total() const {
+    double lane[kLanes];
+    for (int k = 0; k < kLanes; ++k) lane[k] = sum[k] - compensation[k];
+    return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+  }
+};
+
+// Sums values[0..count) in a fixed pairwise tree, in place. The shape depends on count only.
+double pairwise_sum(double* values, std::int64_t count) {
+  if (count == 0) return 0.0;
+  for (std::int64_t width = 1; width < count; width *= 2) {
+    for (std::int64_t i = 0; i + width < count; i += 2 * width) values[i] += values[i + width];
+  }
+  return values[0];
+}
+
+// Calls chunk(begin, end) for every chunk of [0, n): serially below kParallelThreshold, else
+// split statically over the OpenMP threads. Returns the OR of what the calls return.
+template <class ChunkFn>
+int for_each_chunk(std::int64_t n, ChunkFn chunk) {
+  const std::int64_t chunks = num_chunks(n);
+  int flags = 0;
+  if (n < kParallelThreshold) {
+    for (std::int64_t c = 0; c < chunks; ++c) {
+      flags |= chunk(c, c * kChunkSize, std::min(n, (c + 1) * kChunkSize));
+    }
+  } else {
+#pragma omp parallel for schedule(static) reduction(| : flags)
+    for (std::int64_t c = 0; c < chunks; ++c) {
+      flags |= chunk(c, c * kChunkSize, std::min(n, (c + 1) * kChunkSize));
+    }
+  }
+  return flags;
+}
+
+template <class T, class Op, PassOutputs kOutputs, bool kWeighted>
+struct LossPassKernel {
+  static constexpr bool kSum = kOutputs == PassOutputs::Sum || kOutputs == PassOutputs::SumAndGrad;
+  static constexpr bool kElementwise =
+      kOutputs == PassOutputs::Elementwise || kOutputs == PassOutputs::ElementwiseAndGrad;
+  static constexpr bool kLoss = kSum || kElementwise;
+  static constexpr bool kGrad = kOutputs == PassOutputs::SumAndGrad ||
+                                kOutputs == PassOutputs::ElementwiseAndGrad ||
+                                kOutputs == PassOutputs::Grad;
+
+  const LossPass<T>& p;
+
+  // One contiguous run of elements (weights contiguous over it too). The loop body is
+  // branch-free so the compiler vectorises it; returns nonzero if an input was out of range.
+  int map(std::int64_t begin, int count, const T* w, const T* pw, double* tile) const {
+    const T* x = p.input + begin;
+    const T* y = p.target + begin;
+    const double scale = p.grad_scale;
+    int out_of_range = 0;
+    for (int j = 0; j < count; ++j) {
+      const T xj = x[j];
+      const T yj = y[j];
+      const double wj = kWeighted ? static_cast<double>(w[j]) : 1.0;
+      const T pwj = kWeighted ? pw[j] : T(1);
+      double loss = 0.0;
+      double grad = 0.0;
+      if constexpr (kLoss && kGrad) {
+        const ew::LossAndGrad both = Op::loss_and_grad(xj, yj, pwj);
+        loss = both.loss;
+        grad = both.grad;
+      } else if constexpr (kLoss) {
+        loss = Op::loss(xj, yj, pwj);
+      } else {
+        grad = Op::grad(xj, yj, pwj);
+      }
+      if constexpr (kLoss) {
+        if (kWeighted) loss *= wj;
+        if constexpr (kSum) {
+          tile[j] = loss;
+        } else {
+          p.loss_out[begin + j] = static_cast<T>(loss);
+        }
+      }
+      if constexpr (kGrad) p.grad_out[begin + j] = static_cast<T>(grad * (kWeighted ? wj * scale : scale));
+      if constexpr (Op::kInputIsProbability) out_of_range |= ew::outside_unit_interval(xj);
+    }
+    return out_of_range;
+  }
+
+  // Processes [begin, end); stores the chunk's sum when reducing.
+  int chunk(std::int64_t index, std::int64_t begin, std::int64_t end) const {
+    LaneSums<std::is_same<T, double>::value> lanes;
+    alignas(64) double tile[kTileSize];
+    int out_of_range = 0;
+    std::int64_t i = begin;
+    while (i < end) {
+      // A segment ends where the input range or a weight's period does.
+      std::int64_t segment_end = end;
+      const T* w = nullptr;
+      const T* pw = nullptr;
+      if constexpr (kWeighted) {
+        const std::int64_t w_offset = i % p.weight_period;
+        const std::int64_t pw_offset = i % p.pos_weight_period;
+        segment_end = std::min({end, i + (p.weight_period - w_offset), i + (p.pos_weight_period - pw_offset)});
+        w = p.weight + w_offset;
+        pw = p.pos_weight + pw_offset;
+      }
+      while (i < segment_end) {
+        const int count = static_cast<int>(std::min<std::int64_t>(kTileSize, segment_end - i));
+        out_of_range |= map(i, count, w, pw, tile);
+        if constexpr (kSum) lanes.add_tile(tile, count);
+        i += count;
+        if constexpr (kWeighted) {
+          w += count;
+          pw += count;
+        }
+      }
+    }
+    if constexpr (kSum) p.chunk_sums[index] = lanes.total();
+    return out_of_range;
+  }
+
+  LossPassResult run() const {
+    const int out_of_range = for_each_chunk(
+        p.n, [this](std::int64_t index, std::int64_t begin, std::int64_t end) { return chunk(index, begin, end); });
+    const double sum = kSum ? pairwise_sum(p.chunk_sums, num_chunks(p.n)) : 0.0;
+    return LossPassResult{sum, out_of_range != 0};
+  }
+};
+
+template <class T, class Op, PassOutputs kOutputs>
+LossPassResult run_weighted_or_not(const LossPass<T>& p) {
+  if (p.weight != nullptr) return LossPassKernel<T, Op, kOutputs, true>{p}.run();
+  return LossPassKernel<T, Op, kOutputs, false>{p}.run();
+}
+
+template <class T, class Op>
+LossPassResult run_op(PassOutputs outputs, const LossPass<T>& p) {
+  switch (outputs) {
+    case PassOutputs::Sum: return run_weighted_or_not<T, Op, PassOutputs::Sum>(p);
+    case PassOutputs::SumAndGrad: return run_weighted_or_not<T, Op, PassOutputs::SumAndGrad>(p);
+    case PassOutputs::Elementwise: return run_weighted_or_not<T, Op, PassOutputs::Elementwise>(p);
+    case PassOutputs::ElementwiseAndGrad:
+      return run_weighted_or_not<T, Op, PassOutputs::ElementwiseAndGrad>(p);
+    case PassOutputs::Grad: return run_weighted_or_not<T, Op, PassOutputs::Grad>(p);
+  }
+  return LossPassResult{0.0, false};
+}
+
+template <class T>
+LossPassResult run_loss_pass_impl(LossOp op, PassOutputs outputs, const LossPass<T>& p) {
+  switch (op) {
+    case LossOp::SquaredError: return run_op<T, ew::SquaredError>(outputs, p);
+    case LossOp::BinaryCrossEntropy: return run_op<T, ew::BinaryCrossEntropy>(outputs, p);
+    case LossOp::BinaryCrossEntropyWithLogits:
+      return run_op<T, ew::BinaryCrossEntropyWithLogits>(outputs, p);
+  }
+  return LossPassResult{0.0, false};
+}
+
+template <class T>
+void sigmoid_impl(std::int64_t n, const T* x, T* out) {
+  for_each_chunk(n, [=](std::int64_t, std::int64_t begin, std::int64_t end) {
+    for (std::int64_t i = begin; i < end; ++i) out[i] = static_cast<T>(ew::sigmoid(x[i]));
+    return 0;
+  });
+}
+
+template <class T>
+void sigmoid_backward_impl(std::int64_t n, const T* grad_output, const T* output, T* out) {
+  for_each_chunk(n, [=](std::int64_t, std::int64_t begin, std::int64_t end) {
+    for (std::int64_t i = begin; i < end; ++i) {
+      out[i] = static_cast<T>(ew::sigmoid_backward(grad_output[i], output[i]));
+    }
+    return 0;
+  });
+}
+
+}  // namespace
+
+LossPassResult run_loss_pass(LossOp op, PassOutputs outputs, const LossPass<float>& p) {
+  return run_loss_pass_impl(op, outputs, p);
+}
+LossPassResult run_loss_pass(LossOp op, PassOutputs outputs, const LossPass<double>& p) {
+  return run_loss_pass_impl(op, outputs, p);
+}
+void sigmoid(std::int64_t n, const float* x, float* out) { sigmoid_impl(n, x, out); }
+void sigmoid(std::int64_t n, const double* x, double* out) { sigmoid_impl(n, x, out); }
+void sigmoid_backward(std::int64_t n, const float* g, const float* y, float* out) {
+  sigmoid_backward_impl(n, g, y, out);
+}
+void sigmoid_backward(std::int64_t n, const double* g, const double* y, double* out) {
+  sigmoid_backward_impl(n, g, y, out);
+}
+
+}  // namespace FASTLOSS_ISA
+}  // namespace fastloss

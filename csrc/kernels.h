@@ -1,0 +1,79 @@
+// The contract between the pybind11 module (module.cpp) and the kernels (kernels.cpp).
+//
+// kernels.cpp is compiled once per instruction set, each time into its own namespace
+// (fastloss::baseline, and fastloss::x86_64_v3 = AVX2+FMA on x86-64); module.cpp picks one at
+// import time. Raw pointers and sizes only: validation, allocation and the GIL live in module.cpp.
+#pragma once
+
+#include <cstdint>
+
+namespace fastloss {
+
+enum class LossOp : int { SquaredError = 0, BinaryCrossEntropy = 1, BinaryCrossEntropyWithLogits = 2 };
+
+// What one pass over the elements produces.
+enum class PassOutputs : int {
+  Sum,                 // the (weighted) sum of per-element losses
+  SumAndGrad,          // that sum, and the gradient written to grad_out
+  Elementwise,         // per-element losses written to loss_out
+  ElementwiseAndGrad,  // both arrays
+  Grad,                // the gradient only
+};
+
+// Deterministic reduction, the why and the bound.
+// The n elements are cut into chunks of kChunkSize, a constant: chunk boundaries depend on n
+// only, never on the thread count, and each thread sums whole chunks. Inside a chunk, 8
+// independent double accumulators take elements round-robin (float64 input adds Kahan
+// compensation); chunk sums are then combined in a fixed pairwise tree. Every term is a double
+// computed from the inputs, each accumulator sees at most 1024 of them and the tree has depth
+// log2(n / 8192), so the relative error of a sum of non-negative terms is below
+// (1024 + 40) * 2^-53 ~ 1.2e-13 before the final rounding: a float32 result is the exact value
+// correctly rounded in all but vanishingly rare cases, and the bits are the same for any
+// OMP_NUM_THREADS (and for the serial small-array path, which walks the same chunks).
+constexpr std::int64_t kChunkSize = 8192;
+// Below this many elements a call runs serially and keeps the GIL: an OpenMP region costs
+// ~0.6 us, more than the whole computation on a few thousand elements.
+constexpr std::int64_t kParallelThreshold = 1 << 15;
+
+constexpr std::int64_t num_chunks(std::int64_t n) { return (n + kChunkSize - 1) / kChunkSize; }
+
+template <class T>
+struct LossPass {
+  std::int64_t n = 0;
+  const T* input = nullptr;
+  const T* target = nullptr;
+  // Weights broadcast like a trailing block of the input: element i uses weight[i % period].
+  // Either both are null (unweighted) or both are set (an absent one is a buffer of ones).
+  const T* weight = nullptr;
+  std::int64_t weight_period = 1;
+  const T* pos_weight = nullptr;
+  std::int64_t pos_weight_period = 1;
+  T* loss_out = nullptr;       // Elementwise*
+  T* grad_out = nullptr;       // *Grad
+  double grad_scale = 1.0;     // grad_output, divided by n for reduction='mean'
+  double* chunk_sums = nullptr;  // num_chunks(n) doubles of workspace for Sum*
+};
+
+struct LossPassResult {
+  double sum;               // Sum* only
+  bool input_out_of_range;  // binary_cross_entropy: some input outside [0, 1]
+};
+
+#define FASTLOSS_DECLARE_KERNELS(isa)                                                    \
+  namespace isa {                                                                        \
+  LossPassResult run_loss_pass(LossOp op, PassOutputs outputs, const LossPass<float>& p);  \
+  LossPassResult run_loss_pass(LossOp op, PassOutputs outputs, const LossPass<double>& p); \
+  void sigmoid(std::int64_t n, const float* x, float* out);                              \
+  void sigmoid(std::int64_t n, const double* x, double* out);                            \
+  void sigmoid_backward(std::int64_t n, const float* grad_output, const float* output,   \
+                        float* out);                                                     \
+  void sigmoid_backward(std::int64_t n, const double* grad_output, const double* output, \
+                        double* out);                                                    \
+  }
+
+FASTLOSS_DECLARE_KERNELS(baseline)
+#if defined(__x86_64__)
+FASTLOSS_DECLARE_KERNELS(x86_64_v3)
+#endif
+
+}  // namespace fastloss

@@ -1,0 +1,36 @@
+"""fastloss: exact, deterministic, fused loss kernels for NumPy (C++/OpenMP).
+
+Functions mirror ``torch.nn.functional``: ``mse_loss``, ``binary_cross_entropy``,
+``binary_cross_entropy_with_logits``, each with ``*_grad`` (d loss / d input) and
+``*_and_grad`` (both in one pass), plus ``sigmoid`` and ``sigmoid_backward``.
+``fastloss.reference`` holds the NumPy float64 definitions they are tested against.
+"""
+
+from importlib.metadata import PackageNotFoundError, version as _version
+
+from .functional import (
+    binary_cross_entropy,
+    binary_cross_entropy_and_grad,
+    binary_cross_entropy_grad,
+    binary_cross_entropy_with_logits,
+    binary_cross_entropy_with_logits_and_grad,
+    binary_cross_entropy_with_logits_grad,
+    mse_loss,
+    mse_loss_and_grad,
+    mse_loss_grad,
+    sigmoid,
+    sigmoid_backward,
+)
+
+try:
+    __version__ = _version("fastloss")
+except PackageNotFoundError:  # running from a source tree without an install
+    __version__ = "0+unknown"
+
+__all__ = [
+    "mse_loss", "mse_loss_grad", "mse_loss_and_grad",
+    "binary_cross_entropy", "binary_cross_entropy_grad", "binary_cross_entropy_and_grad",
+    "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_grad",
+    "binary_cross_entropy_with_logits_and_grad",
+    "sigmoid", "sigmoid_backward",
+]
