@@ -31,7 +31,10 @@ struct LaneSums {
     if (kCompensated) {
       const double y = term - compensation[k];
       const double t = sum[k] + y;
-      compensation[k] = (t - sum[k]) - y;
+      const double lost = (t - sum[k]) - y;
+      // Once the sum is infinite, lost is inf - inf = NaN: drop it so an infinite loss stays
+      // inf (a NaN term still makes the sum NaN through t).
+      compensation[k] = lost != lost ? 0.0 : lost;
       sum[k] = t;
     } else {
       sum[k] += term;

@@ -144,8 +144,10 @@ constexpr int kContiguousAndAligned =
 // Inputs that are not C-contiguous (or not aligned) are copied: documented in every docstring.
 py::array contiguous(const py::array& a) {
   if ((a.flags() & kContiguousAndAligned) == kContiguousAndAligned) return a;
-  static py::object ascontiguousarray = py::module_::import("numpy").attr("ascontiguousarray");
-  return ascontiguousarray(a);
+  // Leaked on purpose: a static py::object would be destroyed after the interpreter is gone.
+  static const py::object* ascontiguousarray =
+      new py::object(py::module_::import("numpy").attr("ascontiguousarray"));
+  return (*ascontiguousarray)(a);
 }
 
 struct ByteRange {
@@ -220,6 +222,17 @@ Weight weight_of(py::handle obj, Dtype dtype, const char* name, std::int64_t n) 
   return w;
 }
 
+// Runs `kernel`, without the GIL when the call is large enough to go parallel: small calls
+// skip the release (and the OpenMP region) because both cost more than the work.
+template <class Kernel>
+auto run_releasing_gil_if_large(std::int64_t n, Kernel kernel) {
+  if (n >= kParallelThreshold) {
+    py::gil_scoped_release release;
+    return kernel();
+  }
+  return kernel();
+}
+
 template <class T>
 const T* ones_buffer() {
   static const std::vector<T> ones(static_cast<std::size_t>(kChunkSize), T(1));
@@ -276,13 +289,7 @@ py::object loss_pass_typed(LossOp op, Reduction reduction, bool want_loss, bool 
     p.chunk_sums = chunks > 8 ? workspace.data() : small_workspace;
   }
 
-  LossPassResult result;
-  if (n >= kParallelThreshold) {
-    py::gil_scoped_release release;
-    result = run_loss_pass(op, outputs, p);
-  } else {
-    result = run_loss_pass(op, outputs, p);
-  }
+  const LossPassResult result = run_releasing_gil_if_large(n, [&] { return run_loss_pass(op, outputs, p); });
   if (result.input_out_of_range) {
     throw py::value_error("input must hold probabilities in [0, 1] (binary_cross_entropy); "
                           "found values outside; use binary_cross_entropy_with_logits for logits");
@@ -330,19 +337,13 @@ py::array sigmoid_entry(py::handle x_obj, py::handle out_obj) {
   py::array out = output_like(out_obj, x, dtype, "input");
   require_no_partial_overlap(out, x, "input");
   const std::int64_t n = x.size();
-  auto run = [&] {
+  run_releasing_gil_if_large(n, [&] {
     if (dtype == Dtype::Float32) {
       sigmoid(n, static_cast<const float*>(x.data()), static_cast<float*>(out.mutable_data()));
     } else {
       sigmoid(n, static_cast<const double*>(x.data()), static_cast<double*>(out.mutable_data()));
     }
-  };
-  if (n >= kParallelThreshold) {
-    py::gil_scoped_release release;
-    run();
-  } else {
-    run();
-  }
+  });
   return out;
 }
 
@@ -358,7 +359,7 @@ py::array sigmoid_backward_entry(py::handle grad_obj, py::handle output_obj, py:
   require_no_partial_overlap(out, grad, "grad_output");
   require_no_partial_overlap(out, output, "output");
   const std::int64_t n = grad.size();
-  auto run = [&] {
+  run_releasing_gil_if_large(n, [&] {
     if (dtype == Dtype::Float32) {
       sigmoid_backward(n, static_cast<const float*>(grad.data()), static_cast<const float*>(output.data()),
                        static_cast<float*>(out.mutable_data()));
@@ -366,13 +367,7 @@ py::array sigmoid_backward_entry(py::handle grad_obj, py::handle output_obj, py:
       sigmoid_backward(n, static_cast<const double*>(grad.data()), static_cast<const double*>(output.data()),
                        static_cast<double*>(out.mutable_data()));
     }
-  };
-  if (n >= kParallelThreshold) {
-    py::gil_scoped_release release;
-    run();
-  } else {
-    run();
-  }
+  });
   return out;
 }
 

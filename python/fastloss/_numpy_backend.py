@@ -97,7 +97,14 @@ def loss_pass(op, want_loss, want_grad, input, target, weight, pos_weight, reduc
               grad_output, out):
     code = reduction_code(reduction)
     if want_grad:
-        grad_output, weight = fold_grad_output(grad_output, weight, input, reduction)
+        grad_scale, grad_weight = fold_grad_output(grad_output, weight, input, reduction)
+        if want_loss and grad_weight is not weight:
+            # An upstream gradient per element scales the gradient, not the loss: two passes.
+            loss = loss_pass(op, True, False, input, target, weight, pos_weight, reduction,
+                             1.0, None)
+            return loss, loss_pass(op, False, True, input, target, grad_weight, pos_weight,
+                                   reduction, grad_scale, out)
+        grad_output, weight = grad_scale, grad_weight
     if weight is not None:
         weight = periodic_weight(weight, input, "weight")
     if pos_weight is not None:
