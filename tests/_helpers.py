@@ -1,0 +1,302 @@
+"""Shared helpers for the fastloss test-suite: tolerances, ulp distances, data, exact sums.
+
+Imported by the test modules as a sibling module (``from _helpers import ...``); pytest's
+default ``prepend`` import mode puts this directory on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import zlib
+
+import numpy as np
+
+import fastloss
+from fastloss import reference as R
+
+DTYPES = (np.float32, np.float64)
+
+# Per-element tolerances: |ref - out| <= atol + rtol * |ref|, atol scaled by max(1, max|ref|).
+RTOL = {np.dtype(np.float32): 2e-6, np.dtype(np.float64): 1e-12}
+ATOL_SCALE = {np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-14}
+# float64 reductions: relative tolerance against the exact (math.fsum) value.
+REDUCTION_RTOL_F64 = 1e-13
+
+
+# ---- the operations under test, by name ----------------------------------------------------
+class Op:
+    def __init__(self, name, loss, grad, and_grad, ref_loss, ref_grad, has_pos_weight):
+        self.name = name
+        self.loss = loss
+        self.grad = grad
+        self.and_grad = and_grad
+        self.ref_loss = ref_loss
+        self.ref_grad = ref_grad
+        self.has_pos_weight = has_pos_weight
+
+    def __repr__(self):
+        return self.name
+
+    # keyword calls into fastloss; pos_weight only passed when the op takes it
+    def _kw(self, weight, pos_weight, reduction):
+        kw = {"weight": weight, "reduction": reduction}
+        if self.has_pos_weight:
+            kw["pos_weight"] = pos_weight
+        else:
+            assert pos_weight is None
+        return kw
+
+    def call_loss(self, x, y, weight=None, pos_weight=None, reduction="mean"):
+        return self.loss(x, y, **self._kw(weight, pos_weight, reduction))
+
+    def call_grad(self, x, y, weight=None, pos_weight=None, reduction="mean", grad_output=1.0,
+                  out=None):
+        return self.grad(x, y, **self._kw(weight, pos_weight, reduction),
+                         grad_output=grad_output, out=out)
+
+    def call_and_grad(self, x, y, weight=None, pos_weight=None, reduction="mean",
+                      grad_output=1.0, out=None):
+        return self.and_grad(x, y, **self._kw(weight, pos_weight, reduction),
+                             grad_output=grad_output, out=out)
+
+    # positional calls into fastloss.reference (its own float warnings, such as the 1/0 scale
+    # of an empty 'mean' gradient, are the reference's business, not the kernel's)
+    def reference_loss(self, x, y, weight=None, pos_weight=None, reduction="mean"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            if self.has_pos_weight:
+                return self.ref_loss(x, y, weight, pos_weight, reduction)
+            return self.ref_loss(x, y, weight, reduction)
+
+    def reference_grad(self, x, y, weight=None, pos_weight=None, reduction="mean",
+                       grad_output=1.0):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            if self.has_pos_weight:
+                return self.ref_grad(x, y, weight, pos_weight, reduction, grad_output)
+            return self.ref_grad(x, y, weight, reduction, grad_output)
+
+
+MSE = Op("mse", fastloss.mse_loss, fastloss.mse_loss_grad, fastloss.mse_loss_and_grad,
+         R.mse_loss, R.mse_loss_grad, False)
+BCE = Op("bce", fastloss.binary_cross_entropy, fastloss.binary_cross_entropy_grad,
+         fastloss.binary_cross_entropy_and_grad, R.binary_cross_entropy,
+         R.binary_cross_entropy_grad, False)
+LOGITS = Op("logits", fastloss.binary_cross_entropy_with_logits,
+            fastloss.binary_cross_entropy_with_logits_grad,
+            fastloss.binary_cross_entropy_with_logits_and_grad,
+            R.binary_cross_entropy_with_logits, R.binary_cross_entropy_with_logits_grad, True)
+OPS = (MSE, BCE, LOGITS)
+OPS_BY_NAME = {op.name: op for op in OPS}
+
+
+# ---- data --------------------------------------------------------------------------------------
+def make_inputs(op_name, shape, dtype, rng, soft=False):
+    """Sensible (input, target) for one op: normal for MSE, probabilities (with exact 0.0 and 1.0
+    entries) for BCE, normal*3 logits for BCE with logits; targets hard {0,1} or soft uniform."""
+    dtype = np.dtype(dtype)
+    if op_name == "mse":
+        x = np.asarray(rng.standard_normal(shape), dtype=dtype)
+        y = np.asarray(rng.standard_normal(shape), dtype=dtype)
+        return x, y
+    if soft:
+        y = np.asarray(rng.random(shape), dtype=dtype)
+    else:
+        y = np.asarray(rng.integers(0, 2, size=shape), dtype=dtype)
+    if op_name == "bce":
+        x = np.asarray(rng.random(shape), dtype=dtype)
+        flat = x.reshape(-1)
+        if flat.size >= 3:  # exact 0.0 and 1.0 entries: the clamped logs of PyTorch's definition
+            flat[::97] = 0.0
+            flat[1::89] = 1.0
+        return x, y
+    if op_name == "logits":
+        x = np.asarray(rng.standard_normal(shape) * 3.0, dtype=dtype)
+        return x, y
+    raise ValueError(op_name)
+
+
+def make_weight(kind, shape, dtype, rng):
+    """A weight of the given broadcast kind against an input of ``shape``.
+
+    None; 'scalar' (a Python float); 'trailing' (shape[-1:], like (C,) for (B, C));
+    'full' (the input's shape); 'col' (shape[:-1] + (1,), like (B, 1): not a trailing block).
+    """
+    if kind is None:
+        return None
+    if kind == "scalar":
+        return 0.75
+    if kind == "trailing":
+        wshape = tuple(shape[-1:])
+    elif kind == "full":
+        wshape = tuple(shape)
+    elif kind == "col":
+        wshape = tuple(shape[:-1]) + (1,)
+    else:
+        raise ValueError(kind)
+    return np.asarray(rng.uniform(0.5, 2.0, size=wshape), dtype=dtype)
+
+
+def seed_for(*parts):
+    """A fixed seed per test case, derived from its parameters (stable across runs)."""
+    return zlib.crc32(repr(parts).encode())
+
+
+# the smallest float64 that rounds to inf in float32: FLT_MAX + half an ulp (2**128 - 2**103)
+F32_OVERFLOW = 2.0**128 - 2.0**103
+
+
+# ---- comparisons -------------------------------------------------------------------------------
+def _describe(index, out, ref):
+    return f"at index {index}: got {out!r}, expected {ref!r}"
+
+
+def assert_elementwise_close(out, ref, dtype, rtol=None, atol=None, what="result"):
+    """|ref - out| <= atol + rtol*|ref| element by element, with NaN and inf required to match.
+
+    Defaults: float32 rtol 2e-6, atol 1e-6*max(1, max|ref|); float64 rtol 1e-12,
+    atol 1e-14*max(1, max|ref|) (max over the finite reference values).
+    """
+    dtype = np.dtype(dtype)
+    assert isinstance(out, np.ndarray), f"{what}: expected numpy.ndarray, got {type(out)}"
+    assert out.dtype == dtype, f"{what}: dtype {out.dtype}, expected {dtype}"
+    ref = np.asarray(ref, dtype=np.float64)
+    assert out.shape == ref.shape, f"{what}: shape {out.shape}, expected {ref.shape}"
+    if out.size == 0:
+        return
+    o = out.astype(np.float64).reshape(-1)
+    r = ref.reshape(-1)
+    if dtype == np.float32:
+        # a finite float64 value at or beyond FLT_MAX + half an ulp rounds to +-inf in float32
+        with np.errstate(invalid="ignore"):
+            overflow = np.abs(r) >= F32_OVERFLOW
+        r = np.where(overflow, np.copysign(np.inf, r), r)
+    ref_nan = np.isnan(r)
+    out_nan = np.isnan(o)
+    if not np.array_equal(ref_nan, out_nan):
+        i = int(np.flatnonzero(ref_nan != out_nan)[0])
+        raise AssertionError(f"{what}: NaN mismatch {_describe(i, o[i], r[i])}")
+    ref_inf = np.isinf(r)
+    if not np.array_equal(o[ref_inf], r[ref_inf]) or np.isinf(o[~ref_inf & ~ref_nan]).any():
+        bad = (ref_inf & (o != r)) | (~ref_inf & ~ref_nan & np.isinf(o))
+        i = int(np.flatnonzero(bad)[0])
+        raise AssertionError(f"{what}: infinity mismatch {_describe(i, o[i], r[i])}")
+    finite = ~ref_inf & ~ref_nan
+    if not finite.any():
+        return
+    rf, of = r[finite], o[finite]
+    if rtol is None:
+        rtol = RTOL[dtype]
+    if atol is None:
+        atol = ATOL_SCALE[dtype] * max(1.0, float(np.max(np.abs(rf))))
+    err = np.abs(rf - of)
+    bound = atol + rtol * np.abs(rf)
+    if not (err <= bound).all():
+        j = int(np.argmax(err - bound))
+        i = int(np.flatnonzero(finite)[j])
+        raise AssertionError(
+            f"{what}: {int(np.count_nonzero(err > bound))} of {rf.size} elements out of tolerance "
+            f"(rtol={rtol:g}, atol={atol:g}); worst {_describe(i, o[i], r[i])}, "
+            f"|error|={err[j]:.3e} > bound {bound[j]:.3e}")
+
+
+def float32_ulp(value):
+    """The spacing of float32 at float32(value): 1 ulp of a float32 result near ``value``."""
+    return float(np.spacing(np.abs(np.float32(value))))
+
+
+def reduction_ulp_bound(op_name, n):
+    """How many float32 ulps a reduced float32 loss of ``n`` elements may be from exact.
+
+    MSE terms are exact doubles, so 1 ulp at any n. The BCE losses evaluate exp/log in float32
+    for float32 input (about 2 ulp per element, PyTorch's own accuracy); summed over many
+    elements those errors average out and the 1-ulp bound holds from 1e5 elements on
+    (test_accuracy checks 1e6 and 1e7), but a sum of a few elements keeps them."""
+    return 1 if op_name == "mse" or n >= 100_000 else 4
+
+
+def assert_reduction_close(out, exact, dtype, what="reduced loss", max_ulps=1):
+    """A reduced loss: a NumPy scalar of ``dtype``; float32 within ``max_ulps`` float32 ulps
+    of the exact float64 value, float64 within rtol 1e-13; NaN/inf must match exactly."""
+    dtype = np.dtype(dtype)
+    assert type(out) is dtype.type, (
+        f"{what}: type {type(out).__name__}, expected {dtype.type.__name__}")
+    exact = float(exact)
+    got = float(out)
+    if math.isnan(exact):
+        assert math.isnan(got), f"{what}: got {got!r}, expected NaN"
+        return
+    if math.isinf(exact):
+        assert got == exact, f"{what}: got {got!r}, expected {exact!r}"
+        return
+    if dtype == np.float32:
+        if abs(exact) >= F32_OVERFLOW:  # the exact value rounds to +-inf in float32
+            assert got == math.copysign(math.inf, exact), (
+                f"{what}: got {got!r}, expected {math.copysign(math.inf, exact)!r} "
+                f"(exact {exact!r} overflows float32)")
+            return
+        ulp = float32_ulp(exact)
+        assert abs(got - exact) <= max_ulps * ulp, (
+            f"{what}: float32 result {got!r} is {abs(got - exact) / ulp:.2f} ulp from the exact "
+            f"value {exact!r} (1 ulp = {ulp:.3e})")
+    else:
+        rel = abs(got - exact) / abs(exact) if exact else (0.0 if got == 0 else math.inf)
+        assert abs(got - exact) <= REDUCTION_RTOL_F64 * abs(exact), (
+            f"{what}: float64 result {got!r} vs exact {exact!r}: relative error {rel:.3e} > "
+            f"{REDUCTION_RTOL_F64:g}")
+
+
+def assert_loss_matches(out, ref, dtype, reduction, what="loss", max_ulps=1):
+    if reduction == "none":
+        assert_elementwise_close(out, ref, dtype, what=what)
+    else:
+        assert_reduction_close(out, ref, dtype, what=what, max_ulps=max_ulps)
+
+
+def assert_same_bits(a, b, what="result"):
+    """Bitwise identity of two results (arrays or scalars), NaN payloads included."""
+    a_arr, b_arr = np.asarray(a), np.asarray(b)
+    assert type(a) is type(b), f"{what}: types {type(a).__name__} vs {type(b).__name__}"
+    assert a_arr.dtype == b_arr.dtype and a_arr.shape == b_arr.shape, (
+        f"{what}: {a_arr.dtype}{a_arr.shape} vs {b_arr.dtype}{b_arr.shape}")
+    if a_arr.tobytes() != b_arr.tobytes():
+        ia = a_arr.reshape(-1).view(np.uint32 if a_arr.dtype == np.float32 else np.uint64)
+        ib = b_arr.reshape(-1).view(np.uint32 if b_arr.dtype == np.float32 else np.uint64)
+        i = int(np.flatnonzero(ia != ib)[0])
+        raise AssertionError(f"{what}: bits differ, first at flat index {i}: "
+                             f"{a_arr.reshape(-1)[i]!r} vs {b_arr.reshape(-1)[i]!r}")
+
+
+def assert_within_ulps(a, b, max_ulps, what="result"):
+    """Same type, dtype and shape, and values within ``max_ulps`` units in the last place of
+    their own dtype (NaN and inf must match exactly)."""
+    a_arr, b_arr = np.asarray(a), np.asarray(b)
+    assert type(a) is type(b), f"{what}: types {type(a).__name__} vs {type(b).__name__}"
+    assert a_arr.dtype == b_arr.dtype and a_arr.shape == b_arr.shape, (
+        f"{what}: {a_arr.dtype}{a_arr.shape} vs {b_arr.dtype}{b_arr.shape}")
+    finite = np.isfinite(a_arr) & np.isfinite(b_arr)
+    assert np.array_equal(a_arr[~finite], b_arr[~finite], equal_nan=True), (
+        f"{what}: non-finite values differ")
+    spacing = np.spacing(np.maximum(np.abs(a_arr[finite]), np.abs(b_arr[finite])))
+    ulps = np.abs(a_arr[finite].astype(np.float64) - b_arr[finite]) / spacing
+    assert ulps.size == 0 or ulps.max() <= max_ulps, (
+        f"{what}: {ulps.max():.1f} ulps apart (allowed {max_ulps})")
+
+
+def ulp_distance_f32(out, ref):
+    """|out - ref| in units of the float32 spacing at float32(ref), computed in float64.
+
+    ``out`` is a float32 array, ``ref`` its float64 reference. The spacing is taken at the
+    float32 rounding of |ref|, which is correct for subnormal and zero results too (spacing(0)
+    is the smallest subnormal, 2**-149), so tiny values are not divided by a zero ulp.
+    """
+    ref = np.asarray(ref, dtype=np.float64)
+    spacing = np.spacing(np.abs(ref.astype(np.float32))).astype(np.float64)
+    return np.abs(np.asarray(out, dtype=np.float64) - ref) / spacing
+
+
+def exact_sum_chunked(terms, chunk=1 << 20):
+    """math.fsum of all the float64 values of ``terms`` (correctly rounded, exact), streamed in
+    chunks so a 2**27-element array never becomes one giant Python list."""
+    flat = np.asarray(terms).reshape(-1)
+    return math.fsum(itertools.chain.from_iterable(
+        flat[i:i + chunk].astype(np.float64).tolist() for i in range(0, flat.size, chunk)))
