@@ -2,10 +2,11 @@
 //
 // Each loss is a struct with loss(), grad() (d loss / d input for one element) and
 // loss_and_grad() (both from one evaluation of the shared transcendental), templated on the
-// input type T, so a kernel template is written once over all of them. Results are double.
-// The algebra is done in double; the transcendentals run in the input's precision (float
-// versions for float32 inputs, see scalar_math.h), which is where the time goes. `pos_weight`
-// only matters to the logits form. The definitions are those of fastloss.reference.
+// input type T, so a kernel template is written once over all of them; results are returned
+// as double for the kernels' accumulators. Squared error is computed in double (exact terms,
+// and cheap); the BCE losses in T: float32 inputs get float exp/log and float algebra (twice
+// the SIMD lanes; doing their algebra in double cost more than the exp and log together), at
+// about PyTorch's per-element accuracy. The definitions are those of fastloss.reference.
 #pragma once
 
 #include "fastloss/scalar_math.h"
@@ -18,20 +19,19 @@ struct LossAndGrad {
   double grad;
 };
 
-// Branch-free helpers that propagate NaN (a NaN `a` compares false and is returned).
-FASTLOSS_HD double at_least(double a, double floor) { return a < floor ? floor : a; }
-FASTLOSS_HD float at_least(float a, float floor) { return a < floor ? floor : a; }
-
-FASTLOSS_HD double log_of(double x) { return math::log(x); }
-FASTLOSS_HD double log_of(float x) { return math::log_widened(x); }
+// A branch-free max that propagates NaN (a NaN `a` compares false and is returned).
+template <class T>
+FASTLOSS_HD T at_least(T a, T floor) {
+  return a < floor ? floor : a;
+}
 
 // log1p(a) for |a| <= 1: log(u) + (a - (u - 1)) with u = 1 + a. The bracket is the rounding
 // error of u, exact by Fast2Sum since |a| <= 1; dividing it by u, as the exact identity wants,
 // would change the result by less than |a| times the unit roundoff, so the division is skipped.
 template <class T>
-FASTLOSS_HD double log1p_unit(T a) {
+FASTLOSS_HD T log1p_unit(T a) {
   const T u = T(1) + a;
-  return log_of(u) + static_cast<double>(a - (u - T(1)));
+  return math::log(u) + (a - (u - T(1)));
 }
 
 // ---- mean squared error: (x - y)^2 ----------------------------------------------------------
@@ -59,19 +59,15 @@ struct SquaredError {
 // PyTorch's definition: each log is clamped at -100 so p = 0 or 1 gives a finite loss, and the
 // gradient's denominator p(1-p) is clamped at 1e-12. log(1 - p) is taken as log1p(-p), which
 // stays accurate for tiny p.
-FASTLOSS_HD double clamped(double log_value) { return at_least(log_value, -100.0); }
-
 struct BinaryCrossEntropy {
   static const bool kInputIsProbability = true;
   template <class T>
   FASTLOSS_HD double loss(T p, T y, T) {
-    const double yd = y;
-    return -(yd * clamped(log_of(p)) + (1.0 - yd) * clamped(log1p_unit(-p)));
+    return -(y * at_least(math::log(p), T(-100)) + (T(1) - y) * at_least(log1p_unit(-p), T(-100)));
   }
-  // In the input's precision, like PyTorch: the quotient is the expensive part.
   template <class T>
   FASTLOSS_HD double grad(T p, T y, T) {
-    return static_cast<double>((p - y) / at_least(p * (T(1) - p), T(1e-12)));
+    return (p - y) / at_least(p * (T(1) - p), T(1e-12));
   }
   template <class T>
   FASTLOSS_HD LossAndGrad loss_and_grad(T p, T y, T pw) {
@@ -80,7 +76,7 @@ struct BinaryCrossEntropy {
   }
 };
 
-// True where `p` is not a probability (NaN is let through: it propagates into the loss).
+// Nonzero where `p` is not a probability (NaN is let through: it propagates into the loss).
 template <class T>
 FASTLOSS_HD int outside_unit_interval(T p) {
   return (p < T(0)) | (p > T(1));
@@ -96,14 +92,9 @@ FASTLOSS_HD float exp_neg_abs(float z) { return math::exp_nonpositive(-(z < 0.0f
 
 // log1p(e) = softplus(-|z|) for e in [0, 1], as log1p_unit but with 1 + e known to lie in [1, 2].
 template <class T>
-FASTLOSS_HD double log1p_of_exp_neg_abs(T e) {
+FASTLOSS_HD T log1p_of_exp_neg_abs(T e) {
   const T u = T(1) + e;
-  return math::log_one_to_two(u) + static_cast<double>(e - (u - T(1)));
-}
-
-template <class T>
-FASTLOSS_HD double small_sigmoid_of(T e) {  // sigmoid(-|z|)
-  return static_cast<double>(e / (T(1) + e));
+  return math::log_one_to_two(u) + (e - (u - T(1)));
 }
 
 // ---- binary cross-entropy on logits -------------------------------------------------------
@@ -114,32 +105,28 @@ FASTLOSS_HD double small_sigmoid_of(T e) {  // sigmoid(-|z|)
 // small (for z >= 0, s = 1 - sigmoid(-z)); PyTorch's s - y cancels there.
 // At z = +-inf a softplus is +inf; where its coefficient is exactly 0 (the label agrees) the
 // term is defined as 0, the limit, instead of IEEE's 0*inf = NaN (PyTorch returns NaN there):
-// the infinite max(+-z, 0) is zeroed before it is multiplied. Selects are made on the input's
-// type, the products and sums in double.
+// the infinite max(+-z, 0) is zeroed before it is multiplied.
 struct BinaryCrossEntropyWithLogits {
   static const bool kInputIsProbability = false;
   template <class T>
-  FASTLOSS_HD double loss_from_parts(T z, T y, T pos_weight, double log1p_e) {
+  FASTLOSS_HD double loss_from_parts(T z, T y, T pos_weight, T log1p_e) {
     // Nested selects, not `a || b`: a bool temporary stops GCC from vectorising the loop.
-    T neg_part = at_least(-z, T(0));               // max(-z, 0), zero where pos_weight*y == 0
+    T neg_part = at_least(-z, T(0));  // max(-z, 0), zero where pos_weight*y == 0
     neg_part = y == T(0) ? T(0) : neg_part;
     neg_part = pos_weight == T(0) ? T(0) : neg_part;
     const T pos_part = y == T(1) ? T(0) : at_least(z, T(0));  // max(z, 0), zero where 1 - y == 0
-    const double yd = y;
-    const double coef_neg = static_cast<double>(pos_weight) * yd;
-    const double coef_pos = 1.0 - yd;
-    return coef_neg * static_cast<double>(neg_part) + coef_pos * static_cast<double>(pos_part) +
-           (coef_neg + coef_pos) * log1p_e;
+    const T coef_neg = pos_weight * y;
+    const T coef_pos = T(1) - y;
+    return coef_neg * neg_part + coef_pos * pos_part + (coef_neg + coef_pos) * log1p_e;
   }
   template <class T>
-  FASTLOSS_HD double grad_from_parts(T z, T y, T pos_weight, double small_sigmoid) {
+  FASTLOSS_HD double grad_from_parts(T z, T y, T pos_weight, T small_sigmoid) {
     // z >= 0: (1 - y) - total*sigmoid(-|z|);  z < 0: total*sigmoid(-|z|) - coef_neg.
-    const double keep_pos = z >= T(0) ? T(1) : T(0);
-    const double sign = z >= T(0) ? T(-1) : T(1);
-    const double yd = y;
-    const double coef_neg = static_cast<double>(pos_weight) * yd;
-    const double coef_total = coef_neg + 1.0 - yd;
-    return keep_pos * (1.0 - yd) - (1.0 - keep_pos) * coef_neg + sign * (coef_total * small_sigmoid);
+    const T coef_neg = pos_weight * y;
+    const T coef_total = coef_neg + (T(1) - y);
+    const T base = z >= T(0) ? T(1) - y : -coef_neg;
+    const T slope = z >= T(0) ? -coef_total : coef_total;
+    return base + slope * small_sigmoid;
   }
   template <class T>
   FASTLOSS_HD double loss(T z, T y, T pos_weight) {
@@ -147,13 +134,14 @@ struct BinaryCrossEntropyWithLogits {
   }
   template <class T>
   FASTLOSS_HD double grad(T z, T y, T pos_weight) {
-    return grad_from_parts(z, y, pos_weight, small_sigmoid_of(exp_neg_abs(z)));
+    const T e = exp_neg_abs(z);
+    return grad_from_parts(z, y, pos_weight, e / (T(1) + e));
   }
   template <class T>
   FASTLOSS_HD LossAndGrad loss_and_grad(T z, T y, T pos_weight) {
     const T e = exp_neg_abs(z);
     LossAndGrad r = {loss_from_parts(z, y, pos_weight, log1p_of_exp_neg_abs(e)),
-                     grad_from_parts(z, y, pos_weight, small_sigmoid_of(e))};
+                     grad_from_parts(z, y, pos_weight, e / (T(1) + e))};
     return r;
   }
 };
