@@ -1,0 +1,88 @@
+"""fastloss against NumPy (naive and best effort) and PyTorch on CPU, with pytest-benchmark.
+
+    pytest bench --benchmark          timed, N = 1e3, 1e5, 1e7 (a few minutes)
+    pytest bench --benchmark --big    also N = 1e8 (several GB, much longer)
+    pytest bench --benchmark-disable  each case once, untimed (CI smoke run)
+
+Each benchmark's extra_info (see --benchmark-json) holds op, impl, dtype, n, bytes_moved (each
+input read once, each output written once), gbs (bytes_moved / median time), the ceiling it is
+held against (read for a loss, copy for an op writing an array) and fraction_of_ceiling; for a
+loss also rel_error against the exact float64 value of fastloss.reference. The implementations
+themselves live in fastloss._bench, shared with ``python -m fastloss bench``.
+"""
+
+import numpy as np
+import pytest
+
+from fastloss import reference
+from fastloss._bench import (IMPLEMENTATIONS, OPS, Unavailable, loss_value, make_case,
+                             relative_error, size_label)
+
+pytest.importorskip("pytest_benchmark")
+
+DTYPES = ("float32", "float64")
+SIZES = (10**3, 10**5, 10**7)
+BIG_SIZES = (10**8,)  # with --big
+# (rounds, iterations) per N: a stable median within a few minutes for the whole run. A call on
+# small N takes microseconds, so a round loops over it to rise well above the timer's cost.
+SCHEDULE = {10**3: (20, 50), 10**5: (10, 3), 10**7: (5, 1), 10**8: (3, 1)}
+# Every implementation must compute what fastloss.reference defines (losses and arrays): a check
+# that each formula is right, made at small N only. At large N float32 accumulation drifts
+# (NumPy's float32 BLAS dot is off by ~1e-4 at N = 1e7): that is a result, recorded in
+# extra_info, not a failure. Loose tolerances: sigmoid as (1 + tanh(z/2)) / 2 loses ~1e-5
+# relative where sigmoid is small.
+CHECKED_UP_TO_N = 10**5
+RTOL = {"float32": 1e-4, "float64": 1e-10}
+
+
+def pytest_generate_tests(metafunc):
+    if "impl" not in metafunc.fixturenames:
+        return
+    sizes = SIZES + (BIG_SIZES if metafunc.config.getoption("big") else ())
+    # Size-major order, so the inputs of one (dtype, N) are made once and then dropped.
+    params = [
+        pytest.param(op, impl, dtype, n, id=f"{op}-{impl}-{dtype}-{size_label(n)}",
+                     marks=[pytest.mark.slow] if n in BIG_SIZES else [])
+        for n in sizes for dtype in DTYPES for op in OPS for impl in IMPLEMENTATIONS
+    ]
+    metafunc.parametrize(("op_name", "impl", "dtype", "n"), params)
+
+
+def test_bench(benchmark, op_name, impl, dtype, n, ceilings, inputs_cache, record):
+    op = OPS[op_name]
+    inputs = inputs_cache.get(dtype, n)
+    try:
+        case = make_case(impl, op, inputs)
+    except Unavailable as reason:
+        pytest.skip(f"{impl}: {reason}")
+    benchmark.group = f"{op_name} {dtype} N={size_label(n)}"
+    rounds, iterations = SCHEDULE[n]
+    result = benchmark.pedantic(case, rounds=rounds, iterations=iterations, warmup_rounds=1)
+
+    info = benchmark.extra_info
+    info.update(op=op_name, impl=impl, dtype=dtype, n=n,
+                bytes_moved=op.bytes_moved(n, inputs.dtype.itemsize), ceiling=op.ceiling)
+    if op.reduces:
+        info["rel_error"] = relative_error(loss_value(result), inputs.exact_loss(op))
+    if benchmark.stats is not None:  # None when untimed (--benchmark-disable)
+        median = benchmark.stats.stats.median
+        info["gbs"] = info["bytes_moved"] / median / 1e9
+        info["ceiling_gbs"] = ceilings[op.ceiling]
+        info["fraction_of_ceiling"] = info["gbs"] / ceilings[op.ceiling]
+    record(dict(info))
+
+    if n <= CHECKED_UP_TO_N:
+        expected = getattr(reference, op_name)(*inputs.arrays(op))
+        assert_same_result(result, expected, RTOL[dtype])
+
+
+def assert_same_result(result, expected, rtol):
+    """result (NumPy or torch; a loss, an array or a (loss, grad) pair) against the reference."""
+    if isinstance(expected, tuple):
+        assert isinstance(result, tuple) and len(result) == len(expected)
+        for got, want in zip(result, expected):
+            assert_same_result(got, want, rtol)
+        return
+    got = np.asarray(result, dtype=np.float64)
+    scale = float(np.max(np.abs(expected))) if np.size(expected) else 1.0
+    np.testing.assert_allclose(got, expected, rtol=rtol, atol=rtol * 1e-2 * scale)

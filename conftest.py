@@ -1,0 +1,39 @@
+"""Options shared by tests/ and bench/: which of them runs is decided here.
+
+pytest-benchmark runs benchmarks alongside ordinary tests unless told otherwise; here they are
+opt-in, so a plain ``pytest`` never spends minutes timing:
+
+    pytest                          tests/ only (testpaths); benchmarks, if any, are skipped
+    pytest bench --benchmark        the benchmarks, timed (N up to 1e7; add --big for 1e8)
+    pytest bench --benchmark-disable
+                                    each benchmark run once, untimed: the CI smoke run
+
+Any explicit pytest-benchmark mode (--benchmark-only/-skip/-disable/-enable) is left alone.
+"""
+
+import pytest
+
+_BENCHMARK_MODES = ("benchmark_only", "benchmark_skip", "benchmark_disable", "benchmark_enable")
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("fastloss")
+    group.addoption("--benchmark", action="store_true", default=False,
+                    help="run only the benchmarks, timed (pytest-benchmark's --benchmark-only)")
+    group.addoption("--big", action="store_true", default=False,
+                    help="benchmarks also at N = 1e8 (several GB of memory, many minutes)")
+
+
+# tryfirst: pytest-benchmark reads these options in its own pytest_configure (trylast).
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    if not hasattr(config.option, "benchmark_skip"):
+        return  # pytest-benchmark is not installed (or disabled with -p no:benchmark)
+    if config.option.benchmark:
+        if config.option.benchmark_disable and not config.option.benchmark_enable:
+            raise pytest.UsageError(
+                "--benchmark (timed runs) and --benchmark-disable (untimed runs) contradict "
+                "each other; pass one of them")
+        config.option.benchmark_only = True
+    elif not any(getattr(config.option, mode) for mode in _BENCHMARK_MODES):
+        config.option.benchmark_skip = True

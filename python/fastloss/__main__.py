@@ -1,0 +1,96 @@
+"""Command line: ``python -m fastloss info`` and ``python -m fastloss bench``.
+
+Also the ``fastloss`` console script (``main``). Neither command needs PyTorch or CuPy: they
+are reported, and PyTorch compared against, only when installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import sys
+
+import numpy as np
+
+import fastloss
+from fastloss import _bench, _cpu
+
+
+def _cupy_status() -> str:
+    if importlib.util.find_spec("cupy") is None:
+        return "not installed"
+    try:
+        import cupy
+    except Exception as error:  # a broken CUDA install fails in many ways; report, don't crash
+        return f"installed but fails to import ({type(error).__name__}: {error})"
+    try:
+        runtime = cupy.cuda.runtime
+        devices = runtime.getDeviceCount()
+        version = runtime.runtimeGetVersion()
+        cuda = f"CUDA runtime {version // 1000}.{version % 1000 // 10}"
+        names = [runtime.getDeviceProperties(i)["name"].decode() for i in range(devices)]
+        return f"{cupy.__version__}, {cuda}, {devices} device(s): {', '.join(names) or '-'}"
+    except Exception as error:
+        return f"{cupy.__version__}, CUDA unavailable ({type(error).__name__}: {error})"
+
+
+def info(args: argparse.Namespace) -> int:
+    build = _cpu.build_info()
+    fields = [
+        ("fastloss", f"{fastloss.__version__} ({fastloss.__path__[0]})"),
+        ("python", f"{platform.python_version()} ({platform.python_implementation()}, "
+                   f"{sys.executable})"),
+        ("numpy", np.__version__),
+        ("compiler", build["compiler"]),
+        ("isa", f"{build['isa']} (chosen at run time for this CPU)"),
+        ("openmp", _bench.openmp_description(build)),
+        ("max threads", f"{build['max_threads']} (OMP_NUM_THREADS changes it)"),
+        ("chunk size", f"{build['chunk_size']} elements (fixed: sums are the same bits "
+                       "for any thread count)"),
+        ("parallel from", f"{build['parallel_threshold']} elements"),
+        ("cpu", _bench.cpu_model()),
+        ("torch", _bench.package_version("torch") or "not installed"),
+        ("cupy", _cupy_status()),
+    ]
+    width = max(len(name) for name, _ in fields)
+    for name, value in fields:
+        print(f"{name.ljust(width)}  {value}")
+    return 0
+
+
+def bench(args: argparse.Namespace) -> int:
+    return _bench.main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Named as it was run: the console script, or the module (whose argv[0] is __main__.py).
+    run_as_module = os.path.basename(sys.argv[0]) == "__main__.py"
+    parser = argparse.ArgumentParser(
+        prog="python -m fastloss" if run_as_module else "fastloss",
+        description="fastloss: build information and benchmarks against NumPy and PyTorch.")
+    commands = parser.add_subparsers(dest="command", metavar="{info,bench}", required=True)
+    commands.add_parser(
+        "info", help="versions, compiler, ISA, OpenMP and threads of this build",
+        description="Print versions, the compiler, the chosen ISA, OpenMP, threads, "
+                    "chunking and the CUDA status (via CuPy, if installed).",
+    ).set_defaults(handler=info)
+    bench_parser = commands.add_parser(
+        "bench", help="time fastloss against NumPy and PyTorch; a table on stdout",
+        description="Measure the machine's memory bandwidth, then time fastloss, naive NumPy "
+                    "and PyTorch (if installed) on each op and size: time, GB/s, share of "
+                    "the bandwidth ceiling, speed-up over NumPy and error in ulps. Progress "
+                    "goes to stderr, the table to stdout.")
+    bench_parser.set_defaults(handler=bench)
+    _bench.add_arguments(bench_parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
