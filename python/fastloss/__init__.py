@@ -8,6 +8,8 @@ Functions mirror ``torch.nn.functional``: ``mse_loss``, ``binary_cross_entropy``
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
+from . import functional as _functional
+
 from .functional import (
     binary_cross_entropy,
     binary_cross_entropy_and_grad,
@@ -27,10 +29,4 @@ try:
 except PackageNotFoundError:  # running from a source tree without an install
     __version__ = "0+unknown"
 
-__all__ = [
-    "mse_loss", "mse_loss_grad", "mse_loss_and_grad",
-    "binary_cross_entropy", "binary_cross_entropy_grad", "binary_cross_entropy_and_grad",
-    "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_grad",
-    "binary_cross_entropy_with_logits_and_grad",
-    "sigmoid", "sigmoid_backward",
-]
+__all__ = list(_functional.__all__)

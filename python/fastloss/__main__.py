@@ -18,22 +18,24 @@ import fastloss
 from fastloss import _bench, _cpu
 
 
-def _cupy_status() -> str:
+def _cuda_status() -> str:
+    """One line on CuPy, CUDA and the device, from fastloss._cuda.describe()."""
     if importlib.util.find_spec("cupy") is None:
-        return "not installed"
+        return "cupy not installed (pip install 'fastloss[cuda12]' or '[cuda13]' for GPUs)"
     try:
-        import cupy
+        from fastloss import _cuda
+        facts = _cuda.describe()
     except Exception as error:  # a broken CUDA install fails in many ways; report, don't crash
-        return f"installed but fails to import ({type(error).__name__}: {error})"
-    try:
-        runtime = cupy.cuda.runtime
-        devices = runtime.getDeviceCount()
-        version = runtime.runtimeGetVersion()
-        cuda = f"CUDA runtime {version // 1000}.{version % 1000 // 10}"
-        names = [runtime.getDeviceProperties(i)["name"].decode() for i in range(devices)]
-        return f"{cupy.__version__}, {cuda}, {devices} device(s): {', '.join(names) or '-'}"
-    except Exception as error:
-        return f"{cupy.__version__}, CUDA unavailable ({type(error).__name__}: {error})"
+        return f"cupy installed but unusable ({type(error).__name__}: {error})"
+    versions = (f"cupy {facts['cupy']}, CUDA runtime {facts.get('cuda_runtime')}, "
+                f"driver {facts.get('cuda_driver')}, NVRTC {facts.get('nvrtc')}")
+    if not facts["available"]:
+        return f"{versions}; no usable GPU" + (f" ({facts['error']})" if "error" in facts else "")
+    if "device_name" not in facts:
+        return f"{versions}; device query failed ({facts.get('error')})"
+    return (f"{versions}; GPU {facts['device_id']} of {facts['device_count']}: "
+            f"{facts['device_name']} (sm_{facts['compute_capability'].replace('.', '')}, "
+            f"{facts['sm_count']} SMs, {facts['memory_total_bytes'] / 2**30:.0f} GiB)")
 
 
 def info(args: argparse.Namespace) -> int:
@@ -52,7 +54,7 @@ def info(args: argparse.Namespace) -> int:
         ("parallel from", f"{build['parallel_threshold']} elements"),
         ("cpu", _bench.cpu_model()),
         ("torch", _bench.package_version("torch") or "not installed"),
-        ("cupy", _cupy_status()),
+        ("cuda", _cuda_status()),
     ]
     width = max(len(name) for name, _ in fields)
     for name, value in fields:

@@ -1,7 +1,10 @@
 """The public functions, named and ordered like ``torch.nn.functional``.
 
 Each function dispatches on the type of its first array: NumPy arrays go to the C++/OpenMP
-kernels (``fastloss._cpu``). Every array of one call must be of the same kind and dtype.
+kernels (``fastloss._cpu``), CuPy arrays to the CUDA kernels (``fastloss._cuda``, compiled at
+run time from the same per-element header). Every array of one call must be of the same kind,
+device and dtype. On the GPU, reduced losses are 0-d CuPy arrays (no host synchronisation) and
+non-contiguous arrays are a ValueError instead of being copied.
 """
 
 from __future__ import annotations
@@ -26,8 +29,13 @@ _BCE_LOGITS = _numpy_backend.BINARY_CROSS_ENTROPY_WITH_LOGITS
 def _backend(array, name="input"):
     if isinstance(array, np.ndarray):
         return _numpy_backend
-    kind = f"{type(array).__module__}.{type(array).__qualname__}"
-    raise TypeError(f"{name} must be a numpy.ndarray, got {kind}")
+    module = type(array).__module__
+    if module.startswith("cupy"):
+        # Imported here, only for CuPy arrays: `import fastloss` never imports CuPy.
+        from . import _cuda
+        return _cuda
+    kind = f"{module}.{type(array).__qualname__}"
+    raise TypeError(f"{name} must be a numpy.ndarray or a cupy.ndarray, got {kind}")
 
 
 _REDUCTION_CODES = _numpy_backend.REDUCTION_CODES
@@ -49,7 +57,8 @@ def _loss(op, want_loss, want_grad, input, target, weight=None, pos_weight=None,
 
 
 _COMMON = """
-    Arrays: NumPy, float32 or float64, any shape; ``target`` has the input's shape and dtype.
+    Arrays: NumPy (or CuPy, on the GPU), float32 or float64, any shape; ``target`` has the
+    input's shape and dtype.
     Inputs that are not C-contiguous are copied once; ``out`` must be C-contiguous, writeable,
     of the input's shape and dtype, and may be the input itself (in-place).
     ``weight`` rescales each element's loss and broadcasts against ``input`` like PyTorch's
@@ -57,10 +66,13 @@ _COMMON = """
     broadcasts are materialised once).
 
     Reductions: 'mean' (sum / element count; NaN for an empty input), 'sum' (0 for an empty
-    input), 'none' (per-element array). Sums are exact to about one ulp of the result and give
+    input), 'none' (per-element array). Sums are accurate to about one ulp of the result and give
     the same bits for any number of threads: every term is a double, chunks of fixed size are
-    summed with double accumulators and combined in a fixed tree.
-    A reduced loss is a NumPy scalar of the input's dtype; gradients are arrays.
+    summed with double accumulators and combined in a fixed tree. (The BCE losses evaluate
+    exp/log in float32 for float32 input, a few ulp per element like PyTorch; those errors
+    average out, so a float32 sum over many elements stays within about one ulp.)
+    A reduced loss is a NumPy scalar of the input's dtype (a 0-d CuPy array for CuPy input);
+    gradients are arrays of the input's kind.
 
     Raises:
         TypeError: an argument is not a NumPy array, has another dtype than float32/float64,

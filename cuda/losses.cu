@@ -1,0 +1,325 @@
+// fastloss CUDA kernels, compiled at run time by NVRTC through cupy.RawModule (see
+// python/fastloss/_cuda.py, which also lists every template instantiation it asks for).
+//
+// The per-element math is the shared header's (csrc/include/fastloss/elementwise.h, installed
+// as fastloss/include/fastloss/): this file only adds the parallel structure.
+//
+// Rules for this file:
+// - No standard headers (NVRTC has none): `long long`, not <cstdint>.
+// - No -use_fast_math, no float atomics: the reduction's order is fixed by N alone, so every
+//   run (and every GPU) gives the same bits for the same inputs.
+// - 64-bit element indices everywhere: N > 2^31 works.
+//
+// Work split, the same for every kernel here: the N elements form groups of kWidth<T>
+// consecutive elements (4 floats or 2 doubles: 16 bytes); thread t of the grid takes groups
+// t, t + T, t + 2T, ... (T = grid threads, a function of N only). A group is read with one
+// 16-byte load per array when all the pointers are 16-byte aligned and the group is whole,
+// else element by element; the elements of a group are processed in the same order either
+// way, so alignment never changes a result's bits.
+//
+// Reductions: each thread accumulates its terms in double (with Kahan compensation for
+// float64 input, like the CPU kernels), the block combines its threads by warp shuffles and a
+// fixed sequential pass over the warp sums, and writes one partial per block; finish_sum (one
+// block) then adds the partials in a fixed order and divides by N for 'mean' on the device.
+#include "fastloss/elementwise.h"
+
+namespace fastloss {
+namespace gpu {
+
+namespace ew = fastloss::elementwise;
+
+// Threads per block of every kernel here (a multiple of the warp size; _cuda.py launches
+// with the same number).
+const int kThreads = 256;
+
+// Which outputs a loss pass produces: the codes of fastloss::PassOutputs (csrc/kernels.h).
+const int kSum = 0;
+const int kSumAndGrad = 1;
+const int kElementwise = 2;
+const int kElementwiseAndGrad = 3;
+const int kGrad = 4;
+
+// Loss ops by the codes of fastloss::LossOp (csrc/kernels.h) and _numpy_backend.py.
+template <int kOp> struct OpOf;
+template <> struct OpOf<0> { typedef ew::SquaredError type; };
+template <> struct OpOf<1> { typedef ew::BinaryCrossEntropy type; };
+template <> struct OpOf<2> { typedef ew::BinaryCrossEntropyWithLogits type; };
+
+// ---- 16-byte groups ---------------------------------------------------------------------------
+template <class T> struct Vec;
+template <> struct Vec<float> {
+  static const int kWidth = 4;
+  static __device__ __forceinline__ void load(const float* p, float* v) {
+    const float4 q = *reinterpret_cast<const float4*>(p);
+    v[0] = q.x;
+    v[1] = q.y;
+    v[2] = q.z;
+    v[3] = q.w;
+  }
+  static __device__ __forceinline__ void store(float* p, const float* v) {
+    float4 q;
+    q.x = v[0];
+    q.y = v[1];
+    q.z = v[2];
+    q.w = v[3];
+    *reinterpret_cast<float4*>(p) = q;
+  }
+};
+template <> struct Vec<double> {
+  static const int kWidth = 2;
+  static __device__ __forceinline__ void load(const double* p, double* v) {
+    const double2 q = *reinterpret_cast<const double2*>(p);
+    v[0] = q.x;
+    v[1] = q.y;
+  }
+  static __device__ __forceinline__ void store(double* p, const double* v) {
+    double2 q;
+    q.x = v[0];
+    q.y = v[1];
+    *reinterpret_cast<double2*>(p) = q;
+  }
+};
+
+__device__ __forceinline__ unsigned long long address_bits(const void* p) {
+  return reinterpret_cast<unsigned long long>(p);
+}
+
+// Reads the group starting at element `base` of `a` into v (elements past n are left alone).
+template <class T>
+__device__ __forceinline__ void load_group(const T* a, long long base, long long n, bool whole, T* v) {
+  const int W = Vec<T>::kWidth;
+  if (whole) {
+    Vec<T>::load(a + base, v);
+  } else {
+#pragma unroll
+    for (int k = 0; k < W; ++k) {
+      if (base + k < n) v[k] = a[base + k];
+    }
+  }
+}
+
+template <class T>
+__device__ __forceinline__ void store_group(T* a, long long base, long long n, bool whole, const T* v) {
+  const int W = Vec<T>::kWidth;
+  if (whole) {
+    Vec<T>::store(a + base, v);
+  } else {
+#pragma unroll
+    for (int k = 0; k < W; ++k) {
+      if (base + k < n) a[base + k] = v[k];
+    }
+  }
+}
+
+// ---- per-thread accumulation ------------------------------------------------------------------
+// float32 input: plain double sum (at most ~2^31 / 2^18 = 8192 terms per thread, relative
+// error far below a float32 ulp). float64 input: Kahan-compensated, like the CPU kernels. The
+// compensation is reset where the running sum is not finite, so an infinite term gives an
+// infinite sum (uncompensated Kahan would turn it into inf - inf = NaN).
+template <class T>
+struct Accumulator {
+  double sum;
+  __device__ __forceinline__ Accumulator() : sum(0.0) {}
+  __device__ __forceinline__ void add(double term) { sum += term; }
+  __device__ __forceinline__ double total() const { return sum; }
+};
+template <>
+struct Accumulator<double> {
+  double sum;
+  double compensation;
+  __device__ __forceinline__ Accumulator() : sum(0.0), compensation(0.0) {}
+  __device__ __forceinline__ void add(double term) {
+    const double y = term - compensation;
+    const double t = sum + y;
+    const double c = (t - sum) - y;
+    const double finite_limit = 1.7976931348623157e308;  // DBL_MAX; NaN compares false too
+    compensation = t <= finite_limit ? (t >= -finite_limit ? c : 0.0) : 0.0;
+    sum = t;
+  }
+  __device__ __forceinline__ double total() const { return sum - compensation; }
+};
+
+// Sum of `value` over the block's kThreads threads, in a fixed order; valid in thread 0.
+__device__ __forceinline__ double block_sum(double value) {
+  __shared__ double warp_sums[kThreads / 32];
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    value += __shfl_down_sync(0xffffffffu, value, offset);
+  }
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  if (lane == 0) warp_sums[warp] = value;
+  __syncthreads();
+  double total = 0.0;
+  if (threadIdx.x == 0) {
+    for (int w = 0; w < kThreads / 32; ++w) total += warp_sums[w];
+  }
+  return total;
+}
+
+// Index into a periodic weight buffer: offset + k reduced below period.
+__device__ __forceinline__ long long wrap(long long index, long long period) {
+  while (index >= period) index -= period;
+  return index;
+}
+
+// ---- the loss pass ----------------------------------------------------------------------------
+// One pass over input/target (and the periodic weights, element i using weight[i % period]),
+// producing what kOutputs asks for:
+//   kSum*:         block_sums[blockIdx.x] = this block's sum of weight * loss
+//   kElementwise*: loss_out[i] = weight * loss
+//   *Grad:         grad_out[i] = grad * weight * grad_scale (grad_scale = grad_output [/ N])
+// For binary cross-entropy, *out_of_range is set to 1 (never cleared) if an input lies
+// outside [0, 1]. Outputs may be the very arrays of the inputs (in place): every element is
+// read before it is written, by the same thread.
+template <class T, int kOp, int kOutputs, bool kWeighted>
+__global__ void __launch_bounds__(kThreads)
+loss_pass(long long n, const T* input, const T* target, const T* weight, long long weight_period,
+          const T* pos_weight, long long pos_weight_period, T* loss_out, T* grad_out,
+          double grad_scale, double* block_sums, int* out_of_range) {
+  typedef typename OpOf<kOp>::type Op;
+  const bool kWantSum = kOutputs == kSum || kOutputs == kSumAndGrad;
+  const bool kWantElementwise = kOutputs == kElementwise || kOutputs == kElementwiseAndGrad;
+  const bool kWantLoss = kWantSum || kWantElementwise;
+  const bool kWantGrad = kOutputs == kSumAndGrad || kOutputs == kElementwiseAndGrad || kOutputs == kGrad;
+  const int W = Vec<T>::kWidth;
+
+  const long long groups = (n + W - 1) / W;
+  const long long stride = static_cast<long long>(gridDim.x) * kThreads;
+  long long g = static_cast<long long>(blockIdx.x) * kThreads + threadIdx.x;
+  const bool aligned = ((address_bits(input) | address_bits(target) | address_bits(loss_out) |
+                         address_bits(grad_out)) & 15ull) == 0ull;
+
+  // Offsets of this thread's current group start in the weight buffers, advanced by a
+  // precomputed step instead of a 64-bit modulo per element.
+  long long w_offset = 0, w_step = 0, pw_offset = 0, pw_step = 0;
+  if (kWeighted) {
+    w_offset = (g * W) % weight_period;
+    w_step = (stride * W) % weight_period;
+    pw_offset = (g * W) % pos_weight_period;
+    pw_step = (stride * W) % pos_weight_period;
+  }
+
+  Accumulator<T> acc;
+  int bad = 0;
+  for (; g < groups; g += stride) {
+    const long long base = g * W;
+    const bool whole = aligned & (base + W <= n);
+    T x[W], y[W], loss_values[W], grad_values[W];
+    load_group(input, base, n, whole, x);
+    load_group(target, base, n, whole, y);
+#pragma unroll
+    for (int k = 0; k < W; ++k) {
+      if (base + k < n) {
+        double wk = 1.0;
+        T pwk = T(1);
+        if (kWeighted) {
+          wk = static_cast<double>(weight[wrap(w_offset + k, weight_period)]);
+          pwk = pos_weight[wrap(pw_offset + k, pos_weight_period)];
+        }
+        double loss = 0.0;
+        double grad = 0.0;
+        if constexpr (kWantLoss && kWantGrad) {
+          const ew::LossAndGrad both = Op::loss_and_grad(x[k], y[k], pwk);
+          loss = both.loss;
+          grad = both.grad;
+        } else if constexpr (kWantLoss) {
+          loss = Op::loss(x[k], y[k], pwk);
+        } else {
+          grad = Op::grad(x[k], y[k], pwk);
+        }
+        if constexpr (kWantLoss) {
+          if (kWeighted) loss *= wk;
+          if constexpr (kWantSum) {
+            acc.add(loss);
+          } else {
+            loss_values[k] = static_cast<T>(loss);
+          }
+        }
+        if constexpr (kWantGrad) {
+          grad_values[k] = static_cast<T>(grad * (kWeighted ? wk * grad_scale : grad_scale));
+        }
+        if constexpr (Op::kInputIsProbability) bad |= ew::outside_unit_interval(x[k]);
+      }
+    }
+    if constexpr (kWantElementwise) store_group(loss_out, base, n, whole, loss_values);
+    if constexpr (kWantGrad) store_group(grad_out, base, n, whole, grad_values);
+    if (kWeighted) {
+      w_offset += w_step;
+      if (w_offset >= weight_period) w_offset -= weight_period;
+      pw_offset += pw_step;
+      if (pw_offset >= pos_weight_period) pw_offset -= pos_weight_period;
+    }
+  }
+
+  if constexpr (kWantSum) {
+    const double total = block_sum(acc.total());
+    if (threadIdx.x == 0) block_sums[blockIdx.x] = total;
+  }
+  if constexpr (OpOf<kOp>::type::kInputIsProbability) {
+    // A block-wide OR, then one integer atomic per block that found something.
+    if (__syncthreads_or(bad) && threadIdx.x == 0) atomicOr(out_of_range, 1);
+  }
+}
+
+// Adds the count partials of a loss pass in a fixed order and stores total / divisor (N for
+// 'mean', 1 for 'sum') as a T at *out. Launched with one block of kThreads threads. count may
+// be 0 (empty input): the sum is 0, and 0 / 0 = NaN for 'mean', like the CPU path.
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+finish_sum(const double* partials, long long count, double divisor, T* out) {
+  double value = 0.0;
+  for (long long i = threadIdx.x; i < count; i += kThreads) value += partials[i];
+  const double total = block_sum(value);
+  if (threadIdx.x == 0) *out = static_cast<T>(total / divisor);
+}
+
+// ---- sigmoid ----------------------------------------------------------------------------------
+// out[i] = sigmoid(x[i]), evaluated in double (the header's definition). out may be x.
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+sigmoid(long long n, const T* x, T* out) {
+  const int W = Vec<T>::kWidth;
+  const long long groups = (n + W - 1) / W;
+  const long long stride = static_cast<long long>(gridDim.x) * kThreads;
+  const bool aligned = ((address_bits(x) | address_bits(out)) & 15ull) == 0ull;
+  for (long long g = static_cast<long long>(blockIdx.x) * kThreads + threadIdx.x; g < groups; g += stride) {
+    const long long base = g * W;
+    const bool whole = aligned & (base + W <= n);
+    T v[W], r[W];
+    load_group(x, base, n, whole, v);
+#pragma unroll
+    for (int k = 0; k < W; ++k) {
+      if (base + k < n) r[k] = static_cast<T>(ew::sigmoid(static_cast<double>(v[k])));
+    }
+    store_group(out, base, n, whole, r);
+  }
+}
+
+// out[i] = grad_output[i] * output[i] * (1 - output[i]) (from sigmoid's output, like PyTorch).
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+sigmoid_backward(long long n, const T* grad_output, const T* output, T* out) {
+  const int W = Vec<T>::kWidth;
+  const long long groups = (n + W - 1) / W;
+  const long long stride = static_cast<long long>(gridDim.x) * kThreads;
+  const bool aligned =
+      ((address_bits(grad_output) | address_bits(output) | address_bits(out)) & 15ull) == 0ull;
+  for (long long g = static_cast<long long>(blockIdx.x) * kThreads + threadIdx.x; g < groups; g += stride) {
+    const long long base = g * W;
+    const bool whole = aligned & (base + W <= n);
+    T go[W], y[W], r[W];
+    load_group(grad_output, base, n, whole, go);
+    load_group(output, base, n, whole, y);
+#pragma unroll
+    for (int k = 0; k < W; ++k) {
+      if (base + k < n) {
+        r[k] = static_cast<T>(ew::sigmoid_backward(static_cast<double>(go[k]), static_cast<double>(y[k])));
+      }
+    }
+    store_group(out, base, n, whole, r);
+  }
+}
+
+}  // namespace gpu
+}  // namespace fastloss

@@ -1,0 +1,605 @@
+"""CuPy arrays -> CUDA kernels compiled at run time from the installed ``cuda/losses.cu``.
+
+The same interface as ``_numpy_backend`` (``loss_pass``, ``sigmoid``, ``sigmoid_backward``),
+with the same argument checks, except that nothing is ever copied silently: an array that is
+not C-contiguous is a ``ValueError`` (make it contiguous with ``cupy.ascontiguousarray``), and
+every array must be a ``cupy.ndarray`` on the input's device.
+
+The per-element math is the shared header ``fastloss/elementwise.h`` (installed under
+``fastloss/include``), the same code the C++ kernels run. The kernels are compiled on first use
+with NVRTC, one module per (loss, dtype) and one per dtype for the sigmoids, for the current
+device's architecture, and cached in memory and on disk (``$FASTLOSS_CUDA_CACHE_DIR``, default
+``~/.cache/fastloss/cuda``): a call never compiles once its module exists.
+
+Why NVRTC directly and not ``cupy.RawModule(code=...)``: CuPy always appends ``-ftz=true`` to
+the options of code it compiles, which flushes float32 subnormals to zero (sigmoid(-88) would
+be 0, and binary_cross_entropy of a subnormal probability would take log(0)). The kernels must
+compute what the header defines, so they are compiled with IEEE float32 semantics
+(``-ftz=false``, the NVRTC default) and loaded with ``cupy.RawModule(path=...)``.
+
+Synchronisation: none, except (1) binary_cross_entropy and its gradient read back one int
+after the kernel to raise ``ValueError`` for inputs outside [0, 1] (like the CPU path), and
+(2) a 0-d CuPy ``grad_output`` is read to the host once. Reduced losses are 0-d CuPy arrays of
+the input dtype; 'mean' divides by N on the device.
+
+Importing this module does not import CuPy: ``kernel_sources_and_options`` works without it
+(the compile test uses it), and ``fastloss.functional`` imports this module only for arrays
+whose type comes from CuPy.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from ._numpy_backend import (
+    BINARY_CROSS_ENTROPY,
+    BINARY_CROSS_ENTROPY_WITH_LOGITS,
+    SQUARED_ERROR,
+    reduction_code,
+)
+from ._weights import grad_weight, periodic_weight, split_grad_output, type_name
+
+# ---- the kernels: source, options, instantiations -----------------------------------------------
+
+# Threads per block (must equal kThreads in cuda/losses.cu) and the most blocks of a launch.
+# The grid is a function of N alone (not of the device): a reduction's summation order, and so
+# its bits, is the same on every GPU. 1024 x 256 threads fill an H100 (132 SMs x 2048 threads)
+# in about one wave; each thread then walks the array with a grid stride.
+THREADS = 256
+MAX_BLOCKS = 1024
+# Elements per 16-byte group (kWidth in cuda/losses.cu): 4 float32 or 2 float64.
+_GROUP = {"float32": 4, "float64": 2}
+
+_OPS = (SQUARED_ERROR, BINARY_CROSS_ENTROPY, BINARY_CROSS_ENTROPY_WITH_LOGITS)
+# PassOutputs codes (csrc/kernels.h, cuda/losses.cu)
+_SUM, _SUM_AND_GRAD, _ELEMENTWISE, _ELEMENTWISE_AND_GRAD, _GRAD = range(5)
+_CTYPE = {"float32": "float", "float64": "double"}
+
+_OUT_OF_RANGE_MESSAGE = (
+    "input must hold probabilities in [0, 1] (binary_cross_entropy); found values outside; "
+    "use binary_cross_entropy_with_logits for logits")
+
+
+def _loss_pass_name(dtype_name, op, outputs, weighted):
+    return (f"fastloss::gpu::loss_pass<{_CTYPE[dtype_name]}, {op}, {outputs}, "
+            f"{'true' if weighted else 'false'}>")
+
+
+def _module_names(family, dtype_name):
+    """The name expressions of one run-time module: family 'loss<op>' or 'sigmoid'."""
+    ctype = _CTYPE[dtype_name]
+    if family == "sigmoid":
+        return [f"fastloss::gpu::sigmoid<{ctype}>", f"fastloss::gpu::sigmoid_backward<{ctype}>"]
+    op = int(family[len("loss"):])
+    names = [_loss_pass_name(dtype_name, op, outputs, weighted)
+             for outputs in range(5) for weighted in (False, True)]
+    names.append(f"fastloss::gpu::finish_sum<{ctype}>")
+    return names
+
+
+_FAMILIES = tuple(f"loss{op}" for op in _OPS) + ("sigmoid",)
+
+
+def _source_tree_root():
+    return Path(__file__).resolve().parents[2]  # python/fastloss/_cuda.py -> the checkout
+
+
+def _installed_path(*parts):
+    """A file or directory shipped inside the fastloss package, or None (source checkout)."""
+    try:
+        from importlib.resources import files
+        path = Path(os.fspath(files("fastloss").joinpath(*parts)))
+    except (TypeError, ValueError, ModuleNotFoundError, NotImplementedError):
+        return None
+    return path if path.exists() else None
+
+
+def cuda_source_path() -> Path:
+    """``losses.cu``: installed as ``fastloss/cuda/losses.cu``, else the checkout's ``cuda/``."""
+    installed = _installed_path("cuda", "losses.cu")
+    if installed is not None:
+        return installed
+    checkout = _source_tree_root() / "cuda" / "losses.cu"
+    if checkout.is_file():
+        return checkout
+    raise FileNotFoundError(
+        "fastloss CUDA sources not found: expected fastloss/cuda/losses.cu in the installed "
+        f"package or {checkout} in a source checkout")
+
+
+def include_dir() -> Path:
+    """The directory holding ``fastloss/elementwise.h`` (passed to the compiler with -I)."""
+    installed = _installed_path("include")
+    if installed is not None and (installed / "fastloss" / "elementwise.h").is_file():
+        return installed
+    checkout = _source_tree_root() / "csrc" / "include"
+    if (checkout / "fastloss" / "elementwise.h").is_file():
+        return checkout
+    raise FileNotFoundError(
+        "fastloss headers not found: expected fastloss/include/fastloss/elementwise.h in the "
+        f"installed package or {checkout}/fastloss/elementwise.h in a source checkout")
+
+
+def kernel_sources_and_options():
+    """``(source, options, name_expressions)`` exactly as the run-time compile uses them.
+
+    ``source`` is the text of ``losses.cu``; ``options`` the NVRTC options (also valid for
+    ``nvcc``), to which the run-time path adds only the target architecture
+    (``--gpu-architecture=sm_XY`` or ``compute_XY``); ``name_expressions`` every kernel
+    instantiation any run-time module asks for (each module compiles a subset of them, from
+    the same source with the same options). Needs no CuPy and no GPU.
+    """
+    source = cuda_source_path().read_text(encoding="utf-8")
+    options = (
+        "-std=c++17",
+        "-I" + str(include_dir()),
+        # IEEE semantics, spelled out: no flush-to-zero of float32 subnormals, correctly
+        # rounded division and square root. Never -use_fast_math (the reduction and the
+        # header's error bounds assume IEEE arithmetic). No FMA contraction either: every
+        # per-element value is then the header's exact IEEE operation sequence, the same as
+        # in the CPU path's portable (SSE2, FMA-free) build, whose bits the elementwise
+        # results reproduce (tests/test_cuda.py); loss_and_grad and separate calls agree too.
+        "-ftz=false",
+        "-prec-div=true",
+        "-prec-sqrt=true",
+        "-fmad=false",
+    )
+    names = []
+    for dtype_name in ("float32", "float64"):
+        for family in _FAMILIES:
+            for name in _module_names(family, dtype_name):
+                if name not in names:
+                    names.append(name)
+    return source, options, names
+
+
+# ---- compiling and loading -----------------------------------------------------------------------
+
+class CompileError(RuntimeError):
+    """NVRTC rejected cuda/losses.cu (the message holds the compiler log)."""
+
+
+def _nvrtc_target(arch):
+    """(option, kind) for compute capability ``arch`` (an int such as 90): a cubin when this
+    NVRTC can generate code for it, else PTX for the newest virtual architecture it knows that
+    the device can run (the driver compiles that PTX on load)."""
+    from cupy.cuda import nvrtc
+    try:
+        supported = tuple(int(a) for a in nvrtc.getSupportedArchs())
+    except Exception:  # very old NVRTC: no query; PTX for the device's own architecture
+        return f"--gpu-architecture=compute_{arch}", "ptx"
+    if arch in supported:
+        return f"--gpu-architecture=sm_{arch}", "cubin"
+    older = [a for a in supported if a <= arch]
+    return f"--gpu-architecture=compute_{max(older) if older else arch}", "ptx"
+
+
+def nvrtc_compile(source, options, name_expressions, arch, kind=None):
+    """Compiles with NVRTC (via ``cupy.cuda.nvrtc``; works without a GPU).
+
+    ``arch`` is a compute capability as an int (90 for sm_90); ``kind`` None picks what the
+    run-time path loads (a cubin if this NVRTC supports ``arch``, else PTX), 'ptx' forces PTX
+    for ``compute_<arch>``. Returns ``(binary, kind, lowered)``: the cubin or PTX bytes, 'cubin'
+    or 'ptx', and the mangled name of each name expression. Raises CompileError with the log.
+    """
+    from cupy.cuda import nvrtc
+    if kind == "ptx":
+        target = f"--gpu-architecture=compute_{int(arch)}"
+    elif kind is None:
+        target, kind = _nvrtc_target(int(arch))
+    else:
+        raise ValueError(f"kind must be None or 'ptx', got {kind!r}")
+    program = nvrtc.createProgram(source, "losses.cu", [], [])
+    try:
+        for name in name_expressions:
+            nvrtc.addNameExpression(program, name)
+        try:
+            nvrtc.compileProgram(program, list(options) + [target])
+        except nvrtc.NVRTCError as error:
+            log = nvrtc.getProgramLog(program)
+            raise CompileError(f"NVRTC failed to compile cuda/losses.cu ({error}) with options "
+                               f"{list(options) + [target]}:\n{log}") from None
+        binary = nvrtc.getCUBIN(program) if kind == "cubin" else nvrtc.getPTX(program)
+        if isinstance(binary, str):
+            binary = binary.encode()
+        lowered = {name: nvrtc.getLoweredName(program, name) for name in name_expressions}
+    finally:
+        nvrtc.destroyProgram(program)
+    return binary, kind, lowered
+
+
+def _cache_dir():
+    configured = os.environ.get("FASTLOSS_CUDA_CACHE_DIR")
+    if configured:
+        return Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "fastloss" / "cuda"
+
+
+def _headers_fingerprint(include):
+    digest = hashlib.sha256()
+    for path in sorted((include / "fastloss").glob("*.h")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+_private_dir = None
+
+
+def _write_atomically(directory, name, data):
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, directory / name)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _module_file(family, dtype_name, arch):
+    """Path of the compiled module (cubin/ptx) and its name -> mangled name map, compiling
+    it unless the disk cache already has it."""
+    global _private_dir
+    from cupy.cuda import nvrtc
+    source, options, _ = kernel_sources_and_options()
+    names = _module_names(family, dtype_name)
+    target, kind = _nvrtc_target(int(arch))
+    key = hashlib.sha256(json.dumps([
+        source, _headers_fingerprint(include_dir()), list(options), names, target,
+        list(nvrtc.getVersion())]).encode()).hexdigest()[:40]
+    binary_name, map_name = f"{key}.{kind}", f"{key}.json"
+    cache = _cache_dir()
+    try:
+        lowered = json.loads((cache / map_name).read_text())
+        if (cache / binary_name).is_file() and set(lowered) == set(names):
+            return cache / binary_name, lowered
+    except (OSError, ValueError):
+        pass
+    binary, kind, lowered = nvrtc_compile(source, options, names, arch)
+    for directory in (cache, None):
+        if directory is None:  # the cache is not writable: a private directory for this process
+            if _private_dir is None:
+                _private_dir = Path(tempfile.mkdtemp(prefix="fastloss-cuda-"))
+                atexit.register(shutil.rmtree, _private_dir, ignore_errors=True)
+            directory = _private_dir
+        try:
+            _write_atomically(directory, binary_name, binary)
+            _write_atomically(directory, map_name, json.dumps(lowered).encode())
+            return directory / binary_name, lowered
+        except OSError:
+            if directory is _private_dir:
+                raise
+    raise AssertionError("unreachable")
+
+
+_kernels = {}
+_kernels_lock = threading.Lock()
+
+
+def _kernel(family, dtype_name, name, device):
+    """The RawKernel for name expression ``name`` on ``device`` (compiled once per module)."""
+    arch = device.compute_capability  # e.g. '90'
+    key = (family, dtype_name, arch)
+    module = _kernels.get(key)
+    if module is None:
+        with _kernels_lock:
+            module = _kernels.get(key)
+            if module is None:
+                import cupy
+                path, lowered = _module_file(family, dtype_name, arch)
+                raw = cupy.RawModule(path=str(path))
+                module = {expr: raw.get_function(mangled) for expr, mangled in lowered.items()}
+                _kernels[key] = module
+    return module[name]
+
+
+def _grid(n, dtype_name):
+    groups = -(-n // _GROUP[dtype_name])
+    return max(1, min(MAX_BLOCKS, -(-groups // THREADS)))
+
+
+# ---- argument checks -----------------------------------------------------------------------------
+
+def _cupy():
+    import cupy
+    return cupy
+
+
+def _require_array(cp, obj, name):
+    if isinstance(obj, cp.ndarray):
+        return obj
+    if isinstance(obj, np.ndarray):
+        raise TypeError(f"{name} is a numpy.ndarray but the call's first array is a "
+                        "cupy.ndarray: all arrays of one call must be on the same GPU "
+                        "(move it with cupy.asarray)")
+    raise TypeError(f"{name} must be a cupy.ndarray (all arrays of one call on the same GPU), "
+                    f"got {type_name(obj)}")
+
+
+def _require_float_dtype(a, name):
+    if a.dtype != np.float32 and a.dtype != np.float64:
+        raise TypeError(f"{name} has dtype {a.dtype}; fastloss supports float32 and float64")
+
+
+def _require_same_dtype(a, name, like, like_name):
+    _require_float_dtype(a, name)
+    if a.dtype != like.dtype:
+        raise TypeError(f"{name} has dtype {a.dtype} but {like_name} has dtype {like.dtype}; "
+                        "convert one of them explicitly (fastloss never upcasts silently)")
+
+
+def _require_same_device(a, name, like, like_name):
+    if a.device.id != like.device.id:
+        raise ValueError(f"{name} is on GPU {a.device.id} but {like_name} is on GPU "
+                         f"{like.device.id}; all arrays of one call must be on the same device")
+
+
+def _require_same_shape(a, name, like, like_name):
+    if a.shape != like.shape:
+        raise ValueError(f"{name} has shape {a.shape}, expected {like.shape} (the shape of "
+                         f"{like_name})")
+
+
+def _require_contiguous(a, name):
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} is not C-contiguous; fastloss does not copy arrays on the GPU: "
+                         f"pass cupy.ascontiguousarray({name}) (one copy) instead")
+    if a.data.ptr % a.itemsize:
+        raise ValueError(f"{name} is not aligned to its element size")
+
+
+def _byte_range(a):
+    return a.data.ptr, a.data.ptr + a.nbytes
+
+
+def _require_no_partial_overlap(out, a, name):
+    o0, o1 = _byte_range(out)
+    a0, a1 = _byte_range(a)
+    if o0 == o1 or a0 == a1:
+        return
+    if o0 < a1 and a0 < o1 and (o0, o1) != (a0, a1):
+        raise ValueError(f"out overlaps {name} without being the same array; pass a separate "
+                         f"buffer or {name} itself")
+
+
+def _output_like(cp, out, like, like_name, inputs):
+    """Checks a caller's out= buffer (or allocates one on like's device)."""
+    if out is None:
+        return cp.empty(like.shape, dtype=like.dtype)
+    out = _require_array(cp, out, "out")
+    _require_same_dtype(out, "out", like, like_name)
+    _require_same_device(out, "out", like, like_name)
+    _require_same_shape(out, "out", like, like_name)
+    if not out.flags.c_contiguous or out.data.ptr % out.itemsize:
+        raise ValueError("out must be C-contiguous and aligned")
+    for a, name in inputs:
+        _require_no_partial_overlap(out, a, name)
+    return out
+
+
+# ---- the backend interface -----------------------------------------------------------------------
+
+def _weight_args(weight, pos_weight, ones):
+    """Kernel arguments (weight, period, pos_weight, period) and whether the pass is weighted."""
+    if weight is None and pos_weight is None:
+        return (None, np.int64(1), None, np.int64(1)), False
+    if weight is None:
+        weight = ones
+    if pos_weight is None:
+        pos_weight = ones
+    if weight.size == 0 or pos_weight.size == 0:  # the kernel divides by the periods
+        raise ValueError("a weight buffer is empty")
+    return (weight, np.int64(weight.size), pos_weight, np.int64(pos_weight.size)), True
+
+
+def _run_pass(cp, op, outputs, input, target, weight, pos_weight, scale, loss_out, grad_out,
+              reduction):
+    """One loss pass on the device; returns the 0-d loss for the Sum* outputs."""
+    dtype_name = input.dtype.name
+    n = input.size
+    family = f"loss{op}"
+    device = input.device
+    want_sum = outputs in (_SUM, _SUM_AND_GRAD)
+    result = None
+    with device:
+        if n > 0:
+            ones = None
+            if (weight is None) != (pos_weight is None):
+                ones = cp.ones((1,), dtype=input.dtype)
+            weight_args, weighted = _weight_args(weight, pos_weight, ones)
+            blocks = _grid(n, dtype_name)
+            block_sums = cp.empty((blocks,), dtype=cp.float64) if want_sum else None
+            flag = cp.zeros((1,), dtype=cp.int32) if op == BINARY_CROSS_ENTROPY else None
+            kernel = _kernel(family, dtype_name,
+                             _loss_pass_name(dtype_name, op, outputs, weighted), device)
+            # None is passed as a NULL pointer (those outputs are compiled out of the kernel)
+            kernel((blocks,), (THREADS,), (np.int64(n), input, target, *weight_args, loss_out,
+                                           grad_out, np.float64(scale), block_sums, flag))
+        else:
+            blocks, block_sums = 0, cp.empty((1,), dtype=cp.float64)
+            flag = None
+        if want_sum:
+            result = cp.empty((), dtype=input.dtype)
+            finish = _kernel(family, dtype_name, f"fastloss::gpu::finish_sum<{_CTYPE[dtype_name]}>",
+                             device)
+            divisor = float(n) if reduction == "mean" else 1.0
+            finish((1,), (THREADS,), (block_sums, np.int64(blocks), np.float64(divisor), result))
+        if flag is not None and int(flag.get()[0]):  # the one host synchronisation (BCE only)
+            raise ValueError(_OUT_OF_RANGE_MESSAGE)
+    return result
+
+
+def _check_pair(cp, a, a_name, b, b_name):
+    a = _require_array(cp, a, a_name)
+    b = _require_array(cp, b, b_name)
+    _require_float_dtype(a, a_name)
+    _require_same_dtype(b, b_name, a, a_name)
+    _require_same_device(b, b_name, a, a_name)
+    _require_same_shape(b, b_name, a, a_name)
+    _require_contiguous(a, a_name)
+    _require_contiguous(b, b_name)
+    return a, b
+
+
+def loss_pass(op, want_loss, want_grad, input, target, weight, pos_weight, reduction,
+              grad_output, out):
+    """The CuPy twin of ``_numpy_backend.loss_pass`` (same arguments, same results)."""
+    cp = _cupy()
+    if op not in _OPS:
+        raise ValueError("unknown loss op")
+    reduction_code(reduction)  # raises ValueError for an unknown reduction
+    input, target = _check_pair(cp, input, "input", target, "target")
+    n = input.size
+    reduce = reduction != "none"
+
+    gradient_weight = None  # an array grad_output (reduction='none'), times weight
+    scale = 1.0
+    if want_grad:
+        scale, grad_array = split_grad_output(cp, grad_output, input, reduction,
+                                              _require_same_device)
+        if grad_array is not None:
+            gradient_weight = grad_weight(cp, weight, grad_array, input, _require_same_device)
+    if reduction == "mean" and n > 0:
+        scale = scale / n
+    weight_buffer = (periodic_weight(cp, weight, input, "weight", _require_same_device)
+                     if weight is not None else None)
+    pos_weight_buffer = (periodic_weight(cp, pos_weight, input, "pos_weight",
+                                         _require_same_device)
+                         if pos_weight is not None else None)
+
+    grad = None
+    if want_grad:
+        inputs = [(input, "input"), (target, "target")]
+        for buffer in (weight_buffer, pos_weight_buffer):
+            if buffer is not None:
+                inputs.append((buffer, "a weight"))
+        grad = _output_like(cp, out, input, "input", inputs)
+    loss = None
+
+    if gradient_weight is not None:
+        # reduction='none' with an array grad_output: the gradient's weight is
+        # weight * grad_output, the loss's is weight alone, so the loss (if wanted) takes a
+        # pass of its own (as on the CPU).
+        if want_loss:
+            loss = cp.empty(input.shape, dtype=input.dtype)
+            _run_pass(cp, op, _ELEMENTWISE, input, target, weight_buffer, pos_weight_buffer,
+                      1.0, loss, None, reduction)
+        grad_buffer = periodic_weight(cp, gradient_weight, input, "grad_output")
+        _run_pass(cp, op, _GRAD, input, target, grad_buffer, pos_weight_buffer, scale, None,
+                  grad, reduction)
+        return (loss, grad) if want_loss else grad
+
+    if want_loss and reduce:
+        outputs = _SUM_AND_GRAD if want_grad else _SUM
+    elif want_loss:
+        outputs = _ELEMENTWISE_AND_GRAD if want_grad else _ELEMENTWISE
+        loss = cp.empty(input.shape, dtype=input.dtype)
+    else:
+        outputs = _GRAD
+    total = _run_pass(cp, op, outputs, input, target, weight_buffer, pos_weight_buffer, scale,
+                      loss, grad, reduction)
+    if want_loss and reduce:
+        loss = total
+    if want_loss and want_grad:
+        return loss, grad
+    return loss if want_loss else grad
+
+
+def sigmoid(input, out):
+    cp = _cupy()
+    x = _require_array(cp, input, "input")
+    _require_float_dtype(x, "input")
+    _require_contiguous(x, "input")
+    out = _output_like(cp, out, x, "input", [(x, "input")])
+    n = x.size
+    if n:
+        dtype_name = x.dtype.name
+        with x.device:
+            kernel = _kernel("sigmoid", dtype_name, f"fastloss::gpu::sigmoid<{_CTYPE[dtype_name]}>",
+                             x.device)
+            kernel((_grid(n, dtype_name),), (THREADS,), (np.int64(n), x, out))
+    return out
+
+
+def sigmoid_backward(grad_output, output, out):
+    cp = _cupy()
+    g, y = _check_pair(cp, grad_output, "grad_output", output, "output")
+    out = _output_like(cp, out, g, "grad_output", [(g, "grad_output"), (y, "output")])
+    n = g.size
+    if n:
+        dtype_name = g.dtype.name
+        with g.device:
+            kernel = _kernel("sigmoid", dtype_name,
+                             f"fastloss::gpu::sigmoid_backward<{_CTYPE[dtype_name]}>", g.device)
+            kernel((_grid(n, dtype_name),), (THREADS,), (np.int64(n), g, y, out))
+    return out
+
+
+# ---- python -m fastloss info -------------------------------------------------------------------
+
+def _version_string(code):
+    return f"{code // 1000}.{code % 1000 // 10}" if code else None
+
+
+def describe() -> dict:
+    """CuPy, CUDA and device facts for ``python -m fastloss info`` (needs CuPy importable).
+
+    Keys: ``available`` (bool), ``cupy``, ``cuda_runtime``, ``cuda_driver``, ``nvrtc``
+    (version strings or None), and when a device is available ``device_count`` and, for the
+    current device, ``device_id``, ``device_name``, ``compute_capability``, ``sm_count``,
+    ``memory_total_bytes``, ``memory_free_bytes``; ``error`` says why when something failed.
+    """
+    import cupy
+    info = {"cupy": cupy.__version__}
+    runtime = cupy.cuda.runtime
+    for key, query in (("cuda_runtime", runtime.runtimeGetVersion),
+                       ("cuda_driver", runtime.driverGetVersion)):
+        try:
+            info[key] = _version_string(query())
+        except Exception:
+            info[key] = None
+    try:
+        from cupy.cuda import nvrtc
+        major, minor = nvrtc.getVersion()
+        info["nvrtc"] = f"{major}.{minor}"
+    except Exception:
+        info["nvrtc"] = None
+    try:
+        available = bool(cupy.cuda.is_available())
+    except Exception as error:  # a broken driver install fails in many ways
+        info["error"] = f"{type(error).__name__}: {error}"
+        available = False
+    info["available"] = available
+    if not available:
+        return info
+    try:
+        device = cupy.cuda.Device()
+        props = runtime.getDeviceProperties(device.id)
+        name = props["name"]
+        free, total = device.mem_info
+        info.update(
+            device_count=runtime.getDeviceCount(),
+            device_id=device.id,
+            device_name=name.decode() if isinstance(name, bytes) else str(name),
+            compute_capability=f"{device.compute_capability[:-1]}.{device.compute_capability[-1]}",
+            sm_count=int(props["multiProcessorCount"]),
+            memory_total_bytes=int(total),
+            memory_free_bytes=int(free),
+        )
+    except Exception as error:
+        info["error"] = f"{type(error).__name__}: {error}"
+    return info
