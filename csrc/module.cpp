@@ -144,10 +144,11 @@ constexpr int kContiguousAndAligned =
 // Inputs that are not C-contiguous (or not aligned) are copied: documented in every docstring.
 py::array contiguous(const py::array& a) {
   if ((a.flags() & kContiguousAndAligned) == kContiguousAndAligned) return a;
-  // Leaked on purpose: a static py::object would be destroyed after the interpreter is gone.
-  static const py::object* ascontiguousarray =
-      new py::object(py::module_::import("numpy").attr("ascontiguousarray"));
-  return (*ascontiguousarray)(a);
+  // numpy.require, not ascontiguousarray: that one returns a contiguous but unaligned array
+  // as it is (UBSan caught the misaligned loads). Leaked on purpose: a static py::object
+  // would be destroyed after the interpreter is gone.
+  static const py::object* require = new py::object(py::module_::import("numpy").attr("require"));
+  return (*require)(a, py::none(), "CA");
 }
 
 struct ByteRange {
