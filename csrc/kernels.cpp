@@ -31,7 +31,7 @@ double pairwise_sum(double* values, std::int64_t count) {
 
 // kCount round-robin double accumulators; with kCompensated, each lane is a Kahan sum. 8 plain
 // lanes fill two AVX2 registers; a Kahan update is a 5-deep dependency chain, so compensated
-// sums get 16 lanes to keep enough updates in flight (float64 MSE: 1.64 -> see bench/NOTES.md).
+// sums get 16 lanes to keep enough updates in flight (float64 MSE 1.64 -> 0.84 ns/element).
 template <bool kCompensated>
 struct LaneSums {
   static constexpr int kCount = kCompensated ? 16 : 8;

@@ -23,13 +23,14 @@ enum class PassOutputs : int {
 // Deterministic reduction, the why and the bound.
 // The n elements are cut into chunks of kChunkSize, a constant: chunk boundaries depend on n
 // only, never on the thread count, and each thread sums whole chunks. Inside a chunk, 8
-// independent double accumulators take elements round-robin (float64 input adds Kahan
-// compensation); chunk sums are then combined in a fixed pairwise tree. Every term is a double
-// computed from the inputs, each accumulator sees at most 1024 of them and the tree has depth
-// log2(n / 8192), so the relative error of a sum of non-negative terms is below
-// (1024 + 40) * 2^-53 ~ 1.2e-13 before the final rounding: a float32 result is the exact value
-// correctly rounded in all but vanishingly rare cases, and the bits are the same for any
-// OMP_NUM_THREADS (and for the serial small-array path, which walks the same chunks).
+// independent double accumulators take the terms round-robin (float64 input: 16 Kahan-
+// compensated ones); the accumulators and then the chunk sums are combined in fixed pairwise
+// trees. Each term is a double, each accumulator sees at most 1024 terms and the trees have
+// depth log2(n / 8192) + 3, so the relative error of a sum of non-negative terms is below
+// (1024 + 40) * 2^-53 ~ 1.2e-13 before the final rounding: a float32 sum is the exact sum of
+// its terms correctly rounded in all but vanishingly rare cases (MSE terms are exact; the BCE
+// terms of float32 inputs carry their float exp/log error, see elementwise.h), and the bits are
+// the same for any OMP_NUM_THREADS (the serial small-array path walks the same chunks).
 constexpr std::int64_t kChunkSize = 8192;
 // Below this many elements a call runs serially and keeps the GIL: an OpenMP region costs
 // ~0.6 us, more than the whole computation on a few thousand elements.
