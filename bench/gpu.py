@@ -283,17 +283,10 @@ def torch_builders(torch):
             return lambda: loss(input, target)
         return build
 
-    def with_autograd(loss):
-        def build(input, target):
-            leaf = to_torch(torch, input).detach().requires_grad_()
-            target = to_torch(torch, target)
+    from fastloss._bench import torch_autograd_builder
 
-            def run():
-                value = loss(leaf, target)
-                (grad,) = torch.autograd.grad(value, leaf)  # returns it, accumulates nothing
-                return value.detach(), grad
-            return run
-        return build
+    def with_autograd(loss):
+        return torch_autograd_builder(lambda array: to_torch(torch, array), loss)
 
     def sigmoid(z):
         z = to_torch(torch, z)

@@ -358,6 +358,23 @@ _NUMPY_BEST = {
 }
 
 
+def torch_autograd_builder(to_tensor, loss):
+    """build(input, target) -> run(), which returns (loss, d loss / d input) by a PyTorch
+    forward + backward through autograd, as in training. ``to_tensor`` wraps an array without
+    copying (torch.from_numpy on the CPU, DLPack on the GPU: bench/gpu.py)."""
+    import torch
+
+    def build(input, target):
+        leaf, target = to_tensor(input).detach().requires_grad_(), to_tensor(target)
+
+        def run():
+            value = loss(leaf, target)
+            (grad,) = torch.autograd.grad(value, leaf)  # returns it, accumulates nothing
+            return value.detach(), grad
+        return run
+    return build
+
+
 # PyTorch (CPU, its default thread count): tensors share the NumPy arrays (torch.from_numpy).
 # Gradients come from aten's own backward kernels writing into out= where PyTorch has one, and
 # from autograd (forward + backward, as in training) for the *_and_grad ops.
@@ -377,16 +394,7 @@ def _torch_builders():
             return lambda: loss(input, target)
         return build
 
-    def with_autograd(loss):
-        def build(input, target):
-            input, target = tensor(input).requires_grad_(), tensor(target)
-
-            def run():
-                value = loss(input, target)
-                (grad,) = torch.autograd.grad(value, input)  # returns it, accumulates nothing
-                return value.detach(), grad
-            return run
-        return build
+    with_autograd = functools.partial(torch_autograd_builder, tensor)
 
     def mse_loss_grad(x, y):
         x, y, out = tensor(x), tensor(y), tensor(np.empty_like(x))
