@@ -4,11 +4,14 @@ Functions mirror ``torch.nn.functional``: ``mse_loss``, ``binary_cross_entropy``
 ``binary_cross_entropy_with_logits``, each with ``*_grad`` (d loss / d input) and
 ``*_and_grad`` (both in one pass), plus ``sigmoid`` and ``sigmoid_backward``.
 ``fastloss.reference`` holds the NumPy float64 definitions they are tested against.
+``fastloss.nn``, ``fastloss.optim`` and ``fastloss.data`` are a thin layer on top for training
+dense networks with mini-batch SGD (``fastloss.nn.fit``).
 """
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
 from . import functional as _functional
+from . import data, nn, optim  # the training layer: small, NumPy-only imports
 
 from .functional import (
     binary_cross_entropy,

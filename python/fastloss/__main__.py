@@ -1,4 +1,4 @@
-"""Command line: ``python -m fastloss info`` and ``python -m fastloss bench``.
+"""Command line: ``python -m fastloss info``, ``bench`` and ``train``.
 
 Also the ``fastloss`` console script (``main``). Neither command needs PyTorch or CuPy: they
 are reported, and PyTorch compared against, only when installed.
@@ -15,7 +15,7 @@ import sys
 import numpy as np
 
 import fastloss
-from fastloss import _bench, _cpu
+from fastloss import _bench, _cpu, _train_cli
 
 
 def _cuda_status() -> str:
@@ -66,13 +66,19 @@ def bench(args: argparse.Namespace) -> int:
     return _bench.main(args)
 
 
+def train(args: argparse.Namespace) -> int:
+    return _train_cli.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     # Named as it was run: the console script, or the module (whose argv[0] is __main__.py).
     run_as_module = os.path.basename(sys.argv[0]) == "__main__.py"
     parser = argparse.ArgumentParser(
         prog="python -m fastloss" if run_as_module else "fastloss",
-        description="fastloss: build information and benchmarks against NumPy and PyTorch.")
-    commands = parser.add_subparsers(dest="command", metavar="{info,bench}", required=True)
+        description="fastloss: build information, benchmarks against NumPy and PyTorch, "
+                    "and a small network trained with fastloss.nn.")
+    commands = parser.add_subparsers(dest="command", metavar="{info,bench,train}",
+                                     required=True)
     commands.add_parser(
         "info", help="versions, compiler, ISA, OpenMP and threads of this build",
         description="Print versions, the compiler, the chosen ISA, OpenMP, threads, "
@@ -86,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "goes to stderr, the table to stdout.")
     bench_parser.set_defaults(handler=bench)
     _bench.add_arguments(bench_parser)
+    train_parser = commands.add_parser(
+        "train", help="train an MLP on a scikit-learn data set with fastloss.nn",
+        description="Train a dense network with mini-batch SGD on breast_cancer (BCE) or "
+                    "diabetes (MSE) from scikit-learn: the loss of every epoch, then the test "
+                    "metric; optionally a loss-curve PNG.")
+    train_parser.set_defaults(handler=train)
+    _train_cli.add_arguments(train_parser)
     return parser
 
 

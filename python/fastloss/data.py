@@ -1,0 +1,52 @@
+"""Mini-batches for training: ``batches(X, Y, batch_size)``."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from ._arrays import array_module
+
+__all__ = ["batches", "batch_count"]
+
+
+def batch_count(n_samples, batch_size):
+    """Number of batches of one epoch (the last, ragged one included)."""
+    return -(-n_samples // batch_size)
+
+
+def batches(X, Y, batch_size, *, shuffle=True, rng=None):
+    """Yields ``(X_batch, Y_batch)`` over the first axis, one epoch.
+
+    Args:
+        X, Y: arrays (NumPy or CuPy, the same library) with the same first dimension.
+        batch_size: positive int. The last batch holds the remainder; it is kept, not dropped.
+        shuffle: draw a fresh order with ``rng`` (on the host, so a seed gives the same order
+            for NumPy and CuPy data); False keeps the data order.
+        rng: a seed or ``numpy.random.Generator``, used only when shuffling. Pass the same
+            Generator every epoch for a new, reproducible order each epoch.
+    Yields:
+        Fresh arrays when shuffling (a gather), views of X and Y otherwise.
+    """
+    xp = array_module(X)
+    if array_module(Y) is not xp:
+        raise TypeError("X and Y must both be NumPy arrays or both CuPy arrays")
+    if X.ndim == 0 or Y.ndim == 0:
+        raise ValueError("X and Y must have a first (sample) axis; got a 0-d array")
+    if len(X) != len(Y):
+        raise ValueError(f"X has {len(X)} samples but Y has {len(Y)}")
+    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) \
+            or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    n = len(X)
+    if not shuffle:
+        for start in range(0, n, batch_size):
+            yield X[start:start + batch_size], Y[start:start + batch_size]
+        return
+    order = np.random.default_rng(rng).permutation(n)
+    if xp is not np:
+        order = xp.asarray(order)
+    for start in range(0, n, batch_size):
+        rows = order[start:start + batch_size]
+        yield xp.take(X, rows, axis=0), xp.take(Y, rows, axis=0)

@@ -1,0 +1,175 @@
+"""The training loop: ``TrainStep`` (one SGD step), ``fit`` (epochs of mini-batches) and
+``predict``; also reachable as ``fastloss.nn.fit`` and ``fastloss.nn.predict``."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from . import nn
+from ._arrays import array_module
+from .data import batch_count, batches
+
+__all__ = ["TrainStep", "fit", "predict", "evaluate"]
+
+
+def _trained_layers(model, loss):
+    """The layers that training runs and the loss it applies to their output.
+
+    A Sequential ending in Sigmoid, trained with BCELoss, is trained on its logits with
+    BCEWithLogitsLoss: the same loss where the sigmoid does not saturate, and finite
+    (instead of clamped at 100) where it does.
+    """
+    layers = list(model.layers) if isinstance(model, nn.Sequential) else [model]
+    if type(loss) is nn.BCELoss and layers and isinstance(layers[-1], nn.Sigmoid):
+        return layers[:-1], nn.BCEWithLogitsLoss(weight=loss.weight, reduction=loss.reduction)
+    return layers, loss
+
+
+class TrainStep:
+    """``step(X_batch, Y_batch)``: forward, loss and gradient in one fused call, backward,
+    optimizer update; returns the batch loss (a NumPy scalar or 0-d CuPy array).
+
+    Reduction 'none' trains on the sum of the per-element losses and returns their mean.
+    """
+
+    def __init__(self, model, loss, optimizer):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a fastloss.nn.Module, got {model!r}")
+        if not isinstance(loss, nn._Loss):
+            raise TypeError(f"loss must be a fastloss.nn loss module (MSELoss, BCELoss, "
+                            f"BCEWithLogitsLoss), got {loss!r}")
+        if not hasattr(optimizer, "step"):
+            raise TypeError(f"optimizer must have a step() method, got {optimizer!r}")
+        self.model, self.optimizer = model, optimizer
+        self.layers, self.loss = _trained_layers(model, loss)
+
+    def __call__(self, X, Y):
+        output = X
+        for layer in self.layers:
+            output = layer.forward(output)
+        value = self.loss.forward(output, Y)
+        grad = self.loss.backward()
+        for index in range(len(self.layers) - 1, -1, -1):
+            grad = self.layers[index].backward(grad, need_input_grad=index > 0)
+        self.optimizer.step()
+        return value.mean() if self.loss.reduction == "none" else value
+
+
+def _progress_bar(total, enabled, description):
+    """A tqdm bar on stderr, a plain line-per-update fallback, or nothing."""
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _PlainProgress(total, description)
+    return tqdm(total=total, desc=description, unit="batch", leave=False, file=sys.stderr)
+
+
+class _PlainProgress:
+    def __init__(self, total, description):
+        self.total, self.count, self.description = total, 0, description
+
+    def update(self, count=1):
+        self.count += count
+        sys.stderr.write(f"\r{self.description}: {self.count}/{self.total}")
+        sys.stderr.flush()
+
+    def set_postfix_str(self, text):
+        sys.stderr.write(f" {text}")
+
+    def close(self):
+        sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _epoch_loss(total, count):
+    return float(total) / count if count else float("nan")
+
+
+def fit(model, X, Y, *, loss, optimizer, epochs, batch_size=32, shuffle=True, rng=None,
+        validation_data=None, progress=None, callback=None):
+    """Trains ``model`` in place with mini-batch SGD and returns the per-epoch history.
+
+    Args:
+        model: a ``fastloss.nn`` module (usually ``Sequential``) whose parameters are in the
+            array library of X and Y (NumPy, or CuPy after ``model.to('cuda')``).
+        X, Y: ``(samples, features)`` and ``(samples, outputs)`` arrays of the model's dtype.
+        loss: ``MSELoss``, ``BCELoss`` or ``BCEWithLogitsLoss`` (BCELoss after a final Sigmoid
+            trains through the logits, see ``TrainStep``).
+        optimizer: ``fastloss.optim.SGD`` over ``model.parameters()``.
+        epochs, batch_size: counts; the last, smaller batch of an epoch is kept.
+        shuffle, rng: a new order every epoch from ``rng`` (a seed or Generator).
+        validation_data: optional ``(X_val, Y_val)``; its loss is recorded every epoch.
+        progress: show a progress bar on stderr (tqdm if installed); None means only when
+            stderr is a terminal.
+        callback: called as ``callback(epoch, record)`` after every epoch, with the record
+            added to the history (e.g. to print it).
+    Returns:
+        ``{'epoch': [...], 'loss': [...]}`` (plus ``'val_loss'``), the loss of an epoch being the
+        mean of its batch losses weighted by batch size (the sum for reduction='sum').
+    """
+    if not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
+    if array_module(X) is not array_module(Y):
+        raise TypeError("X and Y must both be NumPy arrays or both CuPy arrays")
+    step = TrainStep(model, loss, optimizer)
+    on_host = array_module(X) is np
+    rng = np.random.default_rng(rng)
+    history = {"epoch": [], "loss": []}
+    if validation_data is not None:
+        history["val_loss"] = []
+    n_batches = batch_count(len(X), batch_size) if len(X) else 0
+    bar = _progress_bar(epochs * n_batches, progress, "training")
+    try:
+        for epoch in range(1, epochs + 1):
+            total = 0.0
+            for X_batch, Y_batch in batches(X, Y, batch_size, shuffle=shuffle, rng=rng):
+                value = step(X_batch, Y_batch)
+                weight = 1 if loss.reduction == "sum" else len(X_batch)
+                # Summed in double; on the GPU kept there: one synchronisation per epoch.
+                total = (total + float(value) * weight if on_host
+                         else total + value.astype("float64") * weight)
+                if bar is not None:
+                    bar.update(1)
+            record = {"epoch": epoch,
+                      "loss": float(total) if loss.reduction == "sum"
+                      else _epoch_loss(total, len(X))}
+            if validation_data is not None:
+                record["val_loss"] = evaluate(model, *validation_data, loss=loss)
+            for key, value in record.items():
+                history[key].append(value)
+            if bar is not None:
+                bar.set_postfix_str(f"epoch {epoch} loss {record['loss']:.4g}")
+            if callback is not None:
+                callback(epoch, record)
+    finally:
+        if bar is not None:
+            bar.close()
+    return history
+
+
+def predict(model, X, *, batch_size=None):
+    """The model's output on X, as a fresh array (probabilities after a final Sigmoid)."""
+    xp = array_module(X)
+    if batch_size is None or len(X) <= batch_size:
+        return model.forward(X).copy()
+    return xp.concatenate([model.forward(X[start:start + batch_size]).copy()
+                           for start in range(0, len(X), batch_size)])
+
+
+def evaluate(model, X, Y, *, loss):
+    """The loss of ``model`` on (X, Y) as a float (no parameter changes)."""
+    layers, loss = _trained_layers(model, loss)
+    evaluation = type(loss)(weight=loss.weight, reduction=loss.reduction,
+                            **({"pos_weight": loss.pos_weight}
+                               if isinstance(loss, nn.BCEWithLogitsLoss) else {}))
+    output = X
+    for layer in layers:
+        output = layer.forward(output)
+    value = evaluation.forward(output, Y)
+    return float(value.mean() if evaluation.reduction == "none" else value)

@@ -1,0 +1,258 @@
+"""fastloss.nn layers: every backward against central finite differences in float64, the
+logits path for Sigmoid + BCELoss, buffers, parameters, save/load and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fastloss import nn
+from fastloss.optim import SGD
+from fastloss.training import TrainStep
+
+STEP = 1e-6
+
+
+def numerical_gradient(function, array):
+    """Central differences of the scalar function() with respect to each element of array."""
+    gradient = np.empty_like(array)
+    for index in np.ndindex(array.shape):
+        kept = array[index]
+        array[index] = kept + STEP
+        above = function()
+        array[index] = kept - STEP
+        below = function()
+        array[index] = kept
+        gradient[index] = (above - below) / (2 * STEP)
+    return gradient
+
+
+def check_module_gradients(module, x, rng):
+    """backward(G) against the finite differences of sum(G * forward(x)): input and every
+    parameter."""
+    upstream = rng.standard_normal(module.forward(x).shape)
+
+    def objective():
+        return float(np.sum(upstream * module.forward(x)))
+
+    module.forward(x)
+    grad_input = module.backward(upstream).copy()
+    analytic = {name: p.grad.copy() for name, p in module.named_parameters()}
+    np.testing.assert_allclose(grad_input, numerical_gradient(objective, x),
+                               rtol=1e-6, atol=1e-8, err_msg="input gradient")
+    for name, parameter in module.named_parameters():
+        np.testing.assert_allclose(analytic[name], numerical_gradient(objective, parameter.data),
+                                   rtol=1e-6, atol=1e-8, err_msg=f"{name} gradient")
+
+
+@pytest.fixture
+def rng(request):
+    return np.random.default_rng(abs(hash(request.node.name)) % 2**32)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_dense_gradients(rng, bias):
+    layer = nn.Dense(4, 3, bias=bias, dtype=np.float64, rng=rng)
+    check_module_gradients(layer, rng.standard_normal((5, 4)), rng)
+
+
+@pytest.mark.parametrize("activation", [nn.Sigmoid, nn.Tanh, nn.ReLU])
+def test_activation_gradients(rng, activation):
+    x = rng.standard_normal((6, 5))
+    x[np.abs(x) < 1e-3] = 0.5  # keep away from ReLU's kink, where differences are meaningless
+    check_module_gradients(activation(), x, rng)
+
+
+def test_sequential_gradients(rng):
+    model = nn.Sequential(nn.Dense(4, 6, dtype=np.float64, rng=rng), nn.Tanh(),
+                          nn.Dense(6, 5, dtype=np.float64, rng=rng), nn.ReLU(),
+                          nn.Dense(5, 2, dtype=np.float64, rng=rng), nn.Sigmoid())
+    check_module_gradients(model, rng.standard_normal((3, 4)), rng)
+
+
+LOSSES = [
+    ("mse", lambda: nn.MSELoss(), "real"),
+    ("mse_sum", lambda: nn.MSELoss(reduction="sum"), "real"),
+    ("mse_weighted", lambda: nn.MSELoss(weight=np.array([0.5, 2.0, 1.0])), "real"),
+    ("bce", lambda: nn.BCELoss(), "probability"),
+    ("bce_weighted", lambda: nn.BCELoss(weight=np.array([1.5, 0.25, 1.0])), "probability"),
+    ("bce_logits", lambda: nn.BCEWithLogitsLoss(), "real"),
+    ("bce_logits_pos_weight",
+     lambda: nn.BCEWithLogitsLoss(pos_weight=np.array([3.0, 0.5, 1.0]), reduction="sum"), "real"),
+]
+
+
+@pytest.mark.parametrize("make_loss, kind", [case[1:] for case in LOSSES],
+                         ids=[case[0] for case in LOSSES])
+def test_loss_module_gradients(rng, make_loss, kind):
+    loss = make_loss()
+    if kind == "probability":
+        x = rng.uniform(0.05, 0.95, (4, 3))
+        target = rng.uniform(0, 1, (4, 3))
+    else:
+        x = rng.standard_normal((4, 3))
+        target = rng.uniform(0, 1, (4, 3))
+    loss.forward(x, target)
+    analytic = loss.backward().copy()
+    np.testing.assert_allclose(analytic,
+                               numerical_gradient(lambda: float(loss.forward(x, target)), x),
+                               rtol=1e-6, atol=1e-9)
+
+
+def test_reduction_none_backward_is_gradient_of_the_sum(rng):
+    x, target = rng.standard_normal((4, 3)), rng.standard_normal((4, 3))
+    per_element = nn.MSELoss(reduction="none")
+    summed = nn.MSELoss(reduction="sum")
+    assert per_element.forward(x, target).sum() == pytest.approx(summed.forward(x, target),
+                                                                 rel=1e-15)
+    np.testing.assert_array_equal(per_element.backward(), summed.backward())
+
+
+def _classifier(rng, dtype=np.float64):
+    return nn.Sequential(nn.Dense(5, 4, dtype=dtype, rng=rng), nn.ReLU(),
+                         nn.Dense(4, 3, dtype=dtype, rng=rng), nn.Sigmoid())
+
+
+def test_sigmoid_then_bce_trains_on_the_logits_with_the_same_gradients(rng):
+    """TrainStep drops the final Sigmoid and uses BCEWithLogitsLoss: the parameter gradients
+    equal the finite differences of BCE(sigmoid(logits)), and the loss is the same."""
+    model = _classifier(rng)
+    x, target = rng.standard_normal((6, 5)), rng.uniform(0, 1, (6, 3))
+    step = TrainStep(model, nn.BCELoss(), SGD(model.parameters(), lr=0.0))
+    assert isinstance(step.loss, nn.BCEWithLogitsLoss) and len(step.layers) == 3
+    value = step(x, target)
+
+    def objective():
+        return float(nn.BCELoss().forward(model.forward(x), target))
+
+    assert value == pytest.approx(objective(), rel=1e-14)
+    for name, parameter in model.named_parameters():
+        np.testing.assert_allclose(parameter.grad, numerical_gradient(objective, parameter.data),
+                                   rtol=1e-6, atol=1e-9, err_msg=name)
+
+
+def test_logits_path_stays_finite_where_the_sigmoid_saturates():
+    """Logits of +-60 make float64 sigmoid outputs exactly 1 or within 1e-26 of 0: BCE on
+    them is clamped (a zero gradient); the logits form still gives the true loss and
+    gradient."""
+    model = nn.Sequential(nn.Dense(1, 1, bias=False, dtype=np.float64), nn.Sigmoid())
+    model[0].weight.data[...] = 60.0
+    x, target = np.array([[1.0], [-1.0]]), np.array([[0.0], [1.0]])
+    step = TrainStep(model, nn.BCELoss(), SGD(model.parameters(), lr=0.0))
+    assert float(step(x, target)) == pytest.approx(60.0, rel=1e-12)
+    # d/dw mean(softplus(60 w) at x=1 with target 0, softplus(60 w) at x=-1 with target 1)
+    assert model[0].weight.grad[0, 0] == pytest.approx(1.0, rel=1e-12)
+
+
+def test_predict_returns_probabilities_and_fresh_arrays(rng):
+    model = _classifier(rng)
+    x = rng.standard_normal((7, 5))
+    first = nn.predict(model, x)
+    second = nn.predict(model, x + 1.0)
+    assert first.shape == (7, 3) and np.all((first > 0) & (first < 1))
+    assert not np.shares_memory(first, second)
+    # BLAS may round a 1-row block (the last batch) differently from a 7-row one.
+    np.testing.assert_allclose(nn.predict(model, x, batch_size=3), first, rtol=1e-14)
+
+
+def test_layer_buffers_are_reused_per_batch_shape(rng):
+    layer = nn.Dense(3, 2, rng=rng)
+    a = layer.forward(rng.standard_normal((4, 3)).astype(np.float32))
+    b = layer.forward(rng.standard_normal((4, 3)).astype(np.float32))
+    c = layer.forward(rng.standard_normal((5, 3)).astype(np.float32))
+    assert a is b and c is not a
+
+
+@pytest.mark.parametrize("init", ["uniform", "xavier_uniform", "xavier_normal", "he_uniform",
+                                  "he_normal"])
+def test_initialisers(init):
+    layer = nn.Dense(200, 100, init=init, rng=0)
+    weight = layer.weight.data.astype(np.float64)
+    expected_std = {"uniform": np.sqrt(1 / 200 / 3), "xavier_uniform": np.sqrt(2 / 300),
+                    "xavier_normal": np.sqrt(2 / 300), "he_uniform": np.sqrt(2 / 200),
+                    "he_normal": np.sqrt(2 / 200)}[init]
+    assert weight.shape == (100, 200) and layer.weight.data.dtype == np.float32
+    assert weight.std() == pytest.approx(expected_std, rel=0.03)
+    assert abs(weight.mean()) < 0.05 * expected_std * 10
+    if init == "uniform":
+        assert np.all(np.abs(layer.bias.data) <= 1 / np.sqrt(200))
+    else:
+        assert np.all(layer.bias.data == 0)
+
+
+def test_seeded_initialisation_is_reproducible():
+    a, b = nn.Dense(5, 3, rng=7), nn.Dense(5, 3, rng=7)
+    np.testing.assert_array_equal(a.weight.data, b.weight.data)
+    assert not np.array_equal(a.weight.data, nn.Dense(5, 3, rng=8).weight.data)
+
+
+def test_parameters_state_dict_save_and_load(tmp_path, rng):
+    model = _classifier(rng, np.float32)
+    assert list(model.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert len(model.parameters()) == 4
+    path = tmp_path / "model.npz"
+    model.save(path)
+    copy = _classifier(np.random.default_rng(12345), np.float32).load(path)
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(copy.state_dict()[name], value)
+    x = rng.standard_normal((3, 5)).astype(np.float32)
+    np.testing.assert_array_equal(nn.predict(copy, x), nn.predict(model, x))
+
+
+def test_load_rejects_another_architecture(tmp_path, rng):
+    path = tmp_path / "model.npz"
+    _classifier(rng).save(path)
+    with pytest.raises(ValueError, match="parameters"):
+        nn.Sequential(nn.Dense(5, 4, dtype=np.float64)).load(path)
+    wider = nn.Sequential(nn.Dense(5, 5, dtype=np.float64), nn.ReLU(),
+                          nn.Dense(5, 3, dtype=np.float64), nn.Sigmoid())
+    with pytest.raises(ValueError, match=r"0.weight has shape \(4, 5\)"):
+        wider.load(path)
+
+
+def test_to_cpu_keeps_numpy_parameters(rng):
+    model = _classifier(rng)
+    assert model.to("cpu") is model
+    assert all(type(p.data) is np.ndarray for p in model.parameters())
+    with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda'"):
+        model.to("tpu")
+
+
+@pytest.mark.parametrize("x, error, message", [
+    (np.zeros((2, 4), np.float32), ValueError, r"input has shape \(2, 4\), expected \(batch, 3\)"),
+    (np.zeros(3, np.float32), ValueError, r"expected \(batch, 3\)"),
+    (np.zeros((2, 3), np.float64), TypeError, "input has dtype float64 but the parameters"),
+    ([[0.0, 0.0, 0.0]], TypeError, "input is a builtins.list"),
+])
+def test_dense_rejects_bad_input(x, error, message):
+    with pytest.raises(error, match=message):
+        nn.Dense(3, 2, rng=0).forward(x)
+
+
+def test_bad_construction_and_call_order():
+    with pytest.raises(TypeError, match="dtype must be float32 or float64"):
+        nn.Dense(3, 2, dtype=np.int32)
+    with pytest.raises(ValueError, match="in_features must be a positive integer"):
+        nn.Dense(0, 2)
+    with pytest.raises(ValueError, match="init must be one of"):
+        nn.Dense(3, 2, init="glorot")
+    with pytest.raises(TypeError, match="Sequential takes fastloss.nn modules"):
+        nn.Sequential(nn.Dense(3, 2), np.tanh)
+    with pytest.raises(RuntimeError, match="backward called before forward"):
+        nn.Dense(3, 2).backward(np.zeros((1, 2), np.float32))
+    with pytest.raises(RuntimeError, match="backward called before forward"):
+        nn.ReLU().backward(np.zeros((1, 2), np.float32))
+    with pytest.raises(RuntimeError, match="backward called before forward"):
+        nn.MSELoss().backward()
+
+
+def test_loss_modules_pass_kernel_errors_through():
+    with pytest.raises(ValueError, match="outside"):
+        nn.BCELoss().forward(np.array([[1.5]]), np.array([[1.0]]))
+    with pytest.raises(ValueError, match="shape"):
+        nn.MSELoss().forward(np.zeros((2, 1)), np.zeros((2, 2)))
+
+
+def test_repr_names_the_layers():
+    text = repr(nn.Sequential(nn.Dense(3, 2), nn.ReLU()))
+    assert "Dense(3, 2, bias=True, dtype=float32)" in text and "ReLU()" in text

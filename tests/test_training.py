@@ -1,0 +1,274 @@
+"""Training end to end: the three seed examples, fit's history and progress bar, the train
+command on scikit-learn's data sets, parity with torch.nn + torch.optim.SGD, and CuPy."""
+
+from __future__ import annotations
+
+import math
+import runpy
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastloss.__main__ as cli
+from fastloss import nn
+from fastloss.data import batches
+from fastloss.optim import SGD
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def example(name):
+    return runpy.run_path(str(EXAMPLES / f"{name}.py"))
+
+
+# ---- the seeds ---------------------------------------------------------------------------------
+
+def test_seed_single_neuron_gradient_step():
+    seed = example("single_neuron_step")
+    # Worked by hand: z = 0.1 * -0.8 + 0.3 * 0.5 = 0.07, out = 1 / (1 + e^-0.07),
+    # dE/dw = 2 (out - y) out (1 - out) x, change = -0.5 dE/dw.
+    out = 1 / (1 + math.exp(-0.07))
+    assert out == pytest.approx(0.5174928576663897, abs=1e-15)
+    output, error, change = seed["with_fastloss"]()
+    assert output == pytest.approx(0.51749286, abs=5e-9)
+    assert error == pytest.approx(0.31749286, abs=5e-9)
+    # out (1 - out) = 0.2496940, dE/dz = 2 * 0.3174929 * 0.2496940 = 0.1585521
+    np.testing.assert_allclose(change, [-0.0079276062, -0.0237828185], atol=5e-11)
+    hand_output, hand_error, hand_change = seed["by_hand"]()
+    assert output == pytest.approx(hand_output, rel=1e-15)
+    assert error == pytest.approx(hand_error, rel=1e-15)
+    np.testing.assert_allclose(change, hand_change, rtol=1e-12)
+
+
+def test_seed_linear_regression_reaches_least_squares():
+    seed = example("linear_regression")
+    x, y = seed["data"]()
+    theta, losses = seed["gradient_descent"](x, y)
+    np.testing.assert_allclose(theta, seed["least_squares"](x, y), rtol=1e-9)
+    assert all(b <= a * (1 + 1e-12) for a, b in zip(losses, losses[1:]))  # monotone descent
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_seed_and_network_classifies_the_unseen_rows(seed):
+    example_globals = example("and_network")
+    network, losses = example_globals["train"](seed=seed)
+    assert losses[-1] < 0.01
+    assert example_globals["classify"](network, example_globals["X"]) == [1, 0, 0, 0, 0]
+    assert example_globals["classify"](network, example_globals["UNSEEN"]) == [0, 1, 0]
+
+
+# ---- fit --------------------------------------------------------------------------------------
+
+def _problem(dtype=np.float64, n=90, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 6)).astype(dtype)
+    Y = (X[:, :1] + 0.5 * X[:, 1:2] > 0).astype(dtype)
+    model = nn.Sequential(nn.Dense(6, 8, dtype=dtype, rng=rng), nn.Tanh(),
+                          nn.Dense(8, 1, dtype=dtype, rng=rng), nn.Sigmoid())
+    return X, Y, model
+
+
+def test_fit_history_is_the_batch_weighted_mean_and_is_reproducible():
+    X, Y, model = _problem()
+    state = {k: v.copy() for k, v in model.state_dict().items()}
+    history = nn.fit(model, X, Y, loss=nn.BCELoss(), optimizer=SGD(model.parameters(), lr=0.5),
+                     epochs=3, batch_size=32, rng=5, validation_data=(X, Y), progress=False)
+    assert history["epoch"] == [1, 2, 3] and len(history["val_loss"]) == 3
+    assert history["loss"][-1] < history["loss"][0]
+    # Replay by hand: batch losses of sizes 32, 32, 26, weighted by size.
+    model.load_state_dict(state)
+    optimizer, loss = SGD(model.parameters(), lr=0.5), nn.BCEWithLogitsLoss()
+    generator, replayed = np.random.default_rng(5), []
+    logits_layers = model.layers[:-1]
+    for _ in range(3):
+        total = 0.0
+        for X_batch, Y_batch in batches(X, Y, 32, rng=generator):
+            out = X_batch
+            for layer in logits_layers:
+                out = layer.forward(out)
+            total += float(loss.forward(out, Y_batch)) * len(X_batch)
+            grad = loss.backward()
+            for layer in reversed(logits_layers):
+                grad = layer.backward(grad)
+            optimizer.step()
+        replayed.append(total / len(X))
+    np.testing.assert_array_equal(history["loss"], replayed)
+
+
+def test_fit_reduction_sum_records_the_epoch_sum():
+    X, Y, model = _problem()
+    history = nn.fit(model, X, Y, loss=nn.MSELoss(reduction="sum"),
+                     optimizer=SGD(model.parameters(), lr=0.0), epochs=1, batch_size=40,
+                     progress=False)
+    assert history["loss"][0] == pytest.approx(float(np.sum((nn.predict(model, X) - Y) ** 2)),
+                                               rel=1e-12)
+
+
+def test_fit_progress_bar_on_request_and_silent_otherwise(capsys):
+    X, Y, model = _problem(n=40)
+    optimizer = SGD(model.parameters(), lr=0.1)
+    nn.fit(model, X, Y, loss=nn.BCELoss(), optimizer=optimizer, epochs=2, progress=None)
+    assert capsys.readouterr().err == ""  # stderr is not a terminal under pytest
+    nn.fit(model, X, Y, loss=nn.BCELoss(), optimizer=optimizer, epochs=2, progress=True)
+    assert "loss" in capsys.readouterr().err
+
+
+def test_fit_rejects_bad_arguments():
+    X, Y, model = _problem(n=10)
+    optimizer = SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="epochs must be a non-negative integer"):
+        nn.fit(model, X, Y, loss=nn.BCELoss(), optimizer=optimizer, epochs=-1)
+    with pytest.raises(TypeError, match="loss must be a fastloss.nn loss module"):
+        nn.fit(model, X, Y, loss=lambda a, b: 0.0, optimizer=optimizer, epochs=1)
+    with pytest.raises(TypeError, match="model must be a fastloss.nn.Module"):
+        nn.fit(lambda x: x, X, Y, loss=nn.BCELoss(), optimizer=optimizer, epochs=1)
+    with pytest.raises(ValueError, match="X has 10 samples but Y has 9"):
+        nn.fit(model, X, Y[:9], loss=nn.BCELoss(), optimizer=optimizer, epochs=1)
+    with pytest.raises(TypeError, match="input has dtype float32 but the parameters"):
+        nn.fit(model, X.astype(np.float32), Y.astype(np.float32), loss=nn.BCELoss(),
+               optimizer=optimizer, epochs=1)
+
+
+# ---- the train command and real data ----------------------------------------------------------
+
+def test_breast_cancer_mlp_reaches_95_percent_test_accuracy():
+    pytest.importorskip("sklearn")
+    from fastloss._train_cli import build_mlp, held_out_metrics, load_dataset
+    X_train, Y_train, X_test, Y_test, scale = load_dataset("breast_cancer", seed=0)
+    assert X_train.shape == (455, 30) and X_test.shape == (114, 30)
+    np.testing.assert_allclose(X_train.mean(axis=0), 0, atol=1e-5)
+    model = build_mlp(30, [64, 64], classification=True, seed=0)
+    assert [p.data.shape for p in model.parameters()] == [(64, 30), (64,), (64, 64), (64,),
+                                                          (1, 64), (1,)]
+    nn.fit(model, X_train, Y_train, loss=nn.BCELoss(),
+           optimizer=SGD(model.parameters(), lr=0.01, momentum=0.9), epochs=30, batch_size=32,
+           rng=0, progress=False)
+    accuracy = held_out_metrics(model, X_test, Y_test, classification=True,
+                                y_scale=scale)["accuracy"]
+    assert accuracy >= 0.95
+
+
+def test_train_command_breast_cancer(capsys, tmp_path):
+    pytest.importorskip("sklearn")
+    saved = tmp_path / "model.npz"
+    assert cli.main(["train", "--epochs", "3", "--seed", "1", "--save", str(saved),
+                     "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "30-64-64-1 MLP" in out and "epoch    3  loss" in out
+    assert "test accuracy 0.9" in out
+    assert sorted(np.load(saved).files) == ["0.bias", "0.weight", "2.bias", "2.weight",
+                                            "4.bias", "4.weight"]
+
+
+def test_train_command_diabetes_with_plot(capsys, tmp_path):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    plot = tmp_path / "curve.png"
+    assert cli.main(["train", "--dataset", "diabetes", "--epochs", "60", "--plot", str(plot),
+                     "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "10-32-1 MLP, MSELoss" in out
+    r2 = float(out.split("r2 ")[1].split()[0])
+    assert r2 > 0.3  # least squares gets 0.33 on this split
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_command_rejects_bad_hidden_sizes(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--hidden", "64,x"])
+    assert "expected sizes like 64,64" in capsys.readouterr().err
+
+
+# ---- parity with PyTorch ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", ["bce_sigmoid_tanh", "bce_logits_relu", "mse_nesterov"])
+def test_ten_epochs_match_torch_nn_and_torch_optim_sgd(case):
+    """Same initial weights, same batches, float64: the loss history of 10 epochs and the final
+    weights agree with torch.nn + torch.optim.SGD (momentum and weight decay) to rtol 1e-9."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((150, 8))
+    Y = (np.sin(X[:, :1]) + X[:, 1:2] ** 2 > 0.7).astype(np.float64)
+    activation, torch_activation = ((nn.Tanh, torch.nn.Tanh) if case == "bce_sigmoid_tanh"
+                                    else (nn.ReLU, torch.nn.ReLU))
+    layers = [nn.Dense(8, 16, dtype=np.float64, rng=rng), activation(),
+              nn.Dense(16, 12, dtype=np.float64, rng=rng), activation(),
+              nn.Dense(12, 1, dtype=np.float64, rng=rng)]
+    torch_layers = [torch.nn.Linear(8, 16), torch_activation(), torch.nn.Linear(16, 12),
+                    torch_activation(), torch.nn.Linear(12, 1)]
+    settings = dict(lr=0.05, momentum=0.9, weight_decay=1e-3)
+    if case == "bce_sigmoid_tanh":
+        layers.append(nn.Sigmoid())
+        torch_layers.append(torch.nn.Sigmoid())
+        loss, torch_loss = nn.BCELoss(), torch.nn.BCELoss()
+    elif case == "bce_logits_relu":
+        loss, torch_loss = nn.BCEWithLogitsLoss(), torch.nn.BCEWithLogitsLoss()
+    else:
+        loss, torch_loss = nn.MSELoss(), torch.nn.MSELoss()
+        settings.update(nesterov=True, lr=0.02)
+    model = nn.Sequential(*layers)
+    torch_model = torch.nn.Sequential(*torch_layers).double()
+    torch_model.load_state_dict({name: torch.from_numpy(value.copy())
+                                 for name, value in model.state_dict().items()})
+
+    history = nn.fit(model, X, Y, loss=loss, optimizer=SGD(model.parameters(), **settings),
+                     epochs=10, batch_size=32, rng=4, progress=False)
+
+    optimizer = torch.optim.SGD(torch_model.parameters(), **settings)
+    generator, torch_history = np.random.default_rng(4), []
+    for _ in range(10):
+        total = 0.0
+        for X_batch, Y_batch in batches(X, Y, 32, rng=generator):
+            optimizer.zero_grad()
+            value = torch_loss(torch_model(torch.from_numpy(X_batch)), torch.from_numpy(Y_batch))
+            value.backward()
+            optimizer.step()
+            total += value.item() * len(X_batch)
+        torch_history.append(total / len(X))
+
+    np.testing.assert_allclose(history["loss"], torch_history, rtol=1e-9)
+    assert history["loss"][-1] < 0.8 * history["loss"][0]
+    for name, value in torch_model.state_dict().items():
+        np.testing.assert_allclose(model.state_dict()[name], value.numpy(), rtol=1e-9,
+                                   atol=1e-12, err_msg=name)
+
+
+# ---- CuPy: the same code on the GPU ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cp():
+    cupy = pytest.importorskip("cupy")
+    try:
+        available = cupy.cuda.is_available()
+    except Exception:  # a broken driver install
+        available = False
+    if not available:
+        pytest.skip("no CUDA device (cupy.cuda.is_available() is False)")
+    return cupy
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fit_on_cupy_matches_numpy(cp, dtype):
+    X, Y, model = _problem(dtype)
+    gpu_model = nn.Sequential(*[type(layer)() if not isinstance(layer, nn.Dense)
+                                else nn.Dense(layer.in_features, layer.out_features, dtype=dtype)
+                                for layer in model.layers])
+    gpu_model.load_state_dict(model.state_dict())
+    gpu_model.to("cuda")
+    assert all(type(p.data) is cp.ndarray for p in gpu_model.parameters())
+    settings = dict(lr=0.3, momentum=0.9, weight_decay=1e-3)
+    cpu_history = nn.fit(model, X, Y, loss=nn.BCELoss(), optimizer=SGD(model.parameters(),
+                                                                         **settings),
+                         epochs=4, batch_size=16, rng=2, progress=False)
+    gpu_history = nn.fit(gpu_model, cp.asarray(X), cp.asarray(Y), loss=nn.BCELoss(),
+                         optimizer=SGD(gpu_model.parameters(), **settings), epochs=4,
+                         batch_size=16, rng=2, progress=False)
+    rtol = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(gpu_history["loss"], cpu_history["loss"], rtol=rtol)
+    probabilities = nn.predict(gpu_model, cp.asarray(X))
+    assert type(probabilities) is cp.ndarray
+    np.testing.assert_allclose(cp.asnumpy(probabilities), nn.predict(model, X), rtol=rtol * 10,
+                               atol=rtol)
+    with pytest.raises(TypeError, match="move the model"):
+        gpu_model.forward(X)
