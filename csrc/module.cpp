@@ -24,7 +24,7 @@
 #endif
 
 #include "kernels.h"
-#include "optim.h"
+#include "training.h"
 
 namespace py = pybind11;
 
@@ -442,5 +442,5 @@ PYBIND11_MODULE(_cpu, m) {
         "Sum a float32 array with all threads: a read-bandwidth probe for bench/.");
   m.def("stream_copy", &stream_copy, py::arg("src"), py::arg("dst"),
         "Copy float32 src into dst with all threads: a copy-bandwidth probe for bench/.");
-  register_optim(m);
+  register_training(m);
 }

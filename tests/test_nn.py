@@ -256,3 +256,37 @@ def test_loss_modules_pass_kernel_errors_through():
 def test_repr_names_the_layers():
     text = repr(nn.Sequential(nn.Dense(3, 2), nn.ReLU()))
     assert "Dense(3, 2, bias=True, dtype=float32)" in text and "ReLU()" in text
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_dense_relu_gives_the_bits_of_the_separate_layers(rng, dtype):
+    """Sequential runs Dense + ReLU as one stage (bias and ReLU in one C++ call); the results
+    and gradients are those of the layers called one by one."""
+    model = nn.Sequential(nn.Dense(7, 9, dtype=dtype, rng=rng), nn.ReLU(),
+                          nn.Dense(9, 3, dtype=dtype, rng=rng))
+    x = rng.standard_normal((10, 7)).astype(dtype)
+    upstream = rng.standard_normal((10, 3)).astype(dtype)
+    fused_output = model.forward(x).copy()
+    fused_grad_input = model.backward(upstream).copy()
+    fused_grads = [p.grad.copy() for p in model.parameters()]
+    hidden = model[1].forward(model[0].forward(x))
+    np.testing.assert_array_equal(model[2].forward(hidden), fused_output)
+    grad = model[0].backward(model[1].backward(model[2].backward(upstream)))
+    np.testing.assert_array_equal(grad, fused_grad_input)
+    for fused, separate in zip(fused_grads, model.parameters()):
+        np.testing.assert_array_equal(fused, separate.grad)
+
+
+def test_fused_kernels_reject_bad_buffers():
+    from fastloss import _cpu
+    output = np.zeros((4, 3), np.float32)
+    with pytest.raises(ValueError, match=r"bias has shape \(4,\), expected \(3,\)"):
+        _cpu.dense_bias_relu(output, np.zeros(4, np.float32), True)
+    with pytest.raises(TypeError, match="bias has dtype float64, expected float32"):
+        _cpu.dense_bias_relu(output, np.zeros(3), True)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _cpu.dense_bias_relu(np.zeros((3, 4), np.float32).T, None, True)
+    with pytest.raises(ValueError, match=r"grad_input has shape \(3, 4\), expected \(4, 3\)"):
+        _cpu.dense_bias_relu_backward(output, output.copy(), np.zeros((3, 4), np.float32), None)
+    with pytest.raises(ValueError, match="grad_input shares memory with output"):
+        _cpu.dense_bias_relu_backward(output.copy(), output, output, None)

@@ -111,7 +111,7 @@ def test_sgd_rejects_bad_parameters():
         SGD([np.ones(3)], lr=0.1)
     mixed = [nn.Parameter(np.ones(3)), nn.Parameter(np.ones(3, np.float32))]
     mixed[1].grad = np.ones(3)
-    with pytest.raises(TypeError, match=r"params\[1\].grad has another dtype"):
+    with pytest.raises(TypeError, match=r"params\[1\].grad has dtype float64, expected float32"):
         SGD(mixed, lr=0.1).step()
     frozen = nn.Parameter(np.ones(3))
     frozen.data.flags.writeable = False

@@ -46,13 +46,8 @@ class TrainStep:
         self.layers, self.loss = _trained_layers(model, loss)
 
     def __call__(self, X, Y):
-        output = X
-        for layer in self.layers:
-            output = layer.forward(output)
-        value = self.loss.forward(output, Y)
-        grad = self.loss.backward()
-        for index in range(len(self.layers) - 1, -1, -1):
-            grad = self.layers[index].backward(grad, need_input_grad=index > 0)
+        value = self.loss.forward(nn.run_forward(self.layers, X), Y)
+        nn.run_backward(self.layers, self.loss.backward(), need_input_grad=False)
         self.optimizer.step()
         return value.mean() if self.loss.reduction == "none" else value
 
@@ -168,8 +163,5 @@ def evaluate(model, X, Y, *, loss):
     evaluation = type(loss)(weight=loss.weight, reduction=loss.reduction,
                             **({"pos_weight": loss.pos_weight}
                                if isinstance(loss, nn.BCEWithLogitsLoss) else {}))
-    output = X
-    for layer in layers:
-        output = layer.forward(output)
-    value = evaluation.forward(output, Y)
+    value = evaluation.forward(nn.run_forward(layers, X), Y)
     return float(value.mean() if evaluation.reduction == "none" else value)
