@@ -290,3 +290,40 @@ def test_fused_kernels_reject_bad_buffers():
         _cpu.dense_bias_relu_backward(output, output.copy(), np.zeros((3, 4), np.float32), None)
     with pytest.raises(ValueError, match="grad_input shares memory with output"):
         _cpu.dense_bias_relu_backward(output.copy(), output, output, None)
+
+
+@pytest.mark.parametrize("out_features", [1, 4, 5])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_narrow_layers_match_the_blas_products(rng, out_features, dtype):
+    """Layers of at most 4 outputs run their products as C++ loops: same values as the BLAS
+    path within rounding, and gradients checked against the definition."""
+    layer = nn.Dense(37, out_features, dtype=dtype, rng=rng)
+    x = rng.standard_normal((9, 37)).astype(dtype)
+    upstream = rng.standard_normal((9, out_features)).astype(dtype)
+    weight, bias = layer.weight.data, layer.bias.data
+    rtol = 1e-5 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(layer.forward(x), x @ weight.T + bias, rtol=rtol, atol=rtol)
+    grad_input = layer.backward(upstream)
+    np.testing.assert_allclose(grad_input, upstream @ weight, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(layer.weight.grad, upstream.T @ x, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(layer.bias.grad, upstream.sum(axis=0), rtol=rtol, atol=rtol)
+    relu_model = nn.Sequential(layer, nn.ReLU())
+    np.testing.assert_allclose(relu_model.forward(x), np.maximum(x @ weight.T + bias, 0),
+                               rtol=rtol, atol=rtol)
+
+
+def test_narrow_kernels_reject_bad_buffers():
+    from fastloss import _cpu
+    x, w = np.zeros((3, 5)), np.zeros((2, 5))
+    with pytest.raises(ValueError, match="at most 4 rows"):
+        _cpu.dense_narrow_forward(x, np.zeros((5, 5)), None, np.zeros((3, 5)), False)
+    with pytest.raises(ValueError, match=r"input has shape \(3, 4\), expected \(batch, 5\)"):
+        _cpu.dense_narrow_forward(np.zeros((3, 4)), w, None, np.zeros((3, 2)), False)
+    with pytest.raises(ValueError, match=r"output has shape \(3, 3\), expected \(3, 2\)"):
+        _cpu.dense_narrow_forward(x, w, None, np.zeros((3, 3)), False)
+    with pytest.raises(ValueError, match="output shares memory"):
+        _cpu.dense_narrow_forward(x, w, None, x.reshape(-1)[:6].reshape(3, 2), False)
+    with pytest.raises(ValueError, match="weight_grad shares memory"):
+        _cpu.dense_narrow_backward(np.zeros((3, 2)), x, w, w, None)
+    with pytest.raises(ValueError, match=r"grad_input has shape \(3, 4\), expected \(3, 5\)"):
+        _cpu.dense_narrow_backward(np.zeros((3, 2)), x, w, np.zeros((2, 5)), np.zeros((3, 4)))

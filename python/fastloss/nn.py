@@ -27,6 +27,8 @@ __all__ = ["Parameter", "Module", "Dense", "Sigmoid", "Tanh", "ReLU", "Sequentia
            "MSELoss", "BCELoss", "BCEWithLogitsLoss", "fit", "predict"]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# Layers this narrow run their products as C++ loops: BLAS call overhead dominates there.
+_NARROW_MAX_OUTPUTS = _cpu.dense_narrow_max_outputs
 
 
 class Parameter:
@@ -202,8 +204,12 @@ class Dense(Module):
         _check_input(input, weight, "Dense", self.in_features)
         output = self._buffer("output", (input.shape[0], self.out_features), weight)
         if type(weight) is np.ndarray:
-            np.matmul(input, weight.T, out=output)
-            _cpu.dense_bias_relu(output, None if bias is None else bias.data, relu)
+            bias_data = None if bias is None else bias.data
+            if self.out_features <= _NARROW_MAX_OUTPUTS:
+                _cpu.dense_narrow_forward(input, weight, bias_data, output, relu)
+            else:
+                np.matmul(input, weight.T, out=output)
+                _cpu.dense_bias_relu(output, bias_data, relu)
         else:
             xp = array_module(weight)
             xp.matmul(input, weight.T, out=output)
@@ -224,6 +230,12 @@ class Dense(Module):
                 grad_output, self._output if relu else None,
                 self._buffer("grad_pre_activation", grad_output.shape, weight) if relu else None,
                 None if bias is None else bias.grad)
+            if self.out_features <= _NARROW_MAX_OUTPUTS:
+                grad_input = (self._buffer("grad_input", input.shape, weight) if need_input_grad
+                              else None)
+                _cpu.dense_narrow_backward(grad_output, input, weight, self.weight.grad,
+                                           grad_input)
+                return grad_input
         else:
             xp = array_module(weight)
             if relu:
