@@ -1,0 +1,202 @@
+"""fastloss inside PyTorch training code: autograd functions and ``nn.Module`` losses with
+``torch.nn.functional``'s signatures.
+
+    from fastloss.torch import mse_loss, binary_cross_entropy_with_logits, BCEWithLogitsLoss
+
+The forward computes the loss and its gradient in one pass (the ``*_and_grad`` kernels) and
+saves the gradient, so ``backward`` only scales it by ``grad_output`` (not even that when the
+upstream gradient is the usual 1). CPU tensors reach the C++ kernels without a copy
+(``Tensor.numpy()`` on contiguous tensors; others are made contiguous once); CUDA tensors reach
+the CUDA kernels through DLPack (``cupy.from_dlpack``), on the tensor's current stream.
+
+Gradients flow to ``input`` only: a ``target``, ``weight`` or ``pos_weight`` that requires grad
+is a ValueError (detach it). Double backward is not supported. This module imports torch;
+``import fastloss`` never imports it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.autograd.function import once_differentiable
+
+from . import functional as F
+
+__all__ = ["mse_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits", "sigmoid",
+           "MSELoss", "BCELoss", "BCEWithLogitsLoss"]
+
+
+# ---- tensors <-> arrays without copies ------------------------------------------------------------
+def _as_array(tensor, name):
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__qualname__}")
+    tensor = tensor.detach()
+    if tensor.device.type == "cpu":
+        return tensor.contiguous().numpy()
+    if tensor.device.type == "cuda":
+        import cupy
+        return cupy.from_dlpack(tensor.contiguous())
+    raise ValueError(f"{name} is on device {tensor.device}; fastloss runs on CPU and CUDA tensors")
+
+
+def _as_tensor(array, device):
+    if isinstance(array, np.generic):  # a reduced loss: NumPy scalar
+        return torch.from_numpy(np.asarray(array))
+    if isinstance(array, np.ndarray):
+        return torch.from_numpy(array)
+    return torch.from_dlpack(array).to(device)
+
+
+def _optional_array(tensor, name, like):
+    if tensor is None:
+        return None
+    if isinstance(tensor, torch.Tensor):
+        if tensor.requires_grad:
+            raise ValueError(f"fastloss.torch does not differentiate {name}; pass "
+                             f"{name}.detach()")
+        if tensor.device != like.device:
+            raise ValueError(f"{name} is on {tensor.device} but input is on {like.device}")
+        return _as_array(tensor, name)
+    return tensor  # a Python number: the kernels take it as a scalar weight
+
+
+def _check_deprecated(size_average, reduce):
+    if size_average is not None or reduce is not None:
+        raise ValueError("size_average and reduce are deprecated in PyTorch and not supported "
+                         "here; use reduction='mean' | 'sum' | 'none'")
+
+
+def _stream_of(tensor):
+    """A context that makes CuPy launch on the tensor's current CUDA stream (a no-op on CPU)."""
+    if tensor.device.type != "cuda":
+        return _NoStream()
+    import cupy
+    return cupy.cuda.ExternalStream(torch.cuda.current_stream(tensor.device).cuda_stream)
+
+
+class _NoStream:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _FusedLoss(torch.autograd.Function):
+    """loss, grad = and_grad(input, target, ...) in forward; backward = grad * grad_output."""
+
+    @staticmethod
+    def forward(ctx, input, target, and_grad, reduction, weight, pos_weight):
+        if target.requires_grad:
+            raise ValueError("fastloss.torch does not differentiate target; pass "
+                             "target.detach()")
+        if target.device != input.device:
+            raise ValueError(f"target is on {target.device} but input is on {input.device}")
+        extra = {} if pos_weight is None else {"pos_weight": pos_weight}
+        with _stream_of(input):
+            loss, grad = and_grad(_as_array(input, "input"), _as_array(target, "target"),
+                                  weight=weight, reduction=reduction, **extra)
+        ctx.reduction = reduction
+        ctx.save_for_backward(_as_tensor(grad, input.device))
+        return _as_tensor(loss, input.device)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        if ctx.reduction != "none" and grad_output.device.type == "cpu" \
+                and grad_output.item() == 1.0:
+            return grad, None, None, None, None, None
+        return grad * grad_output, None, None, None, None, None
+
+
+def _fused(and_grad, input, target, reduction, weight=None, pos_weight=None):
+    for name, tensor in (("input", input), ("target", target)):
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__qualname__}")
+    return _FusedLoss.apply(input, target, and_grad, reduction,
+                            _optional_array(weight, "weight", input),
+                            _optional_array(pos_weight, "pos_weight", input))
+
+
+def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None):
+    """``torch.nn.functional.mse_loss`` on fastloss's fused kernel (loss and gradient in one
+    pass; the sum is exact to about one ulp and deterministic)."""
+    _check_deprecated(size_average, reduce)
+    return _fused(F.mse_loss_and_grad, input, target, reduction, weight)
+
+
+def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=None,
+                         reduction="mean"):
+    """``torch.nn.functional.binary_cross_entropy`` (probabilities; logs clamped at -100)."""
+    _check_deprecated(size_average, reduce)
+    return _fused(F.binary_cross_entropy_and_grad, input, target, reduction, weight)
+
+
+def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None, reduce=None,
+                                     reduction="mean", pos_weight=None):
+    """``torch.nn.functional.binary_cross_entropy_with_logits`` (stable for every logit)."""
+    _check_deprecated(size_average, reduce)
+    return _fused(F.binary_cross_entropy_with_logits_and_grad, input, target, reduction,
+                  weight, pos_weight)
+
+
+class _Sigmoid(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, input):
+        with _stream_of(input):
+            output = _as_tensor(F.sigmoid(_as_array(input, "input")), input.device)
+        ctx.save_for_backward(output)
+        return output
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        (output,) = ctx.saved_tensors
+        with _stream_of(output):
+            grad = F.sigmoid_backward(_as_array(grad_output, "grad_output"),
+                                      _as_array(output, "output"))
+        return _as_tensor(grad, output.device)
+
+
+def sigmoid(input):
+    """``torch.sigmoid`` through fastloss (within 1 ulp, exactly 0/1 at saturation)."""
+    return _Sigmoid.apply(input)
+
+
+class MSELoss(torch.nn.Module):
+    """``torch.nn.MSELoss`` on fastloss's fused kernel."""
+
+    def __init__(self, reduction="mean"):
+        super().__init__()
+        self.reduction = reduction
+
+    def forward(self, input, target):
+        return mse_loss(input, target, reduction=self.reduction)
+
+
+class BCELoss(torch.nn.Module):
+    """``torch.nn.BCELoss`` on fastloss's fused kernel."""
+
+    def __init__(self, weight=None, reduction="mean"):
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.reduction = reduction
+
+    def forward(self, input, target):
+        return binary_cross_entropy(input, target, weight=self.weight, reduction=self.reduction)
+
+
+class BCEWithLogitsLoss(torch.nn.Module):
+    """``torch.nn.BCEWithLogitsLoss`` on fastloss's fused kernel."""
+
+    def __init__(self, weight=None, reduction="mean", pos_weight=None):
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.register_buffer("pos_weight", pos_weight)
+        self.reduction = reduction
+
+    def forward(self, input, target):
+        return binary_cross_entropy_with_logits(input, target, weight=self.weight,
+                                                reduction=self.reduction,
+                                                pos_weight=self.pos_weight)

@@ -1,0 +1,154 @@
+"""fastloss.torch: autograd functions and loss modules inside PyTorch code (gradcheck, values
+against torch.nn.functional, a torch.nn model trained with them, errors)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import fastloss.torch as ft  # noqa: E402  (needs torch)
+
+REDUCTIONS = ["mean", "sum", "none"]
+
+
+def _inputs(kind, shape=(5, 3), dtype=torch.float64, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    if kind == "probability":
+        x = torch.rand(shape, generator=generator, dtype=dtype) * 0.9 + 0.05
+    else:
+        x = torch.randn(shape, generator=generator, dtype=dtype)
+    target = torch.rand(shape, generator=generator, dtype=dtype)
+    return x.requires_grad_(), target
+
+
+CASES = {
+    "mse": (ft.mse_loss, torch.nn.functional.mse_loss, "real", {}),
+    "bce": (ft.binary_cross_entropy, torch.nn.functional.binary_cross_entropy, "probability",
+            {}),
+    "bce_weight": (ft.binary_cross_entropy, torch.nn.functional.binary_cross_entropy,
+                   "probability", {"weight": torch.tensor([0.5, 2.0, 1.5], dtype=torch.float64)}),
+    "bce_logits": (ft.binary_cross_entropy_with_logits,
+                   torch.nn.functional.binary_cross_entropy_with_logits, "real", {}),
+    "bce_logits_weights": (ft.binary_cross_entropy_with_logits,
+                           torch.nn.functional.binary_cross_entropy_with_logits, "real",
+                           {"weight": torch.tensor([0.5, 2.0, 1.5], dtype=torch.float64),
+                            "pos_weight": torch.tensor([3.0, 0.25, 1.0], dtype=torch.float64)}),
+}
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("case", list(CASES))
+def test_gradcheck(case, reduction):
+    function, _, kind, kwargs = CASES[case]
+    x, target = _inputs(kind)
+    assert torch.autograd.gradcheck(
+        lambda a: function(a, target, reduction=reduction, **kwargs), (x,), eps=1e-6, atol=1e-7)
+
+
+def test_sigmoid_gradcheck_and_values():
+    x, _ = _inputs("real", (4, 6))
+    assert torch.autograd.gradcheck(ft.sigmoid, (x,), eps=1e-6, atol=1e-7)
+    torch.testing.assert_close(ft.sigmoid(x), torch.sigmoid(x), rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("case", list(CASES))
+def test_values_and_gradients_match_torch(case, reduction, dtype):
+    function, reference, kind, kwargs = CASES[case]
+    kwargs = {k: v.to(dtype) for k, v in kwargs.items()}
+    x, target = _inputs(kind, (64, 3), dtype)
+    upstream = torch.randn(64, 3, dtype=dtype) if reduction == "none" else torch.tensor(0.75,
+                                                                                       dtype=dtype)
+    ours = function(x, target.to(dtype), reduction=reduction, **kwargs)
+    (grad,) = torch.autograd.grad(ours, x, upstream)
+    theirs = reference(x, target.to(dtype), reduction=reduction, **kwargs)
+    (expected,) = torch.autograd.grad(theirs, x, upstream)
+    tolerance = dict(rtol=2e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12,
+                                                                               atol=1e-13)
+    assert ours.dtype == dtype and ours.shape == theirs.shape
+    torch.testing.assert_close(ours, theirs, **tolerance)
+    torch.testing.assert_close(grad, expected, **tolerance)
+
+
+def test_backward_with_unit_upstream_returns_the_saved_gradient():
+    x, target = _inputs("real")
+    ft.mse_loss(x, target).backward()
+    torch.testing.assert_close(x.grad, 2 * (x.detach() - target) / x.numel(), rtol=1e-15,
+                               atol=0)
+
+
+def test_non_contiguous_input_is_handled():
+    x, target = _inputs("real", (6, 4))
+    strided = x.t()
+    loss = ft.mse_loss(strided, target.t())
+    loss.backward()
+    torch.testing.assert_close(x.grad, 2 * (x.detach() - target) / x.numel(), rtol=1e-15,
+                               atol=0)
+
+
+@pytest.mark.parametrize("module, reference, kind, kwargs", [
+    (ft.MSELoss, torch.nn.MSELoss, "real", {}),
+    (ft.BCEWithLogitsLoss, torch.nn.BCEWithLogitsLoss, "real",
+     {"pos_weight": torch.tensor([2.0], dtype=torch.float64)}),
+])
+def test_torch_model_trains_the_same_with_fastloss_losses(module, reference, kind, kwargs):
+    """A torch.nn MLP, float64, 5 epochs of SGD with momentum: the same losses and weights with
+    fastloss.torch's loss module as with torch.nn's (rtol 1e-9)."""
+    generator = torch.Generator().manual_seed(3)
+    X = torch.randn(120, 6, generator=generator, dtype=torch.float64)
+    Y = ((X[:, :1] * X[:, 1:2]) > 0).to(torch.float64)
+
+    def train(criterion):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(),
+                                    torch.nn.Linear(16, 1)).double()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9,
+                                    weight_decay=1e-3)
+        losses = []
+        for _ in range(5):
+            for start in range(0, len(X), 32):
+                optimizer.zero_grad()
+                loss = criterion(model(X[start:start + 32]), Y[start:start + 32])
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+        return losses, model.state_dict()
+
+    ours, our_state = train(module(**kwargs))
+    theirs, their_state = train(reference(**kwargs))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-9)
+    for name in their_state:
+        torch.testing.assert_close(our_state[name], their_state[name], rtol=1e-9, atol=1e-12)
+
+
+def test_errors():
+    x, target = _inputs("real")
+    with pytest.raises(ValueError, match="does not differentiate target"):
+        ft.mse_loss(x, target.clone().requires_grad_())
+    with pytest.raises(ValueError, match="does not differentiate weight"):
+        ft.binary_cross_entropy_with_logits(x, target, weight=torch.ones(3, dtype=torch.float64,
+                                                                          requires_grad=True))
+    with pytest.raises(ValueError, match="size_average and reduce are deprecated"):
+        ft.mse_loss(x, target, reduce=False)
+    with pytest.raises(TypeError, match="dtype float64 but input has dtype float32"):
+        ft.mse_loss(x.float(), target)
+    with pytest.raises(TypeError, match="target must be a torch.Tensor"):
+        ft.mse_loss(x, target.numpy())
+    with pytest.raises(TypeError, match="float16"):
+        ft.mse_loss(x.half(), target.half())
+    with pytest.raises(ValueError, match="reduction must be"):
+        ft.mse_loss(x, target, reduction="avg")
+    with pytest.raises(ValueError, match="outside"):
+        ft.binary_cross_entropy(x.detach() + 2, target)
+
+
+def test_importing_fastloss_does_not_import_torch():
+    code = "import sys, fastloss, fastloss.nn; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "False"
