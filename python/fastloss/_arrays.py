@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from types import ModuleType
+from typing import Any
+
 import numpy as np
 
+# A numpy.ndarray or a cupy.ndarray (CuPy is optional, so it cannot be named in annotations).
+Array = Any
 
-def array_module(array):
+
+def array_module(array: Array) -> ModuleType:
     """numpy for a NumPy array, cupy for a CuPy array; TypeError for anything else."""
     if isinstance(array, np.ndarray):
         return np
@@ -16,7 +22,7 @@ def array_module(array):
                     f"{type(array).__module__}.{type(array).__qualname__}")
 
 
-def module_for_device(device):
+def module_for_device(device: str) -> ModuleType:
     """numpy for 'cpu', cupy for 'cuda' (or 'gpu')."""
     if device == "cpu":
         return np
@@ -30,7 +36,7 @@ def module_for_device(device):
     raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
 
 
-def as_module_array(array, xp):
+def as_module_array(array: Array, xp: ModuleType) -> Array:
     """``array`` moved to the library ``xp`` (a no-op when it is already there)."""
     if xp is np:
         return array.get() if not isinstance(array, np.ndarray) else array

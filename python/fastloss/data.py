@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Iterator
 
 import numpy as np
 
-from ._arrays import array_module
+from ._arrays import Array, array_module
 
 __all__ = ["batches", "batch_count"]
 
 
-def batch_count(n_samples, batch_size):
+def batch_count(n_samples: int, batch_size: int) -> int:
     """Number of batches of one epoch (the last, ragged one included)."""
     return -(-n_samples // batch_size)
 
 
-def batches(X, Y, batch_size, *, shuffle=True, rng=None):
+def batches(X: Array, Y: Array, batch_size: int, *, shuffle: bool = True,
+            rng: int | np.random.Generator | None = None) -> Iterator[tuple[Array, Array]]:
     """Yields ``(X_batch, Y_batch)`` over the first axis, one epoch.
 
     Args:

@@ -16,12 +16,14 @@ parameter's ``.grad`` (it does not accumulate), so no ``zero_grad`` is needed.
 from __future__ import annotations
 
 import math
+from os import PathLike
+from typing import Any, ClassVar
 
 import numpy as np
 
 from . import _cpu
 from . import functional as F
-from ._arrays import array_module, as_module_array, module_for_device
+from ._arrays import Array, array_module, as_module_array, module_for_device
 
 __all__ = ["Parameter", "Module", "Dense", "Sigmoid", "Tanh", "ReLU", "Sequential",
            "MSELoss", "BCELoss", "BCEWithLogitsLoss", "fit", "predict"]
@@ -36,7 +38,7 @@ class Parameter:
 
     __slots__ = ("data", "grad")
 
-    def __init__(self, data):
+    def __init__(self, data: Array) -> None:
         self.data = data
         self.grad = array_module(data).zeros_like(data)
 
@@ -47,26 +49,26 @@ class Parameter:
 class Module:
     """Base class: ``forward(x)``, ``backward(grad_output)`` and the parameter bookkeeping."""
 
-    def __init__(self):
-        self._buffers = {}
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[str, tuple[int, ...]], Array] = {}
 
-    def forward(self, input):
+    def forward(self, input: Array) -> Array:
         raise NotImplementedError
 
-    def backward(self, grad_output, *, need_input_grad=True):
+    def backward(self, grad_output: Array, *, need_input_grad: bool = True) -> Array | None:
         """Writes parameter gradients; returns d loss / d input (None if not needed)."""
         raise NotImplementedError
 
-    def __call__(self, input):
+    def __call__(self, input: Array) -> Array:
         return self.forward(input)
 
-    def named_parameters(self):
+    def named_parameters(self) -> list[tuple[str, Parameter]]:
         return []
 
-    def parameters(self):
+    def parameters(self) -> list[Parameter]:
         return [parameter for _, parameter in self.named_parameters()]
 
-    def _buffer(self, slot, shape, like):
+    def _buffer(self, slot: str, shape: tuple[int, ...], like: Array) -> Array:
         # Keyed by shape too, so a ragged last batch does not evict the full-batch buffers.
         key = (slot, shape)
         buffer = self._buffers.get(key)
@@ -75,7 +77,7 @@ class Module:
             self._buffers[key] = buffer
         return buffer
 
-    def to(self, device):
+    def to(self, device: str) -> Module:
         """Moves the parameters to 'cpu' (NumPy) or 'cuda' (CuPy); returns self."""
         xp = module_for_device(device)
         for parameter in self.parameters():
@@ -85,14 +87,14 @@ class Module:
             module._buffers = {}
         return self
 
-    def _modules(self):
+    def _modules(self) -> list[Module]:
         return [self]
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Array]:
         """Parameter arrays by name ('weight', '0.bias', ...), as in ``torch.nn``."""
         return {name: parameter.data for name, parameter in self.named_parameters()}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Copies arrays into the parameters; names, shapes and dtypes must match."""
         own = dict(self.named_parameters())
         if set(state) != set(own):
@@ -107,12 +109,12 @@ class Module:
                                  f"{parameter.data.dtype}")
             parameter.data[...] = as_module_array(value, array_module(parameter.data))
 
-    def save(self, path):
+    def save(self, path: str | PathLike[str]) -> None:
         """Writes the parameters to ``path`` with ``numpy.savez`` (host copies)."""
         np.savez(path, **{name: as_module_array(value, np)
                           for name, value in self.state_dict().items()})
 
-    def load(self, path):
+    def load(self, path: str | PathLike[str]) -> Module:
         """Reads parameters written by ``save``; returns self."""
         with np.load(path) as archive:
             self.load_state_dict({name: archive[name] for name in archive.files})
@@ -165,8 +167,9 @@ class Dense(Module):
             then cast, so a seed gives the same weights on the CPU and the GPU.
     """
 
-    def __init__(self, in_features, out_features, *, bias=True, init="uniform",
-                 dtype=np.float32, rng=None):
+    def __init__(self, in_features: int, out_features: int, *, bias: bool = True,
+                 init: str = "uniform", dtype: Any = np.float32,
+                 rng: int | np.random.Generator | None = None) -> None:
         super().__init__()
         dtype = np.dtype(dtype)
         if dtype not in _FLOAT_DTYPES:
@@ -178,28 +181,29 @@ class Dense(Module):
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.weight = Parameter(
             _initial_weight(init, rng, self.out_features, self.in_features).astype(dtype))
-        self.bias = None
+        self.bias: Parameter | None = None
         if bias:
             bound = 1.0 / math.sqrt(self.in_features)
             initial = (rng.uniform(-bound, bound, self.out_features) if init == "uniform"
                        else np.zeros(self.out_features))
             self.bias = Parameter(initial.astype(dtype))
-        self._input = self._output = None
+        self._input: Array | None = None
+        self._output: Array | None = None
 
-    def named_parameters(self):
+    def named_parameters(self) -> list[tuple[str, Parameter]]:
         named = [("weight", self.weight)]
         return named + [("bias", self.bias)] if self.bias is not None else named
 
-    def forward(self, input):
+    def forward(self, input: Array) -> Array:
         return self._forward(input, False)
 
-    def backward(self, grad_output, *, need_input_grad=True):
+    def backward(self, grad_output: Array, *, need_input_grad: bool = True) -> Array | None:
         return self._backward(grad_output, False, need_input_grad)
 
     # relu=True: this layer followed by ReLU, as Sequential runs the pair. On NumPy the bias
     # and the ReLU (and backward, the ReLU derivative and the bias gradient) are one C++ call
     # beside the matrix products: a step at batch 32 is mostly per-call overhead.
-    def _forward(self, input, relu):
+    def _forward(self, input: Array, relu: bool) -> Array:
         weight, bias = self.weight.data, self.bias
         _check_input(input, weight, "Dense", self.in_features)
         output = self._buffer("output", (input.shape[0], self.out_features), weight)
@@ -220,12 +224,12 @@ class Dense(Module):
         self._input, self._output = input, output
         return output
 
-    def _backward(self, grad_output, relu, need_input_grad):
+    def _backward(self, grad_output: Array, relu: bool, need_input_grad: bool) -> Array | None:
         input, weight, bias = self._input, self.weight.data, self.bias
         if input is None:
             raise RuntimeError("Dense.backward called before forward")
+        xp: Any = np
         if type(weight) is np.ndarray:
-            xp = np
             grad_output = _cpu.dense_bias_relu_backward(
                 grad_output, self._output if relu else None,
                 self._buffer("grad_pre_activation", grad_output.shape, weight) if relu else None,
@@ -258,16 +262,22 @@ class Dense(Module):
 class _Activation(Module):
     """Elementwise activation: keeps its output for the backward pass."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
-        self._output = None
+        self._output: Array | None = None
 
-    def forward(self, input):
+    def _apply(self, input: Array, output: Array) -> Array:
+        raise NotImplementedError
+
+    def _derivative(self, grad_output: Array, output: Array, grad_input: Array) -> Array:
+        raise NotImplementedError
+
+    def forward(self, input: Array) -> Array:
         output = self._buffer("output", input.shape, input)
         self._output = self._apply(input, output)
         return self._output
 
-    def backward(self, grad_output, *, need_input_grad=True):
+    def backward(self, grad_output: Array, *, need_input_grad: bool = True) -> Array | None:
         if self._output is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
         grad_input = self._buffer("grad_input", grad_output.shape, grad_output)
@@ -281,18 +291,18 @@ class Sigmoid(_Activation):
     """Logistic sigmoid through the fastloss kernels. Before ``BCELoss`` in a ``Sequential``,
     training skips it and uses ``BCEWithLogitsLoss`` on its input (see ``fit``)."""
 
-    def _apply(self, input, output):
+    def _apply(self, input: Array, output: Array) -> Array:
         return F.sigmoid(input, out=output)
 
-    def _derivative(self, grad_output, output, grad_input):
+    def _derivative(self, grad_output: Array, output: Array, grad_input: Array) -> Array:
         return F.sigmoid_backward(grad_output, output, out=grad_input)
 
 
 class Tanh(_Activation):
-    def _apply(self, input, output):
+    def _apply(self, input: Array, output: Array) -> Array:
         return array_module(input).tanh(input, out=output)
 
-    def _derivative(self, grad_output, output, grad_input):
+    def _derivative(self, grad_output: Array, output: Array, grad_input: Array) -> Array:
         xp = array_module(output)
         xp.multiply(output, output, out=grad_input)
         xp.subtract(1, grad_input, out=grad_input)
@@ -300,17 +310,17 @@ class Tanh(_Activation):
 
 
 class ReLU(_Activation):
-    def _apply(self, input, output):
+    def _apply(self, input: Array, output: Array) -> Array:
         return array_module(input).maximum(input, 0, out=output)
 
-    def _derivative(self, grad_output, output, grad_input):
+    def _derivative(self, grad_output: Array, output: Array, grad_input: Array) -> Array:
         # Zero where the output is zero (input <= 0), as torch.nn.ReLU: 0 at the kink.
         xp = array_module(output)
         xp.sign(output, out=grad_input)
         return xp.multiply(grad_output, grad_input, out=grad_input)
 
 
-def _stages(layers):
+def _stages(layers: list[Module]) -> list[tuple[Any, bool]]:
     """(layer, fused_relu) pairs: a Dense followed by a ReLU runs as one fused stage (the
     ReLU instance is then not called; the results are the same)."""
     stages, index = [], 0
@@ -322,14 +332,15 @@ def _stages(layers):
     return stages
 
 
-def run_forward(layers, input):
+def run_forward(layers: list[Module], input: Array) -> Array:
     """The layers applied in order (fusing Dense + ReLU pairs)."""
     for layer, fused in _stages(layers):
         input = layer._forward(input, True) if fused else layer.forward(input)
     return input
 
 
-def run_backward(layers, grad_output, *, need_input_grad=True):
+def run_backward(layers: list[Module], grad_output: Array, *,
+                 need_input_grad: bool = True) -> Array | None:
     """Backward through layers after ``run_forward``; the first one's input gradient only
     if need_input_grad."""
     stages = _stages(layers)
@@ -344,17 +355,17 @@ def run_backward(layers, grad_output, *, need_input_grad=True):
 class Sequential(Module):
     """Layers applied in order; ``layers[i]`` parameters are named ``'{i}.weight'`` etc."""
 
-    def __init__(self, *layers):
+    def __init__(self, *layers: Module) -> None:
         super().__init__()
         for layer in layers:
             if not isinstance(layer, Module):
                 raise TypeError(f"Sequential takes fastloss.nn modules, got {layer!r}")
         self.layers = list(layers)
 
-    def forward(self, input):
+    def forward(self, input: Array) -> Array:
         return run_forward(self.layers, input)
 
-    def backward(self, grad_output, *, need_input_grad=True):
+    def backward(self, grad_output: Array, *, need_input_grad: bool = True) -> Array | None:
         return run_backward(self.layers, grad_output, need_input_grad=need_input_grad)
 
     def named_parameters(self):
@@ -362,13 +373,13 @@ class Sequential(Module):
                 for index, layer in enumerate(self.layers)
                 for name, parameter in layer.named_parameters()]
 
-    def _modules(self):
+    def _modules(self) -> list[Module]:
         return [self] + [module for layer in self.layers for module in layer._modules()]
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: int) -> Module:
         return self.layers[index]
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.layers)
 
     def __repr__(self):
@@ -380,18 +391,18 @@ class _Loss:
     """A loss module: ``forward(input, target)`` returns the loss and computes d loss / d input
     in the same pass (the fused ``*_and_grad`` kernel); ``backward()`` returns it."""
 
-    _and_grad = None
+    _and_grad: ClassVar[Any]  # the fused *_and_grad function of fastloss.functional
 
-    def __init__(self, *, weight=None, reduction="mean"):
+    def __init__(self, *, weight: Array | float | None = None, reduction: str = "mean") -> None:
         self.weight = weight
         self.reduction = reduction
-        self._grad = None
-        self._grad_buffers = {}
+        self._grad: Array | None = None
+        self._grad_buffers: dict[Any, Array] = {}
 
-    def _extra(self):
+    def _extra(self) -> dict[str, Any]:
         return {}
 
-    def forward(self, input, target):
+    def forward(self, input: Array, target: Array) -> Any:
         key = (input.shape, input.dtype, type(input))
         out = self._grad_buffers.get(key)
         if out is None:
@@ -403,7 +414,7 @@ class _Loss:
 
     __call__ = forward
 
-    def backward(self):
+    def backward(self) -> Array:
         """d loss / d input of the last ``forward`` (for reduction='none': of the summed loss)."""
         if self._grad is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
@@ -427,11 +438,12 @@ class BCEWithLogitsLoss(_Loss):
     """Binary cross-entropy on logits (``torch.nn.BCEWithLogitsLoss``)."""
     _and_grad = staticmethod(F.binary_cross_entropy_with_logits_and_grad)
 
-    def __init__(self, *, weight=None, reduction="mean", pos_weight=None):
+    def __init__(self, *, weight: Array | float | None = None, reduction: str = "mean",
+                 pos_weight: Array | float | None = None) -> None:
         super().__init__(weight=weight, reduction=reduction)
         self.pos_weight = pos_weight
 
-    def _extra(self):
+    def _extra(self) -> dict[str, Any]:
         return {"pos_weight": self.pos_weight}
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
 from . import _cpu
-from ._arrays import array_module
+from ._arrays import Array, array_module
 
 __all__ = ["SGD"]
 
@@ -30,8 +32,9 @@ class SGD:
     expressions. ``lr`` may be changed between steps (``optimizer.lr = ...``).
     """
 
-    def __init__(self, params, lr, momentum=0.0, dampening=0.0, weight_decay=0.0,
-                 nesterov=False):
+    def __init__(self, params: Iterable[Any], lr: float, momentum: float = 0.0,
+                 dampening: float = 0.0, weight_decay: float = 0.0,
+                 nesterov: bool = False) -> None:
         for name, value in (("lr", lr), ("momentum", momentum), ("dampening", dampening),
                             ("weight_decay", weight_decay)):
             if not isinstance(value, numbers.Real) or isinstance(value, bool) \
@@ -47,14 +50,14 @@ class SGD:
                 raise TypeError(f"SGD takes fastloss.nn.Parameter objects, got {parameter!r}")
         self.lr, self.momentum, self.dampening = float(lr), float(momentum), float(dampening)
         self.weight_decay, self.nesterov = float(weight_decay), bool(nesterov)
-        self._momentum_buffers = None
+        self._momentum_buffers: list[Array] | None = None
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         """Sets every gradient to zero (not needed: ``backward`` overwrites gradients)."""
         for parameter in self.params:
             parameter.grad[...] = 0
 
-    def step(self):
+    def step(self) -> None:
         """One update of every parameter from its ``.grad``."""
         params = self.params
         first_step = False
@@ -73,14 +76,16 @@ class SGD:
                        self.dampening, self.weight_decay, self.nesterov, first_step)
 
 
-def sgd_update(param, grad, momentum_buffer, lr, momentum, dampening, weight_decay, nesterov,
-               first_step):
+def sgd_update(param: Array, grad: Array, momentum_buffer: Array | None, lr: float,
+               momentum: float, dampening: float, weight_decay: float, nesterov: bool,
+               first_step: bool) -> None:
     """One parameter's SGD update with array expressions (any array library); the same
     arithmetic as the C++ kernel, in the parameter's dtype."""
     xp = array_module(param)
     if weight_decay != 0:
         grad = grad + param.dtype.type(weight_decay) * param
     if momentum != 0:
+        assert momentum_buffer is not None, "momentum needs a buffer"
         if first_step:
             momentum_buffer[...] = grad
         else:

@@ -4,17 +4,19 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from . import nn
-from ._arrays import array_module
+from ._arrays import Array, array_module
 from .data import batch_count, batches
 
 __all__ = ["TrainStep", "fit", "predict", "evaluate"]
 
 
-def _trained_layers(model, loss):
+def _trained_layers(model: nn.Module, loss: nn._Loss) -> tuple[list[nn.Module], nn._Loss]:
     """The layers that training runs and the loss it applies to their output.
 
     A Sequential ending in Sigmoid, trained with BCELoss, is trained on its logits with
@@ -34,7 +36,7 @@ class TrainStep:
     Reduction 'none' trains on the sum of the per-element losses and returns their mean.
     """
 
-    def __init__(self, model, loss, optimizer):
+    def __init__(self, model: nn.Module, loss: nn._Loss, optimizer: Any) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a fastloss.nn.Module, got {model!r}")
         if not isinstance(loss, nn._Loss):
@@ -45,14 +47,14 @@ class TrainStep:
         self.model, self.optimizer = model, optimizer
         self.layers, self.loss = _trained_layers(model, loss)
 
-    def __call__(self, X, Y):
+    def __call__(self, X: Array, Y: Array) -> Any:
         value = self.loss.forward(nn.run_forward(self.layers, X), Y)
         nn.run_backward(self.layers, self.loss.backward(), need_input_grad=False)
         self.optimizer.step()
         return value.mean() if self.loss.reduction == "none" else value
 
 
-def _progress_bar(total, enabled, description):
+def _progress_bar(total: int, enabled: bool | None, description: str) -> Any:
     """A tqdm bar on stderr, a plain line-per-update fallback, or nothing."""
     if enabled is None:
         enabled = sys.stderr.isatty()
@@ -66,28 +68,32 @@ def _progress_bar(total, enabled, description):
 
 
 class _PlainProgress:
-    def __init__(self, total, description):
+    def __init__(self, total: int, description: str) -> None:
         self.total, self.count, self.description = total, 0, description
 
-    def update(self, count=1):
+    def update(self, count: int = 1) -> None:
         self.count += count
         sys.stderr.write(f"\r{self.description}: {self.count}/{self.total}")
         sys.stderr.flush()
 
-    def set_postfix_str(self, text):
+    def set_postfix_str(self, text: str) -> None:
         sys.stderr.write(f" {text}")
 
-    def close(self):
+    def close(self) -> None:
         sys.stderr.write("\n")
         sys.stderr.flush()
 
 
-def _epoch_loss(total, count):
+def _epoch_loss(total: Any, count: int) -> float:
     return float(total) / count if count else float("nan")
 
 
-def fit(model, X, Y, *, loss, optimizer, epochs, batch_size=32, shuffle=True, rng=None,
-        validation_data=None, progress=None, callback=None):
+def fit(model: nn.Module, X: Array, Y: Array, *, loss: nn._Loss, optimizer: Any, epochs: int,
+        batch_size: int = 32, shuffle: bool = True,
+        rng: int | np.random.Generator | None = None,
+        validation_data: tuple[Array, Array] | None = None, progress: bool | None = None,
+        callback: Callable[[int, dict[str, float]], Any] | None = None,
+        ) -> dict[str, list[Any]]:
     """Trains ``model`` in place with mini-batch SGD and returns the per-epoch history.
 
     Args:
@@ -115,7 +121,7 @@ def fit(model, X, Y, *, loss, optimizer, epochs, batch_size=32, shuffle=True, rn
     step = TrainStep(model, loss, optimizer)
     on_host = array_module(X) is np
     rng = np.random.default_rng(rng)
-    history = {"epoch": [], "loss": []}
+    history: dict[str, list[Any]] = {"epoch": [], "loss": []}
     if validation_data is not None:
         history["val_loss"] = []
     n_batches = batch_count(len(X), batch_size) if len(X) else 0
@@ -148,7 +154,7 @@ def fit(model, X, Y, *, loss, optimizer, epochs, batch_size=32, shuffle=True, rn
     return history
 
 
-def predict(model, X, *, batch_size=None):
+def predict(model: nn.Module, X: Array, *, batch_size: int | None = None) -> Array:
     """The model's output on X, as a fresh array (probabilities after a final Sigmoid)."""
     xp = array_module(X)
     if batch_size is None or len(X) <= batch_size:
@@ -157,7 +163,7 @@ def predict(model, X, *, batch_size=None):
                            for start in range(0, len(X), batch_size)])
 
 
-def evaluate(model, X, Y, *, loss):
+def evaluate(model: nn.Module, X: Array, Y: Array, *, loss: nn._Loss) -> float:
     """The loss of ``model`` on (X, Y) as a float (no parameter changes)."""
     layers, loss = _trained_layers(model, loss)
     evaluation = type(loss)(weight=loss.weight, reduction=loss.reduction,
