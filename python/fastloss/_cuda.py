@@ -286,7 +286,7 @@ def _module_file(family, dtype_name, arch):
     raise AssertionError("unreachable")
 
 
-_kernels: dict[tuple, object] = {}  # (family, dtype, name, device) -> cupy.RawKernel
+_kernels: dict[tuple, dict] = {}  # (family, dtype, arch) -> {name expression: cupy.RawKernel}
 _kernels_lock = threading.Lock()
 
 
