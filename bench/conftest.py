@@ -19,7 +19,7 @@ def ceilings(pytestconfig):
     """Read and copy bandwidth (GB/s) measured once per session, in the same run as the
     benchmarks: the ceiling of a shared machine drifts between runs."""
     pytestconfig.stash[_OTHER_LOAD] = OtherLoad()  # from the first benchmark on
-    n = STREAM_N_BIG if pytestconfig.getoption("big") else STREAM_N
+    n = STREAM_N_BIG if pytestconfig.getoption("full") else STREAM_N
     measured = measure_bandwidth(n)
     pytestconfig.stash[_CEILINGS] = measured
     return measured
