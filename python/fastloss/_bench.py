@@ -595,6 +595,23 @@ _OPENMP_RELEASES = {201107: "3.1", 201307: "4.0", 201511: "4.5", 201811: "5.0", 
                     202111: "5.2", 202411: "6.0"}
 
 
+def cpu_family() -> str:
+    """'family 23 model 1' (x86 Linux), which names the microarchitecture; '' elsewhere."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if not key.strip():
+                    break  # the first processor is enough
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return ""
+    if "cpu family" not in fields:
+        return ""
+    return f"family {fields['cpu family']} model {fields.get('model', '?')}"
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
@@ -836,6 +853,8 @@ def plot(rows, ceilings, path, accuracy=()) -> None:
     dashed); then the stability track's error in ulps against N, one subplot per loss."""
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
 
+    from fastloss._bench_stability import CLASSIC, RANDOM
+
     panels = list(dict.fromkeys((row.op, row.dtype) for row in rows))
     losses = list(dict.fromkeys(a.op for a in accuracy))
     columns = 3
@@ -856,13 +875,19 @@ def plot(rows, ceilings, path, accuracy=()) -> None:
                  ylabel="GB/s")
         axis.legend(fontsize="small")
     for axis, op_name in zip(error_axes, losses):
-        mine = [a for a in accuracy if a.op == op_name and a.data == "random"]
+        mine = [a for a in accuracy if a.op == op_name]
         for impl in dict.fromkeys(a.impl for a in mine):
             # An exact result is drawn at 0.01 ulp: a log axis has no zero.
-            axis.plot(*zip(*[(a.n, max(a.ulps, 1e-2)) for a in mine if a.impl == impl]),
-                      marker="o", label=impl)
+            points = {data: [(a.n, max(a.ulps, 1e-2)) for a in mine
+                             if a.impl == impl and a.data == data]
+                      for data in (RANDOM, CLASSIC)}
+            (line,) = axis.plot(*zip(*points[RANDOM]), marker="o", label=impl)
+            if points[CLASSIC]:  # the classic failure: crosses in the line's colour
+                axis.plot(*zip(*points[CLASSIC]), marker="x", markersize=9,
+                          linestyle="none", color=line.get_color())
         axis.axhline(1.0, linestyle="--", color="grey", label="1 ulp")
-        axis.set(xscale="log", yscale="log", title=f"{op_name}: float32 error, random data",
+        axis.set(xscale="log", yscale="log",
+                 title=f"{op_name}\nfloat32 error (o random data, x {CLASSIC})",
                  xlabel="N", ylabel="|error| in ulps")
         axis.legend(fontsize="small")
     used = set(map(id, speed_axes + error_axes))
@@ -908,14 +933,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _sizes(args):
+    """N of the timings, of the stability track, of the determinism check, of the classic
+    failure."""
     from fastloss import _bench_stability as stability
-    if args.sizes:  # tests: the same tiny sizes for both parts
-        return args.sizes, args.sizes, min(args.sizes)
+    if args.sizes:  # the CLI's test: tiny sizes everywhere
+        return args.sizes, args.sizes, min(args.sizes), 2**11
     timing = FULL_SIZES if args.scale in ("full", "big") else QUICK_SIZES
     accuracy = {"quick": stability.QUICK_SIZES, "full": stability.FULL_SIZES,
                 "big": stability.BIG_SIZES}[args.scale]
     determinism_n = 10**7 if args.scale in ("full", "big") else 10**6
-    return timing, accuracy, determinism_n
+    return timing, accuracy, determinism_n, stability.CLASSIC_N
 
 
 def command_line(args) -> str:
@@ -941,7 +968,7 @@ def main(args: argparse.Namespace) -> int:
     repeats = 7
     dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
     ops = tuple(OPS) if args.all_ops else CLI_OPS
-    timing_sizes, accuracy_sizes, determinism_n = _sizes(args)
+    timing_sizes, accuracy_sizes, determinism_n, classic_n = _sizes(args)
     other_load = OtherLoad()
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     stream_n = STREAM_N_BIG if max(timing_sizes) >= STREAM_N_BIG else STREAM_N
@@ -960,7 +987,8 @@ def main(args: argparse.Namespace) -> int:
     # The determinism runs are not timed: they share the machine with the stability track.
     running = stability.Determinism([impl for impl in impls if impl not in missing],
                                     determinism_n)
-    accuracy, more_missing = stability.run_stability(accuracy_sizes, impls, progress.step)
+    accuracy, more_missing = stability.run_stability(accuracy_sizes, impls, progress.step,
+                                                     classic_n)
     missing.update(more_missing)
     outcome = running.result()
     progress.step("determinism: 1 and 2 threads")
@@ -995,7 +1023,8 @@ def write_markdown(path, report, command, load_before) -> None:
     lines = [
         f"# CPU benchmark, {datetime.date.today().isoformat()}",
         "",
-        f"Machine: {cpu_model()}, {os.cpu_count()} logical cores, {memory_description()}, "
+        f"Machine: {cpu_model()} ({cpu_family() or 'family unknown'}), {os.cpu_count()} "
+        f"logical cores, {memory_description()}, "
         f"{platform.system()} {platform.release()}; {load}.",
         "",
         f"Reproduce: `pip install \".[bench]\" && pip install --no-deps crysx-nn && {command}`",
