@@ -487,6 +487,19 @@ def make_case(impl: str, op: Op, inputs: Inputs, arrays: tuple | None = None) ->
     return _BUILDERS[impl]()[op.name](*(arrays or inputs.arrays(op)))
 
 
+def runnable_cases(impls, op: Op, inputs: Inputs, missing: dict, make=make_case):
+    """(impl, case) for each impl that runs here; the others go into ``missing`` with the
+    reason. The caller deletes each case before the next is made (outputs of size N)."""
+    for impl in impls:
+        try:
+            case = make(impl, op, inputs)
+        except Unavailable as reason:
+            missing[impl] = str(reason)
+            continue
+        yield impl, case
+        del case
+
+
 # ---- inputs rotated through memory ----------------------------------------------------------------
 def last_level_cache_bytes() -> int:
     """Size of the largest CPU cache (Linux sysfs), or 32 MiB when it cannot be read."""
@@ -755,12 +768,7 @@ def run_benchmarks(ops, sizes, impls, dtype, ceilings, repeats=7, step=lambda me
         for op_name in ops:
             op = OPS[op_name]
             timed = {}
-            for impl in impls:
-                try:
-                    case = make_timed_case(impl, op, inputs)
-                except Unavailable as reason:
-                    missing[impl] = str(reason)
-                    continue
+            for impl, case in runnable_cases(impls, op, inputs, missing, make_timed_case):
                 seconds, result = time_case(case, repeats)
                 # Keep the loss only: the case and its result hold output buffers of size N.
                 timed[impl] = seconds, loss_value(result) if op.reduces else None

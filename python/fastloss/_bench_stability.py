@@ -22,7 +22,7 @@ import numpy as np
 
 from fastloss import _cpu, reference
 from fastloss._bench import (OPS, Inputs, Unavailable, loss_value, make_case, relative_error,
-                             size_label, ulps)
+                             runnable_cases, size_label, ulps)
 
 DTYPE = "float32"
 # Ordered so that each op's arrays can be freed once no later op reads them.
@@ -102,12 +102,7 @@ def run_stability(sizes, impls, step=lambda message: None, classic_n=CLASSIC_N):
         for index, op_name in enumerate(LOSSES):
             op = OPS[op_name]
             exact = inputs.exact_loss(op)
-            for impl in impls:
-                try:
-                    case = make_case(impl, op, inputs)
-                except Unavailable as reason:
-                    missing[impl] = str(reason)
-                    continue
+            for impl, case in runnable_cases(impls, op, inputs, missing):
                 results.append(Accuracy(op_name, data, n, impl, loss_value(case()), exact))
                 del case  # its output buffers, before the next impl makes its own
             still_read = {name for later in LOSSES[index + 1:] for name in OPS[later].arrays}
