@@ -913,7 +913,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", dest="scale", action="store_const", const="quick",
                       help="the default: timings at N = 1e3, 1e5, 1e6, stability at 1e6 and "
-                           "2^25 (well under a minute)")
+                           "2^25 (tens of seconds)")
     size.add_argument("--full", dest="scale", action="store_const", const="full",
                       help="timings also at N = 1e7 and 1e8, stability at 1e6, 1e7, 1e8 and "
                            "2^25 (several GB of memory, many minutes)")
