@@ -160,9 +160,11 @@ OPS = {op.name: op for op in (
     Op("mse_loss_grad", _MSE, True),
     Op("mse_loss_and_grad", _MSE, True, reference.mse_loss),
     Op("binary_cross_entropy", _BCE, False, reference.binary_cross_entropy),
+    Op("binary_cross_entropy_grad", _BCE, True),
     Op("binary_cross_entropy_and_grad", _BCE, True, reference.binary_cross_entropy),
     Op("binary_cross_entropy_with_logits", _LOGITS, False,
        reference.binary_cross_entropy_with_logits),
+    Op("binary_cross_entropy_with_logits_grad", _LOGITS, True),
     Op("binary_cross_entropy_with_logits_and_grad", _LOGITS, True,
        reference.binary_cross_entropy_with_logits),
     Op("sigmoid", ("values",), True),
@@ -189,10 +191,13 @@ _FASTLOSS = {
     "mse_loss_grad": lambda x, y: _with_out(fastloss.mse_loss_grad, x, y),
     "mse_loss_and_grad": lambda x, y: _with_out(fastloss.mse_loss_and_grad, x, y),
     "binary_cross_entropy": lambda p, t: lambda: fastloss.binary_cross_entropy(p, t),
+    "binary_cross_entropy_grad": lambda p, t: _with_out(fastloss.binary_cross_entropy_grad, p, t),
     "binary_cross_entropy_and_grad":
         lambda p, t: _with_out(fastloss.binary_cross_entropy_and_grad, p, t),
     "binary_cross_entropy_with_logits":
         lambda z, t: lambda: fastloss.binary_cross_entropy_with_logits(z, t),
+    "binary_cross_entropy_with_logits_grad":
+        lambda z, t: _with_out(fastloss.binary_cross_entropy_with_logits_grad, z, t),
     "binary_cross_entropy_with_logits_and_grad":
         lambda z, t: _with_out(fastloss.binary_cross_entropy_with_logits_and_grad, z, t),
     "sigmoid": lambda z: _with_out(fastloss.sigmoid, z),
@@ -245,8 +250,10 @@ _NAIVE_FUNCTIONS = {
     "mse_loss_grad": _naive_mse_loss_grad,
     "mse_loss_and_grad": _loss_and_grad(_naive_mse_loss, _naive_mse_loss_grad),
     "binary_cross_entropy": _naive_bce,
+    "binary_cross_entropy_grad": _naive_bce_grad,
     "binary_cross_entropy_and_grad": _loss_and_grad(_naive_bce, _naive_bce_grad),
     "binary_cross_entropy_with_logits": _naive_bce_logits,
+    "binary_cross_entropy_with_logits_grad": _naive_bce_logits_grad,
     "binary_cross_entropy_with_logits_and_grad":
         _loss_and_grad(_naive_bce_logits, _naive_bce_logits_grad),
     "sigmoid": _naive_sigmoid,
@@ -308,18 +315,27 @@ def _best_bce(p, t):
     return lambda: -_bce_sum(p, t, log_p, log_q) / p.size
 
 
+def _bce_grad(p, t, denominator, out):
+    """(p - t) / (N max(p (1 - p), 1e-12)), PyTorch's clamp, into ``out``."""
+    np.subtract(1, p, out=denominator)
+    np.multiply(denominator, p, out=denominator)
+    np.maximum(denominator, reference.GRAD_EPS, out=denominator)
+    np.multiply(denominator, p.size, out=denominator)
+    np.subtract(p, t, out=out)
+    return np.divide(out, denominator, out=out)
+
+
+def _best_bce_grad(p, t):
+    denominator, out = np.empty_like(p), np.empty_like(p)
+    return lambda: _bce_grad(p, t, denominator, out)
+
+
 def _best_bce_and_grad(p, t):
     log_p, log_q, out = np.empty_like(p), np.empty_like(p), np.empty_like(p)
 
     def run():
         loss = -_bce_sum(p, t, log_p, log_q) / p.size
-        denominator = log_q  # reused: p * (1 - p) clamped like PyTorch's, times N for the mean
-        np.subtract(1, p, out=denominator)
-        np.multiply(denominator, p, out=denominator)
-        np.maximum(denominator, reference.GRAD_EPS, out=denominator)
-        np.multiply(denominator, p.size, out=denominator)
-        np.subtract(p, t, out=out)
-        return loss, np.divide(out, denominator, out=out)
+        return loss, _bce_grad(p, t, log_q, out)  # log_q's buffer reused for the denominator
     return run
 
 
@@ -346,15 +362,21 @@ def _best_bce_logits(z, t):
     return lambda: _logits_sum(z, t, buffer) / z.size
 
 
+def _logits_grad(z, t, out):
+    """(sigmoid(z) - t) / N into ``out``."""
+    _tanh_sigmoid(z, out)
+    np.subtract(out, t, out=out)
+    return np.multiply(out, 1 / z.size, out=out)
+
+
+def _best_bce_logits_grad(z, t):
+    out = np.empty_like(z)
+    return lambda: _logits_grad(z, t, out)
+
+
 def _best_bce_logits_and_grad(z, t):
     buffer, out = np.empty_like(z), np.empty_like(z)
-
-    def run():
-        loss = _logits_sum(z, t, buffer) / z.size
-        _tanh_sigmoid(z, out)
-        np.subtract(out, t, out=out)
-        return loss, np.multiply(out, 1 / z.size, out=out)
-    return run
+    return lambda: (_logits_sum(z, t, buffer) / z.size, _logits_grad(z, t, out))
 
 
 def _best_sigmoid(z):
@@ -377,8 +399,10 @@ _NUMPY_BEST = {
     "mse_loss_grad": _best_mse_loss_grad,
     "mse_loss_and_grad": _best_mse_loss_and_grad,
     "binary_cross_entropy": _best_bce,
+    "binary_cross_entropy_grad": _best_bce_grad,
     "binary_cross_entropy_and_grad": _best_bce_and_grad,
     "binary_cross_entropy_with_logits": _best_bce_logits,
+    "binary_cross_entropy_with_logits_grad": _best_bce_logits_grad,
     "binary_cross_entropy_with_logits_and_grad": _best_bce_logits_and_grad,
     "sigmoid": _best_sigmoid,
     "sigmoid_backward": _best_sigmoid_backward,
@@ -429,6 +453,18 @@ def _torch_builders():
         return lambda: torch.ops.aten.mse_loss_backward.grad_input(one, x, y, mean,
                                                                    grad_input=out)
 
+    def bce_grad(p, t):
+        p, t, out = tensor(p), tensor(t), tensor(np.empty_like(p))
+        one = torch.ones((), dtype=p.dtype)
+        return lambda: torch.ops.aten.binary_cross_entropy_backward.grad_input(
+            one, p, t, None, mean, grad_input=out)
+
+    def bce_logits_grad(z, t):
+        # aten has no backward kernel of its own for the logits form (autograd composes it):
+        # the gradient alone as a PyTorch user writes it.
+        z, t, out = tensor(z), tensor(t), tensor(np.empty_like(z))
+        return lambda: torch.sigmoid(z, out=out).sub_(t).div_(z.numel())
+
     def sigmoid(z):
         z, out = tensor(z), tensor(np.empty_like(z))
         return lambda: torch.sigmoid(z, out=out)
@@ -442,8 +478,10 @@ def _torch_builders():
         "mse_loss_grad": mse_loss_grad,
         "mse_loss_and_grad": with_autograd(F.mse_loss),
         "binary_cross_entropy": loss_only(F.binary_cross_entropy),
+        "binary_cross_entropy_grad": bce_grad,
         "binary_cross_entropy_and_grad": with_autograd(F.binary_cross_entropy),
         "binary_cross_entropy_with_logits": loss_only(F.binary_cross_entropy_with_logits),
+        "binary_cross_entropy_with_logits_grad": bce_logits_grad,
         "binary_cross_entropy_with_logits_and_grad":
             with_autograd(F.binary_cross_entropy_with_logits),
         "sigmoid": sigmoid,
