@@ -28,7 +28,7 @@ import numpy as np
 BCE_EPS = 1e-7  # the seeds' clip of BCE's input (Keras's epsilon)
 
 INSTALL_HINT = "pip install 'fastloss[bench]'"
-# crysx-nn 0.1.7 pins numpy==1.19.2, which has no wheel for Python >= 3.10 and fails to build,
+# crysx-nn 0.1.7 pins numpy==1.19.2, which has no wheel for Python 3.11 and fails to build,
 # so it cannot be a dependency of the extra; its code runs on current NumPy and Numba.
 CRYSX_INSTALL_HINT = "pip install --no-deps crysx-nn (its numpy==1.19.2 pin cannot install)"
 
