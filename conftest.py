@@ -4,9 +4,13 @@ pytest-benchmark runs benchmarks alongside ordinary tests unless told otherwise;
 opt-in, so a plain ``pytest`` never spends minutes timing:
 
     pytest                          tests/ only (testpaths); benchmarks, if any, are skipped
-    pytest bench --benchmark        the benchmarks, timed (N up to 1e7; add --big for 1e8)
+    pytest bench --benchmark        the benchmarks, timed (N up to 1e7)
+    pytest bench --benchmark --full     ... and N = 1e8 (timings and the stability track)
+    pytest bench --benchmark --big      ... and the stability track at N = 4e8 too
     pytest bench --benchmark-disable
                                     each benchmark run once, untimed: the CI smoke run
+
+--full and --big are the sizes of ``python -m fastloss bench --full / --big``.
 
 Any explicit pytest-benchmark mode (--benchmark-only/-skip/-disable/-enable) is left alone.
 """
@@ -20,13 +24,17 @@ def pytest_addoption(parser):
     group = parser.getgroup("fastloss")
     group.addoption("--benchmark", action="store_true", default=False,
                     help="run only the benchmarks, timed (pytest-benchmark's --benchmark-only)")
-    group.addoption("--big", action="store_true", default=False,
+    group.addoption("--full", action="store_true", default=False,
                     help="benchmarks also at N = 1e8 (several GB of memory, many minutes)")
+    group.addoption("--big", action="store_true", default=False,
+                    help="--full, and the stability track also at N = 4e8 (about 12 GB)")
 
 
 # tryfirst: pytest-benchmark reads these options in its own pytest_configure (trylast).
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
+    if config.option.big:
+        config.option.full = True
     if not hasattr(config.option, "benchmark_skip"):
         return  # pytest-benchmark is not installed (or disabled with -p no:benchmark)
     if config.option.benchmark:

@@ -19,7 +19,7 @@ def ceilings(pytestconfig):
     """Read and copy bandwidth (GB/s) measured once per session, in the same run as the
     benchmarks: the ceiling of a shared machine drifts between runs."""
     pytestconfig.stash[_OTHER_LOAD] = OtherLoad()  # from the first benchmark on
-    n = STREAM_N_BIG if pytestconfig.getoption("big") else STREAM_N
+    n = STREAM_N_BIG if pytestconfig.getoption("full") else STREAM_N
     measured = measure_bandwidth(n)
     pytestconfig.stash[_CEILINGS] = measured
     return measured
@@ -54,8 +54,10 @@ def record(pytestconfig):
 
 
 def pytest_terminal_summary(terminalreporter, config):
-    """GB/s and share of the ceiling side by side per implementation: what pytest-benchmark's
-    own table (times only, one row per benchmark) does not show."""
+    """GB/s and share of the ceiling side by side per implementation, and the stability track's
+    errors: what pytest-benchmark's own table (times only, one row per benchmark) does not
+    show."""
+    _stability_summary(terminalreporter, config.stash.get(_RESULTS, []))
     results = [r for r in config.stash.get(_RESULTS, []) if "gbs" in r]
     if not results:
         return  # benchmarks skipped or untimed (--benchmark-disable)
@@ -81,3 +83,14 @@ def pytest_terminal_summary(terminalreporter, config):
     for line in lines:
         write("  ".join(cell.ljust(w) if i < 3 else cell.rjust(w)
                         for i, (cell, w) in enumerate(zip(line, widths))).rstrip())
+
+
+def _stability_summary(terminalreporter, records):
+    from fastloss._bench_stability import Accuracy, format_stability
+    accuracy = [Accuracy(r["op"], r["data"], r["n"], r["impl"], r["value"], r["exact"])
+                for r in records if r.get("track") == "stability"]
+    if not accuracy:
+        return
+    terminalreporter.write_sep("-", "stability track: float32 means against the exact value")
+    for line in format_stability(accuracy).splitlines():
+        terminalreporter.write_line(line)

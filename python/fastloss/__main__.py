@@ -1,7 +1,7 @@
 """Command line: ``python -m fastloss info``, ``bench`` and ``train``.
 
-Also the ``fastloss`` console script (``main``). Neither command needs PyTorch or CuPy: they
-are reported, and PyTorch compared against, only when installed.
+Also the ``fastloss`` console script (``main``). Neither command needs PyTorch, Numba, crysx_nn
+or CuPy: they are reported, and compared against, only when installed.
 """
 
 from __future__ import annotations
@@ -75,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     run_as_module = os.path.basename(sys.argv[0]) == "__main__.py"
     parser = argparse.ArgumentParser(
         prog="python -m fastloss" if run_as_module else "fastloss",
-        description="fastloss: build information, benchmarks against NumPy and PyTorch, "
-                    "and a small network trained with fastloss.nn.")
+        description="fastloss: build information, benchmarks against NumPy, Numba, PyTorch "
+                    "and crysx_nn, and a small network trained with fastloss.nn.")
     commands = parser.add_subparsers(dest="command", metavar="{info,bench,train}",
                                      required=True)
     commands.add_parser(
@@ -85,11 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "chunking and the CUDA status (via CuPy, if installed).",
     ).set_defaults(handler=info)
     bench_parser = commands.add_parser(
-        "bench", help="time fastloss against NumPy and PyTorch; a table on stdout",
-        description="Measure the machine's memory bandwidth, then time fastloss, naive NumPy "
-                    "and PyTorch (if installed) on each op and size: time, GB/s, share of "
-                    "the bandwidth ceiling, speed-up over NumPy and error in ulps. Progress "
-                    "goes to stderr, the table to stdout.")
+        "bench", help="fastloss against its peers: speed, float32 error, determinism",
+        description="Measure the machine's memory bandwidth, then time fastloss and each "
+                    "installed peer (NumPy as the seeds wrote it and at its best, Numba serial "
+                    "and parallel, PyTorch, crysx_nn) on each op and size: time, GB/s, share "
+                    "of the bandwidth ceiling, ratio to the best peer, error in ulps. Then the "
+                    "stability track: each one's float32 error against the exact value as N "
+                    "grows and on 2^25 terms of 0.1, and its bits with 1 and 2 threads. "
+                    "Progress goes to stderr, the report to stdout, the plot to a PNG.")
     bench_parser.set_defaults(handler=bench)
     _bench.add_arguments(bench_parser)
     train_parser = commands.add_parser(

@@ -1,4 +1,4 @@
-"""Benchmarks of fastloss against NumPy and PyTorch, measured against the machine's bandwidth.
+"""Benchmarks of fastloss against NumPy, Numba, PyTorch and crysx_nn, and the machine's bandwidth.
 
 Used by ``python -m fastloss bench`` (``main`` below) and by the pytest-benchmark harness in
 ``bench/`` of the source tree, so that the bandwidth probe, the test data and every compared
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib.util
+import itertools
 import math
 import os
 import platform
@@ -28,6 +29,7 @@ import numpy as np
 
 import fastloss
 from fastloss import _cpu, reference
+from fastloss._bench_peers import BCE_EPS, Unavailable, crysx_builder, numba_case
 
 # ---- bandwidth ceiling ---------------------------------------------------------------------------
 STREAM_N = 25_000_000  # float32s: 100 MB per array, far beyond any cache
@@ -59,7 +61,6 @@ def _seconds(function, *args):
 
 
 # ---- test data -----------------------------------------------------------------------------------
-BCE_EPS = 1e-7  # the naive BCE's clip, as in Keras
 PROB_MIN = 1e-6  # probabilities lie in [PROB_MIN, 1 - PROB_MIN]: the clip above never bites
 
 
@@ -81,6 +82,7 @@ class Inputs:
         self.n = int(n)
         self._arrays = {}
         self._exact = {}
+        self._expected = (None, None)
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name not in self._arrays:
@@ -98,12 +100,36 @@ class Inputs:
     def arrays(self, op: Op) -> tuple:
         return tuple(self[name] for name in op.arrays)
 
+    def drop(self, *names: str) -> None:
+        """Frees arrays no longer needed (the stability track's 1.6 GB arrays at N = 4e8)."""
+        for name in names:
+            self._arrays.pop(name, None)
+
     def exact_loss(self, op: Op) -> float:
         """The op's loss in exact float64 (``fastloss.reference``: float64 terms, math.fsum)."""
         key = op.reference.__name__  # mse_loss and mse_loss_and_grad share one
         if key not in self._exact:
-            self._exact[key] = float(op.reference(*self.arrays(op)))
+            self._exact[key] = exact_mean(op.reference, self.arrays(op))
         return self._exact[key]
+
+    def expected(self, op: Op):
+        """``fastloss.reference``'s result of the op (float64), for the latest op only: at
+        N = 1e8 one array of it takes 800 MB."""
+        if self._expected[0] != op.name:
+            self._expected = (None, None)  # frees the previous op's arrays first
+            self._expected = (op.name, getattr(reference, op.name)(*self.arrays(op)))
+        return self._expected[1]
+
+
+EXACT_CHUNK = 1 << 21  # the reference's float64 temporaries stay at tens of MB for any N
+
+
+def exact_mean(reference_loss, arrays) -> float:
+    """Exact mean of ``reference_loss``'s per-element terms: math.fsum over chunks."""
+    n = arrays[0].size
+    chunks = (reference_loss(*(a[i:i + EXACT_CHUNK] for a in arrays), reduction="none").tolist()
+              for i in range(0, n, EXACT_CHUNK))
+    return math.fsum(itertools.chain.from_iterable(chunks)) / n
 
 
 # ---- the compared operations ---------------------------------------------------------------------
@@ -134,9 +160,11 @@ OPS = {op.name: op for op in (
     Op("mse_loss_grad", _MSE, True),
     Op("mse_loss_and_grad", _MSE, True, reference.mse_loss),
     Op("binary_cross_entropy", _BCE, False, reference.binary_cross_entropy),
+    Op("binary_cross_entropy_grad", _BCE, True),
     Op("binary_cross_entropy_and_grad", _BCE, True, reference.binary_cross_entropy),
     Op("binary_cross_entropy_with_logits", _LOGITS, False,
        reference.binary_cross_entropy_with_logits),
+    Op("binary_cross_entropy_with_logits_grad", _LOGITS, True),
     Op("binary_cross_entropy_with_logits_and_grad", _LOGITS, True,
        reference.binary_cross_entropy_with_logits),
     Op("sigmoid", ("values",), True),
@@ -163,10 +191,13 @@ _FASTLOSS = {
     "mse_loss_grad": lambda x, y: _with_out(fastloss.mse_loss_grad, x, y),
     "mse_loss_and_grad": lambda x, y: _with_out(fastloss.mse_loss_and_grad, x, y),
     "binary_cross_entropy": lambda p, t: lambda: fastloss.binary_cross_entropy(p, t),
+    "binary_cross_entropy_grad": lambda p, t: _with_out(fastloss.binary_cross_entropy_grad, p, t),
     "binary_cross_entropy_and_grad":
         lambda p, t: _with_out(fastloss.binary_cross_entropy_and_grad, p, t),
     "binary_cross_entropy_with_logits":
         lambda z, t: lambda: fastloss.binary_cross_entropy_with_logits(z, t),
+    "binary_cross_entropy_with_logits_grad":
+        lambda z, t: _with_out(fastloss.binary_cross_entropy_with_logits_grad, z, t),
     "binary_cross_entropy_with_logits_and_grad":
         lambda z, t: _with_out(fastloss.binary_cross_entropy_with_logits_and_grad, z, t),
     "sigmoid": lambda z: _with_out(fastloss.sigmoid, z),
@@ -174,9 +205,10 @@ _FASTLOSS = {
 }
 
 
-# NumPy, naive: the textbook formulas, one temporary per operator, loss and gradient separately.
+# NumPy, naive: the seeds' formulas (the code fastloss replaces), one temporary per operator, loss
+# and gradient separately, k = the element count.
 def _naive_mse_loss(x, y):
-    return np.mean((x - y) ** 2)
+    return np.sum((x - y) ** 2) / x.size
 
 
 def _naive_mse_loss_grad(x, y):
@@ -185,7 +217,7 @@ def _naive_mse_loss_grad(x, y):
 
 def _naive_bce(p, t):
     pc = np.clip(p, BCE_EPS, 1 - BCE_EPS)
-    return -np.mean(t * np.log(pc) + (1 - t) * np.log(1 - pc))
+    return -np.sum(t * np.log(pc) + (1 - t) * np.log(1 - pc)) / p.size
 
 
 def _naive_bce_grad(p, t):
@@ -198,7 +230,7 @@ def _naive_sigmoid(z):
 
 
 def _naive_bce_logits(z, t):
-    return np.mean(np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z))))
+    return np.sum(np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))) / z.size
 
 
 def _naive_bce_logits_grad(z, t):
@@ -218,8 +250,10 @@ _NAIVE_FUNCTIONS = {
     "mse_loss_grad": _naive_mse_loss_grad,
     "mse_loss_and_grad": _loss_and_grad(_naive_mse_loss, _naive_mse_loss_grad),
     "binary_cross_entropy": _naive_bce,
+    "binary_cross_entropy_grad": _naive_bce_grad,
     "binary_cross_entropy_and_grad": _loss_and_grad(_naive_bce, _naive_bce_grad),
     "binary_cross_entropy_with_logits": _naive_bce_logits,
+    "binary_cross_entropy_with_logits_grad": _naive_bce_logits_grad,
     "binary_cross_entropy_with_logits_and_grad":
         _loss_and_grad(_naive_bce_logits, _naive_bce_logits_grad),
     "sigmoid": _naive_sigmoid,
@@ -281,18 +315,27 @@ def _best_bce(p, t):
     return lambda: -_bce_sum(p, t, log_p, log_q) / p.size
 
 
+def _bce_grad(p, t, denominator, out):
+    """(p - t) / (N max(p (1 - p), 1e-12)), PyTorch's clamp, into ``out``."""
+    np.subtract(1, p, out=denominator)
+    np.multiply(denominator, p, out=denominator)
+    np.maximum(denominator, reference.GRAD_EPS, out=denominator)
+    np.multiply(denominator, p.size, out=denominator)
+    np.subtract(p, t, out=out)
+    return np.divide(out, denominator, out=out)
+
+
+def _best_bce_grad(p, t):
+    denominator, out = np.empty_like(p), np.empty_like(p)
+    return lambda: _bce_grad(p, t, denominator, out)
+
+
 def _best_bce_and_grad(p, t):
     log_p, log_q, out = np.empty_like(p), np.empty_like(p), np.empty_like(p)
 
     def run():
         loss = -_bce_sum(p, t, log_p, log_q) / p.size
-        denominator = log_q  # reused: p * (1 - p) clamped like PyTorch's, times N for the mean
-        np.subtract(1, p, out=denominator)
-        np.multiply(denominator, p, out=denominator)
-        np.maximum(denominator, reference.GRAD_EPS, out=denominator)
-        np.multiply(denominator, p.size, out=denominator)
-        np.subtract(p, t, out=out)
-        return loss, np.divide(out, denominator, out=out)
+        return loss, _bce_grad(p, t, log_q, out)  # log_q's buffer reused for the denominator
     return run
 
 
@@ -319,15 +362,21 @@ def _best_bce_logits(z, t):
     return lambda: _logits_sum(z, t, buffer) / z.size
 
 
+def _logits_grad(z, t, out):
+    """(sigmoid(z) - t) / N into ``out``."""
+    _tanh_sigmoid(z, out)
+    np.subtract(out, t, out=out)
+    return np.multiply(out, 1 / z.size, out=out)
+
+
+def _best_bce_logits_grad(z, t):
+    out = np.empty_like(z)
+    return lambda: _logits_grad(z, t, out)
+
+
 def _best_bce_logits_and_grad(z, t):
     buffer, out = np.empty_like(z), np.empty_like(z)
-
-    def run():
-        loss = _logits_sum(z, t, buffer) / z.size
-        _tanh_sigmoid(z, out)
-        np.subtract(out, t, out=out)
-        return loss, np.multiply(out, 1 / z.size, out=out)
-    return run
+    return lambda: (_logits_sum(z, t, buffer) / z.size, _logits_grad(z, t, out))
 
 
 def _best_sigmoid(z):
@@ -350,8 +399,10 @@ _NUMPY_BEST = {
     "mse_loss_grad": _best_mse_loss_grad,
     "mse_loss_and_grad": _best_mse_loss_and_grad,
     "binary_cross_entropy": _best_bce,
+    "binary_cross_entropy_grad": _best_bce_grad,
     "binary_cross_entropy_and_grad": _best_bce_and_grad,
     "binary_cross_entropy_with_logits": _best_bce_logits,
+    "binary_cross_entropy_with_logits_grad": _best_bce_logits_grad,
     "binary_cross_entropy_with_logits_and_grad": _best_bce_logits_and_grad,
     "sigmoid": _best_sigmoid,
     "sigmoid_backward": _best_sigmoid_backward,
@@ -402,6 +453,18 @@ def _torch_builders():
         return lambda: torch.ops.aten.mse_loss_backward.grad_input(one, x, y, mean,
                                                                    grad_input=out)
 
+    def bce_grad(p, t):
+        p, t, out = tensor(p), tensor(t), tensor(np.empty_like(p))
+        one = torch.ones((), dtype=p.dtype)
+        return lambda: torch.ops.aten.binary_cross_entropy_backward.grad_input(
+            one, p, t, None, mean, grad_input=out)
+
+    def bce_logits_grad(z, t):
+        # aten has no backward kernel of its own for the logits form (autograd composes it):
+        # the gradient alone as a PyTorch user writes it.
+        z, t, out = tensor(z), tensor(t), tensor(np.empty_like(z))
+        return lambda: torch.sigmoid(z, out=out).sub_(t).div_(z.numel())
+
     def sigmoid(z):
         z, out = tensor(z), tensor(np.empty_like(z))
         return lambda: torch.sigmoid(z, out=out)
@@ -415,8 +478,10 @@ def _torch_builders():
         "mse_loss_grad": mse_loss_grad,
         "mse_loss_and_grad": with_autograd(F.mse_loss),
         "binary_cross_entropy": loss_only(F.binary_cross_entropy),
+        "binary_cross_entropy_grad": bce_grad,
         "binary_cross_entropy_and_grad": with_autograd(F.binary_cross_entropy),
         "binary_cross_entropy_with_logits": loss_only(F.binary_cross_entropy_with_logits),
+        "binary_cross_entropy_with_logits_grad": bce_logits_grad,
         "binary_cross_entropy_with_logits_and_grad":
             with_autograd(F.binary_cross_entropy_with_logits),
         "sigmoid": sigmoid,
@@ -424,24 +489,93 @@ def _torch_builders():
     }
 
 
-IMPLEMENTATIONS = ("fastloss", "numpy-naive", "numpy-best", "torch")
-CLI_IMPLEMENTATIONS = ("fastloss", "numpy-naive", "torch")
+def _peer_builders(case):
+    """Builders of a peer whose ``case(op_name, writes_array, *arrays)`` makes the run()."""
+    return {name: functools.partial(case, name, op.writes_array) for name, op in OPS.items()}
 
 
-class Unavailable(Exception):
-    """An implementation that cannot run here (PyTorch missing)."""
+def _torch_or_unavailable():
+    builders = _torch_builders()
+    if builders is None:
+        raise Unavailable("PyTorch is not installed (pip install 'fastloss[torch]')")
+    return builders
 
 
-def make_case(impl: str, op: Op, inputs: Inputs) -> Callable:
-    """The zero-argument callable that runs ``op`` once with ``impl`` on ``inputs``."""
-    if impl == "torch":
-        builders = _torch_builders()
-        if builders is None:
-            raise Unavailable("PyTorch is not importable")
-    else:
-        builders = {"fastloss": _FASTLOSS, "numpy-naive": _NUMPY_NAIVE,
-                    "numpy-best": _NUMPY_BEST}[impl]
-    return builders[op.name](*inputs.arrays(op))
+_NUMBA_SERIAL = _peer_builders(functools.partial(numba_case, False))
+_NUMBA_PARALLEL = _peer_builders(functools.partial(numba_case, True))
+_CRYSX = {name: functools.partial(crysx_builder, name) for name in OPS}
+
+# name -> () -> builders (op name -> build(*arrays) -> run()); raises Unavailable.
+_BUILDERS = {
+    "fastloss": lambda: _FASTLOSS,
+    "numpy-naive": lambda: _NUMPY_NAIVE,
+    "numpy-best": lambda: _NUMPY_BEST,
+    "numba": lambda: _NUMBA_SERIAL,
+    "numba-parallel": lambda: _NUMBA_PARALLEL,
+    "torch": _torch_or_unavailable,
+    "crysx_nn": lambda: _CRYSX,
+}
+IMPLEMENTATIONS = tuple(_BUILDERS)
+PEERS = IMPLEMENTATIONS[1:]
+
+
+def make_case(impl: str, op: Op, inputs: Inputs, arrays: tuple | None = None) -> Callable:
+    """The zero-argument callable that runs ``op`` once with ``impl`` on ``inputs`` (or on
+    ``arrays``, copies of them). Raises Unavailable for a peer that is not installed."""
+    return _BUILDERS[impl]()[op.name](*(arrays or inputs.arrays(op)))
+
+
+def runnable_cases(impls, op: Op, inputs: Inputs, missing: dict, make=make_case):
+    """(impl, case) for each impl that runs here; the others go into ``missing`` with the
+    reason. The caller deletes each case before the next is made (outputs of size N)."""
+    for impl in impls:
+        try:
+            case = make(impl, op, inputs)
+        except Unavailable as reason:
+            missing[impl] = str(reason)
+            continue
+        yield impl, case
+        del case
+
+
+# ---- inputs rotated through memory ----------------------------------------------------------------
+def last_level_cache_bytes() -> int:
+    """Size of the largest CPU cache (Linux sysfs), or 32 MiB when it cannot be read."""
+    sizes = []
+    for index in range(8):
+        try:
+            with open(f"/sys/devices/system/cpu/cpu0/cache/index{index}/size",
+                      encoding="ascii") as file:
+                text = file.read().strip()
+        except OSError:
+            break
+        scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+        sizes.append(int(text.rstrip("KMG")) * scale)
+    return max(sizes, default=32 * 2**20)
+
+
+ROTATION_BYTES = 2 * last_level_cache_bytes()
+
+
+def rotation_count(op: Op, inputs: Inputs) -> int:
+    """How many copies of the op's inputs (and outputs) the timed calls cycle through: enough
+    to fill twice the last-level cache, so that no call finds its data still cached from the
+    previous one (as a training step finds fresh activations). 1 from there on."""
+    footprint = op.bytes_moved(inputs.n, inputs.dtype.itemsize)
+    return max(1, math.ceil(ROTATION_BYTES / footprint))
+
+
+def make_timed_case(impl: str, op: Op, inputs: Inputs) -> Callable:
+    """``make_case`` cycling through ``rotation_count`` copies of the inputs. The copies hold
+    the same values, so every call returns the same result."""
+    first = make_case(impl, op, inputs)
+    copies = rotation_count(op, inputs)
+    if copies == 1:
+        return first
+    cases = [first] + [make_case(impl, op, inputs, tuple(a.copy() for a in inputs.arrays(op)))
+                       for _ in range(copies - 1)]
+    cycle = itertools.cycle(cases)
+    return lambda: next(cycle)()
 
 
 def loss_value(result) -> float:
@@ -459,6 +593,27 @@ def ulps(value: float, exact: float, dtype) -> float:
 def relative_error(value: float, exact: float) -> float:
     """|value - exact| / |exact| (absolute when exact is 0)."""
     return abs(value - exact) / abs(exact) if exact else abs(value)
+
+
+def array_relative_error(got, expected) -> float:
+    """max |got - expected| / max |expected|: one figure for a whole gradient or sigmoid."""
+    got = np.asarray(got, dtype=np.float64).reshape(expected.shape)
+    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
+    worst = float(np.max(np.abs(got - expected))) if expected.size else 0.0
+    return worst / scale if scale else worst
+
+
+def result_errors(op: Op, inputs: Inputs, result) -> dict:
+    """Relative errors of a case's result against ``fastloss.reference``: ``rel_error`` of the
+    loss (against its exact value) or, for an op returning only an array, of that array;
+    ``array_rel_error`` too for a fused (loss, grad) result."""
+    if not op.writes_array:
+        return {"rel_error": relative_error(loss_value(result), inputs.exact_loss(op))}
+    expected = inputs.expected(op)
+    if not op.reduces:
+        return {"rel_error": array_relative_error(result, expected)}
+    return {"rel_error": relative_error(loss_value(result), inputs.exact_loss(op)),
+            "array_rel_error": array_relative_error(result[1], expected[1])}
 
 
 # ---- timing --------------------------------------------------------------------------------------
@@ -489,6 +644,23 @@ def time_case(case: Callable, repeats: int = 7, min_sample_s: float = 1e-3):
 # ---- the machine ---------------------------------------------------------------------------------
 _OPENMP_RELEASES = {201107: "3.1", 201307: "4.0", 201511: "4.5", 201811: "5.0", 202011: "5.1",
                     202111: "5.2", 202411: "6.0"}
+
+
+def cpu_family() -> str:
+    """'family 23 model 1' (x86 Linux), which names the microarchitecture; '' elsewhere."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if not key.strip():
+                    break  # the first processor is enough
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return ""
+    if "cpu family" not in fields:
+        return ""
+    return f"family {fields['cpu family']} model {fields.get('model', '?')}"
 
 
 def cpu_model() -> str:
@@ -562,13 +734,18 @@ class OtherLoad:
 
 
 # ---- python -m fastloss bench --------------------------------------------------------------------
-QUICK_SIZES = (10**3, 10**5, 10**7)
-FULL_SIZES = QUICK_SIZES + (10**8,)
+# The quick run stays in the tens of seconds: at 1e7 the slowest peers take ~0.5 s a call.
+QUICK_SIZES = (10**3, 10**5, 10**6)
+FULL_SIZES = QUICK_SIZES + (10**7, 10**8)
 
 
 def size_label(n: int) -> str:
-    exponent = round(math.log10(n))
-    return f"1e{exponent}" if 10**exponent == n else str(n)
+    """1e7, 4e8, 2^25: how the sizes are named in the issue and the notes."""
+    exponent = len(str(n)) - 1
+    leading, rest = divmod(n, 10**exponent)
+    if rest == 0:
+        return f"{leading}e{exponent}"
+    return f"2^{n.bit_length() - 1}" if n & (n - 1) == 0 else str(n)
 
 
 def format_seconds(seconds: float) -> str:
@@ -582,59 +759,80 @@ def format_seconds(seconds: float) -> str:
 @dataclass
 class Row:
     op: str
+    dtype: str
     n: int
     impl: str
     seconds: float
     gbs: float
     ceiling_fraction: float
-    speedup: float | None  # NumPy naive's time / this time
+    vs_best_peer: float | None  # the fastest peer's time / this time
     error_ulps: float | None  # reductions only
 
 
-def run_benchmarks(ops, sizes, impls, dtype, ceilings, repeats=7, progress=sys.stderr):
+class Progress:
+    """Progress on stderr: a tqdm bar on a terminal (when tqdm is installed), else a line per
+    step, so that a log or CI shows where a long run is."""
+
+    def __init__(self, total: int, stream=sys.stderr):
+        self._stream = stream
+        self._total = total
+        self._done = 0
+        self._start = time.perf_counter()
+        self._bar = None
+        if stream.isatty() and importlib.util.find_spec("tqdm") is not None:
+            from tqdm import tqdm
+            self._bar = tqdm(total=total, file=stream, unit="step", dynamic_ncols=True)
+
+    def step(self, message: str) -> None:
+        self._done += 1
+        if self._bar is not None:
+            self._bar.set_postfix_str(message, refresh=False)
+            self._bar.update()
+        else:
+            elapsed = time.perf_counter() - self._start
+            print(f"[{self._done}/{self._total}, {elapsed:.0f} s] {message}", file=self._stream,
+                  flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def run_benchmarks(ops, sizes, impls, dtype, ceilings, repeats=7, step=lambda message: None):
     """Times every (op, size, impl); returns Rows and the implementations that were missing."""
     rows, missing = [], {}
-    step, steps = 0, len(sizes) * len(ops)
     for n in sizes:
         inputs = Inputs(dtype, n)  # once per size: every op and implementation reads the same
         for op_name in ops:
             op = OPS[op_name]
             timed = {}
-            for impl in impls:
-                try:
-                    case = make_case(impl, op, inputs)
-                except Unavailable as reason:
-                    missing[impl] = str(reason)
-                    continue
+            for impl, case in runnable_cases(impls, op, inputs, missing, make_timed_case):
                 seconds, result = time_case(case, repeats)
                 # Keep the loss only: the case and its result hold output buffers of size N.
                 timed[impl] = seconds, loss_value(result) if op.reduces else None
                 del case, result
             exact = inputs.exact_loss(op) if op.reduces else None
-            baseline = timed.get("numpy-naive", (None,))[0]
+            peers = [seconds for impl, (seconds, _) in timed.items() if impl != "fastloss"]
             for impl, (seconds, loss) in timed.items():
                 gbs = op.bytes_moved(n, inputs.dtype.itemsize) / seconds / 1e9
                 rows.append(Row(
-                    op_name, n, impl, seconds, gbs, gbs / ceilings[op.ceiling],
-                    baseline / seconds if baseline else None,
+                    op_name, inputs.dtype.name, n, impl, seconds, gbs,
+                    gbs / ceilings[op.ceiling], min(peers) / seconds if peers else None,
                     ulps(loss, exact, dtype) if op.reduces else None))
-            step += 1
-            summary = ", ".join(f"{impl} {format_seconds(seconds)}"
-                                for impl, (seconds, _) in timed.items())
-            print(f"[{step}/{steps}] {op_name} N={size_label(n)}: {summary}",
-                  file=progress, flush=True)
+            step(f"{op_name} {inputs.dtype.name} N={size_label(n)}: " + ", ".join(
+                f"{impl} {format_seconds(seconds)}" for impl, (seconds, _) in timed.items()))
         del inputs
     return rows, missing
 
 
 def format_table(rows) -> str:
-    header = ("op", "N", "impl", "time", "GB/s", "% ceil", "vs numpy", "err (ulp)")
+    header = ("op", "N", "impl", "time", "GB/s", "% ceil", "vs best peer", "err (ulp)")
     lines = [header]
     for row in rows:
         lines.append((
             row.op, size_label(row.n), row.impl, format_seconds(row.seconds),
             f"{row.gbs:.2f}", f"{100 * row.ceiling_fraction:.0f}%",
-            f"{row.speedup:.1f}x" if row.speedup is not None else "-",
+            f"{row.vs_best_peer:.2f}x" if row.vs_best_peer is not None else "-",
             f"{row.error_ulps:.1f}" if row.error_ulps is not None else "-",
         ))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
@@ -654,89 +852,235 @@ def format_table(rows) -> str:
     return "\n".join(out)
 
 
-def format_header(dtype, ceilings, stream_n, sizes, repeats, other_load=None) -> str:
+PEER_PACKAGES = {"torch": "PyTorch", "numba": "Numba", "crysx-nn": "crysx_nn"}
+
+
+def format_header(dtypes, ceilings, stream_n, sizes, repeats, other_load=None) -> str:
     info = _cpu.build_info()
-    torch_version = package_version("torch")
     python = platform.python_version()
     if platform.python_implementation() != "CPython":
         python = f"{platform.python_implementation()} {python}"
+    peers = ", ".join(f"{label} {package_version(package) or 'not installed'}"
+                      for package, label in PEER_PACKAGES.items())
     warning = other_load.warning() if other_load else None
     return "\n".join(([warning] if warning else []) + [
-        f"fastloss {fastloss.__version__} benchmark, {np.dtype(dtype).name}, "
+        f"fastloss {fastloss.__version__} benchmark, {', '.join(dtypes)}, "
         f"N = {', '.join(size_label(n) for n in sizes)}, median of {repeats} after warm-up",
-        f"machine:   {cpu_model()}, {os.cpu_count()} logical cores; fastloss uses "
-        f"{info['max_threads']} threads, ISA {info['isa']}, {info['compiler']}",
-        f"versions:  Python {python}, NumPy {np.__version__}, "
-        f"PyTorch {torch_version or 'not installed'}",
+        f"machine:   {cpu_model()}, {os.cpu_count()} logical cores, {memory_description()}; "
+        f"fastloss uses {info['max_threads']} threads, ISA {info['isa']}, {info['compiler']}",
+        f"versions:  Python {python}, NumPy {np.__version__}, {peers}",
         f"ceilings:  read {ceilings['read_gbs']:.1f} GB/s, copy {ceilings['copy_gbs']:.1f} GB/s "
         f"(STREAM-like, {4 * stream_n / 1e6:.0f} MB arrays, measured in this run)",
         "GB/s:      bytes of an ideal pass (each input read once, each output written once) "
         "/ time",
         "% ceil:    share of the read ceiling (losses) or of the copy ceiling (ops writing an "
-        "array);",
-        "           small N runs in cache and can pass 100%",
-        "vs numpy:  numpy-naive's time / time",
+        "array)",
+        f"inputs:    below {ROTATION_BYTES / 2**20:.0f} MiB per call (2x the last-level cache) "
+        "the calls cycle through copies, so no call",
+        "           finds its inputs cached by the previous one",
+        "vs best peer: the fastest peer's time / time (fastloss's row: its speed-up on the best "
+        "peer)",
         "err (ulp): |loss - exact| in ulps of the exact loss rounded to the dtype;",
         "           exact: fastloss.reference (float64 terms, math.fsum)",
     ])
 
 
-def plot(rows, ceilings, path, dtype) -> None:
-    """GB/s against N, a line per implementation, one subplot per op; the ceiling dashed."""
+def memory_description() -> str:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            kib = int(meminfo.readline().split()[1])
+        return f"{kib / 2**20:.0f} GiB"
+    except (OSError, ValueError, IndexError):
+        return "memory unknown"
+
+
+def plot(rows, ceilings, path, accuracy=()) -> None:
+    """GB/s against N, a line per implementation, one subplot per op and dtype (the ceiling
+    dashed); then the stability track's error in ulps against N, one subplot per loss."""
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
 
-    ops = list(dict.fromkeys(row.op for row in rows))
-    columns = min(3, len(ops))
-    rows_of_plots = math.ceil(len(ops) / columns)
+    from fastloss._bench_stability import CLASSIC, RANDOM
+
+    panels = list(dict.fromkeys((row.op, row.dtype) for row in rows))
+    losses = list(dict.fromkeys(a.op for a in accuracy))
+    columns = 3
+    rows_of_plots = math.ceil(len(panels) / columns) + math.ceil(len(losses) / columns)
     figure = Figure(figsize=(5 * columns, 3.6 * rows_of_plots), layout="constrained")
-    axes = figure.subplots(rows_of_plots, columns, squeeze=False).ravel()
-    for axis, op_name in zip(axes, ops):
-        mine = [row for row in rows if row.op == op_name]
+    axes = list(figure.subplots(rows_of_plots, columns, squeeze=False).ravel())
+    speed_axes = axes[:len(panels)]
+    error_axes = axes[math.ceil(len(panels) / columns) * columns:][:len(losses)]
+    for axis, (op_name, dtype) in zip(speed_axes, panels):
+        mine = [row for row in rows if (row.op, row.dtype) == (op_name, dtype)]
         for impl in dict.fromkeys(row.impl for row in mine):
-            points = [(row.n, row.gbs) for row in mine if row.impl == impl]
-            axis.plot(*zip(*points), marker="o", label=impl)
+            axis.plot(*zip(*[(row.n, row.gbs) for row in mine if row.impl == impl]),
+                      marker="o", label=impl)
         ceiling = OPS[op_name].ceiling
         axis.axhline(ceilings[ceiling], linestyle="--", color="grey",
                      label=ceiling.replace("_gbs", " ceiling"))
-        axis.set(xscale="log", yscale="log", title=op_name, xlabel="N", ylabel="GB/s")
+        axis.set(xscale="log", yscale="log", title=f"{op_name} ({dtype})", xlabel="N",
+                 ylabel="GB/s")
         axis.legend(fontsize="small")
-    for axis in axes[len(ops):]:
-        axis.set_visible(False)
-    figure.suptitle(f"fastloss {fastloss.__version__}, {np.dtype(dtype).name}, {cpu_model()}")
-    figure.savefig(path, dpi=120)
+    for axis, op_name in zip(error_axes, losses):
+        mine = [a for a in accuracy if a.op == op_name]
+        for impl in dict.fromkeys(a.impl for a in mine):
+            # An exact result is drawn at 0.01 ulp: a log axis has no zero.
+            points = {data: [(a.n, max(a.ulps, 1e-2)) for a in mine
+                             if a.impl == impl and a.data == data]
+                      for data in (RANDOM, CLASSIC)}
+            (line,) = axis.plot(*zip(*points[RANDOM]), marker="o", label=impl)
+            if points[CLASSIC]:  # the classic failure: crosses in the line's colour
+                axis.plot(*zip(*points[CLASSIC]), marker="x", markersize=9,
+                          linestyle="none", color=line.get_color())
+        axis.axhline(1.0, linestyle="--", color="grey", label="1 ulp")
+        axis.set(xscale="log", yscale="log",
+                 title=f"{op_name}\nfloat32 error (o random data, x {CLASSIC})",
+                 xlabel="N", ylabel="|error| in ulps")
+        axis.legend(fontsize="small")
+    used = set(map(id, speed_axes + error_axes))
+    for axis in axes:
+        if id(axis) not in used:
+            axis.set_visible(False)
+    figure.suptitle(f"fastloss {fastloss.__version__}, {cpu_model()}")
+    figure.savefig(path, dpi=110)
+
+
+DEFAULT_PLOT = "fastloss-bench.png"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", dest="sizes", action="store_const", const=QUICK_SIZES,
-                      help="N = 1e3, 1e5, 1e7 (the default; well under a minute)")
-    size.add_argument("--full", dest="sizes", action="store_const", const=FULL_SIZES,
-                      help="adds N = 1e8 (several GB of memory, a few minutes)")
-    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                        help="default: %(default)s")
-    parser.add_argument("--plot", metavar="PATH",
-                        help="also write a PNG of GB/s against N (needs matplotlib)")
-    parser.set_defaults(sizes=QUICK_SIZES)
+    size.add_argument("--quick", dest="scale", action="store_const", const="quick",
+                      help="the default: timings at N = 1e3, 1e5, 1e6, stability at 1e6 and "
+                           "2^25 (tens of seconds)")
+    size.add_argument("--full", dest="scale", action="store_const", const="full",
+                      help="timings also at N = 1e7 and 1e8, stability at 1e6, 1e7, 1e8 and "
+                           "2^25 (several GB of memory, many minutes)")
+    size.add_argument("--big", dest="scale", action="store_const", const="big",
+                      help="--full, and stability also at N = 4e8 (about 12 GB of memory)")
+    parser.add_argument("--dtype", choices=("float32", "float64", "both"), default="float32",
+                        help="dtype of the timings (the stability track is float32); "
+                             "default: %(default)s")
+    parser.add_argument("--all-ops", action="store_true",
+                        help=f"time every op, not only {', '.join(CLI_OPS)}")
+    parser.add_argument("--impls", type=lambda text: text.split(","), default=IMPLEMENTATIONS,
+                        metavar="A,B,...",
+                        help=f"implementations to compare (default: all of {','.join(PEERS)} "
+                             "that are installed, and fastloss)")
+    parser.add_argument("--sizes", type=lambda text: tuple(int(float(v)) for v in text.split(",")),
+                        help=argparse.SUPPRESS)  # tests: tiny sizes
+    parser.add_argument("--plot", metavar="PATH", default=DEFAULT_PLOT,
+                        help="where the PNG goes (when matplotlib is installed); "
+                             "default: %(default)s")
+    parser.add_argument("--no-plot", dest="plot", action="store_const", const=None,
+                        help="write no plot")
+    parser.add_argument("--markdown", metavar="PATH",
+                        help="also write the report as a markdown results file")
+    parser.set_defaults(scale="quick")
+
+
+def _sizes(args):
+    """N of the timings, of the stability track, of the determinism check, of the classic
+    failure."""
+    from fastloss import _bench_stability as stability
+    if args.sizes:  # the CLI's test: tiny sizes everywhere
+        return args.sizes, args.sizes, min(args.sizes), 2**11
+    timing = FULL_SIZES if args.scale in ("full", "big") else QUICK_SIZES
+    accuracy = {"quick": stability.QUICK_SIZES, "full": stability.FULL_SIZES,
+                "big": stability.BIG_SIZES}[args.scale]
+    determinism_n = 10**7 if args.scale in ("full", "big") else 10**6
+    return timing, accuracy, determinism_n, stability.CLASSIC_N
+
+
+def command_line(args) -> str:
+    """The command that reproduces this run."""
+    words = ["python -m fastloss bench", f"--{args.scale}"]
+    if args.dtype != "float32":
+        words.append(f"--dtype {args.dtype}")
+    if args.all_ops:
+        words.append("--all-ops")
+    if tuple(args.impls) != IMPLEMENTATIONS:
+        words.append(f"--impls {','.join(args.impls)}")
+    return " ".join(words)
 
 
 def main(args: argparse.Namespace) -> int:
+    from fastloss import _bench_stability as stability
+    unknown = sorted(set(args.impls) - set(IMPLEMENTATIONS))
+    if unknown:
+        print(f"unknown implementation(s) {', '.join(unknown)}; known: "
+              f"{', '.join(IMPLEMENTATIONS)}", file=sys.stderr)
+        return 2
+    impls = [impl for impl in IMPLEMENTATIONS if impl in args.impls]
     repeats = 7
+    dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
+    ops = tuple(OPS) if args.all_ops else CLI_OPS
+    timing_sizes, accuracy_sizes, determinism_n, classic_n = _sizes(args)
     other_load = OtherLoad()
-    stream_n = STREAM_N_BIG if max(args.sizes) >= STREAM_N_BIG else STREAM_N
-    print(f"measuring the bandwidth ceiling ({4 * stream_n / 1e6:.0f} MB arrays)...",
-          file=sys.stderr, flush=True)
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    stream_n = STREAM_N_BIG if max(timing_sizes) >= STREAM_N_BIG else STREAM_N
+    steps = (len(dtypes) * len(timing_sizes) * len(ops)
+             + len(stability.datasets(accuracy_sizes)) * len(stability.LOSSES) + 2)
+    progress = Progress(steps)
     ceilings = measure_bandwidth(stream_n, repeats)
-    rows, missing = run_benchmarks(CLI_OPS, args.sizes, CLI_IMPLEMENTATIONS, args.dtype,
-                                   ceilings, repeats)
-    print(format_header(args.dtype, ceilings, stream_n, args.sizes, repeats, other_load))
-    for impl, reason in missing.items():
-        print(f"note: {impl} skipped: {reason}")
-    print()
-    print(format_table(rows))
+    progress.step(f"ceilings: read {ceilings['read_gbs']:.1f} GB/s, "
+                  f"copy {ceilings['copy_gbs']:.1f} GB/s")
+    rows, missing = [], {}
+    for dtype in dtypes:
+        more_rows, more_missing = run_benchmarks(ops, timing_sizes, impls, dtype, ceilings,
+                                                 repeats, progress.step)
+        rows += more_rows
+        missing.update(more_missing)
+    # The determinism runs are not timed: they share the machine with the stability track.
+    running = stability.Determinism([impl for impl in impls if impl not in missing],
+                                    determinism_n)
+    accuracy, more_missing = stability.run_stability(accuracy_sizes, impls, progress.step,
+                                                     classic_n)
+    missing.update(more_missing)
+    outcome = running.result()
+    progress.step("determinism: 1 and 2 threads")
+    progress.close()
+
+    sections = [format_header(dtypes, ceilings, stream_n, timing_sizes, repeats, other_load)]
+    sections += ["\n".join(f"note: {impl} skipped: {reason}" for impl, reason in missing.items())]
+    for dtype in dtypes:
+        sections += [f"{dtype}:\n\n" + format_table([row for row in rows if row.dtype == dtype])]
+    sections += ["stability track: float32 mean losses against the exact value (math.fsum of "
+                 "float64 terms)\n\n" + stability.format_stability(accuracy),
+                 stability.format_determinism(outcome, determinism_n)]
+    report = "\n\n".join(section for section in sections if section)
+    print(report)
     if args.plot:
         if importlib.util.find_spec("matplotlib") is None:
-            print(f"\nmatplotlib is not installed: no plot written to {args.plot}")
+            print(f"\nnote: matplotlib is not installed: no plot written to {args.plot}")
         else:
-            plot(rows, ceilings, args.plot, args.dtype)
+            plot(rows, ceilings, args.plot, accuracy)
             print(f"\nplot written to {args.plot}")
+    if args.markdown:
+        write_markdown(args.markdown, report, command_line(args), load_before)
+        print(f"results written to {args.markdown}")
     return 0
+
+
+def write_markdown(path, report, command, load_before) -> None:
+    """The results file: what ran where, how to run it again, the report verbatim."""
+    import datetime
+    load = (f"load average {load_before[0]:.2f} at the start"
+            if load_before is not None else "load unknown")
+    lines = [
+        f"# CPU benchmark, {datetime.date.today().isoformat()}",
+        "",
+        f"Machine: {cpu_model()} ({cpu_family() or 'family unknown'}), {os.cpu_count()} "
+        f"logical cores, {memory_description()}, "
+        f"{platform.system()} {platform.release()}; {load}.",
+        "",
+        f"Reproduce: `pip install \".[bench]\" && pip install --no-deps crysx-nn && {command}`",
+        "(the method is in bench/NOTES.md; ceilings drift between runs on a shared machine: "
+        "compare fractions of the ceiling, not GB/s, across runs).",
+        "",
+        "```",
+        report,
+        "```",
+        "",
+    ]
+    with open(path, "w", encoding="utf-8") as file:
+        file.write("\n".join(lines))
