@@ -80,9 +80,9 @@ class Inputs:
     def __init__(self, dtype, n: int):
         self.dtype = np.dtype(dtype)
         self.n = int(n)
-        self._arrays = {}
-        self._exact = {}
-        self._expected = (None, None)
+        self._arrays: dict[str, np.ndarray] = {}
+        self._exact: dict[str, float] = {}
+        self._expected: tuple = (None, None)
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name not in self._arrays:
@@ -107,6 +107,7 @@ class Inputs:
 
     def exact_loss(self, op: Op) -> float:
         """The op's loss in exact float64 (``fastloss.reference``: float64 terms, math.fsum)."""
+        assert op.reference is not None, f"{op.name} has no reduced loss"
         key = op.reference.__name__  # mse_loss and mse_loss_and_grad share one
         if key not in self._exact:
             self._exact[key] = exact_mean(op.reference, self.arrays(op))
@@ -648,7 +649,7 @@ _OPENMP_RELEASES = {201107: "3.1", 201307: "4.0", 201511: "4.5", 201811: "5.0", 
 
 def cpu_family() -> str:
     """'family 23 model 1' (x86 Linux), which names the microarchitecture; '' elsewhere."""
-    fields = {}
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
             for line in cpuinfo:

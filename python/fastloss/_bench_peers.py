@@ -165,7 +165,7 @@ def numba_case(parallel: bool, op_name: str, writes_array: bool, *arrays):
     return functools.partial(kernel, *arrays)
 
 
-_compiled = set()
+_compiled: set = set()
 _HEAD = 20  # elements of the arrays a compile runs on: 2 samples of 10 outputs for crysx_nn
 
 

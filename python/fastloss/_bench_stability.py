@@ -51,7 +51,7 @@ class ClassicInputs:
     def __init__(self, n: int = CLASSIC_N):
         self.dtype = np.dtype(DTYPE)
         self.n = n
-        self._latest = (None, None)
+        self._latest: tuple = (None, None)
 
     def arrays(self, op) -> tuple:
         if self._latest[0] != op.name:
@@ -148,7 +148,7 @@ class Determinism:
 
     def result(self) -> dict:
         """{"bits": {threads: {impl: {op: hex}}}, "threads": {threads: {library: count}}}"""
-        outcome = {"bits": {}, "threads": {}}
+        outcome: dict[str, dict] = {"bits": {}, "threads": {}}
         for count, child in self._children.items():
             stdout, stderr = child.communicate(timeout=900)
             if child.returncode != 0:
