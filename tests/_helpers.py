@@ -7,7 +7,11 @@ default ``prepend`` import mode puts this directory on ``sys.path``.
 from __future__ import annotations
 
 import itertools
+import json
 import math
+import os
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -300,3 +304,27 @@ def exact_sum_chunked(terms, chunk=1 << 20):
     flat = np.asarray(terms).reshape(-1)
     return math.fsum(itertools.chain.from_iterable(
         flat[i:i + chunk].astype(np.float64).tolist() for i in range(0, flat.size, chunk)))
+
+
+# ---- fresh interpreters ------------------------------------------------------------------------
+def python_env(**overrides):
+    """This process's environment with ``overrides``; FASTLOSS_ISA is dropped unless given."""
+    env = {**os.environ}
+    env.pop("FASTLOSS_ISA", None)
+    env.update(overrides)
+    return env
+
+
+def run_python(code, env, *args, timeout=300):
+    """Runs ``code`` in a new interpreter (OpenMP reads OMP_NUM_THREADS once, at start-up);
+    returns its stdout, failing the test on a non-zero exit or a fatal error."""
+    proc = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0 and "Fatal Python error" not in proc.stderr, (
+        f"subprocess failed with status {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def run_python_json(code, env, *args, timeout=300):
+    """``run_python``, with the last line of stdout decoded as JSON."""
+    return json.loads(run_python(code, env, *args, timeout=timeout).strip().splitlines()[-1])

@@ -5,10 +5,6 @@ Each thread count runs in a fresh interpreter (OpenMP reads OMP_NUM_THREADS once
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +19,9 @@ from _helpers import (
     assert_same_bits,
     make_inputs,
     make_weight,
+    python_env,
+    run_python,
+    run_python_json,
     seed_for,
 )
 from fastloss import reference as R
@@ -71,28 +70,10 @@ if __name__ == "__main__":
 """
 
 
-def _env(**overrides):
-    env = {**os.environ}
-    env.pop("FASTLOSS_ISA", None)
-    env.update(overrides)
-    return env
-
-
-def _run(code, env, *args):
-    proc = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0 and "Fatal Python error" not in proc.stderr, (
-        f"subprocess failed with status {proc.returncode}:\n{proc.stderr[-3000:]}")
-    return proc.stdout
-
-
-def _run_json(code, env, *args):
-    return json.loads(_run(code, env, *args).strip().splitlines()[-1])
-
-
 @pytest.fixture(scope="module")
 def per_thread_count():
-    return {k: _run_json(DETERMINISM_CODE, _env(OMP_NUM_THREADS=str(k))) for k in (1, 2, 3, 4)}
+    return {k: run_python_json(DETERMINISM_CODE, python_env(OMP_NUM_THREADS=str(k)))
+            for k in (1, 2, 3, 4)}
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4])
@@ -201,7 +182,7 @@ def baseline_results(tmp_path_factory):
     runs = {}
     for k in (1, 3):
         path = directory / f"baseline_{k}.npz"
-        printed = _run(BASELINE_CODE, _env(FASTLOSS_ISA="baseline", OMP_NUM_THREADS=str(k)),
+        printed = run_python(BASELINE_CODE, python_env(FASTLOSS_ISA="baseline", OMP_NUM_THREADS=str(k)),
                        str(TESTS_DIR), str(path))
         isa, threads = printed.split()[-2:]
         assert isa == "baseline", f"FASTLOSS_ISA=baseline gave isa {isa!r}"
