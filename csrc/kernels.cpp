@@ -67,13 +67,13 @@ struct LaneSums {
   }
 };
 
-// Calls chunk(begin, end) for every chunk of [0, n): serially below kParallelThreshold, else
-// split statically over the OpenMP threads. Returns the OR of what the calls return.
+// Calls chunk(begin, end) for every chunk of [0, n): serially below kParallelThreshold or in a
+// forked child, else split statically over the OpenMP threads. Returns the OR of the calls.
 template <class ChunkFn>
 int for_each_chunk(std::int64_t n, ChunkFn chunk) {
   const std::int64_t chunks = num_chunks(n);
   int flags = 0;
-  if (n < kParallelThreshold) {
+  if (n < kParallelThreshold || !openmp_usable()) {
     for (std::int64_t c = 0; c < chunks; ++c) {
       flags |= chunk(c, c * kChunkSize, std::min(n, (c + 1) * kChunkSize));
     }

@@ -38,6 +38,12 @@ constexpr std::int64_t kParallelThreshold = 1 << 15;
 
 constexpr std::int64_t num_chunks(std::int64_t n) { return (n + kChunkSize - 1) / kChunkSize; }
 
+// False in a process created by fork() after fastloss was loaded (module.cpp sets it from a
+// pthread_atfork handler). libgomp's thread pool does not survive fork: a child that enters a
+// parallel region its parent had used waits forever for threads that are gone. Kernels then
+// take their serial path, which walks the same chunks, so the bits are the same.
+bool openmp_usable();
+
 template <class T>
 struct LossPass {
   std::int64_t n = 0;

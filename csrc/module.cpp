@@ -13,7 +13,10 @@
 #define PY_ARRAY_UNIQUE_SYMBOL fastloss_ARRAY_API
 #include <numpy/arrayobject.h>
 
+#include <pthread.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -29,6 +32,15 @@
 namespace py = pybind11;
 
 namespace fastloss {
+
+namespace {
+// Written only by the fork child handler, while the child is still single-threaded.
+std::atomic<bool> forked_child{false};
+void on_fork_child() { forked_child.store(true, std::memory_order_relaxed); }
+}  // namespace
+
+bool openmp_usable() { return !forked_child.load(std::memory_order_relaxed); }
+
 namespace {
 
 enum class Reduction : int { Mean = 0, Sum = 1, None = 2 };
@@ -377,12 +389,15 @@ py::array sigmoid_backward_entry(py::handle grad_obj, py::handle output_obj, py:
 // Read: every byte of a float32 array once, all threads, 8 independent float accumulators so
 // the adds keep up with memory. Copy: read one array, write another (what a fused loss+grad
 // pass does per element, less one input stream).
+// In a forked child their `if` clause keeps them on the calling thread: libgomp then never
+// touches the pool the fork left behind (a parallel region with if(false) finishes there, checked
+// with GCC 12's libgomp, where one without it hangs).
 double stream_read(const py::array_t<float, py::array::c_style>& a) {
   const float* x = a.data();
   const std::int64_t n = a.size();
   double total = 0.0;
   py::gil_scoped_release release;
-#pragma omp parallel for schedule(static) reduction(+ : total)
+#pragma omp parallel for schedule(static) reduction(+ : total) if (openmp_usable())
   for (std::int64_t c = 0; c < num_chunks(n); ++c) {
     float lanes[8] = {};
     const std::int64_t end = std::min(n, (c + 1) * kChunkSize);
@@ -402,7 +417,7 @@ void stream_copy(const py::array_t<float, py::array::c_style>& src, py::array_t<
   float* y = dst.mutable_data();
   const std::int64_t n = src.size();
   py::gil_scoped_release release;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (openmp_usable())
   for (std::int64_t i = 0; i < n; ++i) y[i] = x[i];
 }
 
@@ -413,7 +428,7 @@ py::dict build_info() {
 #ifdef _OPENMP
   info["openmp"] = true;
   info["openmp_version"] = _OPENMP;
-  info["max_threads"] = omp_get_max_threads();
+  info["max_threads"] = openmp_usable() ? omp_get_max_threads() : 1;
 #else
   info["openmp"] = false;
   info["openmp_version"] = 0;
@@ -430,6 +445,10 @@ py::dict build_info() {
 PYBIND11_MODULE(_cpu, m) {
   using namespace fastloss;
   if (_import_array() < 0) throw py::error_already_set();
+  // Never unregistered: a CPython extension module stays loaded until the process exits.
+  if (pthread_atfork(nullptr, nullptr, on_fork_child) != 0) {
+    throw std::runtime_error("fastloss: pthread_atfork failed");
+  }
   m.doc() = "fastloss C++/OpenMP kernels. Use the functions in the fastloss package, not these.";
   m.def("loss_pass", &loss_pass, py::arg("op"), py::arg("reduction"), py::arg("want_loss"),
         py::arg("want_grad"), py::arg("input"), py::arg("target"), py::arg("weight"),
