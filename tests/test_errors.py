@@ -288,6 +288,45 @@ def test_sigmoid_bad_out(dtype):
         fastloss.sigmoid_backward(x, x, out=ro)
 
 
+ALIAS_CASES = [pytest.param(op, aliased, reduction, id=f"{op.name}-{aliased}-{reduction}")
+               for op in OPS for reduction in ("mean", "none")
+               for aliased in ("input", "target", "weight", "pos_weight", "grad_output")
+               if (aliased != "pos_weight" or op.has_pos_weight)
+               and (aliased != "grad_output" or reduction == "none")]  # an array needs 'none'
+
+
+@pytest.mark.parametrize("op, aliased, reduction", ALIAS_CASES)
+def test_out_may_be_exactly_an_array_it_reads(op, aliased, reduction):
+    """out= may be one of the arrays the call reads (an in-place update): the loss and the
+    gradient are those of a separate buffer, also when the loss needs a pass of its own."""
+    rng = np.random.default_rng(seed_for("alias", op.name, aliased, reduction))
+    x, y = make_inputs(op.name, (5, 4), np.float64, rng, soft=True)
+    arrays = {"input": x, "target": y, "weight": rng.uniform(0.5, 2, (5, 4)),
+              "pos_weight": rng.uniform(0.5, 2, (5, 4)) if op.has_pos_weight else None,
+              "grad_output": rng.uniform(-2, 2, (5, 4)) if reduction == "none" else 0.5}
+
+    def call(fn, arrays, out):
+        return fn(arrays["input"], arrays["target"], weight=arrays["weight"],
+                  pos_weight=arrays["pos_weight"], reduction=reduction,
+                  grad_output=arrays["grad_output"], out=out)
+
+    def copies():
+        return {key: value.copy() if isinstance(value, np.ndarray) else value
+                for key, value in arrays.items()}
+
+    want_grad = call(op.call_grad, copies(), np.empty((5, 4)))
+    want_loss, _ = call(op.call_and_grad, copies(), np.empty((5, 4)))
+    fresh = copies()
+    got_grad = call(op.call_grad, fresh, fresh[aliased])
+    assert got_grad is fresh[aliased]
+    assert_same_bits(got_grad, want_grad, what=f"grad with out={aliased}")
+    fresh = copies()
+    got_loss, got_grad = call(op.call_and_grad, fresh, fresh[aliased])
+    assert got_grad is fresh[aliased]
+    assert_same_bits(got_loss, want_loss, what=f"and_grad loss with out={aliased}")
+    assert_same_bits(got_grad, want_grad, what=f"and_grad grad with out={aliased}")
+
+
 # ---- binary_cross_entropy: probabilities only ---------------------------------------------------
 BCE_FUNCTIONS = [(n, f, op) for n, f, op in LOSS_FUNCTIONS if op is BCE]
 

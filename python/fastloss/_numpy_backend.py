@@ -28,14 +28,14 @@ def loss_pass(op, want_loss, want_grad, input, target, weight, pos_weight, reduc
         grad_output, grad_array = split_grad_output(np, grad_output, input, reduction)
         if grad_array is not None:
             # An upstream gradient per element scales the gradient, not the loss: the gradient
-            # pass is weighted by weight * grad_output, and the loss (if wanted) has its own.
+            # pass is weighted by weight * grad_output, and the loss (if wanted) has its own,
+            # made first: `out` may be the input, the target or the weight.
+            loss = (loss_pass(op, True, False, input, target, weight, pos_weight, reduction,
+                              1.0, None) if want_loss else None)
             grad = loss_pass(op, False, True, input, target,
                              grad_weight(np, weight, grad_array, input), pos_weight, reduction,
                              1.0, out)
-            if not want_loss:
-                return grad
-            return loss_pass(op, True, False, input, target, weight, pos_weight, reduction,
-                             1.0, None), grad
+            return (loss, grad) if want_loss else grad
     if weight is not None:
         weight = periodic_weight(np, weight, input, "weight")
     if pos_weight is not None:
