@@ -102,13 +102,33 @@ enum class Dtype { Float32, Float64 };
 std::string shape_of(const py::array& a) { return py::str(a.attr("shape")).cast<std::string>(); }
 std::string dtype_name(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
 
+std::string type_name_of(py::handle obj) {
+  const py::handle type = py::type::of(obj);
+  return py::str(type.attr("__module__")).cast<std::string>() + "." +
+         py::str(type.attr("__qualname__")).cast<std::string>();
+}
+
+// numpy.ma arrays are ndarrays: their data would be read and their mask silently ignored.
+bool is_masked_array(py::handle obj) {
+  if (PyArray_CheckExact(obj.ptr())) return false;
+  // Leaked on purpose, like numpy.require below.
+  static const py::object* masked = new py::object(py::module_::import("numpy.ma").attr("MaskedArray"));
+  return py::isinstance(obj, *masked);
+}
+
 py::array require_array(py::handle obj, const char* name) {
   if (!py::isinstance<py::array>(obj)) {
-    const py::handle type = py::type::of(obj);
-    const std::string type_name = py::str(type.attr("__module__")).cast<std::string>() + "." +
-                                  py::str(type.attr("__qualname__")).cast<std::string>();
+    if (py::hasattr(obj, "__cuda_array_interface__")) {
+      throw py::type_error(std::string(name) + " is a GPU array (" + type_name_of(obj) +
+                           ") in a call on NumPy arrays; all arrays of one call must be on the same "
+                           "device (copy it with cupy.asnumpy, or pass CuPy arrays only)");
+    }
     throw py::type_error(std::string(name) + " must be a numpy.ndarray (all arrays of one call on the CPU), got " +
-                         type_name);
+                         type_name_of(obj));
+  }
+  if (is_masked_array(obj)) {
+    throw py::type_error(std::string(name) + " is a numpy.ma.MaskedArray, whose mask fastloss would ignore; "
+                         "pass a plain numpy.ndarray (" + name + ".filled(value) or " + name + ".data)");
   }
   return py::reinterpret_borrow<py::array>(obj);
 }
@@ -202,7 +222,7 @@ py::array output_like(py::handle out, const py::array& like, Dtype dtype, const 
   if ((o.flags() & kContiguousAndAligned) != kContiguousAndAligned) {
     throw py::value_error("out must be C-contiguous and aligned");
   }
-  if (!o.writeable()) throw py::value_error("out is read-only");
+  if (!o.writeable()) throw py::value_error("out is read-only; expected a writeable array");
   return o;
 }
 
@@ -216,13 +236,14 @@ py::object scalar_of(double value, Dtype dtype) {
 
 // A weight prepared by Python: None, or a 1-D C-contiguous buffer read with period = its size.
 struct Weight {
+  const char* name;
   py::object owner;  // keeps the buffer alive; None when absent
   const void* data = nullptr;
   std::int64_t size = 0;
   bool present() const { return data != nullptr; }
 };
 Weight weight_of(py::handle obj, Dtype dtype, const char* name, std::int64_t n) {
-  Weight w;
+  Weight w{name};
   if (obj.is_none() || n == 0) return w;
   const py::array a = require_array(obj, name);
   require_same_dtype(dtype, a, name, "input");
@@ -278,7 +299,7 @@ py::object loss_pass_typed(LossOp op, Reduction reduction, bool want_loss, bool 
     require_no_partial_overlap(g, input, "input");
     require_no_partial_overlap(g, target, "target");
     for (const Weight* w : {&weight, &pos_weight}) {
-      if (w->present()) require_no_partial_overlap(g, py::reinterpret_borrow<py::array>(w->owner), "a weight");
+      if (w->present()) require_no_partial_overlap(g, py::reinterpret_borrow<py::array>(w->owner), w->name);
     }
     p.grad_out = static_cast<T*>(g.mutable_data());
     grad = g;
@@ -332,7 +353,8 @@ py::object loss_pass(int op_code, int reduction_code, bool want_loss, bool want_
   require_same_shape(target, "target", input, "input");
   input = contiguous(input);
   target = contiguous(target);
-  const Weight weight = weight_of(weight_obj, dtype, "weight", input.size());
+  // An array grad_output reaches the kernels as (a factor of) the weight.
+  const Weight weight = weight_of(weight_obj, dtype, "weight (or grad_output)", input.size());
   const Weight pos_weight = weight_of(pos_weight_obj, dtype, "pos_weight", input.size());
   const auto op = static_cast<LossOp>(op_code);
   const auto reduction = static_cast<Reduction>(reduction_code);

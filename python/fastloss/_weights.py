@@ -26,16 +26,42 @@ def type_name(obj):
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
+def as_float(value, name):
+    """A real scalar as a Python float; float(10**400) would raise an OverflowError that names
+    nothing."""
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{name} is too large for a float64; expected a real number of "
+                         "magnitude below 1.8e308") from None
+
+
+def not_an_array_error(xp, value, name, alternative):
+    """The TypeError for a ``value`` that is not an xp array (nor ``alternative``)."""
+    if xp is np:
+        on_other_device = hasattr(value, "__cuda_array_interface__")
+    else:
+        on_other_device = isinstance(value, np.ndarray)
+    return TypeError(f"{name} must be a {xp.__name__}.ndarray or {alternative}, got "
+                     f"{type_name(value)}"
+                     + (" (all arrays of one call must be on the same device)"
+                        if on_other_device else ""))
+
+
+def reject_masked(array, name):
+    """numpy.ma arrays are ndarrays: the kernels would read their data and ignore the mask."""
+    if type(array) is not np.ndarray and isinstance(array, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a numpy.ma.MaskedArray, whose mask fastloss would ignore; "
+                        f"pass a plain numpy.ndarray ({name}.filled(value) or {name}.data)")
+
+
 def check_weight(xp, weight, input, name, same_device=None):
     """Validates ``weight`` against ``input``: returns a float (scalar) or an xp array."""
     if is_real_scalar(weight):
-        return float(weight)
+        return as_float(weight, name)
     if not isinstance(weight, xp.ndarray):
-        on_other_device = isinstance(weight, np.ndarray) and xp is not np
-        raise TypeError(f"{name} must be a {xp.__name__}.ndarray or a real number, got "
-                        f"{type_name(weight)}"
-                        + (" (all arrays of one call must be on the same GPU)"
-                           if on_other_device else ""))
+        raise not_an_array_error(xp, weight, name, "a real number")
+    reject_masked(weight, name)
     if weight.dtype != input.dtype:
         raise TypeError(f"{name} has dtype {weight.dtype} but input has dtype {input.dtype}; "
                         "convert one of them explicitly (fastloss never upcasts silently)")
@@ -79,12 +105,15 @@ def split_grad_output(xp, grad_output, input, reduction, same_device=None):
     if isinstance(grad_output, float):
         return grad_output, None
     if is_real_scalar(grad_output):
-        return float(grad_output), None
+        return as_float(grad_output, "grad_output"), None
     if isinstance(grad_output, (np.ndarray, xp.ndarray)) and grad_output.ndim == 0:
+        reject_masked(grad_output, "grad_output")
+        if grad_output.dtype.kind not in "fiu":  # float() of a complex one drops its imaginary part
+            raise TypeError(f"grad_output has dtype {grad_output.dtype}; expected a real number")
         return float(grad_output), None  # on a GPU: reads one value back (a synchronisation)
     if not isinstance(grad_output, xp.ndarray):
-        raise TypeError(f"grad_output must be a real number or a {xp.__name__}.ndarray, got "
-                        f"{type_name(grad_output)}")
+        raise not_an_array_error(xp, grad_output, "grad_output", "a real number")
+    reject_masked(grad_output, "grad_output")
     if reduction != "none":
         raise ValueError(f"grad_output must be a scalar for reduction={reduction!r} "
                          f"(the loss is a scalar); got shape {grad_output.shape}")

@@ -74,10 +74,16 @@ _COMMON = """
     A reduced loss is a NumPy scalar of the input's dtype (a 0-d CuPy array for CuPy input);
     gradients are arrays of the input's kind.
 
+    NaN and inf are values, not errors: they propagate as in the reference (an infinite
+    ``pos_weight`` gives NaN or inf wherever it meets a non-zero target).
+
     Raises:
-        TypeError: an argument is not a NumPy array, has another dtype than float32/float64,
-            or the dtypes of the arrays differ (never upcast silently).
-        ValueError: shapes differ or do not broadcast, unknown reduction, bad ``out``.
+        TypeError: an argument is not a NumPy array (lists, other libraries' arrays, GPU
+            arrays in a call on NumPy arrays, ``numpy.ma`` masked arrays, whose mask would be
+            ignored), has another dtype than float32/float64, or the dtypes of the arrays
+            differ (never upcast silently).
+        ValueError: shapes differ or do not broadcast, unknown reduction, bad ``out`` (read-only,
+            not C-contiguous, partly overlapping an input), a scalar beyond the float64 range.
 """
 
 _GRAD = """
@@ -195,7 +201,8 @@ def sigmoid(input, *, out=None):
     Returns:
         An array of input's shape and dtype (``out`` if given).
     Raises:
-        TypeError: not a NumPy float32/float64 array. ValueError: bad ``out``.
+        TypeError: not a NumPy float32/float64 array (masked arrays included).
+        ValueError: bad ``out``.
     """
     return _backend(input).sigmoid(input, out)
 
