@@ -43,9 +43,10 @@ struct LaneSums {
       const double y = term - compensation[k];
       const double t = sum[k] + y;
       const double lost = (t - sum[k]) - y;
-      // Once the sum is infinite, lost is inf - inf = NaN: drop it so an infinite loss stays
-      // inf (a NaN term still makes the sum NaN through t).
-      compensation[k] = lost != lost ? 0.0 : lost;
+      // Once the sum is infinite, lost is inf or NaN and would make the next t NaN: drop it
+      // so an infinite loss stays inf (a NaN term still makes the sum NaN through t). Testing
+      // t, not lost, keeps the test off the dependency chain.
+      compensation[k] = t - t == 0.0 ? lost : 0.0;
       sum[k] = t;
     } else {
       sum[k] += term;
