@@ -13,6 +13,18 @@ _TESTS_DIR = str(Path(__file__).resolve().parent)
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
+try:
+    from hypothesis import settings
+except ImportError:  # test_properties.py skips itself
+    pass
+else:
+    # 'ci' (the default): the same examples on every run, so a failure is reproducible and CI
+    # time is fixed. 'explore' (--hypothesis-profile=explore): fresh random examples, more of them.
+    settings.register_profile("ci", max_examples=150, deadline=None, derandomize=True,
+                              database=None, print_blob=True)
+    settings.register_profile("explore", max_examples=2000, deadline=None)
+    settings.load_profile("ci")
+
 
 def pytest_report_header(config):
     import fastloss
