@@ -9,6 +9,7 @@ opt-in, so a plain ``pytest`` never spends minutes timing:
     pytest bench --benchmark --big      ... and the stability track at N = 4e8 too
     pytest bench --benchmark-disable
                                     each benchmark run once, untimed: the CI smoke run
+    pytest tests --largemem         also the tests marked largemem (N = 2**31 + 5: ~10 GB)
 
 --full and --big are the sizes of ``python -m fastloss bench --full / --big``.
 
@@ -28,6 +29,17 @@ def pytest_addoption(parser):
                     help="benchmarks also at N = 1e8 (several GB of memory, many minutes)")
     group.addoption("--big", action="store_true", default=False,
                     help="--full, and the stability track also at N = 4e8 (about 12 GB)")
+    group.addoption("--largemem", action="store_true", default=False,
+                    help="also run the tests marked largemem (about 10 GB of memory)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("largemem"):
+        return
+    skip = pytest.mark.skip(reason="needs about 10 GB of memory: run with --largemem")
+    for item in items:
+        if "largemem" in item.keywords:
+            item.add_marker(skip)
 
 
 # tryfirst: pytest-benchmark reads these options in its own pytest_configure (trylast).
