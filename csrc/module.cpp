@@ -456,6 +456,7 @@ py::dict build_info() {
   info["openmp_version"] = 0;
   info["max_threads"] = 1;
 #endif
+  info["forked_child"] = !openmp_usable();
   info["chunk_size"] = kChunkSize;
   info["parallel_threshold"] = kParallelThreshold;
   return info;

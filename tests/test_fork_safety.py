@@ -55,7 +55,9 @@ def kernel_results(seed):
 
 
 def child_call(seed):
-    return kernel_results(seed), fastloss._cpu.build_info()["max_threads"]
+    info = fastloss._cpu.build_info()
+    assert info["forked_child"]
+    return kernel_results(seed), info["max_threads"]
 
 
 def run_in_fork_pool(seeds, processes=2):
@@ -72,6 +74,7 @@ def run_in_fork_pool(seeds, processes=2):
 
 def test_forked_children_get_the_parents_bits():
     threads_before = fastloss._cpu.build_info()["max_threads"]
+    assert not fastloss._cpu.build_info()["forked_child"]
     seeds = [11, 12, 13, 14]
     expected = [kernel_results(seed) for seed in seeds]  # the parent uses its OpenMP threads
     got = run_in_fork_pool(seeds)

@@ -25,11 +25,13 @@ THRESHOLD = INFO["parallel_threshold"]
 
 def test_build_info_keys_and_values():
     info = fastloss._cpu.build_info()
-    for key in ("compiler", "isa", "openmp", "max_threads", "chunk_size", "parallel_threshold"):
+    for key in ("compiler", "isa", "openmp", "max_threads", "forked_child", "chunk_size",
+                "parallel_threshold"):
         assert key in info, key
     assert isinstance(info["compiler"], str) and info["compiler"]
     assert isinstance(info["isa"], str) and info["isa"]
     assert isinstance(info["openmp"], bool)
+    assert info["forked_child"] is False
     assert isinstance(info["max_threads"], int) and info["max_threads"] >= 1
     assert isinstance(info["chunk_size"], int) and info["chunk_size"] > 0
     assert isinstance(info["parallel_threshold"], int) and info["parallel_threshold"] > 0

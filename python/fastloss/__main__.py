@@ -48,7 +48,9 @@ def info(args: argparse.Namespace) -> int:
         ("compiler", build["compiler"]),
         ("isa", f"{build['isa']} (chosen at run time for this CPU)"),
         ("openmp", _bench.openmp_description(build)),
-        ("max threads", f"{build['max_threads']} (OMP_NUM_THREADS changes it)"),
+        ("max threads", f"{build['max_threads']} " + ("(a forked child: kernels run serially)"
+                                                      if build["forked_child"]
+                                                      else "(OMP_NUM_THREADS changes it)")),
         ("chunk size", f"{build['chunk_size']} elements (fixed: sums are the same bits "
                        "for any thread count)"),
         ("parallel from", f"{build['parallel_threshold']} elements"),
