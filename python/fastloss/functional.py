@@ -35,7 +35,8 @@ def _backend(array, name="input"):
         from . import _cuda
         return _cuda
     kind = f"{module}.{type(array).__qualname__}"
-    raise TypeError(f"{name} must be a numpy.ndarray or a cupy.ndarray, got {kind}")
+    hint = "; fastloss.torch takes torch tensors" if module.startswith("torch") else ""
+    raise TypeError(f"{name} must be a numpy.ndarray or a cupy.ndarray, got {kind}{hint}")
 
 
 _REDUCTION_CODES = _numpy_backend.REDUCTION_CODES
