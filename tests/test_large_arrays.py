@@ -5,7 +5,7 @@ Opt-in (``pytest --largemem``; .ci/run runs it once): the input alone is 8.6 GB.
 is ``numpy.zeros`` with a few values written near index 2**31 and at the end, so its untouched
 pages stay unallocated (the kernel maps reads of them to its zero page) and the peak stays near
 one array; sigmoid runs in place (``out=x``, allowed). Measured on the 2-core CI machine:
-about 30 s and 8.7 GB peak RSS.
+27-36 s and 8.3 GiB peak RSS.
 """
 
 from __future__ import annotations
