@@ -671,18 +671,12 @@ class _HasArrayMethod:
         return np.full((4, 3), 0.5, dtype=np.float32)
 
 
-class _HasArrayInterface:
-    def __init__(self):
-        self._keep = np.full((4, 3), 0.5, dtype=np.float32)
-        self.__array_interface__ = self._keep.__array_interface__
-
-
+# Objects with __array_interface__ or DLPack are taken without a copy: tests/test_interop.py.
 OTHER_ARRAYS = {
     "array.array": lambda: array.array("f", [0.5] * 12),
     "memoryview": lambda: memoryview(np.full((4, 3), 0.5, np.float32)),
     "bytes": lambda: np.full((4, 3), 0.5, np.float32).tobytes(),
     "__array__": _HasArrayMethod,
-    "__array_interface__": _HasArrayInterface,
     "numpy-scalar": lambda: np.float32(0.5),
 }
 
@@ -722,11 +716,13 @@ def _call_with(op, which, value, message):
 
 @pytest.mark.parametrize("which", ["input", "target", "weight", "grad_output", "out"])
 @pytest.mark.parametrize("op", OPS, ids=repr)
-def test_torch_tensors(op, which):
+def test_torch_tensors_that_require_grad(op, which):
+    """A CPU tensor is taken through DLPack (tests/test_interop.py), but not one that requires
+    grad: the message points to fastloss.torch."""
     torch = pytest.importorskip("torch")
-    hint = "; fastloss.torch takes torch tensors$" if which == "input" else ""
-    _call_with(op, which, torch.full((4, 3), 0.5),
-               f"^{which} must be a numpy.ndarray.*torch.*{hint}")
+    _call_with(op, which, torch.full((4, 3), 0.5, requires_grad=True),
+               f"^{which} \\(torch.Tensor\\) could not be taken through DLPack.*"
+               "use fastloss.torch, or pass .detach\\(\\)$")
 
 
 @pytest.mark.parametrize("which", ["input", "target", "weight", "grad_output", "out"])

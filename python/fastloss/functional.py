@@ -9,9 +9,17 @@ non-contiguous arrays are a ValueError instead of being copied.
 
 from __future__ import annotations
 
+from typing import Any, Union
+
 import numpy as np
 
 from . import _numpy_backend
+from ._interop import adopt
+
+# A numpy.ndarray or a cupy.ndarray, or any object these take without a copy (DLPack,
+# __array_interface__, __cuda_array_interface__; see fastloss._interop).
+Array = Any
+Weight = Union[Array, float, None]
 
 __all__ = [
     "mse_loss", "mse_loss_grad", "mse_loss_and_grad",
@@ -47,19 +55,26 @@ def _loss(op, want_loss, want_grad, input, target, weight=None, pos_weight=None,
           reduction="mean", grad_output=1.0, out=None):
     # The common call (NumPy, no weights, scalar grad_output) goes straight to C++, which
     # checks everything else: a call on 16 elements must stay around a microsecond.
-    if (type(input) is np.ndarray and weight is None and pos_weight is None
-            and type(grad_output) is float and type(reduction) is str):
+    if (type(input) is np.ndarray and type(target) is np.ndarray and weight is None
+            and pos_weight is None and type(grad_output) is float and type(reduction) is str
+            and (out is None or type(out) is np.ndarray)):
         code = _REDUCTION_CODES.get(reduction)
         if code is not None:
             return _cpu_loss_pass(op, code, want_loss, want_grad, input, target, None, None,
                                   grad_output, out)
+    input, target, weight, pos_weight, grad_output, out = (
+        adopt(value, name) for value, name in
+        ((input, "input"), (target, "target"), (weight, "weight"), (pos_weight, "pos_weight"),
+         (grad_output, "grad_output"), (out, "out")))
     return _backend(input).loss_pass(op, want_loss, want_grad, input, target, weight,
                                      pos_weight, reduction, grad_output, out)
 
 
 _COMMON = """
     Arrays: NumPy (or CuPy, on the GPU), float32 or float64, any shape; ``target`` has the
-    input's shape and dtype.
+    input's shape and dtype. Arrays of other libraries that speak DLPack,
+    ``__array_interface__`` or ``__cuda_array_interface__`` are taken without a copy (results
+    are NumPy or CuPy arrays; an ``out`` of theirs is written in place).
     Inputs that are not C-contiguous are copied once; ``out`` must be C-contiguous, writeable,
     of the input's shape and dtype, and may be the input itself (in-place).
     ``weight`` rescales each element's loss and broadcasts against ``input`` like PyTorch's
@@ -79,10 +94,10 @@ _COMMON = """
     ``pos_weight`` gives NaN or inf wherever it meets a non-zero target).
 
     Raises:
-        TypeError: an argument is not a NumPy array (lists, other libraries' arrays, GPU
-            arrays in a call on NumPy arrays, ``numpy.ma`` masked arrays, whose mask would be
-            ignored), has another dtype than float32/float64, or the dtypes of the arrays
-            differ (never upcast silently).
+        TypeError: an argument is not an array (lists, buffers, ``__array__``-only objects,
+            a tensor that requires grad, GPU arrays in a call on NumPy arrays, ``numpy.ma``
+            masked arrays, whose mask would be ignored), has another dtype than
+            float32/float64, or the dtypes of the arrays differ (never upcast silently).
         ValueError: shapes differ or do not broadcast, unknown reduction, bad ``out`` (read-only,
             not C-contiguous, partly overlapping an input), a scalar beyond the float64 range.
 """
@@ -105,13 +120,16 @@ def _doc(summary, extra=""):
 
     Like ``torch.nn.functional.mse_loss`` (which has no weight).
 """)
-def mse_loss(input, target, *, weight=None, reduction="mean"):
+def mse_loss(input: Array, target: Array, *, weight: Weight = None,
+             reduction: str = "mean") -> Any:
     return _loss(_MSE, True, False, input, target, weight, None, reduction)
 
 
 @_doc("""Gradient of ``mse_loss`` with respect to input: 2 * (input - target) * weight [/ N].
 """, _GRAD)
-def mse_loss_grad(input, target, *, weight=None, reduction="mean", grad_output=1.0, out=None):
+def mse_loss_grad(input: Array, target: Array, *, weight: Weight = None,
+                  reduction: str = "mean", grad_output: Weight = 1.0,
+                  out: Array | None = None) -> Array:
     return _loss(_MSE, False, True, input, target, weight, None, reduction, grad_output, out)
 
 
@@ -120,8 +138,9 @@ def mse_loss_grad(input, target, *, weight=None, reduction="mean", grad_output=1
     Reads input and target once and writes the gradient once (12 bytes per float32 element),
     instead of the ~28 bytes of a separate forward, reduction and backward.
 """, _GRAD)
-def mse_loss_and_grad(input, target, *, weight=None, reduction="mean", grad_output=1.0,
-                      out=None):
+def mse_loss_and_grad(input: Array, target: Array, *, weight: Weight = None,
+                      reduction: str = "mean", grad_output: Weight = 1.0,
+                      out: Array | None = None) -> tuple[Any, Array]:
     return _loss(_MSE, True, True, input, target, weight, None, reduction, grad_output, out)
 
 
@@ -133,7 +152,8 @@ def mse_loss_and_grad(input, target, *, weight=None, reduction="mean", grad_outp
     An input outside [0, 1] raises ValueError (as in PyTorch); NaN propagates. For logits use
     ``binary_cross_entropy_with_logits``, which cannot saturate.
 """)
-def binary_cross_entropy(input, target, *, weight=None, reduction="mean"):
+def binary_cross_entropy(input: Array, target: Array, *, weight: Weight = None,
+                         reduction: str = "mean") -> Any:
     return _loss(_BCE, True, False, input, target, weight, None, reduction)
 
 
@@ -141,15 +161,17 @@ def binary_cross_entropy(input, target, *, weight=None, reduction="mean"):
 
     The denominator is clamped at 1e-12 like PyTorch's. Input outside [0, 1]: ValueError.
 """, _GRAD)
-def binary_cross_entropy_grad(input, target, *, weight=None, reduction="mean", grad_output=1.0,
-                              out=None):
+def binary_cross_entropy_grad(input: Array, target: Array, *, weight: Weight = None,
+                              reduction: str = "mean", grad_output: Weight = 1.0,
+                              out: Array | None = None) -> Array:
     return _loss(_BCE, False, True, input, target, weight, None, reduction, grad_output, out)
 
 
 @_doc("""``(binary_cross_entropy(...), binary_cross_entropy_grad(...))`` in one pass.
 """, _GRAD)
-def binary_cross_entropy_and_grad(input, target, *, weight=None, reduction="mean",
-                                  grad_output=1.0, out=None):
+def binary_cross_entropy_and_grad(input: Array, target: Array, *, weight: Weight = None,
+                                  reduction: str = "mean", grad_output: Weight = 1.0,
+                                  out: Array | None = None) -> tuple[Any, Array]:
     return _loss(_BCE, True, True, input, target, weight, None, reduction, grad_output, out)
 
 
@@ -168,29 +190,34 @@ _LOGITS = """
 
 @_doc("""Binary cross-entropy on logits (the sigmoid is applied inside, stably).
 """, _LOGITS)
-def binary_cross_entropy_with_logits(input, target, *, weight=None, pos_weight=None,
-                                     reduction="mean"):
+def binary_cross_entropy_with_logits(input: Array, target: Array, *, weight: Weight = None,
+                                     pos_weight: Weight = None, reduction: str = "mean") -> Any:
     return _loss(_BCE_LOGITS, True, False, input, target, weight, pos_weight, reduction)
 
 
 @_doc("""Gradient of ``binary_cross_entropy_with_logits`` with respect to the logits.
 """, _LOGITS + _GRAD)
-def binary_cross_entropy_with_logits_grad(input, target, *, weight=None, pos_weight=None,
-                                          reduction="mean", grad_output=1.0, out=None):
+def binary_cross_entropy_with_logits_grad(input: Array, target: Array, *, weight: Weight = None,
+                                          pos_weight: Weight = None, reduction: str = "mean",
+                                          grad_output: Weight = 1.0, out: Array | None = None
+                                          ) -> Array:
     return _loss(_BCE_LOGITS, False, True, input, target, weight, pos_weight, reduction,
                  grad_output, out)
 
 
 @_doc("""Loss and gradient of ``binary_cross_entropy_with_logits`` in one pass (one exp).
 """, _LOGITS + _GRAD)
-def binary_cross_entropy_with_logits_and_grad(input, target, *, weight=None, pos_weight=None,
-                                              reduction="mean", grad_output=1.0, out=None):
+def binary_cross_entropy_with_logits_and_grad(input: Array, target: Array, *,
+                                              weight: Weight = None, pos_weight: Weight = None,
+                                              reduction: str = "mean",
+                                              grad_output: Weight = 1.0,
+                                              out: Array | None = None) -> tuple[Any, Array]:
     return _loss(_BCE_LOGITS, True, True, input, target, weight, pos_weight, reduction,
                  grad_output, out)
 
 
 # ---- sigmoid ---------------------------------------------------------------------------------------
-def sigmoid(input, *, out=None):
+def sigmoid(input: Array, *, out: Array | None = None) -> Array:
     """Logistic sigmoid 1 / (1 + exp(-input)), elementwise, like ``torch.sigmoid``.
 
     Evaluated in double: float32 results are correctly rounded but for rare ties (within 1
@@ -205,10 +232,11 @@ def sigmoid(input, *, out=None):
         TypeError: not a NumPy float32/float64 array (masked arrays included).
         ValueError: bad ``out``.
     """
+    input, out = adopt(input, "input"), adopt(out, "out")
     return _backend(input).sigmoid(input, out)
 
 
-def sigmoid_backward(grad_output, output, *, out=None):
+def sigmoid_backward(grad_output: Array, output: Array, *, out: Array | None = None) -> Array:
     """Gradient of sigmoid from its output: grad_output * output * (1 - output).
 
     Like PyTorch's ``sigmoid_backward``: takes the forward *output*, not its input.
@@ -221,4 +249,6 @@ def sigmoid_backward(grad_output, output, *, out=None):
     Raises:
         TypeError: bad array kind or dtype, or dtypes differ. ValueError: shapes differ, bad out.
     """
+    grad_output, output = adopt(grad_output, "grad_output"), adopt(output, "output")
+    out = adopt(out, "out")
     return _backend(grad_output, "grad_output").sigmoid_backward(grad_output, output, out)
