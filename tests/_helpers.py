@@ -328,3 +328,14 @@ def run_python(code, env, *args, timeout=300):
 def run_python_json(code, env, *args, timeout=300):
     """``run_python``, with the last line of stdout decoded as JSON."""
     return json.loads(run_python(code, env, *args, timeout=timeout).strip().splitlines()[-1])
+
+
+def import_cupy_or_skip():
+    """Like pytest.importorskip("cupy"), but a CuPy that is installed and fails to import (a
+    broken CUDA install raises ImportError, not ModuleNotFoundError) is a skip too."""
+    import pytest
+    try:
+        import cupy
+    except ImportError as error:
+        pytest.skip(f"cupy is not importable ({type(error).__name__}: {error})")
+    return cupy

@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 _TESTS_DIR = str(Path(__file__).resolve().parent)
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
@@ -35,3 +37,17 @@ def pytest_report_header(config):
             f"isa={info['isa']} openmp={info['openmp']} max_threads={info['max_threads']} "
             f"chunk_size={info['chunk_size']} parallel_threshold={info['parallel_threshold']} "
             f"compiler={info['compiler']!r}")
+
+
+@pytest.fixture(scope="session")
+def cp():
+    """The cupy module, for tests that need a GPU: skips without CuPy or a CUDA device."""
+    from _helpers import import_cupy_or_skip
+    cupy = import_cupy_or_skip()
+    try:
+        available = cupy.cuda.is_available()
+    except Exception:  # a broken driver install
+        available = False
+    if not available:
+        pytest.skip("no CUDA device (cupy.cuda.is_available() is False)")
+    return cupy

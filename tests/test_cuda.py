@@ -25,6 +25,7 @@ import pytest
 
 import fastloss
 from _helpers import (
+    import_cupy_or_skip,
     DTYPES,
     LOGITS,
     OPS,
@@ -84,16 +85,6 @@ def _nvrtc_unavailable_reason():
     except Exception as error:  # e.g. the NVRTC library itself is missing
         return f"NVRTC does not work here ({type(error).__name__}: {error})"
     return None
-
-
-def _import_cupy_or_skip():
-    """Like pytest.importorskip("cupy"), but a CuPy that is installed and fails to import (a
-    broken CUDA install raises ImportError, not ModuleNotFoundError) is a skip too."""
-    try:
-        import cupy
-    except ImportError as error:
-        pytest.skip(f"cupy is not importable ({type(error).__name__}: {error})")
-    return cupy
 
 
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
@@ -202,7 +193,7 @@ def test_nvrtc_check_fails_on_a_syntax_error(nvrtc_or_skip):
 
 
 def test_describe_without_a_device():
-    cupy = _import_cupy_or_skip()
+    cupy = import_cupy_or_skip()
     info = _cuda.describe()
     assert info["cupy"] == cupy.__version__
     assert info["available"] == bool(cupy.cuda.is_available())
@@ -211,18 +202,7 @@ def test_describe_without_a_device():
 
 
 # ==== GPU tests ================================================================================
-
-@pytest.fixture(scope="module")
-def cp():
-    cupy = _import_cupy_or_skip()
-    try:
-        available = cupy.cuda.is_available()
-    except Exception:  # a broken driver install
-        available = False
-    if not available:
-        pytest.skip("no CUDA device (cupy.cuda.is_available() is False)")
-    return cupy
-
+# (the `cp` fixture, in conftest.py, skips them without CuPy or a CUDA device)
 
 REDUCTIONS = ("mean", "sum", "none")
 GRAD_OUTPUT = 0.375

@@ -236,18 +236,6 @@ def test_ten_epochs_match_torch_nn_and_torch_optim_sgd(case):
 
 # ---- CuPy: the same code on the GPU ------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def cp():
-    cupy = pytest.importorskip("cupy")
-    try:
-        available = cupy.cuda.is_available()
-    except Exception:  # a broken driver install
-        available = False
-    if not available:
-        pytest.skip("no CUDA device (cupy.cuda.is_available() is False)")
-    return cupy
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_fit_on_cupy_matches_numpy(cp, dtype):
     X, Y, model = _problem(dtype)
