@@ -339,3 +339,13 @@ def import_cupy_or_skip():
     except ImportError as error:
         pytest.skip(f"cupy is not importable ({type(error).__name__}: {error})")
     return cupy
+
+
+def loss_case(op_name, shape, dtype, reduction, wkind, pkind, soft=None):
+    """A pytest.param of one loss case, named op-dtype-reduction-shape-w<kind>-pw<kind>[-soft];
+    ``soft`` is passed on as a last value when given."""
+    import pytest
+    values = (op_name, shape, dtype, reduction, wkind, pkind) + (() if soft is None else (soft,))
+    label = (f"{op_name}-{np.dtype(dtype).name}-{reduction}-{'x'.join(map(str, shape))}"
+             f"-w{wkind}-pw{pkind}{'-soft' if soft else ''}")
+    return pytest.param(*values, id=label)

@@ -26,6 +26,7 @@ import pytest
 import fastloss
 from _helpers import (
     import_cupy_or_skip,
+    loss_case,
     DTYPES,
     LOGITS,
     OPS,
@@ -239,17 +240,11 @@ def _cases():
             for reduction in REDUCTIONS:
                 for shape in [(0,), (1,), (7,), (4097,), (3, 5), (2, 3, 4097)]:
                     for wkind, pkind in _weight_combos(op.name, shape):
-                        cases.append(pytest.param(
-                            op.name, shape, dtype, reduction, wkind, pkind,
-                            id=f"{op.name}-{np.dtype(dtype).name}-{reduction}-"
-                               f"{'x'.join(map(str, shape))}-w{wkind}-pw{pkind}"))
+                        cases.append(loss_case(op.name, shape, dtype, reduction, wkind, pkind))
                 big = [(None, None), ("full", None)] + ([("scalar", "full")] if op.name == "logits"
                                                        else [])
                 for wkind, pkind in big:
-                    cases.append(pytest.param(
-                        op.name, BIG, dtype, reduction, wkind, pkind,
-                        id=f"{op.name}-{np.dtype(dtype).name}-{reduction}-{BIG[0]}-w{wkind}"
-                           f"-pw{pkind}"))
+                    cases.append(loss_case(op.name, BIG, dtype, reduction, wkind, pkind))
     return cases
 
 

@@ -12,6 +12,7 @@ import pytest
 
 import fastloss
 from _helpers import (
+    loss_case,
     DTYPES,
     LOGITS,
     OPS,
@@ -57,11 +58,8 @@ def _cases():
                 for shape in SMALL_1D + MULTI_DIM:
                     for soft in softs:
                         for wkind, pkind in _weight_combos(op.name, shape):
-                            cases.append(pytest.param(
-                                op.name, shape, dtype, reduction, wkind, pkind, soft,
-                                id=f"{op.name}-{np.dtype(dtype).name}-{reduction}-"
-                                   f"{'x'.join(map(str, shape))}-w{wkind}-pw{pkind}"
-                                   f"{'-soft' if soft else ''}"))
+                            cases.append(loss_case(op.name, shape, dtype, reduction, wkind,
+                                                   pkind, soft))
                 # one million elements: the parallel path, unweighted and one weighted form
                 big = [(None, None, False), ("full", None, True)]
                 if op.name == "logits":
@@ -69,10 +67,7 @@ def _cases():
                 if op.name == "mse":
                     big = [(w, p, False) for w, p, _ in big]
                 for wkind, pkind, soft in big:
-                    cases.append(pytest.param(
-                        op.name, BIG, dtype, reduction, wkind, pkind, soft,
-                        id=f"{op.name}-{np.dtype(dtype).name}-{reduction}-{BIG[0]}-w{wkind}"
-                           f"-pw{pkind}{'-soft' if soft else ''}"))
+                    cases.append(loss_case(op.name, BIG, dtype, reduction, wkind, pkind, soft))
     return cases
 
 
@@ -115,10 +110,7 @@ def _fused_cases():
             for reduction in REDUCTIONS:
                 for shape in [(7, 3), (2, 3, 4097), (40_000, 2)]:
                     for wkind, pkind in combos:
-                        cases.append(pytest.param(
-                            op.name, shape, dtype, reduction, wkind, pkind,
-                            id=f"{op.name}-{np.dtype(dtype).name}-{reduction}-"
-                               f"{'x'.join(map(str, shape))}-w{wkind}-pw{pkind}"))
+                        cases.append(loss_case(op.name, shape, dtype, reduction, wkind, pkind))
     return cases
 
 
