@@ -35,9 +35,8 @@ def adopt(value: Any, name: str) -> Any:
     """``value`` as a NumPy or CuPy array sharing its memory, if it speaks an array protocol;
     otherwise ``value`` unchanged."""
     kind = type(value)
-    if value is None or kind is np.ndarray or isinstance(value, (np.generic, float, int)):
-        return value
-    if kind.__module__.startswith("cupy") or isinstance(value, np.ndarray):
+    if (value is None or isinstance(value, (np.ndarray, np.generic, float, int))
+            or kind.__module__.startswith("cupy")):
         return value
     described = f"{kind.__module__}.{kind.__qualname__}"
     if hasattr(value, "__cuda_array_interface__"):

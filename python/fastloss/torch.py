@@ -16,6 +16,8 @@ is a ValueError (detach it). Double backward is not supported. This module impor
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
@@ -69,17 +71,9 @@ def _check_deprecated(size_average, reduce):
 def _stream_of(tensor):
     """A context that makes CuPy launch on the tensor's current CUDA stream (a no-op on CPU)."""
     if tensor.device.type != "cuda":
-        return _NoStream()
+        return contextlib.nullcontext()
     import cupy
     return cupy.cuda.ExternalStream(torch.cuda.current_stream(tensor.device).cuda_stream)
-
-
-class _NoStream:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 class _FusedLoss(torch.autograd.Function):
