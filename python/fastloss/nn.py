@@ -46,6 +46,17 @@ class Parameter:
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
 
 
+def _reusable_buffer(buffers: dict, slot: str, shape: tuple[int, ...], like: Array) -> Array:
+    """``buffers[(slot, shape)]``, made anew when missing or of another dtype or library.
+
+    Keyed by shape too, so a ragged last batch does not evict the full-batch buffers."""
+    key = (slot, shape)
+    buffer = buffers.get(key)
+    if buffer is None or buffer.dtype != like.dtype or type(buffer) is not type(like):
+        buffer = buffers[key] = array_module(like).empty(shape, like.dtype)
+    return buffer
+
+
 class Module:
     """Base class: ``forward(x)``, ``backward(grad_output)`` and the parameter bookkeeping."""
 
@@ -69,13 +80,7 @@ class Module:
         return [parameter for _, parameter in self.named_parameters()]
 
     def _buffer(self, slot: str, shape: tuple[int, ...], like: Array) -> Array:
-        # Keyed by shape too, so a ragged last batch does not evict the full-batch buffers.
-        key = (slot, shape)
-        buffer = self._buffers.get(key)
-        if buffer is None or buffer.dtype != like.dtype or type(buffer) is not type(like):
-            buffer = array_module(like).empty(shape, like.dtype)
-            self._buffers[key] = buffer
-        return buffer
+        return _reusable_buffer(self._buffers, slot, shape, like)
 
     def to(self, device: str) -> Module:
         """Moves the parameters to 'cpu' (NumPy) or 'cuda' (CuPy); returns self."""
@@ -320,9 +325,10 @@ class ReLU(_Activation):
         return xp.multiply(grad_output, grad_input, out=grad_input)
 
 
-def _stages(layers: list[Module]) -> list[tuple[Any, bool]]:
+def fused_stages(layers: list[Module]) -> list[tuple[Any, bool]]:
     """(layer, fused_relu) pairs: a Dense followed by a ReLU runs as one fused stage (the
-    ReLU instance is then not called; the results are the same)."""
+    ReLU instance is then not called; the results are the same). Training computes them once
+    per TrainStep; Sequential, whose layer list may change, on every call."""
     stages, index = [], 0
     while index < len(layers):
         fused = (type(layers[index]) is Dense and index + 1 < len(layers)
@@ -332,18 +338,17 @@ def _stages(layers: list[Module]) -> list[tuple[Any, bool]]:
     return stages
 
 
-def run_forward(layers: list[Module], input: Array) -> Array:
-    """The layers applied in order (fusing Dense + ReLU pairs)."""
-    for layer, fused in _stages(layers):
+def run_forward(stages: list[tuple[Any, bool]], input: Array) -> Array:
+    """The stages of ``fused_stages`` applied in order."""
+    for layer, fused in stages:
         input = layer._forward(input, True) if fused else layer.forward(input)
     return input
 
 
-def run_backward(layers: list[Module], grad_output: Array, *,
+def run_backward(stages: list[tuple[Any, bool]], grad_output: Array, *,
                  need_input_grad: bool = True) -> Array | None:
-    """Backward through layers after ``run_forward``; the first one's input gradient only
-    if need_input_grad."""
-    stages = _stages(layers)
+    """Backward through the stages after ``run_forward``; the first one's input gradient
+    only if need_input_grad."""
     for index in range(len(stages) - 1, -1, -1):
         layer, fused = stages[index]
         wanted = need_input_grad or index > 0
@@ -363,10 +368,11 @@ class Sequential(Module):
         self.layers = list(layers)
 
     def forward(self, input: Array) -> Array:
-        return run_forward(self.layers, input)
+        return run_forward(fused_stages(self.layers), input)
 
     def backward(self, grad_output: Array, *, need_input_grad: bool = True) -> Array | None:
-        return run_backward(self.layers, grad_output, need_input_grad=need_input_grad)
+        return run_backward(fused_stages(self.layers), grad_output,
+                            need_input_grad=need_input_grad)
 
     def named_parameters(self):
         return [(f"{index}.{name}", parameter)
@@ -397,16 +403,13 @@ class _Loss:
         self.weight = weight
         self.reduction = reduction
         self._grad: Array | None = None
-        self._grad_buffers: dict[Any, Array] = {}
+        self._grad_buffers: dict[tuple[str, tuple[int, ...]], Array] = {}
 
     def _extra(self) -> dict[str, Any]:
         return {}
 
     def forward(self, input: Array, target: Array) -> Any:
-        key = (input.shape, input.dtype, type(input))
-        out = self._grad_buffers.get(key)
-        if out is None:
-            out = self._grad_buffers[key] = array_module(input).empty_like(input)
+        out = _reusable_buffer(self._grad_buffers, "grad", input.shape, input)
         loss, self._grad = type(self)._and_grad(input, target, weight=self.weight,
                                                 reduction=self.reduction, out=out,
                                                 **self._extra())

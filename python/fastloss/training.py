@@ -46,10 +46,11 @@ class TrainStep:
             raise TypeError(f"optimizer must have a step() method, got {optimizer!r}")
         self.model, self.optimizer = model, optimizer
         self.layers, self.loss = _trained_layers(model, loss)
+        self.stages = nn.fused_stages(self.layers)
 
     def __call__(self, X: Array, Y: Array) -> Any:
-        value = self.loss.forward(nn.run_forward(self.layers, X), Y)
-        nn.run_backward(self.layers, self.loss.backward(), need_input_grad=False)
+        value = self.loss.forward(nn.run_forward(self.stages, X), Y)
+        nn.run_backward(self.stages, self.loss.backward(), need_input_grad=False)
         self.optimizer.step()
         return value.mean() if self.loss.reduction == "none" else value
 
@@ -169,5 +170,5 @@ def evaluate(model: nn.Module, X: Array, Y: Array, *, loss: nn._Loss) -> float:
     evaluation = type(loss)(weight=loss.weight, reduction=loss.reduction,
                             **({"pos_weight": loss.pos_weight}
                                if isinstance(loss, nn.BCEWithLogitsLoss) else {}))
-    value = evaluation.forward(nn.run_forward(layers, X), Y)
+    value = evaluation.forward(nn.run_forward(nn.fused_stages(layers), X), Y)
     return float(value.mean() if evaluation.reduction == "none" else value)
