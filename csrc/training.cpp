@@ -23,6 +23,26 @@ constexpr int kContiguousAndAligned =
 
 bool is_float32(const py::array& a) { return a.dtype().num() == py::detail::npy_api::NPY_FLOAT_; }
 
+// Runs body(T{}) with T the element type of a (float32 or float64, checked before).
+template <typename Body>
+void with_element_type(const py::array& a, Body&& body) {
+  if (is_float32(a)) {
+    body(float{});
+  } else {
+    body(double{});
+  }
+}
+
+// Typed data pointers; nullptr for an optional array that was not given.
+template <typename T>
+const T* read_ptr(const py::array& a, bool given = true) {
+  return given ? static_cast<const T*>(a.data()) : nullptr;
+}
+template <typename T>
+T* write_ptr(py::array& a, bool given = true) {
+  return given ? static_cast<T*>(a.mutable_data()) : nullptr;
+}
+
 // An argument's name for error messages: "params[3].grad". Built only when an error is raised,
 // so the checks cost a few pointer tests per array on the hot path.
 struct ArgName {
@@ -153,13 +173,10 @@ void sgd_step(const py::list& params, py::object momentum_buffers, double lr, do
     }
     if (overlaps(grad, param)) throw py::value_error(grad_name.str() + " shares memory with " + data_name.str());
     const std::int64_t n = param.size();
-    if (is_float32(param)) {
-      sgd_dispatch(n, static_cast<float*>(param.mutable_data()), static_cast<const float*>(grad.data()),
-                   use_momentum ? static_cast<float*>(buffer.mutable_data()) : nullptr, settings);
-    } else {
-      sgd_dispatch(n, static_cast<double*>(param.mutable_data()), static_cast<const double*>(grad.data()),
-                   use_momentum ? static_cast<double*>(buffer.mutable_data()) : nullptr, settings);
-    }
+    with_element_type(param, [&](auto zero) {
+      using T = decltype(zero);
+      sgd_dispatch(n, write_ptr<T>(param), read_ptr<T>(grad), write_ptr<T>(buffer, use_momentum), settings);
+    });
   }
 }
 
@@ -214,13 +231,10 @@ void dense_bias_relu(py::handle output_obj, py::handle bias_obj, bool relu) {
     if (overlaps(bias, output)) throw py::value_error("bias shares memory with output");
   }
   const bool has_bias = !bias_obj.is_none();
-  if (is_float32(output)) {
-    bias_relu_forward(rows, columns, static_cast<float*>(output.mutable_data()),
-                      has_bias ? static_cast<const float*>(bias.data()) : nullptr, relu);
-  } else {
-    bias_relu_forward(rows, columns, static_cast<double*>(output.mutable_data()),
-                      has_bias ? static_cast<const double*>(bias.data()) : nullptr, relu);
-  }
+  with_element_type(output, [&](auto zero) {
+    using T = decltype(zero);
+    bias_relu_forward(rows, columns, write_ptr<T>(output), read_ptr<T>(bias, has_bias), relu);
+  });
 }
 
 // Returns the gradient at the pre-activation: grad_input (with ReLU) or grad_output itself.
@@ -250,17 +264,11 @@ py::array dense_bias_relu_backward(py::handle grad_output_obj, py::handle output
       throw py::value_error("bias_grad shares memory with another argument");
     }
   }
-  if (is_float32(grad_output)) {
-    bias_relu_backward(rows, columns, static_cast<const float*>(grad_output.data()),
-                       relu ? static_cast<const float*>(output.data()) : nullptr,
-                       relu ? static_cast<float*>(grad_input.mutable_data()) : nullptr,
-                       has_bias ? static_cast<float*>(bias_grad.mutable_data()) : nullptr);
-  } else {
-    bias_relu_backward(rows, columns, static_cast<const double*>(grad_output.data()),
-                       relu ? static_cast<const double*>(output.data()) : nullptr,
-                       relu ? static_cast<double*>(grad_input.mutable_data()) : nullptr,
-                       has_bias ? static_cast<double*>(bias_grad.mutable_data()) : nullptr);
-  }
+  with_element_type(grad_output, [&](auto zero) {
+    using T = decltype(zero);
+    bias_relu_backward(rows, columns, read_ptr<T>(grad_output), read_ptr<T>(output, relu),
+                       write_ptr<T>(grad_input, relu), write_ptr<T>(bias_grad, has_bias));
+  });
   return relu ? grad_input : grad_output;
 }
 
@@ -346,15 +354,11 @@ void dense_narrow_forward(py::handle input_obj, py::handle weight_obj, py::handl
     require_shape(bias, "bias", {out});
   }
   require_distinct(output, "output", {&input, &weight, has_bias ? &bias : nullptr});
-  if (is_float32(weight)) {
-    narrow_forward(batch, in, out, static_cast<const float*>(input.data()), static_cast<const float*>(weight.data()),
-                   has_bias ? static_cast<const float*>(bias.data()) : nullptr,
-                   static_cast<float*>(output.mutable_data()), relu);
-  } else {
-    narrow_forward(batch, in, out, static_cast<const double*>(input.data()), static_cast<const double*>(weight.data()),
-                   has_bias ? static_cast<const double*>(bias.data()) : nullptr,
-                   static_cast<double*>(output.mutable_data()), relu);
-  }
+  with_element_type(weight, [&](auto zero) {
+    using T = decltype(zero);
+    narrow_forward(batch, in, out, read_ptr<T>(input), read_ptr<T>(weight), read_ptr<T>(bias, has_bias),
+                   write_ptr<T>(output), relu);
+  });
 }
 
 // weight_grad = grad.T @ input; grad_input = grad @ weight (if not None). grad is the gradient
@@ -381,15 +385,11 @@ void dense_narrow_backward(py::handle grad_obj, py::handle input_obj, py::handle
     require_shape(grad_input, "grad_input", {batch, in});
     require_distinct(grad_input, "grad_input", {&input, &weight, &grad, &weight_grad});
   }
-  if (is_float32(weight)) {
-    narrow_backward(batch, in, out, static_cast<const float*>(grad.data()), static_cast<const float*>(input.data()),
-                    static_cast<const float*>(weight.data()), static_cast<float*>(weight_grad.mutable_data()),
-                    want_input_grad ? static_cast<float*>(grad_input.mutable_data()) : nullptr);
-  } else {
-    narrow_backward(batch, in, out, static_cast<const double*>(grad.data()), static_cast<const double*>(input.data()),
-                    static_cast<const double*>(weight.data()), static_cast<double*>(weight_grad.mutable_data()),
-                    want_input_grad ? static_cast<double*>(grad_input.mutable_data()) : nullptr);
-  }
+  with_element_type(weight, [&](auto zero) {
+    using T = decltype(zero);
+    narrow_backward(batch, in, out, read_ptr<T>(grad), read_ptr<T>(input), read_ptr<T>(weight),
+                    write_ptr<T>(weight_grad), write_ptr<T>(grad_input, want_input_grad));
+  });
 }
 
 }  // namespace
