@@ -132,7 +132,7 @@ def binary_cross_entropy_with_logits_grad(input, target, weight=None, pos_weight
     (1e-14 absolute at pos_weight*y ~ 1e5, found by the property tests)."""
     z, y = _f64(input), _f64(target)
     coef_neg = _weight(pos_weight, z.shape) * y
-    coef_total = coef_neg + 1.0 - y
+    coef_total = coef_neg + (1.0 - y)  # (coef_neg + 1) - y would cancel where coef_neg is tiny
     with np.errstate(invalid="ignore"):
         g = np.where(z >= 0, (1.0 - y) - coef_total * sigmoid(-z),
                      coef_total * sigmoid(z) - coef_neg)
