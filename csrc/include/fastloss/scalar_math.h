@@ -77,8 +77,8 @@ FASTLOSS_HD double quiet_nan() { return from_bits(0x7ff8000000000000ull); }
 // exp(x). Reduction x = n*ln2 + r with |r| <= ln2/2 (Cody-Waite split of ln2, so n*ln2_hi is
 // exact), then the degree-13 Taylor polynomial, whose truncation error on that interval is
 // 4e-18 relative. The scale 2^n is built from the bits of the rounding constant, so no
-// double<->int64 conversion is needed (AVX2 has none). Results below 2^-1021 flush to 0 and
-// above DBL_MAX are +inf; NaN propagates.
+// double<->int64 conversion is needed (AVX2 has none). Subnormal results are kept (rounded
+// once), results above DBL_MAX are +inf; NaN propagates.
 FASTLOSS_HD double exp(double x) {
   const double round_shift = 0x1.8p52;  // adding it rounds to an integer held in the low bits
   const double log2e = 0x1.71547652b82fep0;
@@ -106,11 +106,16 @@ FASTLOSS_HD double exp(double x) {
   const double c0_7 = c0_3 + r4 * c4_7;
   const double c8_13 = c8_11 + r4 * c1213;
   const double p = c0_7 + r8 * c8_13;
-  // 2^(n-1) then *2: keeps the biased exponent in [1, 2046] for n in [-1021, 1024].
-  const double half_scale = from_bits((to_bits(shifted) + 1022ull) << 52);
+  // 2^(n-1) then *2: keeps the biased exponent in [1, 2046] for n in [-1021, 1024]. Below
+  // x = -708 the scale would leave that range: it is taken as 2^(n + 1000) and then 2^-1000,
+  // so a subnormal result is rounded once instead of flushed (adding 1000 to `shifted` is exact
+  // and adds it to n).
+  const double deep = x < -708.0 ? 1000.0 : 0.0;
+  const double half_scale = from_bits((to_bits(shifted + deep) + 1022ull) << 52);
   double result = p * half_scale * 2.0;
+  result = x < -708.0 ? result * 0x1p-1000 : result;
   result = x > 709.782712893384 ? infinity() : result;
-  result = x < -708.0 ? 0.0 : result;
+  result = x < -746.0 ? 0.0 : result;  // below half the smallest subnormal, e^-745.13
   return result;
 }
 
