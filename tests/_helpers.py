@@ -21,9 +21,21 @@ from fastloss import reference as R
 
 DTYPES = (np.float32, np.float64)
 
-# Per-element tolerances: |ref - out| <= atol + rtol * |ref|, atol scaled by max(1, max|ref|).
+# Per-element tolerances: |ref - out| <= atol + rtol * |ref| + the dtype's smallest subnormal,
+# element by element. No bound scales with an array's maximum: one huge element (a saturated BCE
+# gradient is ~1e12) must not excuse a wrong one beside it. atol is 0 unless the caller passes
+# one per element: ``Op.check_grad`` does, as ATOL times the size of the terms an element's
+# gradient is computed from (see Op.grad_term_size), for the one gradient that cancels.
 RTOL = {np.dtype(np.float32): 2e-6, np.dtype(np.float64): 1e-12}
-ATOL_SCALE = {np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-14}
+ATOL = {np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-14}
+# Saturated BCE elements (the clamped logs and the clamped denominator) have exact definitions:
+# they are held to the few roundings of their arithmetic (8 half-ulps), far tighter than RTOL.
+SATURATED_RTOL = {np.dtype(np.float32): 8 * 2.0**-24, np.dtype(np.float64): 8 * 2.0**-53}
+# The float exp of the kernels flushes small results to 0 (scalar_math.h: x < -87, results up
+# to e^-87 = 1.65e-38, a little above 2^-126): a float32 logistic term may be off by that much,
+# absolutely. The double exp keeps subnormals (rounded once, so within one subnormal unit).
+EXP_FLUSHED_BELOW = {np.dtype(np.float32): 1.0000001 * math.exp(-87.0),
+                     np.dtype(np.float64): 2.0**-1074}
 # float64 reductions: relative tolerance against the exact (math.fsum) value.
 REDUCTION_RTOL_F64 = 1e-13
 
@@ -78,6 +90,140 @@ class Op:
             if self.has_pos_weight:
                 return self.ref_grad(x, y, weight, pos_weight, reduction, grad_output)
             return self.ref_grad(x, y, weight, reduction, grad_output)
+
+    # ---- per-element allowances ------------------------------------------------------------
+    def grad_term_size(self, x, y, weight=None, pos_weight=None, reduction="mean",
+                       grad_output=1.0):
+        """Per element, the size of the terms its gradient is computed from, times its weight
+        and scale (|weight * grad_output| [/ N]): where those terms cancel, the kernel's
+        rounding is a few ulps of this size, not of the result. Only the logits gradient
+        cancels, (1 - y) - (pos_weight*y + 1 - y)*sigmoid(-z) for z >= 0 (and its mirror); MSE
+        and BCE gradients are products and quotients of exact or rounded factors, so 0."""
+        shape = np.shape(x)
+        if self is not LOGITS:
+            return np.zeros(shape)
+        # + one subnormal per coefficient: pos_weight*y is formed in the input dtype, where a
+        # subnormal product keeps only a few bits
+        tiny = float(np.finfo(np.asarray(x).dtype).smallest_subnormal) / ATOL[np.asarray(x).dtype]
+        return _terms_scale(shape, weight, reduction, grad_output) * (
+            _logits_coefficients(x, y, pos_weight) + tiny)
+
+    def loss_term_size(self, x, y, weight=None, pos_weight=None):
+        """Per element, how far a 'none' loss may be off in absolute terms beyond its relative
+        tolerance. Every loss term is a sum of non-negative parts (no cancellation), held to
+        RTOL alone, except for two float effects of the logits loss: the exp flushes below
+        EXP_FLUSHED_BELOW (scalar_math.h), so log1p(exp(-|z|)) may be that much too small, and
+        pos_weight*y is formed in the input dtype, where a subnormal product keeps only a few
+        bits (an error of up to one subnormal times |z| + 1)."""
+        shape = np.shape(x)
+        if self is not LOGITS:
+            return np.zeros(shape)
+        dtype = np.asarray(x).dtype
+        z = np.abs(np.asarray(x, dtype=np.float64))
+        z = np.where(np.isfinite(z), z, 0.0)  # at +-inf a finite loss is an exact 0
+        rounding = float(np.finfo(dtype).smallest_subnormal) * (z + 1.0)
+        return _terms_scale(shape, weight, "none", 1.0) * (
+            EXP_FLUSHED_BELOW[dtype] * _logits_coefficients(x, y, pos_weight) + rounding)
+
+    # ---- checks against the reference ------------------------------------------------------
+    def check_loss(self, loss, x, y, weight=None, pos_weight=None, reduction="mean",
+                   max_ulps=None, where=None, what=None):
+        """A loss from fastloss against the reference: reduced within ``max_ulps`` float32 ulps
+        (default ``reduction_ulp_bound``) or rtol 1e-13 (float64); 'none' per element, with
+        the saturated elements of BCE on their own against their exact clamped values.
+        ``where``: a boolean mask of the elements to compare ('none' only)."""
+        what = what or f"{self.name} loss"
+        dtype = np.asarray(x).dtype
+        ref = self.reference_loss(x, y, weight, pos_weight, reduction)
+        if reduction != "none":
+            if max_ulps is None:
+                max_ulps = reduction_ulp_bound(self.name, np.size(x))
+            assert_reduction_close(loss, ref, dtype, what=what, max_ulps=max_ulps)
+            return
+        saturated = _bce_saturated(x) if self is BCE else None
+        _compare(loss, ref, dtype, self.loss_term_size(x, y, weight, pos_weight), where,
+                 saturated, ref, what)
+
+    def check_grad(self, grad, x, y, weight=None, pos_weight=None, reduction="mean",
+                   grad_output=1.0, where=None, what=None):
+        """A gradient from fastloss against the reference, element by element: RTOL, plus ATOL
+        times ``grad_term_size`` where the terms cancel; BCE's saturated elements (p(1 - p)
+        below the 1e-12 clamp) on their own, against (p - y) / dtype(1e-12) times the scale.
+        ``where``: a boolean mask of the elements to compare."""
+        what = what or f"{self.name} grad"
+        dtype = np.asarray(x).dtype
+        ref = self.reference_grad(x, y, weight, pos_weight, reduction, grad_output)
+        atol = ATOL[dtype] * self.grad_term_size(x, y, weight, pos_weight, reduction,
+                                                 grad_output)
+        if np.ndim(grad_output) > 0:
+            # An upstream gradient array reaches the kernels as weight * grad_output rounded to
+            # the input dtype (fastloss._weights.grad_weight): exact to 0.5 ulp relative, but a
+            # subnormal product keeps only a few bits. Allowed: that rounding, per element.
+            combined = _terms_scale(np.shape(x), weight, reduction, grad_output, signed=True)
+            with np.errstate(invalid="ignore", over="ignore"):
+                rounding = np.abs(combined - combined.astype(dtype).astype(np.float64))
+                rounding = np.where(np.isfinite(combined), rounding, 0.0)
+                unit = self.reference_grad(x, y, None, pos_weight, reduction, 1.0)
+                atol = atol + np.where(rounding == 0, 0.0, np.abs(unit) * rounding)
+        saturated = clamped = None
+        if self is BCE:
+            saturated = _bce_saturated(x)
+            p = np.asarray(x, dtype=np.float64)
+            clamped = ((p - np.asarray(y, dtype=np.float64)) / float(dtype.type(R.GRAD_EPS))
+                       * _terms_scale(np.shape(x), weight, reduction, grad_output, signed=True))
+        _compare(grad, ref, dtype, atol, where, saturated, clamped, what)
+
+
+def _compare(out, ref, dtype, atol, where, saturated, saturated_expected, what):
+    """``assert_elementwise_close`` over the elements ``where`` selects (all by default), the
+    ``saturated`` ones (if any) against ``saturated_expected`` at SATURATED_RTOL."""
+    out = np.asarray(out)
+    shape = out.shape
+    assert np.shape(ref) == shape, f"{what}: shape {shape}, expected {np.shape(ref)}"
+    selected = np.ones(shape, dtype=bool) if where is None else np.broadcast_to(where, shape)
+    ref = np.asarray(ref, dtype=np.float64)
+    atol = np.broadcast_to(np.asarray(atol, dtype=np.float64), shape)
+    if saturated is not None:
+        expected = np.broadcast_to(np.asarray(saturated_expected, dtype=np.float64), shape)
+        pick = selected & saturated
+        assert_elementwise_close(out[pick], expected[pick], dtype, rtol=SATURATED_RTOL[dtype],
+                                 atol=atol[pick], what=f"{what} (saturated elements)")
+        selected = selected & ~saturated
+    if where is None and saturated is None:
+        assert_elementwise_close(out, ref, dtype, atol=atol, what=what)  # keeps the indices
+    else:
+        assert_elementwise_close(out[selected], ref[selected], dtype, atol=atol[selected],
+                                 what=what)
+
+
+def _terms_scale(shape, weight, reduction, grad_output, signed=False):
+    """weight * (grad_output [/ N]) broadcast to ``shape``, in float64 (absolute unless signed),
+    in the kernels' order: the mean's division first (a subnormal grad_output keeps the same
+    lost bits)."""
+    n = math.prod(shape)
+    scale = np.asarray(grad_output, dtype=np.float64)
+    if reduction == "mean" and n:
+        scale = scale / n
+    if weight is not None:
+        scale = np.asarray(weight, dtype=np.float64) * scale
+    scale = np.broadcast_to(scale, shape)
+    return scale if signed else np.abs(scale)
+
+
+def _logits_coefficients(x, y, pos_weight):
+    """|pos_weight * y| + |1 - y|: the size of the two logistic terms of BCE with logits."""
+    y64 = np.asarray(y, dtype=np.float64)
+    pw = 1.0 if pos_weight is None else np.asarray(pos_weight, dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.broadcast_to(np.abs(pw * y64) + np.abs(1.0 - y64), np.shape(x))
+
+
+def _bce_saturated(p):
+    """Where BCE's clamps decide the value: p(1 - p) below 1e-12 (in p's own dtype), so the
+    gradient's denominator is the clamp; p = 0 and 1 also clamp a log at -100."""
+    p = np.asarray(p)
+    with np.errstate(invalid="ignore"):
+        return (p * (p.dtype.type(1) - p)) < p.dtype.type(R.GRAD_EPS)
 
 
 MSE = Op("mse", fastloss.mse_loss, fastloss.mse_loss_grad, fastloss.mse_loss_and_grad,
@@ -155,10 +301,12 @@ def _describe(index, out, ref):
 
 
 def assert_elementwise_close(out, ref, dtype, rtol=None, atol=None, what="result"):
-    """|ref - out| <= atol + rtol*|ref| element by element, with NaN and inf required to match.
+    """|ref - out| <= atol + rtol*|ref| + tiny element by element, with NaN and inf required to
+    match. ``tiny`` is the dtype's smallest subnormal (the rounding of a result near zero).
 
-    Defaults: float32 rtol 2e-6, atol 1e-6*max(1, max|ref|); float64 rtol 1e-12,
-    atol 1e-14*max(1, max|ref|) (max over the finite reference values).
+    Defaults: rtol RTOL[dtype] (float32 2e-6, float64 1e-12); atol 0. ``atol`` may be an array
+    of the result's shape, one allowance per element (``Op.check_grad`` passes one); it never
+    depends on the other elements.
     """
     dtype = np.dtype(dtype)
     assert isinstance(out, np.ndarray), f"{what}: expected numpy.ndarray, got {type(out)}"
@@ -191,16 +339,18 @@ def assert_elementwise_close(out, ref, dtype, rtol=None, atol=None, what="result
     if rtol is None:
         rtol = RTOL[dtype]
     if atol is None:
-        atol = ATOL_SCALE[dtype] * max(1.0, float(np.max(np.abs(rf))))
+        atol = 0.0
+    atol = np.broadcast_to(np.asarray(atol, dtype=np.float64), out.shape).reshape(-1)[finite]
     err = np.abs(rf - of)
-    bound = atol + rtol * np.abs(rf)
+    with np.errstate(invalid="ignore"):  # an infinite allowance stays infinite
+        bound = atol + rtol * np.abs(rf) + float(np.finfo(dtype).smallest_subnormal)
     if not (err <= bound).all():
-        j = int(np.argmax(err - bound))
+        j = int(np.argmax(np.where(err <= bound, -np.inf, err / np.maximum(bound, 1e-300))))
         i = int(np.flatnonzero(finite)[j])
         raise AssertionError(
-            f"{what}: {int(np.count_nonzero(err > bound))} of {rf.size} elements out of tolerance "
-            f"(rtol={rtol:g}, atol={atol:g}); worst {_describe(i, o[i], r[i])}, "
-            f"|error|={err[j]:.3e} > bound {bound[j]:.3e}")
+            f"{what}: {int(np.count_nonzero(~(err <= bound)))} of {rf.size} elements out of "
+            f"tolerance (rtol={rtol:g}, per-element atol up to {float(np.max(atol)):g}); worst "
+            f"{_describe(i, o[i], r[i])}, |error|={err[j]:.3e} > bound {bound[j]:.3e}")
 
 
 def float32_ulp(value):

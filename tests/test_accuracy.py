@@ -125,3 +125,24 @@ def test_float32_many_equal_small_terms_classic_failure():
     # against 0 as the check above, here as a cross-check with NumPy's sequential cumsum)
     naive_x = np.cumsum(x, dtype=np.float32)[-1]
     assert abs(float(naive_x) - n * float(np.float32(0.1))) > 1000 * float32_ulp(n * 0.1)
+
+
+@pytest.mark.parametrize("op", [MSE, LOGITS], ids=repr)
+def test_float64_sums_are_compensated(op):
+    """float64 lanes are Kahan sums (csrc/kernels.h): one huge term per lane and chunk, then
+    hundreds of terms each below half its ulp. An uncompensated lane drops every small term
+    (about 200 ulps of the total here, yet only 4e-14 relative: within the general 1e-13
+    bound); the compensated sum stays within a few ulps of the exact one."""
+    n = 8 * 8192  # 8 chunks, on the parallel path
+    big = 2.0**53  # its ulp is 2: a term of 0.81 (or log 2) added to it is lost without Kahan
+    lanes = np.arange(n) % 8192 < 16  # the first term of each of a chunk's 16 lanes
+    if op is MSE:
+        x = np.where(lanes, math.sqrt(big), 0.9)
+        y = np.zeros(n)
+    else:  # softplus(-z) for y = 1: -z itself for huge -z, log 2 at z = 0
+        x = np.where(lanes, -big, 0.0)
+        y = np.ones(n)
+    exact = exact_reduction(op, x, y, "sum")
+    got = float(op.call_loss(x, y, reduction="sum"))
+    ulps = abs(got - exact) / float(np.spacing(exact))
+    assert ulps <= 8, f"{op.name}: float64 sum {got!r} is {ulps:.0f} ulps from {exact!r}"

@@ -31,6 +31,7 @@ from _helpers import (
     LOGITS,
     OPS,
     OPS_BY_NAME,
+    ATOL,
     RTOL,
     assert_elementwise_close,
     assert_loss_matches,
@@ -263,15 +264,16 @@ def _assert_same_bits_as_cpu(gpu, cpu, what="result"):
                      what=what)
 
 
-def _assert_close_to_cpu(gpu, cpu, dtype, reduction, what, max_ulps=1):
+def _assert_close_to_cpu(gpu, cpu, dtype, reduction, what, max_ulps=1, atol=0.0):
     """GPU vs the CPU path's default build: each is within tolerance of the exact value, so
-    they are within twice that of each other. (They need not have the same bits: the CPU build
-    for AVX2 contracts multiply-adds into FMAs, the GPU kernels do not; see
+    they are within twice that of each other (``atol``: the per-element allowance of the
+    check against the reference, already doubled). (They need not have the same bits: the CPU
+    build for AVX2 contracts multiply-adds into FMAs, the GPU kernels do not; see
     test_elementwise_bits_match_the_cpu_baseline_build.)"""
     dtype = np.dtype(dtype)
     if reduction == "none" or isinstance(cpu, np.ndarray):
         assert_elementwise_close(gpu, cpu.astype(np.float64), dtype, rtol=2 * RTOL[dtype],
-                                 what=what + " vs CPU")
+                                 atol=atol, what=what + " vs CPU")
         return
     got, want = float(gpu), float(cpu)
     if math.isnan(want) or math.isinf(want):
@@ -320,19 +322,19 @@ def test_against_reference_and_cpu(cp, op_name, shape, dtype, reduction, wkind, 
     pw = make_weight(pkind, shape, dtype, rng)
     gx, gy, gw, gpw = (_to_gpu(cp, a) for a in (x, y, w, pw))
 
-    ref_loss = op.reference_loss(x, y, w, pw, reduction)
-    ref_grad = op.reference_grad(x, y, w, pw, reduction, GRAD_OUTPUT)
     cpu_loss = op.call_loss(x, y, w, pw, reduction)
     cpu_grad = op.call_grad(x, y, w, pw, reduction, GRAD_OUTPUT)
 
     ulps = reduction_ulp_bound(op_name, x.size)
     loss = _host(op.call_loss(gx, gy, gw, gpw, reduction), cp, dtype)
-    assert_loss_matches(loss, ref_loss, dtype, reduction, what="loss", max_ulps=ulps)
-    _assert_close_to_cpu(loss, cpu_loss, dtype, reduction, "loss", max_ulps=ulps)
+    op.check_loss(loss, x, y, w, pw, reduction, what="loss")
+    _assert_close_to_cpu(loss, cpu_loss, dtype, reduction, "loss", max_ulps=ulps,
+                         atol=2 * op.loss_term_size(x, y, w, pw))
 
     grad = _host(op.call_grad(gx, gy, gw, gpw, reduction, GRAD_OUTPUT), cp, dtype)
-    assert_elementwise_close(grad, ref_grad, dtype, what="grad")
-    _assert_close_to_cpu(grad, cpu_grad, dtype, "none", "grad")
+    op.check_grad(grad, x, y, w, pw, reduction, GRAD_OUTPUT, what="grad")
+    _assert_close_to_cpu(grad, cpu_grad, dtype, "none", "grad", atol=2 * ATOL[np.dtype(dtype)]
+                         * op.grad_term_size(x, y, w, pw, reduction, GRAD_OUTPUT))
 
     both_loss, both_grad = op.call_and_grad(gx, gy, gw, gpw, reduction, GRAD_OUTPUT)
     both_loss, both_grad = _host(both_loss, cp, dtype), _host(both_grad, cp, dtype)
@@ -468,11 +470,10 @@ def test_grad_output_forms(cp, op, dtype):
     for go_shape in (shape, shape[-1:], shape[:-1] + (1,)):
         go = np.asarray(rng.standard_normal(go_shape), dtype=dtype)
         grad = _host(op.call_grad(gx, gy, gw, None, "none", cp.asarray(go)), cp, dtype)
-        assert_elementwise_close(grad, op.reference_grad(x, y, w, None, "none", go), dtype)
+        op.check_grad(grad, x, y, w, None, "none", go)
         loss, grad2 = op.call_and_grad(gx, gy, gw, None, "none", cp.asarray(go))
         # the loss is not scaled by grad_output (the gradient is)
-        assert_elementwise_close(_host(loss, cp, dtype), op.reference_loss(x, y, w, None, "none"),
-                                 dtype)
+        op.check_loss(_host(loss, cp, dtype), x, y, w, None, "none")
         assert_same_bits(_host(grad2, cp, dtype), grad)
     # a 0-d CuPy grad_output (read to the host once), a NumPy 0-d array and a NumPy scalar
     want = _host(op.call_grad(gx, gy, reduction="mean", grad_output=0.5), cp, dtype)
@@ -542,12 +543,17 @@ def test_edge_values(cp, dtype):
                 # exceeds DBL_MAX (two float64 losses of DBL_MAX): +inf, or NaN if one is NaN
                 terms = op.reference_loss(inp, t, None, None, "none")
                 ref_loss = math.nan if np.isnan(terms).any() else math.inf
-            assert_loss_matches(loss, ref_loss, dtype, reduction, what=f"{op.name} loss",
-                                max_ulps=ulps)
-            assert_elementwise_close(grad, op.reference_grad(inp, t, None, None, reduction),
-                                     dtype, what=f"{op.name} grad")
-            _assert_close_to_cpu(loss, cpu[0], dtype, reduction, f"{op.name} loss", max_ulps=ulps)
-            _assert_close_to_cpu(grad, cpu[1], dtype, "none", f"{op.name} grad")
+            if reduction == "none":
+                op.check_loss(loss, inp, t, reduction=reduction, what=f"{op.name} loss")
+            else:
+                assert_loss_matches(loss, ref_loss, dtype, reduction, what=f"{op.name} loss",
+                                    max_ulps=ulps)
+            op.check_grad(grad, inp, t, reduction=reduction, what=f"{op.name} grad")
+            _assert_close_to_cpu(loss, cpu[0], dtype, reduction, f"{op.name} loss", max_ulps=ulps,
+                                 atol=2 * op.loss_term_size(inp, t))
+            _assert_close_to_cpu(grad, cpu[1], dtype, "none", f"{op.name} grad",
+                                 atol=2 * ATOL[np.dtype(dtype)] * op.grad_term_size(
+                                     inp, t, reduction=reduction))
 
 
 def test_sigmoid_float32_dense_grid_and_subnormals(cp):

@@ -517,8 +517,8 @@ def test_errors_do_not_corrupt_later_calls():
                     lambda: op.grad(x, y, out=np.empty(3, np.float32))):
             with pytest.raises((TypeError, ValueError)):
                 bad()
-        assert_loss_matches(op.loss(x, y), op.reference_loss(x, y), np.float32, "mean")
-        assert_elementwise_close(op.grad(x, y), op.reference_grad(x, y), np.float32)
+        op.check_loss(op.loss(x, y), x, y, max_ulps=1)
+        op.check_grad(op.grad(x, y), x, y)
 
 
 def test_logits_pos_weight_rejected_by_other_losses():
@@ -608,16 +608,13 @@ def test_nan_and_inf_in_each_argument(op, argument, value, dtype):
         check_infinite_pos_weight(x, y, w, pw, g)
         return
     for reduction in ("mean", "sum", "none"):
-        assert_loss_matches(op.call_loss(x, y, w, pw, reduction),
-                            op.reference_loss(x, y, w, pw, reduction), dtype, reduction,
-                            what=f"loss, {reduction}", max_ulps=4)
+        op.check_loss(op.call_loss(x, y, w, pw, reduction), x, y, w, pw, reduction, max_ulps=4,
+                      what=f"loss, {reduction}")
         scalar_g = float(g[1, 2])
-        assert_elementwise_close(op.call_grad(x, y, w, pw, reduction, grad_output=scalar_g),
-                                 op.reference_grad(x, y, w, pw, reduction, scalar_g), dtype,
-                                 what=f"grad, {reduction}, grad_output={scalar_g}")
-    assert_elementwise_close(op.call_grad(x, y, w, pw, "none", grad_output=g),
-                             op.reference_grad(x, y, w, pw, "none", g), dtype,
-                             what="grad with an array grad_output")
+        op.check_grad(op.call_grad(x, y, w, pw, reduction, grad_output=scalar_g), x, y, w, pw,
+                      reduction, scalar_g, what=f"grad, {reduction}, grad_output={scalar_g}")
+    op.check_grad(op.call_grad(x, y, w, pw, "none", grad_output=g), x, y, w, pw, "none", g,
+                  what="grad with an array grad_output")
 
 
 def check_infinite_pos_weight(x, y, w, pw, g):
@@ -625,7 +622,6 @@ def check_infinite_pos_weight(x, y, w, pw, g):
     NaN or +-inf, where it multiplies a non-zero target: IEEE's inf * 0 meets the kernels' split
     of softplus (PyTorch gives +-inf for such a loss). Never a finite wrong number, and every
     other element is exact."""
-    dtype = x.dtype
     x[1, 2], y[1, 2] = abs(x[1, 2]), 0.5  # one element where the kernels give NaN, not inf
     affected = np.zeros(x.shape, dtype=bool)
     affected[:, 2] = y[:, 2] != 0
@@ -635,12 +631,10 @@ def check_infinite_pos_weight(x, y, w, pw, g):
     grads = (LOGITS.call_grad(x, y, w, pw, "none", grad_output=g),
              LOGITS.call_and_grad(x, y, w, pw, "none", grad_output=g)[1])
     assert not np.isfinite(loss[affected]).any()
-    assert_elementwise_close(loss[~affected], LOGITS.reference_loss(x, y, w, pw, "none")[~affected],
-                             dtype)
+    LOGITS.check_loss(loss, x, y, w, pw, "none", where=~affected)
     for grad in grads:
         assert not np.isfinite(grad[affected]).any()
-        assert_elementwise_close(grad[~affected],
-                                 LOGITS.reference_grad(x, y, w, pw, "none", g)[~affected], dtype)
+        LOGITS.check_grad(grad, x, y, w, pw, "none", g, where=~affected)
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
