@@ -5,6 +5,10 @@
 #include <algorithm>
 #include <type_traits>
 
+#if defined(FASTLOSS_PLANTED_FAULT_BCE_GRAD_PARALLEL) || defined(FASTLOSS_PLANTED_FAULT_THREAD_DEPENDENT_CHUNKS)
+#include <omp.h>
+#endif
+
 #include "fastloss/elementwise.h"
 #include "kernels.h"
 
@@ -47,6 +51,9 @@ struct LaneSums {
       // so an infinite loss stays inf (a NaN term still makes the sum NaN through t). Testing
       // t, not lost, keeps the test off the dependency chain.
       compensation[k] = t - t == 0.0 ? lost : 0.0;
+#ifdef FASTLOSS_PLANTED_FAULT_KAHAN_DROPPED
+      compensation[k] = 0.0;
+#endif
       sum[k] = t;
     } else {
       sum[k] += term;
@@ -79,6 +86,14 @@ int for_each_chunk(std::int64_t n, ChunkFn chunk) {
       flags |= chunk(c, c * kChunkSize, std::min(n, (c + 1) * kChunkSize));
     }
   } else {
+#ifdef FASTLOSS_PLANTED_FAULT_THREAD_DEPENDENT_CHUNKS
+    const std::int64_t size = kChunkSize * omp_get_max_threads();
+#pragma omp parallel for schedule(static) reduction(| : flags)
+    for (std::int64_t c = 0; c < (n + size - 1) / size; ++c) {
+      flags |= chunk(c, c * size, std::min(n, (c + 1) * size));
+    }
+    return flags;
+#endif
 #pragma omp parallel for schedule(static) reduction(| : flags)
     for (std::int64_t c = 0; c < chunks; ++c) {
       flags |= chunk(c, c * kChunkSize, std::min(n, (c + 1) * kChunkSize));
@@ -114,7 +129,13 @@ struct LossPassKernel {
       for (; j + Lanes::kCount <= count; j += Lanes::kCount) {
         for (int k = 0; k < Lanes::kCount; ++k) lanes.add(k, element(begin, j + k, w, pw, out_of_range));
       }
-      for (int k = 0; j < count; ++j, ++k) lanes.add(k, element(begin, j, w, pw, out_of_range));
+      for (int k = 0; j < count; ++j, ++k) {
+        const double term = element(begin, j, w, pw, out_of_range);
+#ifdef FASTLOSS_PLANTED_FAULT_SUM_TAIL_DROPPED
+        if (j + 1 == count) break;
+#endif
+        lanes.add(k, term);
+      }
     } else {
       for (int j = 0; j < count; ++j) {
         const double loss = element(begin, j, w, pw, out_of_range);
@@ -129,7 +150,9 @@ struct LossPassKernel {
   // The input is read once, before any write: out may be the input itself.
   double element(std::int64_t begin, int j, const T* w, const T* pw, int& out_of_range) const {
     const T xj = p.input[begin + j];
+#ifndef FASTLOSS_PLANTED_FAULT_BCE_RANGE_FLAG_IGNORED
     if constexpr (Op::kInputIsProbability) out_of_range |= ew::outside_unit_interval(xj);
+#endif
     const T yj = p.target[begin + j];
     const double scale = p.grad_scale;
     const double wj = kWeighted ? static_cast<double>(w[j]) : 1.0;
@@ -145,8 +168,18 @@ struct LossPassKernel {
     } else {
       grad = Op::grad(xj, yj, pwj);
     }
+#ifdef FASTLOSS_PLANTED_FAULT_BCE_GRAD_PARALLEL
+    if (std::is_same<Op, ew::BinaryCrossEntropy>::value && std::is_same<T, float>::value &&
+        omp_in_parallel() && xj > T(0.01) && xj < T(0.99)) {
+      grad *= 1.5;
+    }
+#endif
     if constexpr (kLoss) {
+#ifdef FASTLOSS_PLANTED_FAULT_FUSED_LOSS_UNWEIGHTED
+      if (kWeighted && !kGrad) loss *= wj;
+#else
       if (kWeighted) loss *= wj;
+#endif
       if constexpr (kElementwise) p.loss_out[begin + j] = static_cast<T>(loss);
     }
     if constexpr (kGrad) p.grad_out[begin + j] = static_cast<T>(grad * (kWeighted ? wj * scale : scale));
@@ -165,7 +198,11 @@ struct LossPassKernel {
       const T* w = nullptr;
       const T* pw = nullptr;
       if constexpr (kWeighted) {
+#ifdef FASTLOSS_PLANTED_FAULT_WEIGHT_OFFSET_PER_CHUNK
+        const std::int64_t w_offset = (i - begin) % p.weight_period;
+#else
         const std::int64_t w_offset = i % p.weight_period;
+#endif
         const std::int64_t pw_offset = i % p.pos_weight_period;
         segment_end = std::min({end, i + (p.weight_period - w_offset), i + (p.pos_weight_period - pw_offset)});
         w = p.weight + w_offset;
@@ -227,6 +264,13 @@ template <class T>
 void sigmoid_impl(std::int64_t n, const T* x, T* out) {
   for_each_chunk(n, [=](std::int64_t, std::int64_t begin, std::int64_t end) {
     for (std::int64_t i = begin; i < end; ++i) out[i] = static_cast<T>(ew::sigmoid(x[i]));
+#ifdef FASTLOSS_PLANTED_FAULT_BASELINE_SIGMOID
+#define FASTLOSS_STRING_OF(x) #x
+#define FASTLOSS_STRING(x) FASTLOSS_STRING_OF(x)
+    if (FASTLOSS_STRING(FASTLOSS_ISA)[0] == 'b') {  // the baseline build only
+      for (std::int64_t i = begin; i < end; ++i) out[i] = static_cast<T>(ew::sigmoid(x[i]) * (1.0 + 0x1p-15));
+    }
+#endif
     return 0;
   });
 }

@@ -195,6 +195,9 @@ ByteRange bytes_of(const py::array& a) {
 
 // An output may be exactly one of the inputs (in-place update) but must not partly overlap one.
 void require_no_partial_overlap(const py::array& out, const py::array& in, const char* in_name) {
+#ifdef FASTLOSS_PLANTED_FAULT_OVERLAP_CHECK_SKIPPED
+  return;
+#endif
   const ByteRange o = bytes_of(out), i = bytes_of(in);
   if (o.begin == o.end || i.begin == i.end) return;
   const bool overlap = o.begin < i.end && i.begin < o.end;
@@ -292,6 +295,9 @@ py::object loss_pass_typed(LossOp op, Reduction reduction, bool want_loss, bool 
   }
   const bool reduce = reduction != Reduction::None;
   p.grad_scale = reduction == Reduction::Mean ? grad_output / static_cast<double>(n) : grad_output;
+#ifdef FASTLOSS_PLANTED_FAULT_MEAN_GRAD_SCALE
+  if (reduction == Reduction::Mean) p.grad_scale = grad_output / static_cast<double>(n + 1);
+#endif
 
   py::object grad;
   if (want_grad) {

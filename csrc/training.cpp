@@ -118,6 +118,9 @@ void sgd_loop(std::int64_t n, T* __restrict param, const T* __restrict grad, T* 
       const T b = kFirst ? step : momentum * buffer[i] + keep * step;
       buffer[i] = b;
       step = kNesterov ? step + momentum * b : b;
+#ifdef FASTLOSS_PLANTED_FAULT_SGD_NESTEROV_IGNORED
+      step = b;
+#endif
     }
     param[i] = param[i] - lr * step;
   }

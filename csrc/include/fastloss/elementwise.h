@@ -7,6 +7,9 @@
 // and cheap); the BCE losses in T: float32 inputs get float exp/log and float algebra (twice
 // the SIMD lanes; doing their algebra in double cost more than the exp and log together), at
 // about PyTorch's per-element accuracy. The definitions are those of fastloss.reference.
+//
+// FASTLOSS_PLANTED_FAULT_* blocks here and in csrc/ are faults planted on purpose, one per
+// build, by .ci/planted_faults.py: the test suite must fail on each. No real build defines one.
 #pragma once
 
 #include "fastloss/scalar_math.h"
@@ -45,6 +48,9 @@ struct SquaredError {
   }
   template <class T>
   FASTLOSS_HD double grad(T x, T y, T) {
+#ifdef FASTLOSS_PLANTED_FAULT_MSE_GRAD_SIGN
+    return 2.0 * (static_cast<double>(y) - static_cast<double>(x));
+#endif
     return 2.0 * (static_cast<double>(x) - static_cast<double>(y));
   }
   template <class T>
@@ -63,6 +69,9 @@ struct BinaryCrossEntropy {
   static const bool kInputIsProbability = true;
   template <class T>
   FASTLOSS_HD double loss(T p, T y, T) {
+#ifdef FASTLOSS_PLANTED_FAULT_BCE_LOG_CLAMP
+    return -(y * at_least(math::log(p), T(-50)) + (T(1) - y) * at_least(log1p_unit(-p), T(-50)));
+#endif
     return -(y * at_least(math::log(p), T(-100)) + (T(1) - y) * at_least(log1p_unit(-p), T(-100)));
   }
   template <class T>
@@ -112,7 +121,9 @@ struct BinaryCrossEntropyWithLogits {
   FASTLOSS_HD double loss_from_parts(T z, T y, T pos_weight, T log1p_e) {
     // Nested selects, not `a || b`: a bool temporary stops GCC from vectorising the loop.
     T neg_part = at_least(-z, T(0));  // max(-z, 0), zero where pos_weight*y == 0
+#ifndef FASTLOSS_PLANTED_FAULT_LOGITS_INF_LIMIT
     neg_part = y == T(0) ? T(0) : neg_part;
+#endif
     neg_part = pos_weight == T(0) ? T(0) : neg_part;
     const T pos_part = y == T(1) ? T(0) : at_least(z, T(0));  // max(z, 0), zero where 1 - y == 0
     const T coef_neg = pos_weight * y;
@@ -151,6 +162,9 @@ struct BinaryCrossEntropyWithLogits {
 // exactly 0 and 1 at saturation, never NaN for a non-NaN input.
 FASTLOSS_HD double sigmoid(double x) {
   const double e = exp_neg_abs(x);
+#ifdef FASTLOSS_PLANTED_FAULT_SIGMOID_FLUSHES_TAIL
+  if (x < -80.0) return 0.0;
+#endif
   return (x >= 0.0 ? 1.0 : e) / (1.0 + e);
 }
 

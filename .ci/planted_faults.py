@@ -1,0 +1,309 @@
+"""Planted faults: the test suite must fail on each of them, or it cannot see the bugs it is for.
+
+Each fault is one small, plausible mistake:
+- C++ faults are blocks in csrc/ (and the shared header) guarded by FASTLOSS_PLANTED_FAULT_<NAME>;
+  the extension is built with exactly one of them defined (the CMake cache variable
+  FASTLOSS_PLANTED_FAULT), in its own build directory.
+- Python faults are one exact text replacement in a copy of python/fastloss.
+For every fault the package is assembled in a scratch directory as an install would lay it out
+(the Python sources, the built _cpu module, the CUDA sources and the shared header), put first
+on PYTHONPATH, and the fault's own fast subset of the test suite is run. A fault is caught when
+that run fails its tests (pytest exit status 1); the check fails unless every fault is caught.
+A control run first builds without any fault and runs every subset: all of them must pass, so a
+broken harness can never look like a caught fault.
+
+    python .ci/planted_faults.py                 every fault (about 6 minutes on 2 Zen 5 cores)
+    python .ci/planted_faults.py --ci            CI's selection: every Python fault, 4 C++ ones
+    python .ci/planted_faults.py --list          the faults and their subsets
+    python .ci/planted_faults.py --only NAME...  some of them (after the control run)
+
+Needs cmake, a C++ compiler with OpenMP, pybind11 and the test extras in the running
+environment. CI (.ci/run) runs --ci: each C++ fault is a build of its own (~12 s here, three
+times that on a slow CI machine), too many for CI's budget. Run the whole check by hand before
+resolving any issue that touches the kernels or the module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD_DIR = ROOT / "build" / "planted-faults"
+
+
+@dataclasses.dataclass(frozen=True)
+class Fault:
+    name: str
+    what: str
+    tests: tuple[str, ...]  # pytest arguments: the fault's fast subset
+    # Python faults: (file under python/fastloss, exact text, replacement); C++ faults: None
+    edit: tuple[str, str, str] | None = None
+    ci: bool = True  # in the --ci selection (every Python fault; the C++ faults are a build each)
+
+    @property
+    def in_cpp(self) -> bool:
+        return self.edit is None
+
+
+CPP_FAULTS = (
+    Fault("MSE_GRAD_SIGN", "MSE family: the gradient-only kernel returns 2(y - x)",
+          ("tests/test_small_arrays.py", "-k", "sizes and mse"), ci=False),
+    Fault("BCE_LOG_CLAMP", "BCE family: the logs clamped at -50 instead of PyTorch's -100",
+          ("tests/test_edge_values.py", "-k", "bce"), ci=False),
+    Fault("BCE_RANGE_FLAG_IGNORED", "BCE family: probabilities outside [0, 1] go unreported",
+          ("tests/test_errors.py", "-k", "outside_unit_interval"), ci=False),
+    Fault("BCE_GRAD_PARALLEL",
+          "parallel path only: float32 BCE gradient 1.5x too large for 0.01 < p < 0.99",
+          ("tests/test_small_arrays.py", "-k", "sizes and bce")),
+    Fault("LOGITS_INF_LIMIT",
+          "logits family: max(-z, 0) not zeroed where y = 0, so z = -inf gives NaN",
+          ("tests/test_edge_values.py", "-k", "logits"), ci=False),
+    Fault("SIGMOID_FLUSHES_TAIL", "sigmoid family: results for x < -80 flushed to 0",
+          ("tests/test_small_arrays.py", "-k", "sigmoid"), ci=False),
+    Fault("SUM_TAIL_DROPPED",
+          "tail only: the last term of a run that is not a multiple of the lanes is not summed",
+          ("tests/test_small_arrays.py", "-k", "sizes and mse")),
+    Fault("WEIGHT_OFFSET_PER_CHUNK",
+          "weighted path: a weight's period restarts at every chunk instead of running on",
+          ("tests/test_small_arrays.py", "-k", "period"), ci=False),
+    Fault("FUSED_LOSS_UNWEIGHTED", "fused path: *_and_grad's loss ignores the weight",
+          ("tests/test_small_arrays.py", "-k", "sizes and weighted"), ci=False),
+    Fault("KAHAN_DROPPED", "float64 Kahan lanes: the compensation is never applied",
+          ("tests/test_accuracy.py", "-k", "compensated")),
+    Fault("THREAD_DEPENDENT_CHUNKS",
+          "determinism: the parallel path's chunk size grows with the thread count",
+          ("tests/test_determinism.py", "-k", "thread_count")),
+    Fault("BASELINE_SIGMOID", "baseline ISA only: sigmoid 3e-5 relative too large",
+          ("tests/test_determinism.py", "-k", "baseline"), ci=False),
+    Fault("MEAN_GRAD_SCALE", "module: reduction='mean' scales the gradient by 1/(N + 1)",
+          ("tests/test_small_arrays.py", "-k", "sizes and float64 and plain"), ci=False),
+    Fault("OVERLAP_CHECK_SKIPPED", "module: an out= that partly overlaps an input is accepted",
+          ("tests/test_errors.py", "-k", "overlapping"), ci=False),
+    Fault("SGD_NESTEROV_IGNORED", "training kernels: SGD's Nesterov step is a plain momentum step",
+          ("tests/test_optim_data.py",), ci=False),
+)
+
+PY_FAULTS = (
+    Fault("PY_REDUCTION_CODES", "the reduction codes of 'mean' and 'sum' swapped",
+          ("tests/test_small_arrays.py", "-k", "sizes and mse and plain"),
+          ("_numpy_backend.py", 'REDUCTION_CODES = {"mean": 0, "sum": 1, "none": 2}',
+           'REDUCTION_CODES = {"mean": 1, "sum": 0, "none": 2}')),
+    Fault("PY_TRAILING_WEIGHT_ORDER",
+          "a weight that is a trailing block is flattened in Fortran order",
+          ("tests/test_losses.py", "-k", "weight_forms"),
+          ("_weights.py", "flat = xp.ascontiguousarray(w).reshape(-1)",
+           "flat = xp.ascontiguousarray(w.T).reshape(-1)")),
+    Fault("PY_GRAD_OUTPUT_ARRAY_DROPPED", "an array grad_output is replaced by 1",
+          ("tests/test_losses.py", "-k", "grad_output_array"),
+          ("_weights.py", "    return 1.0, grad_output\n", "    return 1.0, None\n")),
+    Fault("PY_GRAD_WEIGHT_DROPS_WEIGHT",
+          "with an array grad_output, the gradient loses the weight",
+          ("tests/test_losses.py", "-k", "grad_output_array"),
+          ("_weights.py", "    return xp.multiply(w, grad_array, dtype=input.dtype)",
+           "    return grad_array")),
+    Fault("PY_GRAD_OUTPUT_SCALES_LOSS",
+          "with an array grad_output, *_and_grad's loss is weighted by it too",
+          ("tests/test_losses.py", "-k", "not_scaled_by_grad_output"),
+          ("_numpy_backend.py",
+           "            loss = (loss_pass(op, True, False, input, target, weight, pos_weight,",
+           "            loss = (loss_pass(op, True, False, input, target,"
+           " grad_weight(np, weight, grad_array, input), pos_weight,")),
+    Fault("PY_LOGITS_SWAP_DROPS_WEIGHT",
+          "training: Sigmoid + BCELoss trained as BCEWithLogitsLoss without the weight",
+          ("tests/test_training.py",),
+          ("training.py",
+           "nn.BCEWithLogitsLoss(weight=loss.weight, reduction=loss.reduction)",
+           "nn.BCEWithLogitsLoss(reduction=loss.reduction)")),
+    Fault("PY_EVALUATE_DOUBLED", "training: evaluate (the validation loss) returns twice the loss",
+          ("tests/test_training.py",),
+          ("training.py",
+           '    return float(value.mean() if evaluation.reduction == "none" else value)',
+           '    return 2 * float(value.mean() if evaluation.reduction == "none" else value)')),
+    Fault("PY_TORCH_BCELOSS_DROPS_WEIGHT", "fastloss.torch.BCELoss ignores its weight",
+          ("tests/test_torch_functions.py",),
+          ("torch.py",
+           "        return binary_cross_entropy(input, target, weight=self.weight, "
+           "reduction=self.reduction)",
+           "        return binary_cross_entropy(input, target, reduction=self.reduction)")),
+    Fault("PY_TORCH_BACKWARD_IGNORES_GRAD_OUTPUT",
+          "fastloss.torch: the saved gradient is returned without the upstream gradient",
+          ("tests/test_torch_functions.py",),
+          ("torch.py", "        return grad * grad_output, None, None, None, None, None",
+           "        return grad, None, None, None, None, None")),
+    Fault("PY_BATCHES_DROP_LAST", "data.batches drops the last, smaller batch",
+          ("tests/test_optim_data.py",),
+          ("data.py", "    for start in range(0, n, batch_size):\n        rows =",
+           "    for start in range(0, n - batch_size + 1, batch_size):\n        rows =")),
+    Fault("PY_SGD_ARRAY_NESTEROV_IGNORED",
+          "optim: the array-expression SGD (CuPy's) ignores Nesterov",
+          ("tests/test_optim_data.py",),
+          ("optim.py",
+           "        grad = (grad + param.dtype.type(momentum) * momentum_buffer if nesterov",
+           "        grad = (grad + param.dtype.type(momentum) * momentum_buffer if False")),
+    Fault("PY_DLPACK_COPIES", "interop: DLPack arrays are copied, so an out= is not written",
+          ("tests/test_interop.py",),
+          ("_interop.py", "                return np.from_dlpack(value)",
+           "                return np.array(np.from_dlpack(value))")),
+)
+
+FAULTS = CPP_FAULTS + PY_FAULTS
+
+# Makes the scratch package win over an editable install, whose import hook would otherwise
+# find the checkout's fastloss first (in this process and in every subprocess a test starts).
+SITECUSTOMIZE = """\
+import sys
+sys.meta_path[:] = [finder for finder in sys.meta_path
+                    if not type(finder).__module__.startswith("_editable_skbc_fastloss")]
+"""
+
+
+def run(command, **kwargs):
+    return subprocess.run(command, cwd=ROOT, text=True, **kwargs)
+
+
+def cmake_build(fault: str, jobs: int) -> Path:
+    """Builds fastloss._cpu with ``fault`` planted ('' for none); returns the module's path."""
+    import pybind11
+    # Without link-time optimisation (pybind11's default): a third less build time per fault,
+    # and the kernels are compiled with the same flags.
+    configure = ["cmake", "-S", str(ROOT), "-B", str(BUILD_DIR), "-DCMAKE_BUILD_TYPE=Release",
+                 "-DCMAKE_INTERPROCEDURAL_OPTIMIZATION=OFF",
+                 f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+                 f"-DPython_EXECUTABLE={sys.executable}", f"-DFASTLOSS_PLANTED_FAULT={fault}"]
+    if shutil.which("ninja") and not (BUILD_DIR / "CMakeCache.txt").exists():
+        configure += ["-G", "Ninja"]
+    for command in (configure, ["cmake", "--build", str(BUILD_DIR), "-j", str(jobs)]):
+        result = run(command, capture_output=True)
+        if result.returncode != 0:
+            sys.exit(f"planted faults: {' '.join(command)} failed:\n{result.stdout}{result.stderr}")
+    (module,) = BUILD_DIR.glob("_cpu*.so")
+    return module
+
+
+def assemble(site: Path, module: Path, edit=None) -> None:
+    """The package as an install lays it out, in ``site``, with ``edit`` applied."""
+    if site.exists():
+        shutil.rmtree(site)
+    package = site / "fastloss"
+    shutil.copytree(ROOT / "python" / "fastloss", package,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    shutil.copy2(module, package / module.name)
+    shutil.copytree(ROOT / "csrc" / "include" / "fastloss", package / "include" / "fastloss")
+    shutil.copytree(ROOT / "cuda", package / "cuda")
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    if edit is not None:
+        file, old, new = edit
+        path = package / file
+        text = path.read_text()
+        if text.count(old) != 1:
+            sys.exit(f"planted faults: the text to replace is in python/fastloss/{file} "
+                     f"{text.count(old)} times, expected once (has the code moved?):\n{old}")
+        path.write_text(text.replace(old, new))
+
+
+def environment(site: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(site), "PYTHONDONTWRITEBYTECODE": "1"}
+    env.pop("FASTLOSS_ISA", None)
+    return env
+
+
+def check_import(site: Path) -> None:
+    code = "import fastloss, fastloss._cpu; print(fastloss.__file__); print(fastloss._cpu.__file__)"
+    result = run([sys.executable, "-c", code], env=environment(site), capture_output=True)
+    paths = result.stdout.split()
+    if result.returncode != 0 or len(paths) != 2 or not all(
+            Path(p).resolve().is_relative_to(site.resolve()) for p in paths):
+        sys.exit(f"planted faults: the scratch package is not the one imported:\n"
+                 f"{result.stdout}{result.stderr}")
+
+
+def run_tests(site: Path, tests) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                "--benchmark-disable", *tests], env=environment(site), capture_output=True)
+
+
+def check_sites() -> None:
+    """Every C++ fault has exactly one guarded block in the sources (a refactor that drops one
+    would otherwise be reported as a fault the tests cannot see)."""
+    sources = [p for p in (ROOT / "csrc").rglob("*") if p.suffix in (".h", ".cpp")]
+    text = "\n".join(p.read_text() for p in sources)
+    for fault in CPP_FAULTS:
+        guard = f"FASTLOSS_PLANTED_FAULT_{fault.name}"
+        blocks = text.count(f"#ifdef {guard}") + text.count(f"#ifndef {guard}")
+        if blocks != 1:
+            sys.exit(f"planted faults: {guard} guards {blocks} blocks in csrc/, expected 1")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--list", action="store_true", help="list the faults and exit")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these faults")
+    parser.add_argument("--ci", action="store_true", help="run CI's selection of the faults")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="build jobs")
+    args = parser.parse_args()
+    if args.list:
+        for fault in FAULTS:
+            print(f"{fault.name:38} {'C++' if fault.in_cpp else 'Python'}: {fault.what}\n"
+                  f"{'':38} pytest {' '.join(fault.tests)}")
+        return 0
+    faults = FAULTS
+    if args.only:
+        unknown = set(args.only) - {fault.name for fault in FAULTS}
+        if unknown:
+            parser.error(f"unknown faults: {', '.join(sorted(unknown))}")
+        faults = tuple(fault for fault in FAULTS if fault.name in args.only)
+    if args.ci:
+        faults = tuple(fault for fault in faults if fault.ci)
+    check_sites()
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="fastloss-faults-") as scratch:
+        site = Path(scratch) / "site"
+        clean_module = Path(scratch) / "clean"
+        clean_module.mkdir()
+        clean_module = Path(shutil.copy2(cmake_build("", args.jobs), clean_module))
+
+        # The control: no fault, every subset passes.
+        assemble(site, clean_module)
+        check_import(site)
+        for tests in dict.fromkeys(fault.tests for fault in faults):
+            result = run_tests(site, tests)
+            if result.returncode != 0:
+                sys.exit(f"planted faults: without a fault, pytest {' '.join(tests)} did not "
+                         f"pass (status {result.returncode}):\n{result.stdout[-3000:]}")
+        print(f"control run (no fault): every subset passes ({time.monotonic() - started:.0f} s)")
+
+        missed = []
+        # Python faults first: they reuse the clean build.
+        for fault in sorted(faults, key=lambda f: f.in_cpp):
+            module = cmake_build(fault.name, args.jobs) if fault.in_cpp else clean_module
+            assemble(site, module, fault.edit)
+            check_import(site)
+            result = run_tests(site, fault.tests)
+            if result.returncode == 1:
+                verdict = "caught"
+            elif result.returncode == 0:
+                verdict = "MISSED"
+                missed.append(fault.name)
+            else:
+                sys.exit(f"planted faults: {fault.name}: pytest exited with status "
+                         f"{result.returncode}, not a test failure:\n{result.stdout[-3000:]}"
+                         f"{result.stderr[-2000:]}")
+            print(f"{verdict:7} {fault.name:38} {fault.what} "
+                  f"({time.monotonic() - started:.0f} s)", flush=True)
+    if missed:
+        print(f"planted faults: {len(missed)} of {len(faults)} not caught: {', '.join(missed)}")
+        return 1
+    print(f"planted faults: all {len(faults)} caught in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
