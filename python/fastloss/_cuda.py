@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import tempfile
 import threading
 from pathlib import Path
@@ -188,8 +189,9 @@ def nvrtc_compile(source, options, name_expressions, arch, kind=None):
 
     ``arch`` is a compute capability as an int (90 for sm_90); ``kind`` None picks what the
     run-time path loads (a cubin if this NVRTC supports ``arch``, else PTX), 'ptx' forces PTX
-    for ``compute_<arch>``. Returns ``(binary, kind, lowered)``: the cubin or PTX bytes, 'cubin'
-    or 'ptx', and the mangled name of each name expression. Raises CompileError with the log.
+    for ``compute_<arch>``. Returns ``(binary, kind, lowered)``: the cubin (whole: see
+    ``complete_cubin``; PTX when it cannot be made whole) or PTX bytes, 'cubin' or 'ptx', and
+    the mangled name of each name expression. Raises CompileError with the log.
     """
     from cupy.cuda import nvrtc
     if kind == "ptx":
@@ -208,13 +210,86 @@ def nvrtc_compile(source, options, name_expressions, arch, kind=None):
             log = nvrtc.getProgramLog(program)
             raise CompileError(f"NVRTC failed to compile cuda/losses.cu ({error}) with options "
                                f"{list(options) + [target]}:\n{log}") from None
-        binary = nvrtc.getCUBIN(program) if kind == "cubin" else nvrtc.getPTX(program)
+        binary = None
+        if kind == "cubin":
+            binary = complete_cubin(nvrtc.getCUBIN(program))
+            if binary is None:  # not whole for certain: the driver compiles the PTX instead
+                kind = "ptx"
+        if binary is None:
+            binary = nvrtc.getPTX(program)
         if isinstance(binary, str):
             binary = binary.encode()
         lowered = {name: nvrtc.getLoweredName(program, name) for name in name_expressions}
     finally:
         nvrtc.destroyProgram(program)
     return binary, kind, lowered
+
+
+_SHT_NOBITS = 8  # a section that occupies no bytes of the file (.bss and the like)
+
+
+def _elf_layout(image):
+    """``(size, table_ends)`` of a 64-bit little-endian ELF image, or None when ``image`` does
+    not start with such headers. ``size`` is the length its headers give it (the end of its
+    last header table, section or segment); ``table_ends`` maps the end offset of the program
+    and the section header table to the size of one entry."""
+    if len(image) < 64 or image[:4] != b"\x7fELF" or image[4] != 2 or image[5] != 1:
+        return None
+    phoff, shoff = struct.unpack_from("<QQ", image, 32)
+    ehsize, phentsize, phnum, shentsize, shnum = struct.unpack_from("<5H", image, 52)
+    table_ends = {phoff + phnum * phentsize: phentsize, shoff + shnum * shentsize: shentsize}
+    ends = [ehsize, *table_ends]
+    # Only fields that end at least 16 bytes before their entry does are read, so a table cut
+    # short by a byte still gives every entry.
+    try:
+        for i in range(shnum):
+            entry = shoff + i * shentsize
+            (sh_type,) = struct.unpack_from("<I", image, entry + 4)
+            sh_offset, sh_size = struct.unpack_from("<QQ", image, entry + 24)
+            if sh_type != _SHT_NOBITS:
+                ends.append(sh_offset + sh_size)
+        for i in range(phnum):
+            entry = phoff + i * phentsize
+            (p_offset,) = struct.unpack_from("<Q", image, entry + 8)
+            (p_filesz,) = struct.unpack_from("<Q", image, entry + 32)
+            ends.append(p_offset + p_filesz)
+    except struct.error:  # a table starts past the end of the image
+        return None
+    return max(ends), table_ends
+
+
+def elf_image_size(image):
+    """The length an ELF image's headers give it, or None when it is not a 64-bit
+    little-endian ELF image (a cubin is one)."""
+    layout = _elf_layout(image)
+    return None if layout is None else layout[0]
+
+
+def complete_cubin(image):
+    """The whole cubin from what ``cupy.cuda.nvrtc.getCUBIN`` returned, or None.
+
+    CuPy (14.2 at least) drops the image's last byte, taking it for the NUL that ends PTX text;
+    a cubin file one byte short is read past its end or rejected when the driver loads it. The
+    byte is known when the image ends with its program or section header table: it is the
+    most significant byte of the last entry's p_align or sh_entsize, 8-byte little-endian
+    fields that are 0 there for any value below 2**56. An image its headers say is whole (a
+    CuPy that keeps the byte) is returned as it is; any other is None (not repairable for
+    certain).
+    """
+    layout = _elf_layout(image)
+    if layout is None:
+        return None
+    size, table_ends = layout
+    if size == len(image):
+        return image
+    if size == len(image) + 1 and table_ends.get(size) in (56, 64):  # Elf64_Phdr, Elf64_Shdr
+        return image + b"\0"
+    return None
+
+
+# Part of the disk cache key: bumped whenever what a cached file holds changes meaning, so that
+# files an older fastloss wrote are never loaded. 2: cubins are whole (1: one byte short).
+_CACHE_FORMAT = 2
 
 
 def _cache_dir():
@@ -257,19 +332,24 @@ def _module_file(family, dtype_name, arch):
     from cupy.cuda import nvrtc
     source, options, _ = kernel_sources_and_options()
     names = _module_names(family, dtype_name)
-    target, kind = _nvrtc_target(int(arch))
+    target, _ = _nvrtc_target(int(arch))
     key = hashlib.sha256(json.dumps([
-        source, _headers_fingerprint(include_dir()), list(options), names, target,
-        list(nvrtc.getVersion())]).encode()).hexdigest()[:40]
-    binary_name, map_name = f"{key}.{kind}", f"{key}.json"
+        _CACHE_FORMAT, source, _headers_fingerprint(include_dir()), list(options), names,
+        target, list(nvrtc.getVersion())]).encode()).hexdigest()[:40]
+    map_name = f"{key}.json"
     cache = _cache_dir()
     try:
         lowered = json.loads((cache / map_name).read_text())
-        if (cache / binary_name).is_file() and set(lowered) == set(names):
-            return cache / binary_name, lowered
+        if set(lowered) == set(names):
+            # a cubin, or PTX where the cubin could not be made whole (complete_cubin)
+            for kind in ("cubin", "ptx"):
+                path = cache / f"{key}.{kind}"
+                if path.is_file() and (kind == "ptx" or _is_whole_elf(path.read_bytes())):
+                    return path, lowered
     except (OSError, ValueError):
         pass
     binary, kind, lowered = nvrtc_compile(source, options, names, arch)
+    binary_name = f"{key}.{kind}"
     for directory in (cache, None):
         if directory is None:  # the cache is not writable: a private directory for this process
             if _private_dir is None:
@@ -284,6 +364,10 @@ def _module_file(family, dtype_name, arch):
             if directory is _private_dir:
                 raise
     raise AssertionError("unreachable")
+
+
+def _is_whole_elf(image):
+    return elf_image_size(image) == len(image)
 
 
 _kernels: dict[tuple, dict] = {}  # (family, dtype, arch) -> {name expression: cupy.RawKernel}
