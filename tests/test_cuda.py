@@ -46,6 +46,11 @@ from _helpers import (
 )
 from fastloss import _cuda
 from fastloss import reference as R
+from fastloss._numpy_backend import (
+    BINARY_CROSS_ENTROPY,
+    BINARY_CROSS_ENTROPY_WITH_LOGITS,
+    SQUARED_ERROR,
+)
 
 dtype_ids = lambda d: np.dtype(d).name  # noqa: E731
 
@@ -310,6 +315,89 @@ def test_ptx_when_the_cubin_cannot_be_made_whole(nvrtc_or_skip, cuda_cache, monk
     assert path.suffix == ".ptx"
     monkeypatch.setattr(_cuda, "nvrtc_compile", None)  # the cached PTX is found: no compile
     assert _cuda._module_file("sigmoid", "float32", "90")[0] == path
+
+
+# ---- device placement, with a stand-in for CuPy (no GPU needed) --------------------------------
+
+@pytest.fixture
+def fake_cupy(monkeypatch):
+    from _fake_cupy import FakeCupy
+    fake = FakeCupy()
+    monkeypatch.setattr(_cuda, "_cupy", lambda: fake)
+    monkeypatch.setattr(_cuda, "_kernel", fake.kernel)
+    return fake
+
+
+def _to_fake_device(fake, device_id, *values):
+    """Host arrays copied to fake device ``device_id``; None and Python floats as they are."""
+    with fake.cuda.Device(device_id):
+        return [fake.asarray(v) if isinstance(v, np.ndarray) else v for v in values]
+
+
+def _placement_cases():
+    cases = []
+    for op in OPS:
+        weights = [(None, None), ("scalar", None), ("trailing", None), ("col", None),
+                   ("full", None)]
+        if op.has_pos_weight:
+            weights += [(None, "scalar"), ("col", "trailing")]
+        for want_loss, want_grad in ((True, False), (False, True), (True, True)):
+            for reduction in ("mean", "sum", "none"):
+                grad_outputs = [None] if not want_grad else (
+                    ["scalar", "full", "trailing"] if reduction == "none" else ["scalar"])
+                for wkind, pkind in weights:
+                    for go in grad_outputs:
+                        cases.append(pytest.param(
+                            op, want_loss, want_grad, reduction, wkind, pkind, go,
+                            id=f"{op.name}-{'loss' if want_loss else ''}"
+                               f"{'grad' if want_grad else ''}-{reduction}-w{wkind}-pw{pkind}"
+                               f"-go{go}"))
+    return cases
+
+
+OP_CODES = {"mse": SQUARED_ERROR, "bce": BINARY_CROSS_ENTROPY,
+            "logits": BINARY_CROSS_ENTROPY_WITH_LOGITS}
+
+
+def _off_device(fake, device_id):
+    return [entry for entry in fake.log if entry[1] != device_id]
+
+
+@pytest.mark.parametrize("op, want_loss, want_grad, reduction, wkind, pkind, go",
+                         _placement_cases())
+def test_loss_pass_works_on_the_inputs_device(fake_cupy, op, want_loss, want_grad, reduction,
+                                              wkind, pkind, go):
+    """Inputs on GPU 1 while GPU 0 is current: every buffer of the call (outputs, the loss, the
+    weight buffers from full/tile/broadcast_to, weight * grad_output) and every launch land
+    on GPU 1."""
+    rng = np.random.default_rng(seed_for("placement", op.name, wkind, pkind, go))
+    shape = (6, 7)
+    x, y = make_inputs(op.name, shape, np.float32, rng, soft=True)
+    w, pw = make_weight(wkind, shape, np.float32, rng), make_weight(pkind, shape, np.float32, rng)
+    grad_output = {None: 1.0, "scalar": GRAD_OUTPUT,
+                   "full": np.asarray(rng.standard_normal(shape), np.float32),
+                   "trailing": np.asarray(rng.standard_normal(shape[-1:]), np.float32)}[go]
+    gx, gy, gw, gpw, ggo = _to_fake_device(fake_cupy, 1, x, y, w, pw, grad_output)
+    fake_cupy.log.clear()
+    result = _cuda.loss_pass(OP_CODES[op.name], want_loss, want_grad, gx, gy, gw, gpw,
+                             reduction, ggo, None)
+    assert fake_cupy.current == [0]
+    assert any(what.startswith("launch") for what, _ in fake_cupy.log)
+    assert _off_device(fake_cupy, 1) == []
+    for array in result if isinstance(result, tuple) else (result,):
+        assert array.device.id == 1
+
+
+def test_sigmoids_work_on_the_inputs_device(fake_cupy):
+    x, g = _to_fake_device(fake_cupy, 1, np.linspace(-3, 3, 50, dtype=np.float32),
+                           np.ones(50, np.float32))
+    fake_cupy.log.clear()
+    s = _cuda.sigmoid(x, None)
+    b = _cuda.sigmoid_backward(g, s, None)
+    assert [what for what, _ in fake_cupy.log if what.startswith("launch")] == [
+        "launch fastloss::gpu::sigmoid<float>", "launch fastloss::gpu::sigmoid_backward<float>"]
+    assert _off_device(fake_cupy, 1) == []
+    assert s.device.id == b.device.id == 1
 
 
 # ==== GPU tests ================================================================================

@@ -461,7 +461,8 @@ def _require_no_partial_overlap(out, a, name):
 
 
 def _output_like(cp, out, like, like_name, inputs):
-    """Checks a caller's out= buffer (or allocates one on like's device)."""
+    """Checks a caller's out= buffer, or allocates one (on the current device: call it under
+    like.device)."""
     if out is None:
         return cp.empty(like.shape, dtype=like.dtype)
     out = _require_array(cp, out, "out")
@@ -547,6 +548,15 @@ def loss_pass(op, want_loss, want_grad, input, target, weight, pos_weight, reduc
         raise ValueError("unknown loss op")
     reduction_code(reduction)  # raises ValueError for an unknown reduction
     input, target = _check_pair(cp, input, "input", target, "target")
+    # CuPy allocates on the current device, which need not be the input's: every buffer of
+    # the call (outputs, the loss, weights, weight * grad_output) and every launch go there.
+    with input.device:
+        return _loss_pass_on_device(cp, op, want_loss, want_grad, input, target, weight,
+                                    pos_weight, reduction, grad_output, out)
+
+
+def _loss_pass_on_device(cp, op, want_loss, want_grad, input, target, weight, pos_weight,
+                         reduction, grad_output, out):
     n = input.size
     reduce = reduction != "none"
 
@@ -608,11 +618,11 @@ def sigmoid(input, out):
     x = _require_array(cp, input, "input")
     _require_float_dtype(x, "input")
     _require_contiguous(x, "input")
-    out = _output_like(cp, out, x, "input", [(x, "input")])
     n = x.size
-    if n:
-        dtype_name = x.dtype.name
-        with x.device:
+    with x.device:  # the output is allocated on the current device
+        out = _output_like(cp, out, x, "input", [(x, "input")])
+        if n:
+            dtype_name = x.dtype.name
             kernel = _kernel("sigmoid", dtype_name, f"fastloss::gpu::sigmoid<{_CTYPE[dtype_name]}>",
                              x.device)
             kernel((_grid(n, dtype_name),), (THREADS,), (np.int64(n), x, out))
@@ -622,11 +632,11 @@ def sigmoid(input, out):
 def sigmoid_backward(grad_output, output, out):
     cp = _cupy()
     g, y = _check_pair(cp, grad_output, "grad_output", output, "output")
-    out = _output_like(cp, out, g, "grad_output", [(g, "grad_output"), (y, "output")])
     n = g.size
-    if n:
-        dtype_name = g.dtype.name
-        with g.device:
+    with g.device:  # the output is allocated on the current device
+        out = _output_like(cp, out, g, "grad_output", [(g, "grad_output"), (y, "output")])
+        if n:
+            dtype_name = g.dtype.name
             kernel = _kernel("sigmoid", dtype_name,
                              f"fastloss::gpu::sigmoid_backward<{_CTYPE[dtype_name]}>", g.device)
             kernel((_grid(n, dtype_name),), (THREADS,), (np.int64(n), g, y, out))
