@@ -400,6 +400,55 @@ def test_sigmoids_work_on_the_inputs_device(fake_cupy):
     assert s.device.id == b.device.id == 1
 
 
+@pytest.mark.parametrize("op", OPS, ids=repr)
+def test_out_partly_over_grad_output_is_refused(fake_cupy, op):
+    """Like the CPU path: out may be grad_output itself but not overlap it in part (one
+    thread would overwrite elements another has still to read)."""
+    n = 42  # below MIN_PERIOD and whole: grad_output is read in place, not tiled
+    x, y = make_inputs(op.name, (n,), np.float32, np.random.default_rng(3), soft=True)
+    both = np.ones(n + 1, np.float32)
+    with pytest.raises(ValueError, match="overlaps"):  # the CPU path
+        op.grad(x, y, reduction="none", grad_output=both[:n], out=both[1:])
+    gx, gy, gboth = _to_fake_device(fake_cupy, 1, x, y, both)
+    code = OP_CODES[op.name]
+    for want_loss in (False, True):
+        with pytest.raises(ValueError, match="out overlaps grad_output"):
+            _cuda.loss_pass(code, want_loss, True, gx, gy, None, None, "none", gboth[:n],
+                            gboth[1:])
+    assert not any(what.startswith("launch") for what, _ in fake_cupy.log)
+    # grad_output itself, or grad_output times a weight (a new array), are fine
+    assert _cuda.loss_pass(code, False, True, gx, gy, None, None, "none", gboth[:n],
+                           gboth[:n]) is not None
+    assert _cuda.loss_pass(code, False, True, gx, gy, 0.5, None, "none", gboth[:n],
+                           gboth[1:]) is not None
+
+
+@pytest.mark.parametrize("op", OPS, ids=repr)
+def test_misaligned_weights_and_grad_output_are_refused(fake_cupy, op):
+    """An array the kernels (or CuPy's tile and multiply) read must be aligned to its element
+    size, like input and target: a misaligned load faults."""
+    shape = (5, 9)
+    x, y = make_inputs(op.name, shape, np.float32, np.random.default_rng(4), soft=True)
+    gx, gy = _to_fake_device(fake_cupy, 1, x, y)
+    with fake_cupy.cuda.Device(1):
+        unaligned = fake_cupy.unaligned(shape, np.float32)
+    assert unaligned.data.ptr % 4 and unaligned.flags.c_contiguous
+    code = OP_CODES[op.name]
+    cases = [("weight", dict(weight=unaligned))]
+    if op.has_pos_weight:
+        cases.append(("pos_weight", dict(pos_weight=unaligned)))
+    for name, kwargs in cases:
+        for want_loss, want_grad in ((True, False), (False, True), (True, True)):
+            args = dict(dict(weight=None, pos_weight=None), **kwargs)
+            with pytest.raises(ValueError, match=f"^{name} is not aligned"):
+                _cuda.loss_pass(code, want_loss, want_grad, gx, gy, args["weight"],
+                                args["pos_weight"], "mean", 1.0, None)
+    for weight in (None, 0.5):
+        with pytest.raises(ValueError, match="^grad_output is not aligned"):
+            _cuda.loss_pass(code, True, True, gx, gy, weight, None, "none", unaligned, None)
+    assert not any(what.startswith("launch") for what, _ in fake_cupy.log)
+
+
 # ==== GPU tests ================================================================================
 # (the `cp` fixture, in conftest.py, skips them without CuPy or a CUDA device)
 
@@ -852,6 +901,10 @@ def test_argument_errors(cp, name, fn, op):
         both = cp.empty(13, dtype=np.float32)
         with pytest.raises(ValueError, match="overlaps"):
             fn(both[:12].reshape(4, 3), gy, out=both[1:].reshape(4, 3))
+        both[...] = 1
+        with pytest.raises(ValueError, match="overlaps grad_output"):
+            fn(gx, gy, reduction="none", grad_output=both[:12].reshape(4, 3),
+               out=both[1:].reshape(4, 3))
 
 
 def test_sigmoid_argument_errors(cp):

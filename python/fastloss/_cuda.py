@@ -442,6 +442,12 @@ def _require_contiguous(a, name):
     if not a.flags.c_contiguous:
         raise ValueError(f"{name} is not C-contiguous; fastloss does not copy arrays on the GPU: "
                          f"pass cupy.ascontiguousarray({name}) (one copy) instead")
+    _require_aligned(a, name)
+
+
+def _require_aligned(a, name):
+    # a misaligned load faults on the GPU (DLPack and __cuda_array_interface__ can deliver
+    # any address)
     if a.data.ptr % a.itemsize:
         raise ValueError(f"{name} is not aligned to its element size")
 
@@ -559,6 +565,10 @@ def _loss_pass_on_device(cp, op, want_loss, want_grad, input, target, weight, po
                          reduction, grad_output, out):
     n = input.size
     reduce = reduction != "none"
+    # the kernels and CuPy's own (tile, multiply) read them as arrays of T
+    for array, name in ((weight, "weight"), (pos_weight, "pos_weight")):
+        if isinstance(array, cp.ndarray):
+            _require_aligned(array, name)
 
     gradient_weight = None  # an array grad_output (reduction='none'), times weight
     scale = 1.0
@@ -566,6 +576,7 @@ def _loss_pass_on_device(cp, op, want_loss, want_grad, input, target, weight, po
         scale, grad_array = split_grad_output(cp, grad_output, input, reduction,
                                               _require_same_device)
         if grad_array is not None:
+            _require_aligned(grad_array, "grad_output")
             gradient_weight = grad_weight(cp, weight, grad_array, input, _require_same_device)
     if reduction == "mean" and n > 0:
         scale = scale / n
@@ -578,21 +589,24 @@ def _loss_pass_on_device(cp, op, want_loss, want_grad, input, target, weight, po
     grad = None
     if want_grad:
         inputs = [(input, "input"), (target, "target")]
-        for buffer in (weight_buffer, pos_weight_buffer):
+        for buffer, name in ((weight_buffer, "weight"), (pos_weight_buffer, "pos_weight")):
             if buffer is not None:
-                inputs.append((buffer, "a weight"))
+                inputs.append((buffer, name))
         grad = _output_like(cp, out, input, "input", inputs)
     loss = None
 
     if gradient_weight is not None:
         # reduction='none' with an array grad_output: the gradient's weight is
         # weight * grad_output, the loss's is weight alone, so the loss (if wanted) takes a
-        # pass of its own (as on the CPU).
+        # pass of its own (as on the CPU), made first: out may be the input.
+        grad_buffer = periodic_weight(cp, gradient_weight, input, "grad_output")
+        # grad_output itself when no copy was needed: one thread would write elements that
+        # another still has to read (the CPU path refuses this too)
+        _require_no_partial_overlap(grad, grad_buffer, "grad_output")
         if want_loss:
             loss = cp.empty(input.shape, dtype=input.dtype)
             _run_pass(cp, op, _ELEMENTWISE, input, target, weight_buffer, pos_weight_buffer,
                       1.0, loss, None, reduction)
-        grad_buffer = periodic_weight(cp, gradient_weight, input, "grad_output")
         _run_pass(cp, op, _GRAD, input, target, grad_buffer, pos_weight_buffer, scale, None,
                   grad, reduction)
         return (loss, grad) if want_loss else grad
