@@ -208,6 +208,67 @@ def test_describe_without_a_device():
         assert key in info
 
 
+# ---- the grid: many waves deep, no spills (no GPU needed) ----------------------------------------
+
+# An H100 SXM, as the CUDA occupancy calculator sees it: what limits the resident blocks per SM.
+H100 = {"sms": 132, "registers": 65536, "threads": 2048, "blocks": 32, "register_unit": 256}
+
+
+def _resident_blocks_per_sm(registers_per_thread, gpu=H100):
+    unit = gpu["register_unit"]  # registers are allocated per warp, in units of 256
+    per_warp = -(-registers_per_thread * 32 // unit) * unit
+    warps_per_block = _cuda.THREADS // 32
+    return min(gpu["registers"] // per_warp // warps_per_block,
+               gpu["threads"] // _cuda.THREADS, gpu["blocks"])
+
+
+def _ptxas_report(arch):
+    """{name expression: (registers, spill stores, spill loads)} of every kernel, from ptxas
+    as the run-time compile runs it (NVRTC, the run-time options, a cubin for sm_<arch>)."""
+    from cupy.cuda import nvrtc
+    source, options, names = _cuda.kernel_sources_and_options()
+    target, kind = _cuda._nvrtc_target(arch)
+    assert kind == "cubin", target
+    program = nvrtc.createProgram(source, "losses.cu", [], [])
+    try:
+        for name in names:
+            nvrtc.addNameExpression(program, name)
+        nvrtc.compileProgram(program, [*options, target, "--ptxas-options=-v"])
+        log = nvrtc.getProgramLog(program)
+        by_mangled = {nvrtc.getLoweredName(program, name): name for name in names}
+    finally:
+        nvrtc.destroyProgram(program)
+    report, spills, entry = {}, None, None
+    for line in log.splitlines():
+        if match := re.search(r"Compiling entry function '(\w+)'", line):
+            entry = by_mangled[match.group(1)]
+        elif match := re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line):
+            spills = (int(match.group(1)), int(match.group(2)))
+        elif match := re.search(r"Used (\d+) registers", line):
+            report[entry] = (int(match.group(1)), *spills)
+    return report
+
+
+def test_grid_is_many_waves_deep_and_no_kernel_spills(nvrtc_or_skip):
+    """The grid is a function of N only (the same bits on every GPU), so it cannot be sized to a
+    device's resident blocks: it must be deep enough that a ragged last wave costs little. On
+    an H100, with each kernel's registers as ptxas counts them, the full grid (MAX_BLOCKS)
+    must reach 90% of the time of whole waves (1024 blocks, the old grid, made 1.3-1.9
+    waves: 65%), and no kernel may spill."""
+    report = _ptxas_report(90)
+    _, _, names = _cuda.kernel_sources_and_options()
+    assert set(report) == set(names)
+    for name, (registers, spill_stores, spill_loads) in report.items():
+        assert spill_stores == spill_loads == 0, f"{name} spills ({registers} registers)"
+        if "finish_sum" in name:  # one block
+            continue
+        waves = _cuda.MAX_BLOCKS / (H100["sms"] * _resident_blocks_per_sm(registers))
+        assert waves / math.ceil(waves) >= 0.9, f"{name}: {registers} registers, {waves:.2f} waves"
+    for dtype_name in ("float32", "float64"):  # the grid reaches its depth, from N alone
+        assert _cuda._grid(2**31, dtype_name) == _cuda.MAX_BLOCKS
+        assert _cuda._grid(1, dtype_name) == 1
+
+
 # ---- the disk cache holds whole cubins (no GPU needed) ------------------------------------------
 
 def _elf64_length(image):
