@@ -7,7 +7,8 @@ Two parts:
   .cu file, or in the header under the device compiler, fails them.
 - GPU tests (skipped without CuPy or without a CUDA device): every function against
   fastloss.reference and against the CPU path on the same data, determinism, alignment,
-  argument checks, edge values, and N > 2^31 (marked slow).
+  argument checks, edge values, and N > 2^31 (marked largemem, like the CPU one: it needs
+  ~21 GiB of GPU memory and runs only with ``pytest --largemem``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import shutil
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,7 +112,6 @@ def test_kernel_sources_and_options():
     assert "-std=c++17" in options
     includes = [o[2:] for o in options if o.startswith("-I")]
     assert len(includes) == 1
-    from pathlib import Path
     assert (Path(includes[0]) / "fastloss" / "elementwise.h").is_file()
     assert (Path(includes[0]) / "fastloss" / "scalar_math.h").is_file()
     # IEEE arithmetic: the reduction order and the header's accuracy depend on it
@@ -131,7 +132,6 @@ def test_kernel_sources_and_options():
 def test_sources_include_no_standard_headers():
     """NVRTC has no standard headers: only the project's own includes are allowed."""
     source, options, _ = _cuda.kernel_sources_and_options()
-    from pathlib import Path
     include = Path([o[2:] for o in options if o.startswith("-I")][0])
     texts = {"losses.cu": source}
     texts.update({p.name: p.read_text() for p in (include / "fastloss").glob("*.h")})
@@ -1017,7 +1017,18 @@ def test_describe_with_a_device(cp):
 
 # ---- N > 2^31 ----------------------------------------------------------------------------
 
-@pytest.mark.slow
+def test_the_2_to_the_31_test_is_opt_in():
+    """Skipped without --largemem (before it asks for a device), like tests/test_large_arrays.py."""
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+         f"{Path(__file__).resolve()}::test_more_than_2_to_the_31_elements"],
+        cwd=root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 skipped" in result.stdout and "run with --largemem" in result.stdout, result.stdout
+
+
+@pytest.mark.largemem
 def test_more_than_2_to_the_31_elements(cp):
     n = 2**31 + 5
     free, _ = cp.cuda.Device().mem_info
