@@ -993,6 +993,41 @@ def test_arrays_on_different_devices(cp):
         fastloss.mse_loss(x, y)
 
 
+def test_inputs_on_another_device_than_the_current_one(cp):
+    """Inputs on GPU 1 while GPU 0 is current: results on GPU 1, with the bits of the same call
+    made with GPU 1 current (on a machine with one GPU, the stand-in tests above cover it)."""
+    if cp.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("needs two CUDA devices")
+    shape = (37, 129)
+    calls = []
+    for op in OPS:
+        rng = np.random.default_rng(seed_for("cuda-device-1", op.name))
+        x, y = make_inputs(op.name, shape, np.float32, rng, soft=True)
+        kw = {"weight": make_weight("trailing", shape, np.float32, rng)}
+        if op.has_pos_weight:
+            kw["pos_weight"] = make_weight("col", shape, np.float32, rng)
+        go = np.asarray(rng.standard_normal(shape), np.float32)
+        calls += [(op.and_grad, (x, y), dict(kw, reduction="mean")),
+                  (op.and_grad, (x, y), dict(kw, reduction="none", grad_output=go))]
+    calls.append((fastloss.sigmoid, (np.linspace(-5, 5, 1000, dtype=np.float32),), {}))
+
+    def run(current):
+        results = []
+        for fn, args, kwargs in calls:
+            with cp.cuda.Device(1):
+                args = [cp.asarray(a) for a in args]
+                kwargs = {k: cp.asarray(v) if isinstance(v, np.ndarray) else v
+                          for k, v in kwargs.items()}
+            with cp.cuda.Device(current):
+                result = fn(*args, **kwargs)
+            results += list(result) if isinstance(result, tuple) else [result]
+        return results
+
+    for got, want in zip(run(0), run(1)):
+        assert got.device.id == 1
+        assert_same_bits(cp.asnumpy(got), cp.asnumpy(want))
+
+
 def test_kernels_compile_once_per_module(cp, monkeypatch):
     x = cp.asarray(np.ones(100, np.float32))
     fastloss.mse_loss(x, x)  # compiled (or loaded from the disk cache) here at the latest
