@@ -9,7 +9,8 @@ opt-in, so a plain ``pytest`` never spends minutes timing:
     pytest bench --benchmark --big      ... and the stability track at N = 4e8 too
     pytest bench --benchmark-disable
                                     each benchmark run once, untimed: the CI smoke run
-    pytest tests --largemem         also the tests marked largemem (N = 2**31 + 5: ~10 GB)
+    pytest tests --largemem         also the tests marked largemem (N = 2**31 + 5: ~10 GB;
+                                    the CUDA one ~21 GiB of GPU memory)
 
 --full and --big are the sizes of ``python -m fastloss bench --full / --big``.
 
@@ -36,7 +37,8 @@ def pytest_addoption(parser):
 def pytest_collection_modifyitems(config, items):
     if config.getoption("largemem"):
         return
-    skip = pytest.mark.skip(reason="needs about 10 GB of memory: run with --largemem")
+    skip = pytest.mark.skip(reason="needs about 10 GB of memory (21 GiB on a GPU): run with "
+                                   "--largemem")
     for item in items:
         if "largemem" in item.keywords:
             item.add_marker(skip)

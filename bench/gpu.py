@@ -16,10 +16,12 @@ Needs CuPy and a CUDA device (fastloss built and installed: ``pip install --no-b
 4. determinism: 100 calls of ``mse_loss`` at N = 2^26, compared bitwise;
 5. small-N latency: host wall time per call at N = 2^10 (1000 calls, one sync at the end);
 6. throughput per op and N: median of ``--repeats`` (>= 20) CUDA-event timings after a
-   warm-up, the L2 cache cleared before each repeat by writing a 256 MiB scratch buffer
-   (outside the timed region); GB/s from the ideal bytes (each input read once, each output
-   written once: ``fastloss._bench.Op.bytes_moved``), % of the copy ceiling, and each peer's
-   time divided by fastloss's (> 1: fastloss is faster).
+   warm-up, the L2 cache emptied before each repeat by writing a 256 MiB buffer and then
+   reading another (outside the timed region: ``L2Flush``); GB/s from the ideal bytes (each
+   input read once, each output written once: ``fastloss._bench.Op.bytes_moved``), % of the
+   copy ceiling, and each peer's time divided by fastloss's (> 1: fastloss is faster).
+   fastloss's binary_cross_entropy rows are marked: its time includes the host round trip of
+   its [0, 1] range check (``HOST_ROUND_TRIP``).
 
 One failing case (an exception, out of memory) prints its error and the run goes on. Sizes whose
 arrays cannot fit in free device memory are skipped (reported). Exit status: 0 when every
@@ -29,7 +31,7 @@ Run time with the defaults on an H100 (float32): the timed traffic is small. Per
 moves about 500 bytes per element over all ops and implementations (fastloss ~ 8-12 B per op, the
 CuPy/PyTorch chains 20-60 B); sum of N over 2^20..2^30 (even) = 1365 x 2^20 = 1.43e9 elements;
 x 500 B x (20 repeats + 3 warm-up) = 1.6e13 B, about 7 s at 2.5 TB/s; the L2 clears add
-~21 x 7 x 3 x 6 x 256 MiB = 0.7 TB (~0.3 s); the correctness, determinism and latency sections
+~21 x 7 x 3 x 6 x 512 MiB = 1.4 TB (~0.6 s); the correctness, determinism and latency sections
 take a few seconds. What dominates is one-time work: compiling fastloss's NVRTC modules and
 CuPy's elementwise kernels (tens of seconds on a cold cache), importing PyTorch, and generating
 inputs (4 arrays up to 4 GiB each, curand). Expect 1-3 minutes, well under 8; ``--dtype both``
@@ -63,7 +65,7 @@ IMPLS = ("fastloss", "cupy", "torch")
 DEFAULT_SIZES = (20, 22, 24, 26, 28, 30)  # exponents: N = 2^e
 MIN_REPEATS = 20
 WARMUP = 3
-SCRATCH_BYTES = 256 * 2**20  # written before each timed repeat: evicts the 50 MiB L2 of an H100
+SCRATCH_BYTES = 256 * 2**20  # the L2 flush's buffers: over 5x the 50 MiB L2 of an H100
 COPY_BYTES = 2**30  # the copy-bandwidth buffer
 CHECK_N = 2**20
 DETERMINISM_N = 2**26
@@ -77,6 +79,13 @@ MEMORY_MARGIN = 512 * 2**20
 RTOL = {"float32": 1e-5, "float64": 1e-12}
 PEER_RTOL = {"float32": 1e-4, "float64": 1e-10}  # the peers' checks are for information only
 PROB_MIN = 1e-6  # probabilities in [1e-6, 1 - 1e-6], as in fastloss._bench
+# fastloss ops that wait on the host inside the call, so that their CUDA-event time includes a
+# device-to-host copy and the host's round trip before the end event is recorded (the peers
+# have no such wait): their rows are marked and explained under each table.
+_RANGE_CHECK = ("reads its [0, 1] range-check flag back to the host (to raise ValueError for "
+                "inputs outside [0, 1], like the CPU path)")
+HOST_ROUND_TRIP = {name: _RANGE_CHECK for name in (
+    "binary_cross_entropy", "binary_cross_entropy_grad", "binary_cross_entropy_and_grad")}
 
 
 class MissingGPU(Exception):
@@ -133,11 +142,14 @@ def free_memory(cp, torch=None) -> int:
 
 def torch_stream(cp, torch):
     """PyTorch's current stream as a CuPy stream: events and L2 clears for PyTorch go there."""
-    ptr = int(torch.cuda.current_stream().cuda_stream)
+    stream = torch.cuda.current_stream()
+    ptr = int(stream.cuda_stream)
     if ptr == 0:
         return cp.cuda.Stream.null
     if ptr == 2 and hasattr(cp.cuda.Stream, "ptds"):
         return cp.cuda.Stream.ptds
+    if hasattr(cp.cuda.Stream, "from_external") and hasattr(stream, "__cuda_stream__"):
+        return cp.cuda.Stream.from_external(stream)  # CuPy >= 14 deprecates ExternalStream
     return cp.cuda.ExternalStream(ptr)
 
 
@@ -353,21 +365,42 @@ class Implementations:
 
 # ---- timing --------------------------------------------------------------------------------------
 
-def time_events(cp, case, stream, scratch, repeats, warmup=WARMUP):
+class L2Flush:
+    """Empties the L2 cache of the timed case's lines and leaves no dirty line behind.
+
+    Writing a buffer larger than L2 evicts the previous repeat's inputs and outputs but fills L2
+    with dirty lines, whose write-back would then land in the timed region (at N = 2^20..2^22
+    about as much traffic as the op's own). Reading a second buffer as large afterwards writes
+    them back, untimed, and leaves only clean lines, which the timed case evicts for free.
+    """
+
+    def __init__(self, cp, nbytes=SCRATCH_BYTES):
+        self.written = cp.empty(nbytes // 4, dtype=cp.float32)
+        self.read = cp.ones(nbytes // 4, dtype=cp.float32)
+        self.sink = cp.empty((), dtype=cp.float32)
+        self.calls = 0
+
+    def __call__(self):
+        self.calls += 1
+        self.written.fill(self.calls % 7 + 1)
+        self.read.sum(out=self.sink)
+
+
+def time_events(cp, case, stream, flush_l2, repeats, warmup=WARMUP):
     """Median seconds of ``case`` over ``repeats`` CUDA-event timings on ``stream``.
 
-    Before each repeat the scratch buffer is overwritten (untimed) so that no input is left in
-    L2. Nothing waits on the host between repeats: while the GPU clears the L2 (~0.1 ms), the
-    host enqueues the next call, so the events measure GPU time, not Python's launch cost (except
-    where the op itself waits on the host, like fastloss's binary_cross_entropy range check).
+    Before each repeat ``flush_l2`` (an ``L2Flush``) runs, untimed, so that nothing of the case
+    is left in L2. Nothing waits on the host between repeats: while the GPU clears the L2
+    (~0.2 ms), the host enqueues the next call, so the events measure GPU time, not Python's
+    launch cost (except where the op itself waits on the host: ``HOST_ROUND_TRIP``).
     """
     with stream:
         for _ in range(warmup):
             case()
         stream.synchronize()
         events = [(cp.cuda.Event(), cp.cuda.Event()) for _ in range(repeats)]
-        for i, (start, end) in enumerate(events):
-            scratch.fill(i % 7 + 1)
+        for start, end in events:
+            flush_l2()
             start.record(stream)
             case()
             end.record(stream)
@@ -376,7 +409,7 @@ def time_events(cp, case, stream, scratch, repeats, warmup=WARMUP):
     return statistics.median(cp.cuda.get_elapsed_time(s, e) for s, e in events) * 1e-3
 
 
-def measure_copy(cp, scratch, repeats):
+def measure_copy(cp, flush_l2, repeats):
     """Device-to-device copy bandwidth in GB/s (1e9 B/s) of a 1 GiB buffer: 2 x size per copy."""
     n = COPY_BYTES // 4
     src = cp.ones(n, dtype=cp.float32)
@@ -393,7 +426,7 @@ def measure_copy(cp, scratch, repeats):
 
     for name, case in (("dst[...] = src", assign), ("cudaMemcpyAsync", memcpy)):
         try:
-            seconds = time_events(cp, case, stream, scratch, repeats)
+            seconds = time_events(cp, case, stream, flush_l2, repeats)
             result[name] = 2 * COPY_BYTES / seconds / 1e9
         except Exception as error:
             log(f"error: copy bandwidth with {name}: {type(error).__name__}: {error}")
@@ -438,6 +471,18 @@ def max_error(got, want, rtol):
     if not np.all(np.isfinite(got)):
         worst = math.inf
     return bool(worst <= 1.0), worst
+
+
+def op_cell(op_name):
+    """The op's name in a table row, marked when fastloss's time includes a host round trip."""
+    return f"{op_name} (host sync)" if op_name in HOST_ROUND_TRIP else op_name
+
+
+def host_round_trip_notes(op_names):
+    """The lines under a table that explain its '(host sync)' rows."""
+    return [f"- (host sync): fastloss's {name} {why}; its time includes that copy and the "
+            "host's round trip, the peers' do not." for name, why in HOST_ROUND_TRIP.items()
+            if name in op_names]
 
 
 def markdown_table(header, rows):
@@ -511,13 +556,14 @@ def header_section(report, cp, impls, args, dtypes):
         f"{np.__version__}",
         f"- dtypes {', '.join(dtypes)}; N = 2^{', 2^'.join(str(e) for e in args.sizes)}; "
         f"median of {args.repeats} CUDA-event timings after {WARMUP} warm-up calls, L2 cleared "
-        f"before each (a {SCRATCH_BYTES // 2**20} MiB write, untimed)",
+        f"before each (a {SCRATCH_BYTES // 2**20} MiB write, then a {SCRATCH_BYTES // 2**20} MiB "
+        "read that leaves no dirty line; untimed)",
         f"- command: `python {' '.join(sys.argv)}`", "")
 
 
-def copy_section(report, cp, scratch, repeats):
+def copy_section(report, cp, flush_l2, repeats):
     log("measuring copy bandwidth (1 GiB device-to-device)...")
-    result = measure_copy(cp, scratch, repeats)
+    result = measure_copy(cp, flush_l2, repeats)
     report.add("## Copy bandwidth", "")
     for name, gbs in result.items():
         report.add(f"- `{name}`, 1 GiB: {gbs:.0f} GB/s (2 x 1 GiB per copy)")
@@ -633,18 +679,22 @@ def latency_section(report, cp, impls, dtypes):
                     log(f"error: latency {op_name} {impl} {dtype}: "
                         f"{type(error).__name__}: {error}")
                     times[impl] = "error"
-            rows.append([op_name, dtype] + [fmt_time(times.get(i)) for i in impls.names]
+            rows.append([op_cell(op_name), dtype]
+                        + [fmt_time(times.get(i)) for i in impls.names]
                         + [fmt_ratio(times.get(i), times.get("fastloss"))
                            for i in impls.names if i != "fastloss"])
         del inputs
     peers = [i for i in impls.names if i != "fastloss"]
     report.add(*markdown_table(["op", "dtype"] + [f"{i} us" for i in impls.names]
                                + [f"{i}/fastloss" for i in peers], rows))
-    report.add("")
+    notes = host_round_trip_notes(BENCH_OPS)
+    report.add("", *notes)
+    if notes:
+        report.add("")
     report.save()
 
 
-def throughput_section(report, cp, impls, dtypes, sizes, repeats, scratch, ceiling):
+def throughput_section(report, cp, impls, dtypes, sizes, repeats, flush_l2, ceiling):
     from fastloss._bench import OPS
     peers = [i for i in impls.names if i != "fastloss"]
     report.add("## Throughput", "",
@@ -679,7 +729,8 @@ def throughput_section(report, cp, impls, dtypes, sizes, repeats, scratch, ceili
                     case = None
                     try:
                         case = impls.case(impl, op_name, inputs.arrays(op))
-                        times[impl] = time_events(cp, case, impls.stream(impl), scratch, repeats)
+                        times[impl] = time_events(cp, case, impls.stream(impl), flush_l2,
+                                                  repeats)
                     except Exception as error:
                         log(f"error: {op_name} {impl} {dtype} N=2^{exponent}: "
                             f"{type(error).__name__}: {error}")
@@ -698,17 +749,16 @@ def throughput_section(report, cp, impls, dtypes, sizes, repeats, scratch, ceili
                 mine = times.get("fastloss")
                 percent = (f"{100 * nbytes / mine / 1e9 / ceiling:.0f}%"
                            if isinstance(mine, float) and ceiling else "-")
-                row = ([op_name, dtype, f"2^{exponent}", f"{nbytes / 1e6:.0f}", fmt_time(mine),
-                        gbs("fastloss"), percent]
+                row = ([op_cell(op_name), dtype, f"2^{exponent}", f"{nbytes / 1e6:.0f}",
+                        fmt_time(mine), gbs("fastloss"), percent]
                        + [fmt_time(times.get(i)) for i in peers] + [gbs(i) for i in peers]
                        + [fmt_ratio(times.get(i), mine) for i in peers])
                 report.add("| " + " | ".join(row) + " |")
             del inputs
             report.save()
-    report.add("")
-    for line in skipped:
-        report.add(f"- skipped (memory): {line}")
-    if skipped:
+    notes = host_round_trip_notes(BENCH_OPS) + [f"- skipped (memory): {line}" for line in skipped]
+    report.add("", *notes)
+    if notes:
         report.add("")
     report.save()
 
@@ -786,10 +836,10 @@ def main(argv=None) -> int:
     header_section(report, cp, impls, args, dtypes)
     report.save()
 
-    scratch = cp.empty(SCRATCH_BYTES // 4, dtype=cp.float32)
+    flush_l2 = L2Flush(cp)
     ceiling = None
     try:
-        ceiling = copy_section(report, cp, scratch, args.repeats)
+        ceiling = copy_section(report, cp, flush_l2, args.repeats)
     except Exception:
         log("error: copy bandwidth:\n" + traceback.format_exc())
     impls.free()
@@ -801,7 +851,7 @@ def main(argv=None) -> int:
             ("latency", None if args.skip_latency else
              (lambda: latency_section(report, cp, impls, dtypes))),
             ("throughput", lambda: throughput_section(report, cp, impls, dtypes, args.sizes,
-                                                      args.repeats, scratch, ceiling))):
+                                                      args.repeats, flush_l2, ceiling))):
         if section is None:
             continue
         try:

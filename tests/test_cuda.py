@@ -7,7 +7,8 @@ Two parts:
   .cu file, or in the header under the device compiler, fails them.
 - GPU tests (skipped without CuPy or without a CUDA device): every function against
   fastloss.reference and against the CPU path on the same data, determinism, alignment,
-  argument checks, edge values, and N > 2^31 (marked slow).
+  argument checks, edge values, and N > 2^31 (marked largemem, like the CPU one: it needs
+  ~21 GiB of GPU memory and runs only with ``pytest --largemem``).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import os
 import pickle
 import re
 import shutil
+import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,6 +49,11 @@ from _helpers import (
 )
 from fastloss import _cuda
 from fastloss import reference as R
+from fastloss._numpy_backend import (
+    BINARY_CROSS_ENTROPY,
+    BINARY_CROSS_ENTROPY_WITH_LOGITS,
+    SQUARED_ERROR,
+)
 
 dtype_ids = lambda d: np.dtype(d).name  # noqa: E731
 
@@ -105,7 +113,6 @@ def test_kernel_sources_and_options():
     assert "-std=c++17" in options
     includes = [o[2:] for o in options if o.startswith("-I")]
     assert len(includes) == 1
-    from pathlib import Path
     assert (Path(includes[0]) / "fastloss" / "elementwise.h").is_file()
     assert (Path(includes[0]) / "fastloss" / "scalar_math.h").is_file()
     # IEEE arithmetic: the reduction order and the header's accuracy depend on it
@@ -126,7 +133,6 @@ def test_kernel_sources_and_options():
 def test_sources_include_no_standard_headers():
     """NVRTC has no standard headers: only the project's own includes are allowed."""
     source, options, _ = _cuda.kernel_sources_and_options()
-    from pathlib import Path
     include = Path([o[2:] for o in options if o.startswith("-I")][0])
     texts = {"losses.cu": source}
     texts.update({p.name: p.read_text() for p in (include / "fastloss").glob("*.h")})
@@ -201,6 +207,308 @@ def test_describe_without_a_device():
     assert info["available"] == bool(cupy.cuda.is_available())
     for key in ("cuda_runtime", "cuda_driver", "nvrtc"):
         assert key in info
+
+
+# ---- the grid: many waves deep, no spills (no GPU needed) ----------------------------------------
+
+# An H100 SXM, as the CUDA occupancy calculator sees it: what limits the resident blocks per SM.
+H100 = {"sms": 132, "registers": 65536, "threads": 2048, "blocks": 32, "register_unit": 256}
+
+
+def _resident_blocks_per_sm(registers_per_thread, gpu=H100):
+    unit = gpu["register_unit"]  # registers are allocated per warp, in units of 256
+    per_warp = -(-registers_per_thread * 32 // unit) * unit
+    warps_per_block = _cuda.THREADS // 32
+    return min(gpu["registers"] // per_warp // warps_per_block,
+               gpu["threads"] // _cuda.THREADS, gpu["blocks"])
+
+
+def _ptxas_report(arch):
+    """{name expression: (registers, spill stores, spill loads)} of every kernel, from ptxas
+    as the run-time compile runs it (NVRTC, the run-time options, a cubin for sm_<arch>)."""
+    from cupy.cuda import nvrtc
+    source, options, names = _cuda.kernel_sources_and_options()
+    target, kind = _cuda._nvrtc_target(arch)
+    assert kind == "cubin", target
+    program = nvrtc.createProgram(source, "losses.cu", [], [])
+    try:
+        for name in names:
+            nvrtc.addNameExpression(program, name)
+        nvrtc.compileProgram(program, [*options, target, "--ptxas-options=-v"])
+        log = nvrtc.getProgramLog(program)
+        by_mangled = {nvrtc.getLoweredName(program, name): name for name in names}
+    finally:
+        nvrtc.destroyProgram(program)
+    report, spills, entry = {}, None, None
+    for line in log.splitlines():
+        if match := re.search(r"Compiling entry function '(\w+)'", line):
+            entry = by_mangled[match.group(1)]
+        elif match := re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line):
+            spills = (int(match.group(1)), int(match.group(2)))
+        elif match := re.search(r"Used (\d+) registers", line):
+            report[entry] = (int(match.group(1)), *spills)
+    return report
+
+
+def test_grid_is_many_waves_deep_and_no_kernel_spills(nvrtc_or_skip):
+    """The grid is a function of N only (the same bits on every GPU), so it cannot be sized to a
+    device's resident blocks: it must be deep enough that a ragged last wave costs little. On
+    an H100, with each kernel's registers as ptxas counts them, the full grid (MAX_BLOCKS)
+    must reach 90% of the time of whole waves (1024 blocks, the old grid, made 1.3-1.9
+    waves: 65%), and no kernel may spill."""
+    report = _ptxas_report(90)
+    _, _, names = _cuda.kernel_sources_and_options()
+    assert set(report) == set(names)
+    for name, (registers, spill_stores, spill_loads) in report.items():
+        assert spill_stores == spill_loads == 0, f"{name} spills ({registers} registers)"
+        if "finish_sum" in name:  # one block
+            continue
+        waves = _cuda.MAX_BLOCKS / (H100["sms"] * _resident_blocks_per_sm(registers))
+        assert waves / math.ceil(waves) >= 0.9, f"{name}: {registers} registers, {waves:.2f} waves"
+    for dtype_name in ("float32", "float64"):  # the grid reaches its depth, from N alone
+        assert _cuda._grid(2**31, dtype_name) == _cuda.MAX_BLOCKS
+        assert _cuda._grid(1, dtype_name) == 1
+
+
+# ---- the disk cache holds whole cubins (no GPU needed) ------------------------------------------
+
+def _elf64_length(image):
+    """The length an ELF64 image's headers give it, read here without fastloss._cuda: the end
+    of its header tables and of every section and segment that occupies bytes of the file."""
+    assert image[:4] == b"\x7fELF" and image[4] == 2 and image[5] == 1, image[:6]
+    phoff, shoff = struct.unpack_from("<QQ", image, 32)
+    phentsize, phnum, shentsize, shnum = struct.unpack_from("<4H", image, 54)
+    ends = [64, phoff + phnum * phentsize, shoff + shnum * shentsize]
+    for i in range(shnum):
+        _, sh_type, _, _, offset, size, _, _, _, _ = struct.unpack_from(
+            "<IIQQQQIIQQ", image, shoff + i * shentsize)
+        if sh_type != 8:  # SHT_NOBITS
+            ends.append(offset + size)
+    for i in range(phnum):
+        _, _, offset, _, _, filesz, _, _ = struct.unpack_from("<IIQQQQQQ", image,
+                                                              phoff + i * phentsize)
+        ends.append(offset + filesz)
+    return max(ends)
+
+
+def _elf64_with_section_last(data):
+    """A minimal ELF64 image whose last bytes are the contents of a section (not a header)."""
+    header = bytearray(64)
+    header[:6] = b"\x7fELF\x02\x01"
+    shoff, shnum = 64, 2  # the null section and one PROGBITS section after the table
+    struct.pack_into("<QQ", header, 32, 0, shoff)
+    struct.pack_into("<5H", header, 52, 64, 56, 0, 64, shnum)
+    null_section = bytes(64)
+    section = struct.pack("<IIQQQQIIQQ", 0, 1, 0, 0, 64 + shnum * 64, len(data), 0, 0, 1, 0)
+    return bytes(header) + null_section + section + data
+
+
+@pytest.fixture
+def cuda_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTLOSS_CUDA_CACHE_DIR", str(tmp_path))
+    return tmp_path
+
+
+@pytest.mark.parametrize("family, dtype_name", [("sigmoid", "float32"), ("loss2", "float64")])
+def test_cached_cubin_is_as_long_as_its_elf_headers_say(nvrtc_or_skip, cuda_cache, family,
+                                                        dtype_name):
+    """CuPy's nvrtc.getCUBIN drops the last byte of the image; the file the driver loads must
+    be whole."""
+    path, lowered = _cuda._module_file(family, dtype_name, "90")
+    assert path.parent == cuda_cache and path.suffix == ".cubin"
+    assert set(lowered) == set(_cuda._module_names(family, dtype_name))
+    image = path.read_bytes()
+    assert len(image) == _elf64_length(image)
+
+
+def test_cache_reuses_whole_cubins_and_replaces_short_ones(nvrtc_or_skip, cuda_cache,
+                                                           monkeypatch):
+    path, _ = _cuda._module_file("sigmoid", "float64", "90")
+    whole = path.read_bytes()
+    compiles = []
+    real_compile = _cuda.nvrtc_compile
+
+    def counting_compile(*args, **kwargs):
+        compiles.append(args)
+        return real_compile(*args, **kwargs)
+    monkeypatch.setattr(_cuda, "nvrtc_compile", counting_compile)
+    assert _cuda._module_file("sigmoid", "float64", "90")[0] == path
+    assert compiles == []
+    path.write_bytes(whole[:-1])  # what fastloss wrote before the cache format 2
+    assert _cuda._module_file("sigmoid", "float64", "90")[0] == path
+    assert len(compiles) == 1
+    # not the same bytes: NVRTC names internal-linkage symbols with a per-compile id
+    image = path.read_bytes()
+    assert len(image) == len(whole) == _elf64_length(image)
+
+
+def test_cache_key_holds_the_cache_format(nvrtc_or_skip, cuda_cache, monkeypatch):
+    """Files written under an older format (one-byte-short cubins) have other names."""
+    current, _ = _cuda._module_file("sigmoid", "float32", "90")
+    monkeypatch.setattr(_cuda, "_CACHE_FORMAT", _cuda._CACHE_FORMAT - 1)
+    older, _ = _cuda._module_file("sigmoid", "float32", "90")
+    assert older.name != current.name
+
+
+def test_complete_cubin(nvrtc_or_skip):
+    source, options, _ = _cuda.kernel_sources_and_options()
+    names = _cuda._module_names("sigmoid", "float32")
+    image, kind, _ = _cuda.nvrtc_compile(source, options, names, 90)
+    assert kind == "cubin" and len(image) == _elf64_length(image)
+    assert _cuda.complete_cubin(image) == image  # a CuPy that keeps the last byte
+    assert _cuda.complete_cubin(image[:-1]) == image  # CuPy 14.2
+    assert _cuda.complete_cubin(image[:-2]) is None
+    assert _cuda.complete_cubin(b"//\n// Generated by NVIDIA NVVM Compiler\n") is None
+    # the last byte of a section's contents cannot be guessed
+    other = _elf64_with_section_last(b"\x01\x02\x03\x04")
+    assert _elf64_length(other) == len(other) == _cuda.elf_image_size(other)
+    assert _cuda.complete_cubin(other) == other
+    assert _cuda.complete_cubin(other[:-1]) is None
+
+
+def test_ptx_when_the_cubin_cannot_be_made_whole(nvrtc_or_skip, cuda_cache, monkeypatch):
+    monkeypatch.setattr(_cuda, "complete_cubin", lambda image: None)
+    source, options, _ = _cuda.kernel_sources_and_options()
+    names = _cuda._module_names("sigmoid", "float32")
+    binary, kind, lowered = _cuda.nvrtc_compile(source, options, names, 90)
+    assert kind == "ptx"
+    assert all(f".entry {mangled}(" in binary.decode() for mangled in lowered.values())
+    path, _ = _cuda._module_file("sigmoid", "float32", "90")
+    assert path.suffix == ".ptx"
+    monkeypatch.setattr(_cuda, "nvrtc_compile", None)  # the cached PTX is found: no compile
+    assert _cuda._module_file("sigmoid", "float32", "90")[0] == path
+
+
+# ---- device placement, with a stand-in for CuPy (no GPU needed) --------------------------------
+
+@pytest.fixture
+def fake_cupy(monkeypatch):
+    from _fake_cupy import FakeCupy
+    fake = FakeCupy()
+    monkeypatch.setattr(_cuda, "_cupy", lambda: fake)
+    monkeypatch.setattr(_cuda, "_kernel", fake.kernel)
+    return fake
+
+
+def _to_fake_device(fake, device_id, *values):
+    """Host arrays copied to fake device ``device_id``; None and Python floats as they are."""
+    with fake.cuda.Device(device_id):
+        return [fake.asarray(v) if isinstance(v, np.ndarray) else v for v in values]
+
+
+def _placement_cases():
+    cases = []
+    for op in OPS:
+        weights = [(None, None), ("scalar", None), ("trailing", None), ("col", None),
+                   ("full", None)]
+        if op.has_pos_weight:
+            weights += [(None, "scalar"), ("col", "trailing")]
+        for want_loss, want_grad in ((True, False), (False, True), (True, True)):
+            for reduction in ("mean", "sum", "none"):
+                grad_outputs = [None] if not want_grad else (
+                    ["scalar", "full", "trailing"] if reduction == "none" else ["scalar"])
+                for wkind, pkind in weights:
+                    for go in grad_outputs:
+                        cases.append(pytest.param(
+                            op, want_loss, want_grad, reduction, wkind, pkind, go,
+                            id=f"{op.name}-{'loss' if want_loss else ''}"
+                               f"{'grad' if want_grad else ''}-{reduction}-w{wkind}-pw{pkind}"
+                               f"-go{go}"))
+    return cases
+
+
+OP_CODES = {"mse": SQUARED_ERROR, "bce": BINARY_CROSS_ENTROPY,
+            "logits": BINARY_CROSS_ENTROPY_WITH_LOGITS}
+
+
+def _off_device(fake, device_id):
+    return [entry for entry in fake.log if entry[1] != device_id]
+
+
+@pytest.mark.parametrize("op, want_loss, want_grad, reduction, wkind, pkind, go",
+                         _placement_cases())
+def test_loss_pass_works_on_the_inputs_device(fake_cupy, op, want_loss, want_grad, reduction,
+                                              wkind, pkind, go):
+    """Inputs on GPU 1 while GPU 0 is current: every buffer of the call (outputs, the loss, the
+    weight buffers from full/tile/broadcast_to, weight * grad_output) and every launch land
+    on GPU 1."""
+    rng = np.random.default_rng(seed_for("placement", op.name, wkind, pkind, go))
+    shape = (6, 7)
+    x, y = make_inputs(op.name, shape, np.float32, rng, soft=True)
+    w, pw = make_weight(wkind, shape, np.float32, rng), make_weight(pkind, shape, np.float32, rng)
+    grad_output = {None: 1.0, "scalar": GRAD_OUTPUT,
+                   "full": np.asarray(rng.standard_normal(shape), np.float32),
+                   "trailing": np.asarray(rng.standard_normal(shape[-1:]), np.float32)}[go]
+    gx, gy, gw, gpw, ggo = _to_fake_device(fake_cupy, 1, x, y, w, pw, grad_output)
+    fake_cupy.log.clear()
+    result = _cuda.loss_pass(OP_CODES[op.name], want_loss, want_grad, gx, gy, gw, gpw,
+                             reduction, ggo, None)
+    assert fake_cupy.current == [0]
+    assert any(what.startswith("launch") for what, _ in fake_cupy.log)
+    assert _off_device(fake_cupy, 1) == []
+    for array in result if isinstance(result, tuple) else (result,):
+        assert array.device.id == 1
+
+
+def test_sigmoids_work_on_the_inputs_device(fake_cupy):
+    x, g = _to_fake_device(fake_cupy, 1, np.linspace(-3, 3, 50, dtype=np.float32),
+                           np.ones(50, np.float32))
+    fake_cupy.log.clear()
+    s = _cuda.sigmoid(x, None)
+    b = _cuda.sigmoid_backward(g, s, None)
+    assert [what for what, _ in fake_cupy.log if what.startswith("launch")] == [
+        "launch fastloss::gpu::sigmoid<float>", "launch fastloss::gpu::sigmoid_backward<float>"]
+    assert _off_device(fake_cupy, 1) == []
+    assert s.device.id == b.device.id == 1
+
+
+@pytest.mark.parametrize("op", OPS, ids=repr)
+def test_out_partly_over_grad_output_is_refused(fake_cupy, op):
+    """Like the CPU path: out may be grad_output itself but not overlap it in part (one
+    thread would overwrite elements another has still to read)."""
+    n = 42  # below MIN_PERIOD and whole: grad_output is read in place, not tiled
+    x, y = make_inputs(op.name, (n,), np.float32, np.random.default_rng(3), soft=True)
+    both = np.ones(n + 1, np.float32)
+    with pytest.raises(ValueError, match="overlaps"):  # the CPU path
+        op.grad(x, y, reduction="none", grad_output=both[:n], out=both[1:])
+    gx, gy, gboth = _to_fake_device(fake_cupy, 1, x, y, both)
+    code = OP_CODES[op.name]
+    for want_loss in (False, True):
+        with pytest.raises(ValueError, match="out overlaps grad_output"):
+            _cuda.loss_pass(code, want_loss, True, gx, gy, None, None, "none", gboth[:n],
+                            gboth[1:])
+    assert not any(what.startswith("launch") for what, _ in fake_cupy.log)
+    # grad_output itself, or grad_output times a weight (a new array), are fine
+    assert _cuda.loss_pass(code, False, True, gx, gy, None, None, "none", gboth[:n],
+                           gboth[:n]) is not None
+    assert _cuda.loss_pass(code, False, True, gx, gy, 0.5, None, "none", gboth[:n],
+                           gboth[1:]) is not None
+
+
+@pytest.mark.parametrize("op", OPS, ids=repr)
+def test_misaligned_weights_and_grad_output_are_refused(fake_cupy, op):
+    """An array the kernels (or CuPy's tile and multiply) read must be aligned to its element
+    size, like input and target: a misaligned load faults."""
+    shape = (5, 9)
+    x, y = make_inputs(op.name, shape, np.float32, np.random.default_rng(4), soft=True)
+    gx, gy = _to_fake_device(fake_cupy, 1, x, y)
+    with fake_cupy.cuda.Device(1):
+        unaligned = fake_cupy.unaligned(shape, np.float32)
+    assert unaligned.data.ptr % 4 and unaligned.flags.c_contiguous
+    code = OP_CODES[op.name]
+    cases = [("weight", dict(weight=unaligned))]
+    if op.has_pos_weight:
+        cases.append(("pos_weight", dict(pos_weight=unaligned)))
+    for name, kwargs in cases:
+        for want_loss, want_grad in ((True, False), (False, True), (True, True)):
+            args = dict(dict(weight=None, pos_weight=None), **kwargs)
+            with pytest.raises(ValueError, match=f"^{name} is not aligned"):
+                _cuda.loss_pass(code, want_loss, want_grad, gx, gy, args["weight"],
+                                args["pos_weight"], "mean", 1.0, None)
+    for weight in (None, 0.5):
+        with pytest.raises(ValueError, match="^grad_output is not aligned"):
+            _cuda.loss_pass(code, True, True, gx, gy, weight, None, "none", unaligned, None)
+    assert not any(what.startswith("launch") for what, _ in fake_cupy.log)
 
 
 # ==== GPU tests ================================================================================
@@ -660,6 +968,10 @@ def test_argument_errors(cp, name, fn, op):
         both = cp.empty(13, dtype=np.float32)
         with pytest.raises(ValueError, match="overlaps"):
             fn(both[:12].reshape(4, 3), gy, out=both[1:].reshape(4, 3))
+        both[...] = 1
+        with pytest.raises(ValueError, match="overlaps grad_output"):
+            fn(gx, gy, reduction="none", grad_output=both[:12].reshape(4, 3),
+               out=both[1:].reshape(4, 3))
 
 
 def test_sigmoid_argument_errors(cp):
@@ -687,6 +999,41 @@ def test_arrays_on_different_devices(cp):
         fastloss.mse_loss(x, y)
 
 
+def test_inputs_on_another_device_than_the_current_one(cp):
+    """Inputs on GPU 1 while GPU 0 is current: results on GPU 1, with the bits of the same call
+    made with GPU 1 current (on a machine with one GPU, the stand-in tests above cover it)."""
+    if cp.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("needs two CUDA devices")
+    shape = (37, 129)
+    calls = []
+    for op in OPS:
+        rng = np.random.default_rng(seed_for("cuda-device-1", op.name))
+        x, y = make_inputs(op.name, shape, np.float32, rng, soft=True)
+        kw = {"weight": make_weight("trailing", shape, np.float32, rng)}
+        if op.has_pos_weight:
+            kw["pos_weight"] = make_weight("col", shape, np.float32, rng)
+        go = np.asarray(rng.standard_normal(shape), np.float32)
+        calls += [(op.and_grad, (x, y), dict(kw, reduction="mean")),
+                  (op.and_grad, (x, y), dict(kw, reduction="none", grad_output=go))]
+    calls.append((fastloss.sigmoid, (np.linspace(-5, 5, 1000, dtype=np.float32),), {}))
+
+    def run(current):
+        results = []
+        for fn, args, kwargs in calls:
+            with cp.cuda.Device(1):
+                args = [cp.asarray(a) for a in args]
+                kwargs = {k: cp.asarray(v) if isinstance(v, np.ndarray) else v
+                          for k, v in kwargs.items()}
+            with cp.cuda.Device(current):
+                result = fn(*args, **kwargs)
+            results += list(result) if isinstance(result, tuple) else [result]
+        return results
+
+    for got, want in zip(run(0), run(1)):
+        assert got.device.id == 1
+        assert_same_bits(cp.asnumpy(got), cp.asnumpy(want))
+
+
 def test_kernels_compile_once_per_module(cp, monkeypatch):
     x = cp.asarray(np.ones(100, np.float32))
     fastloss.mse_loss(x, x)  # compiled (or loaded from the disk cache) here at the latest
@@ -711,7 +1058,18 @@ def test_describe_with_a_device(cp):
 
 # ---- N > 2^31 ----------------------------------------------------------------------------
 
-@pytest.mark.slow
+def test_the_2_to_the_31_test_is_opt_in():
+    """Skipped without --largemem (before it asks for a device), like tests/test_large_arrays.py."""
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+         f"{Path(__file__).resolve()}::test_more_than_2_to_the_31_elements"],
+        cwd=root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 skipped" in result.stdout and "run with --largemem" in result.stdout, result.stdout
+
+
+@pytest.mark.largemem
 def test_more_than_2_to_the_31_elements(cp):
     n = 2**31 + 5
     free, _ = cp.cuda.Device().mem_info

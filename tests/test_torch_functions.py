@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -152,3 +153,118 @@ def test_importing_fastloss_does_not_import_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "False"
+
+
+# ---- CUDA tensors: CuPy on the tensor's device and PyTorch's stream (no GPU needed) -----------
+
+class _FakeCuda:
+    """Stand-ins for cupy.cuda.Device, cupy.cuda.Stream.from_external / ExternalStream and
+    torch.cuda.current_stream that log what a call enters, with the device current then. Like
+    CuPy, a wrapped stream belongs to the device current when it was wrapped (unless told),
+    and entering it on another device fails."""
+
+    def __init__(self, monkeypatch, from_external):
+        from _helpers import import_cupy_or_skip
+        cupy = import_cupy_or_skip()
+        self.log, self.current, self.requested = [], [0], []
+        fake = self
+
+        class Device:
+            def __init__(self, index):
+                self.index = index
+
+            def __enter__(self):
+                fake.current.append(self.index)
+                fake.log.append(("enter device", self.index))
+
+            def __exit__(self, *exc_info):
+                fake.current.pop()
+                fake.log.append(("exit device", self.index))
+
+        class WrappedStream:
+            def __init__(self, ptr, device_id=-1):
+                self.ptr = ptr
+                self.device_id = fake.current[-1] if device_id == -1 else device_id
+                fake.log.append(("wrap stream", ptr, self.device_id))
+
+            def __enter__(self):
+                assert self.device_id == fake.current[-1], "a stream of another device"
+                fake.log.append(("enter stream", self.ptr))
+
+            def __exit__(self, *exc_info):
+                fake.log.append(("exit stream", self.ptr))
+
+        class Stream:
+            pass
+        if from_external:
+            Stream.from_external = staticmethod(
+                lambda obj: WrappedStream(obj.__cuda_stream__()[1]))
+
+        class TorchStream:
+            def __init__(self, index):
+                self.cuda_stream = 0x1000 + index
+
+            def __cuda_stream__(self):
+                return 0, self.cuda_stream
+
+        def current_stream(device=None):
+            fake.requested.append(device)
+            return TorchStream(device)
+
+        monkeypatch.setattr(cupy.cuda, "Device", Device)
+        monkeypatch.setattr(cupy.cuda, "Stream", Stream)
+        monkeypatch.setattr(cupy.cuda, "ExternalStream", WrappedStream)
+        monkeypatch.setattr(torch.cuda, "current_stream", current_stream)
+
+
+@pytest.mark.parametrize("from_external", [True, False], ids=["cupy14", "older-cupy"])
+def test_cuda_tensor_uses_its_device_and_its_stream(monkeypatch, from_external):
+    """A tensor on cuda:1 while device 0 is current: CuPy enters device 1, then PyTorch's
+    current stream of device 1, wrapped as a stream of device 1."""
+    fake = _FakeCuda(monkeypatch, from_external)
+    tensor = types.SimpleNamespace(device=torch.device("cuda", 1))
+    with ft._stream_of(tensor):
+        fake.log.append(("body", fake.current[-1]))
+    assert fake.requested == [1]
+    assert fake.log == [("enter device", 1), ("wrap stream", 0x1001, 1), ("enter stream", 0x1001),
+                        ("body", 1), ("exit stream", 0x1001), ("exit device", 1)]
+
+
+def test_cpu_tensor_enters_no_device(monkeypatch):
+    fake = _FakeCuda(monkeypatch, from_external=True)
+    with ft._stream_of(torch.ones(2)):
+        pass
+    assert fake.log == [] and fake.requested == []
+
+
+def _cuda_devices_or_skip():
+    if not torch.cuda.is_available():
+        pytest.skip("PyTorch has no CUDA device")
+    from _helpers import import_cupy_or_skip
+    if not import_cupy_or_skip().cuda.is_available():
+        pytest.skip("CuPy has no CUDA device")
+    return torch.cuda.device_count()
+
+
+@pytest.mark.parametrize("device_index", [0, 1])
+def test_cuda_tensors_on_a_side_stream(device_index):
+    """On a GPU: values and gradients on PyTorch's side stream of the tensor's device (device
+    1 while device 0 is current, where there are two)."""
+    if _cuda_devices_or_skip() <= device_index:
+        pytest.skip(f"needs {device_index + 1} CUDA devices")
+    device = torch.device("cuda", device_index)
+    stream = torch.cuda.Stream(device)
+    for ours, theirs, kind, kwargs in CASES.values():
+        x, target = _inputs(kind, shape=(257, 3))
+        gx = x.detach().to(device).requires_grad_()
+        gkw = {k: v.to(device) for k, v in kwargs.items()}
+        with torch.cuda.stream(stream):  # the side stream of the tensor's device ...
+            with torch.cuda.device(0):  # ... while device 0 is current
+                loss = ours(gx, target.to(device), **gkw)
+                loss.backward()
+        stream.synchronize()
+        want = theirs(x, target, **kwargs)
+        want.backward()
+        assert loss.device == device and gx.grad.device == device
+        torch.testing.assert_close(loss.cpu(), want.detach(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(gx.grad.cpu(), x.grad, rtol=1e-12, atol=1e-12)

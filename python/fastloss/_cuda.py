@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import tempfile
 import threading
 from pathlib import Path
@@ -52,10 +53,14 @@ from ._weights import grad_weight, periodic_weight, split_grad_output, type_name
 
 # Threads per block (must equal kThreads in cuda/losses.cu) and the most blocks of a launch.
 # The grid is a function of N alone (not of the device): a reduction's summation order, and so
-# its bits, is the same on every GPU. 1024 x 256 threads fill an H100 (132 SMs x 2048 threads)
-# in about one wave; each thread then walks the array with a grid stride.
+# its bits, is the same on every GPU; each thread walks the array with a grid stride. As the
+# grid cannot be sized to a device's resident blocks, it is made many waves deep, so the
+# ragged last one costs little: the kernels use 30-62 registers (4-8 resident blocks of 256
+# per SM), which on an H100 (132 SMs) makes 8192 blocks 7.8-15.5 waves, at least 94% of the
+# time of whole waves (1024 blocks were 1.3-1.9 waves: down to 65%). tests/test_cuda.py checks this
+# against ptxas's register counts, and that no kernel spills.
 THREADS = 256
-MAX_BLOCKS = 1024
+MAX_BLOCKS = 8192
 # Elements per 16-byte group (kWidth in cuda/losses.cu): 4 float32 or 2 float64.
 _GROUP = {"float32": 4, "float64": 2}
 
@@ -188,8 +193,9 @@ def nvrtc_compile(source, options, name_expressions, arch, kind=None):
 
     ``arch`` is a compute capability as an int (90 for sm_90); ``kind`` None picks what the
     run-time path loads (a cubin if this NVRTC supports ``arch``, else PTX), 'ptx' forces PTX
-    for ``compute_<arch>``. Returns ``(binary, kind, lowered)``: the cubin or PTX bytes, 'cubin'
-    or 'ptx', and the mangled name of each name expression. Raises CompileError with the log.
+    for ``compute_<arch>``. Returns ``(binary, kind, lowered)``: the cubin (whole: see
+    ``complete_cubin``; PTX when it cannot be made whole) or PTX bytes, 'cubin' or 'ptx', and
+    the mangled name of each name expression. Raises CompileError with the log.
     """
     from cupy.cuda import nvrtc
     if kind == "ptx":
@@ -208,13 +214,86 @@ def nvrtc_compile(source, options, name_expressions, arch, kind=None):
             log = nvrtc.getProgramLog(program)
             raise CompileError(f"NVRTC failed to compile cuda/losses.cu ({error}) with options "
                                f"{list(options) + [target]}:\n{log}") from None
-        binary = nvrtc.getCUBIN(program) if kind == "cubin" else nvrtc.getPTX(program)
+        binary = None
+        if kind == "cubin":
+            binary = complete_cubin(nvrtc.getCUBIN(program))
+            if binary is None:  # not whole for certain: the driver compiles the PTX instead
+                kind = "ptx"
+        if binary is None:
+            binary = nvrtc.getPTX(program)
         if isinstance(binary, str):
             binary = binary.encode()
         lowered = {name: nvrtc.getLoweredName(program, name) for name in name_expressions}
     finally:
         nvrtc.destroyProgram(program)
     return binary, kind, lowered
+
+
+_SHT_NOBITS = 8  # a section that occupies no bytes of the file (.bss and the like)
+
+
+def _elf_layout(image):
+    """``(size, table_ends)`` of a 64-bit little-endian ELF image, or None when ``image`` does
+    not start with such headers. ``size`` is the length its headers give it (the end of its
+    last header table, section or segment); ``table_ends`` maps the end offset of the program
+    and the section header table to the size of one entry."""
+    if len(image) < 64 or image[:4] != b"\x7fELF" or image[4] != 2 or image[5] != 1:
+        return None
+    phoff, shoff = struct.unpack_from("<QQ", image, 32)
+    ehsize, phentsize, phnum, shentsize, shnum = struct.unpack_from("<5H", image, 52)
+    table_ends = {phoff + phnum * phentsize: phentsize, shoff + shnum * shentsize: shentsize}
+    ends = [ehsize, *table_ends]
+    # Only fields that end at least 16 bytes before their entry does are read, so a table cut
+    # short by a byte still gives every entry.
+    try:
+        for i in range(shnum):
+            entry = shoff + i * shentsize
+            (sh_type,) = struct.unpack_from("<I", image, entry + 4)
+            sh_offset, sh_size = struct.unpack_from("<QQ", image, entry + 24)
+            if sh_type != _SHT_NOBITS:
+                ends.append(sh_offset + sh_size)
+        for i in range(phnum):
+            entry = phoff + i * phentsize
+            (p_offset,) = struct.unpack_from("<Q", image, entry + 8)
+            (p_filesz,) = struct.unpack_from("<Q", image, entry + 32)
+            ends.append(p_offset + p_filesz)
+    except struct.error:  # a table starts past the end of the image
+        return None
+    return max(ends), table_ends
+
+
+def elf_image_size(image):
+    """The length an ELF image's headers give it, or None when it is not a 64-bit
+    little-endian ELF image (a cubin is one)."""
+    layout = _elf_layout(image)
+    return None if layout is None else layout[0]
+
+
+def complete_cubin(image):
+    """The whole cubin from what ``cupy.cuda.nvrtc.getCUBIN`` returned, or None.
+
+    CuPy (14.2 at least) drops the image's last byte, taking it for the NUL that ends PTX text;
+    a cubin file one byte short is read past its end or rejected when the driver loads it. The
+    byte is known when the image ends with its program or section header table: it is the
+    most significant byte of the last entry's p_align or sh_entsize, 8-byte little-endian
+    fields that are 0 there for any value below 2**56. An image its headers say is whole (a
+    CuPy that keeps the byte) is returned as it is; any other is None (not repairable for
+    certain).
+    """
+    layout = _elf_layout(image)
+    if layout is None:
+        return None
+    size, table_ends = layout
+    if size == len(image):
+        return image
+    if size == len(image) + 1 and table_ends.get(size) in (56, 64):  # Elf64_Phdr, Elf64_Shdr
+        return image + b"\0"
+    return None
+
+
+# Part of the disk cache key: bumped whenever what a cached file holds changes meaning, so that
+# files an older fastloss wrote are never loaded. 2: cubins are whole (1: one byte short).
+_CACHE_FORMAT = 2
 
 
 def _cache_dir():
@@ -257,19 +336,24 @@ def _module_file(family, dtype_name, arch):
     from cupy.cuda import nvrtc
     source, options, _ = kernel_sources_and_options()
     names = _module_names(family, dtype_name)
-    target, kind = _nvrtc_target(int(arch))
+    target, _ = _nvrtc_target(int(arch))
     key = hashlib.sha256(json.dumps([
-        source, _headers_fingerprint(include_dir()), list(options), names, target,
-        list(nvrtc.getVersion())]).encode()).hexdigest()[:40]
-    binary_name, map_name = f"{key}.{kind}", f"{key}.json"
+        _CACHE_FORMAT, source, _headers_fingerprint(include_dir()), list(options), names,
+        target, list(nvrtc.getVersion())]).encode()).hexdigest()[:40]
+    map_name = f"{key}.json"
     cache = _cache_dir()
     try:
         lowered = json.loads((cache / map_name).read_text())
-        if (cache / binary_name).is_file() and set(lowered) == set(names):
-            return cache / binary_name, lowered
+        if set(lowered) == set(names):
+            # a cubin, or PTX where the cubin could not be made whole (complete_cubin)
+            for kind in ("cubin", "ptx"):
+                path = cache / f"{key}.{kind}"
+                if path.is_file() and (kind == "ptx" or _is_whole_elf(path.read_bytes())):
+                    return path, lowered
     except (OSError, ValueError):
         pass
     binary, kind, lowered = nvrtc_compile(source, options, names, arch)
+    binary_name = f"{key}.{kind}"
     for directory in (cache, None):
         if directory is None:  # the cache is not writable: a private directory for this process
             if _private_dir is None:
@@ -284,6 +368,10 @@ def _module_file(family, dtype_name, arch):
             if directory is _private_dir:
                 raise
     raise AssertionError("unreachable")
+
+
+def _is_whole_elf(image):
+    return elf_image_size(image) == len(image)
 
 
 _kernels: dict[tuple, dict] = {}  # (family, dtype, arch) -> {name expression: cupy.RawKernel}
@@ -358,6 +446,12 @@ def _require_contiguous(a, name):
     if not a.flags.c_contiguous:
         raise ValueError(f"{name} is not C-contiguous; fastloss does not copy arrays on the GPU: "
                          f"pass cupy.ascontiguousarray({name}) (one copy) instead")
+    _require_aligned(a, name)
+
+
+def _require_aligned(a, name):
+    # a misaligned load faults on the GPU (DLPack and __cuda_array_interface__ can deliver
+    # any address)
     if a.data.ptr % a.itemsize:
         raise ValueError(f"{name} is not aligned to its element size")
 
@@ -377,7 +471,8 @@ def _require_no_partial_overlap(out, a, name):
 
 
 def _output_like(cp, out, like, like_name, inputs):
-    """Checks a caller's out= buffer (or allocates one on like's device)."""
+    """Checks a caller's out= buffer, or allocates one (on the current device: call it under
+    like.device)."""
     if out is None:
         return cp.empty(like.shape, dtype=like.dtype)
     out = _require_array(cp, out, "out")
@@ -463,8 +558,21 @@ def loss_pass(op, want_loss, want_grad, input, target, weight, pos_weight, reduc
         raise ValueError("unknown loss op")
     reduction_code(reduction)  # raises ValueError for an unknown reduction
     input, target = _check_pair(cp, input, "input", target, "target")
+    # CuPy allocates on the current device, which need not be the input's: every buffer of
+    # the call (outputs, the loss, weights, weight * grad_output) and every launch go there.
+    with input.device:
+        return _loss_pass_on_device(cp, op, want_loss, want_grad, input, target, weight,
+                                    pos_weight, reduction, grad_output, out)
+
+
+def _loss_pass_on_device(cp, op, want_loss, want_grad, input, target, weight, pos_weight,
+                         reduction, grad_output, out):
     n = input.size
     reduce = reduction != "none"
+    # the kernels and CuPy's own (tile, multiply) read them as arrays of T
+    for array, name in ((weight, "weight"), (pos_weight, "pos_weight")):
+        if isinstance(array, cp.ndarray):
+            _require_aligned(array, name)
 
     gradient_weight = None  # an array grad_output (reduction='none'), times weight
     scale = 1.0
@@ -472,6 +580,7 @@ def loss_pass(op, want_loss, want_grad, input, target, weight, pos_weight, reduc
         scale, grad_array = split_grad_output(cp, grad_output, input, reduction,
                                               _require_same_device)
         if grad_array is not None:
+            _require_aligned(grad_array, "grad_output")
             gradient_weight = grad_weight(cp, weight, grad_array, input, _require_same_device)
     if reduction == "mean" and n > 0:
         scale = scale / n
@@ -484,21 +593,24 @@ def loss_pass(op, want_loss, want_grad, input, target, weight, pos_weight, reduc
     grad = None
     if want_grad:
         inputs = [(input, "input"), (target, "target")]
-        for buffer in (weight_buffer, pos_weight_buffer):
+        for buffer, name in ((weight_buffer, "weight"), (pos_weight_buffer, "pos_weight")):
             if buffer is not None:
-                inputs.append((buffer, "a weight"))
+                inputs.append((buffer, name))
         grad = _output_like(cp, out, input, "input", inputs)
     loss = None
 
     if gradient_weight is not None:
         # reduction='none' with an array grad_output: the gradient's weight is
         # weight * grad_output, the loss's is weight alone, so the loss (if wanted) takes a
-        # pass of its own (as on the CPU).
+        # pass of its own (as on the CPU), made first: out may be the input.
+        grad_buffer = periodic_weight(cp, gradient_weight, input, "grad_output")
+        # grad_output itself when no copy was needed: one thread would write elements that
+        # another still has to read (the CPU path refuses this too)
+        _require_no_partial_overlap(grad, grad_buffer, "grad_output")
         if want_loss:
             loss = cp.empty(input.shape, dtype=input.dtype)
             _run_pass(cp, op, _ELEMENTWISE, input, target, weight_buffer, pos_weight_buffer,
                       1.0, loss, None, reduction)
-        grad_buffer = periodic_weight(cp, gradient_weight, input, "grad_output")
         _run_pass(cp, op, _GRAD, input, target, grad_buffer, pos_weight_buffer, scale, None,
                   grad, reduction)
         return (loss, grad) if want_loss else grad
@@ -524,11 +636,11 @@ def sigmoid(input, out):
     x = _require_array(cp, input, "input")
     _require_float_dtype(x, "input")
     _require_contiguous(x, "input")
-    out = _output_like(cp, out, x, "input", [(x, "input")])
     n = x.size
-    if n:
-        dtype_name = x.dtype.name
-        with x.device:
+    with x.device:  # the output is allocated on the current device
+        out = _output_like(cp, out, x, "input", [(x, "input")])
+        if n:
+            dtype_name = x.dtype.name
             kernel = _kernel("sigmoid", dtype_name, f"fastloss::gpu::sigmoid<{_CTYPE[dtype_name]}>",
                              x.device)
             kernel((_grid(n, dtype_name),), (THREADS,), (np.int64(n), x, out))
@@ -538,11 +650,11 @@ def sigmoid(input, out):
 def sigmoid_backward(grad_output, output, out):
     cp = _cupy()
     g, y = _check_pair(cp, grad_output, "grad_output", output, "output")
-    out = _output_like(cp, out, g, "grad_output", [(g, "grad_output"), (y, "output")])
     n = g.size
-    if n:
-        dtype_name = g.dtype.name
-        with g.device:
+    with g.device:  # the output is allocated on the current device
+        out = _output_like(cp, out, g, "grad_output", [(g, "grad_output"), (y, "output")])
+        if n:
+            dtype_name = g.dtype.name
             kernel = _kernel("sigmoid", dtype_name,
                              f"fastloss::gpu::sigmoid_backward<{_CTYPE[dtype_name]}>", g.device)
             kernel((_grid(n, dtype_name),), (THREADS,), (np.int64(n), g, y, out))

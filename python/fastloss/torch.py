@@ -69,11 +69,29 @@ def _check_deprecated(size_average, reduce):
 
 
 def _stream_of(tensor):
-    """A context that makes CuPy launch on the tensor's current CUDA stream (a no-op on CPU)."""
+    """A context in which CuPy works on the tensor's device and launches on PyTorch's current
+    stream of that device (a no-op for CPU tensors)."""
     if tensor.device.type != "cuda":
         return contextlib.nullcontext()
+    return _cuda_device_and_stream(tensor.device)
+
+
+@contextlib.contextmanager
+def _cuda_device_and_stream(device):
     import cupy
-    return cupy.cuda.ExternalStream(torch.cuda.current_stream(tensor.device).cuda_stream)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    # The device first: CuPy gives a stream it wraps the current device, and refuses to make
+    # current a stream of another device.
+    with cupy.cuda.Device(index):
+        with _cupy_stream(cupy, torch.cuda.current_stream(index), index):
+            yield
+
+
+def _cupy_stream(cupy, torch_stream, index):
+    """PyTorch's stream as a CuPy stream of device ``index`` (call under that device)."""
+    if hasattr(cupy.cuda.Stream, "from_external") and hasattr(torch_stream, "__cuda_stream__"):
+        return cupy.cuda.Stream.from_external(torch_stream)  # CuPy >= 14 deprecates the other
+    return cupy.cuda.ExternalStream(torch_stream.cuda_stream, device_id=index)
 
 
 class _FusedLoss(torch.autograd.Function):
@@ -87,12 +105,15 @@ class _FusedLoss(torch.autograd.Function):
         if target.device != input.device:
             raise ValueError(f"target is on {target.device} but input is on {input.device}")
         extra = {} if pos_weight is None else {"pos_weight": pos_weight}
+        # the results become tensors there too: CuPy's stream is then PyTorch's, and DLPack
+        # needs no event between the two
         with _stream_of(input):
             loss, grad = and_grad(_as_array(input, "input"), _as_array(target, "target"),
                                   weight=weight, reduction=reduction, **extra)
+            loss, grad = _as_tensor(loss, input.device), _as_tensor(grad, input.device)
         ctx.reduction = reduction
-        ctx.save_for_backward(_as_tensor(grad, input.device))
-        return _as_tensor(loss, input.device)
+        ctx.save_for_backward(grad)
+        return loss
 
     @staticmethod
     @once_differentiable
@@ -150,7 +171,7 @@ class _Sigmoid(torch.autograd.Function):
         with _stream_of(output):
             grad = F.sigmoid_backward(_as_array(grad_output, "grad_output"),
                                       _as_array(output, "output"))
-        return _as_tensor(grad, output.device)
+            return _as_tensor(grad, output.device)
 
 
 def sigmoid(input):
