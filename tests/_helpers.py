@@ -487,6 +487,8 @@ def import_cupy_or_skip():
     try:
         import cupy
     except ImportError as error:
+        if os.environ.get("FASTLOSS_TEST_REQUIRE_NVRTC") == "1":  # CI: see tests/test_cuda.py
+            pytest.fail(f"FASTLOSS_TEST_REQUIRE_NVRTC=1 but cupy is not importable ({error})")
         pytest.skip(f"cupy is not importable ({type(error).__name__}: {error})")
     return cupy
 

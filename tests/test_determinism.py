@@ -137,19 +137,30 @@ def test_repeated_calls_give_identical_bits(dtype):
 
 
 # ---- the portable kernels (FASTLOSS_ISA=baseline) -----------------------------------------------
+# Serial and parallel sizes (the threshold is 32768), one chunk and a ragged tail past it
+# (chunks of 8192), and a 2-D shape whose trailing weights cross chunks at odd places.
+BASELINE_SHAPES = [(1000,), (8193,), (32_769,), (100_003,), (97, 1031)]
+SIGMOID_SIZES = (1001, 100_001)
+
+
 def baseline_cases():
-    """Deterministic (key, op, x, y, weight, pos_weight, reduction) cases for the baseline run."""
+    """Deterministic (key, op, x, y, weight, pos_weight, reduction) cases for the baseline run,
+    each unweighted and weighted (full-shape weights for 1-D, trailing ones for 2-D)."""
     for op in OPS:
         for dtype in DTYPES:
-            for shape in [(1000,), (100_003,), (97, 1031)]:
-                for reduction in ("mean", "sum", "none"):
-                    shape_id = "x".join(map(str, shape))
-                    key = f"{op.name}-{np.dtype(dtype).name}-{shape_id}-{reduction}"
-                    rng = np.random.default_rng(seed_for("baseline", key))
-                    x, y = make_inputs(op.name, shape, dtype, rng, soft=True)
-                    w = make_weight("trailing" if len(shape) > 1 else None, shape, dtype, rng)
-                    pw = make_weight("trailing", shape, dtype, rng) if op.has_pos_weight else None
-                    yield key, op, x, y, w, pw, reduction
+            for shape in BASELINE_SHAPES:
+                for weighted in (False, True):
+                    for reduction in ("mean", "sum", "none"):
+                        shape_id = "x".join(map(str, shape))
+                        key = (f"{op.name}-{np.dtype(dtype).name}-{shape_id}-{reduction}"
+                               f"-{'weighted' if weighted else 'plain'}")
+                        rng = np.random.default_rng(seed_for("baseline", key))
+                        x, y = make_inputs(op.name, shape, dtype, rng, soft=True)
+                        kind = ("trailing" if len(shape) > 1 else "full") if weighted else None
+                        w = make_weight(kind, shape, dtype, rng)
+                        pw = (make_weight(kind, shape, dtype, rng)
+                              if op.has_pos_weight and weighted else None)
+                        yield key, op, x, y, w, pw, reduction
 
 
 BASELINE_CODE = r"""
@@ -167,10 +178,11 @@ for key, op, x, y, w, pw, reduction in td.baseline_cases():
     results[key + "|fused_loss"] = np.asarray(loss)
     results[key + "|fused_grad"] = grad
 for dtype in (np.float32, np.float64):
-    s = np.linspace(-40, 40, 100_001).astype(dtype)
-    results["sigmoid-" + np.dtype(dtype).name] = fastloss.sigmoid(s)
-    results["sigmoid_backward-" + np.dtype(dtype).name] = fastloss.sigmoid_backward(
-        s, fastloss.sigmoid(s))
+    for n in td.SIGMOID_SIZES:
+        s = np.linspace(-120, 120, n).astype(dtype)
+        name = f"{np.dtype(dtype).name}-{n}"
+        results["sigmoid-" + name] = fastloss.sigmoid(s)
+        results["sigmoid_backward-" + name] = fastloss.sigmoid_backward(s, fastloss.sigmoid(s))
 np.savez(sys.argv[2], **results)
 print(fastloss._cpu.build_info()["isa"], fastloss._cpu.build_info()["max_threads"])
 """
@@ -206,13 +218,14 @@ def test_baseline_matches_reference(baseline_results):
             op.check_grad(results[f"{key}|{name}"], x, y, w, pw, reduction, 0.625,
                           what=f"baseline {key} {name}")
         checked += 1
-    assert checked == 54
+    assert checked == len(OPS) * len(DTYPES) * len(BASELINE_SHAPES) * 2 * 3
     for dtype in DTYPES:
-        name = np.dtype(dtype).name
-        s = np.linspace(-40, 40, 100_001).astype(dtype)
-        assert_elementwise_close(results[f"sigmoid-{name}"], R.sigmoid(s), dtype)
-        assert_elementwise_close(results[f"sigmoid_backward-{name}"],
-                                 R.sigmoid_backward(s, results[f"sigmoid-{name}"]), dtype)
+        for n in SIGMOID_SIZES:
+            name = f"{np.dtype(dtype).name}-{n}"
+            s = np.linspace(-120, 120, n).astype(dtype)
+            assert_elementwise_close(results[f"sigmoid-{name}"], R.sigmoid(s), dtype)
+            assert_elementwise_close(results[f"sigmoid_backward-{name}"],
+                                     R.sigmoid_backward(s, results[f"sigmoid-{name}"]), dtype)
 
 
 def test_baseline_same_bits_for_any_thread_count(baseline_results):
