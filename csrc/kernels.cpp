@@ -9,7 +9,7 @@
 #include <omp.h>
 #endif
 
-#include "fastloss/elementwise.h"
+#include "fastloss/loss_pass.h"
 #include "kernels.h"
 
 #ifndef FASTLOSS_ISA
@@ -21,6 +21,7 @@ namespace FASTLOSS_ISA {
 namespace {
 
 namespace ew = fastloss::elementwise;
+using pass::Wants;
 
 constexpr int kTileSize = 256;  // per-element terms are staged in an L1 tile, then accumulated
 
@@ -44,17 +45,7 @@ struct LaneSums {
 
   void add(int k, double term) {
     if (kCompensated) {
-      const double y = term - compensation[k];
-      const double t = sum[k] + y;
-      const double lost = (t - sum[k]) - y;
-      // Once the sum is infinite, lost is inf or NaN and would make the next t NaN: drop it
-      // so an infinite loss stays inf (a NaN term still makes the sum NaN through t). Testing
-      // t, not lost, keeps the test off the dependency chain.
-      compensation[k] = t - t == 0.0 ? lost : 0.0;
-#ifdef FASTLOSS_PLANTED_FAULT_KAHAN_DROPPED
-      compensation[k] = 0.0;
-#endif
-      sum[k] = t;
+      pass::compensated_add(sum[k], compensation[k], term);
     } else {
       sum[k] += term;
     }
@@ -104,13 +95,9 @@ int for_each_chunk(std::int64_t n, ChunkFn chunk) {
 
 template <class T, class Op, PassOutputs kOutputs, bool kWeighted>
 struct LossPassKernel {
-  static constexpr bool kSum = kOutputs == PassOutputs::Sum || kOutputs == PassOutputs::SumAndGrad;
-  static constexpr bool kElementwise =
-      kOutputs == PassOutputs::Elementwise || kOutputs == PassOutputs::ElementwiseAndGrad;
-  static constexpr bool kLoss = kSum || kElementwise;
-  static constexpr bool kGrad = kOutputs == PassOutputs::SumAndGrad ||
-                                kOutputs == PassOutputs::ElementwiseAndGrad ||
-                                kOutputs == PassOutputs::Grad;
+  static constexpr bool kSum = Wants<kOutputs>::kSum;
+  static constexpr bool kElementwise = Wants<kOutputs>::kElementwise;
+  static constexpr bool kGrad = Wants<kOutputs>::kGrad;
 
   // Squared error is a handful of instructions per element: its sums are accumulated straight
   // into the lanes (27 % faster than staging them through the tile, measured). The BCE loops
@@ -150,39 +137,19 @@ struct LossPassKernel {
   // The input is read once, before any write: out may be the input itself.
   double element(std::int64_t begin, int j, const T* w, const T* pw, int& out_of_range) const {
     const T xj = p.input[begin + j];
-#ifndef FASTLOSS_PLANTED_FAULT_BCE_RANGE_FLAG_IGNORED
-    if constexpr (Op::kInputIsProbability) out_of_range |= ew::outside_unit_interval(xj);
-#endif
     const T yj = p.target[begin + j];
-    const double scale = p.grad_scale;
-    const double wj = kWeighted ? static_cast<double>(w[j]) : 1.0;
-    const T pwj = kWeighted ? pw[j] : T(1);
-    double loss = 0.0;
-    double grad = 0.0;
-    if constexpr (kLoss && kGrad) {
-      const ew::LossAndGrad both = Op::loss_and_grad(xj, yj, pwj);
-      loss = both.loss;
-      grad = both.grad;
-    } else if constexpr (kLoss) {
-      loss = Op::loss(xj, yj, pwj);
-    } else {
-      grad = Op::grad(xj, yj, pwj);
-    }
+    double loss, grad;
+    pass::element<Op, kOutputs, kWeighted>(xj, yj, kWeighted ? static_cast<double>(w[j]) : 1.0,
+                                           kWeighted ? pw[j] : T(1), p.grad_scale, loss, grad,
+                                           out_of_range);
 #ifdef FASTLOSS_PLANTED_FAULT_BCE_GRAD_PARALLEL
     if (std::is_same<Op, ew::BinaryCrossEntropy>::value && std::is_same<T, float>::value &&
         omp_in_parallel() && xj > T(0.01) && xj < T(0.99)) {
       grad *= 1.5;
     }
 #endif
-    if constexpr (kLoss) {
-#ifdef FASTLOSS_PLANTED_FAULT_FUSED_LOSS_UNWEIGHTED
-      if (kWeighted && !kGrad) loss *= wj;
-#else
-      if (kWeighted) loss *= wj;
-#endif
-      if constexpr (kElementwise) p.loss_out[begin + j] = static_cast<T>(loss);
-    }
-    if constexpr (kGrad) p.grad_out[begin + j] = static_cast<T>(grad * (kWeighted ? wj * scale : scale));
+    if constexpr (kElementwise) p.loss_out[begin + j] = static_cast<T>(loss);
+    if constexpr (kGrad) p.grad_out[begin + j] = static_cast<T>(grad);
     return loss;
   }
 
@@ -252,10 +219,12 @@ LossPassResult run_op(PassOutputs outputs, const LossPass<T>& p) {
 template <class T>
 LossPassResult run_loss_pass_impl(LossOp op, PassOutputs outputs, const LossPass<T>& p) {
   switch (op) {
-    case LossOp::SquaredError: return run_op<T, ew::SquaredError>(outputs, p);
-    case LossOp::BinaryCrossEntropy: return run_op<T, ew::BinaryCrossEntropy>(outputs, p);
+    case LossOp::SquaredError:
+      return run_op<T, pass::OpOf<LossOp::SquaredError>::type>(outputs, p);
+    case LossOp::BinaryCrossEntropy:
+      return run_op<T, pass::OpOf<LossOp::BinaryCrossEntropy>::type>(outputs, p);
     case LossOp::BinaryCrossEntropyWithLogits:
-      return run_op<T, ew::BinaryCrossEntropyWithLogits>(outputs, p);
+      return run_op<T, pass::OpOf<LossOp::BinaryCrossEntropyWithLogits>::type>(outputs, p);
   }
   return LossPassResult{0.0, false};
 }

@@ -7,18 +7,9 @@
 
 #include <cstdint>
 
+#include "fastloss/codes.h"
+
 namespace fastloss {
-
-enum class LossOp : int { SquaredError = 0, BinaryCrossEntropy = 1, BinaryCrossEntropyWithLogits = 2 };
-
-// What one pass over the elements produces.
-enum class PassOutputs : int {
-  Sum,                 // the (weighted) sum of per-element losses
-  SumAndGrad,          // that sum, and the gradient written to grad_out
-  Elementwise,         // per-element losses written to loss_out
-  ElementwiseAndGrad,  // both arrays
-  Grad,                // the gradient only
-};
 
 // Deterministic reduction, the why and the bound.
 // The n elements are cut into chunks of kChunkSize, a constant: chunk boundaries depend on n

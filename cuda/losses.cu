@@ -1,8 +1,10 @@
 // fastloss CUDA kernels, compiled at run time by NVRTC through cupy.RawModule (see
 // python/fastloss/_cuda.py, which also lists every template instantiation it asks for).
 //
-// The per-element math is the shared header's (csrc/include/fastloss/elementwise.h, installed
-// as fastloss/include/fastloss/): this file only adds the parallel structure.
+// The per-element math and the body of a loss pass are the shared headers' (csrc/include/
+// fastloss/elementwise.h and loss_pass.h, installed as fastloss/include/fastloss/): this file
+// only adds the parallel structure, loads and stores. The launch geometry comes from _cuda.py
+// as -D options: FASTLOSS_CUDA_THREADS (threads per block) and FASTLOSS_CUDA_GROUP_BYTES.
 //
 // Rules for this file:
 // - No standard headers (NVRTC has none): `long long`, not <cstdint>.
@@ -21,31 +23,24 @@
 // float64 input, like the CPU kernels), the block combines its threads by warp shuffles and a
 // fixed sequential pass over the warp sums, and writes one partial per block; finish_sum (one
 // block) then adds the partials in a fixed order and divides by N for 'mean' on the device.
-#include "fastloss/elementwise.h"
+#include "fastloss/loss_pass.h"
+
+#if !defined(FASTLOSS_CUDA_THREADS) || !defined(FASTLOSS_CUDA_GROUP_BYTES)
+#error "compile with -DFASTLOSS_CUDA_THREADS=... -DFASTLOSS_CUDA_GROUP_BYTES=... (see _cuda.py)"
+#endif
 
 namespace fastloss {
 namespace gpu {
 
 namespace ew = fastloss::elementwise;
 
-// Threads per block of every kernel here (a multiple of the warp size; _cuda.py launches
-// with the same number).
-const int kThreads = 256;
-
-// Which outputs a loss pass produces: the codes of fastloss::PassOutputs (csrc/kernels.h).
-const int kSum = 0;
-const int kSumAndGrad = 1;
-const int kElementwise = 2;
-const int kElementwiseAndGrad = 3;
-const int kGrad = 4;
-
-// Loss ops by the codes of fastloss::LossOp (csrc/kernels.h) and _numpy_backend.py.
-template <int kOp> struct OpOf;
-template <> struct OpOf<0> { typedef ew::SquaredError type; };
-template <> struct OpOf<1> { typedef ew::BinaryCrossEntropy type; };
-template <> struct OpOf<2> { typedef ew::BinaryCrossEntropyWithLogits type; };
+// Threads per block of every kernel here (a multiple of the warp size).
+const int kThreads = FASTLOSS_CUDA_THREADS;
+static_assert(kThreads % 32 == 0, "whole warps");
 
 // ---- 16-byte groups ---------------------------------------------------------------------------
+// A group is one vector load per array: float4 or double2.
+static_assert(FASTLOSS_CUDA_GROUP_BYTES == 16, "the loads below are 16-byte vectors");
 template <class T> struct Vec;
 template <> struct Vec<float> {
   static const int kWidth = 4;
@@ -114,9 +109,7 @@ __device__ __forceinline__ void store_group(T* a, long long base, long long n, b
 // ---- per-thread accumulation ------------------------------------------------------------------
 // float32 input: plain double sum (N / 2^21 terms per thread at the largest grid, 8192 x 256
 // threads: 1024 for N = 2^31; relative error far below a float32 ulp). float64 input:
-// Kahan-compensated, like the CPU kernels. The compensation is reset where the running sum is
-// not finite, so an infinite term gives an infinite sum (uncompensated Kahan would turn it
-// into inf - inf = NaN).
+// Kahan-compensated, like the CPU kernels (pass::compensated_add).
 template <class T>
 struct Accumulator {
   double sum;
@@ -129,14 +122,7 @@ struct Accumulator<double> {
   double sum;
   double compensation;
   __device__ __forceinline__ Accumulator() : sum(0.0), compensation(0.0) {}
-  __device__ __forceinline__ void add(double term) {
-    const double y = term - compensation;
-    const double t = sum + y;
-    const double c = (t - sum) - y;
-    const double finite_limit = 1.7976931348623157e308;  // DBL_MAX; NaN compares false too
-    compensation = t <= finite_limit ? (t >= -finite_limit ? c : 0.0) : 0.0;
-    sum = t;
-  }
+  __device__ __forceinline__ void add(double term) { pass::compensated_add(sum, compensation, term); }
   __device__ __forceinline__ double total() const { return sum - compensation; }
 };
 
@@ -178,11 +164,11 @@ __global__ void __launch_bounds__(kThreads)
 loss_pass(long long n, const T* input, const T* target, const T* weight, long long weight_period,
           const T* pos_weight, long long pos_weight_period, T* loss_out, T* grad_out,
           double grad_scale, double* block_sums, int* out_of_range) {
-  typedef typename OpOf<kOp>::type Op;
-  const bool kWantSum = kOutputs == kSum || kOutputs == kSumAndGrad;
-  const bool kWantElementwise = kOutputs == kElementwise || kOutputs == kElementwiseAndGrad;
-  const bool kWantLoss = kWantSum || kWantElementwise;
-  const bool kWantGrad = kOutputs == kSumAndGrad || kOutputs == kElementwiseAndGrad || kOutputs == kGrad;
+  const PassOutputs kPass = static_cast<PassOutputs>(kOutputs);
+  typedef typename pass::OpOf<static_cast<LossOp>(kOp)>::type Op;
+  const bool kWantSum = pass::Wants<kPass>::kSum;
+  const bool kWantElementwise = pass::Wants<kPass>::kElementwise;
+  const bool kWantGrad = pass::Wants<kPass>::kGrad;
   const int W = Vec<T>::kWidth;
 
   const long long groups = (n + W - 1) / W;
@@ -218,29 +204,11 @@ loss_pass(long long n, const T* input, const T* target, const T* weight, long lo
           wk = static_cast<double>(weight[wrap(w_offset + k, weight_period)]);
           pwk = pos_weight[wrap(pw_offset + k, pos_weight_period)];
         }
-        double loss = 0.0;
-        double grad = 0.0;
-        if constexpr (kWantLoss && kWantGrad) {
-          const ew::LossAndGrad both = Op::loss_and_grad(x[k], y[k], pwk);
-          loss = both.loss;
-          grad = both.grad;
-        } else if constexpr (kWantLoss) {
-          loss = Op::loss(x[k], y[k], pwk);
-        } else {
-          grad = Op::grad(x[k], y[k], pwk);
-        }
-        if constexpr (kWantLoss) {
-          if (kWeighted) loss *= wk;
-          if constexpr (kWantSum) {
-            acc.add(loss);
-          } else {
-            loss_values[k] = static_cast<T>(loss);
-          }
-        }
-        if constexpr (kWantGrad) {
-          grad_values[k] = static_cast<T>(grad * (kWeighted ? wk * grad_scale : grad_scale));
-        }
-        if constexpr (Op::kInputIsProbability) bad |= ew::outside_unit_interval(x[k]);
+        double loss, grad;
+        pass::element<Op, kPass, kWeighted>(x[k], y[k], wk, pwk, grad_scale, loss, grad, bad);
+        if constexpr (kWantSum) acc.add(loss);
+        if constexpr (kWantElementwise) loss_values[k] = static_cast<T>(loss);
+        if constexpr (kWantGrad) grad_values[k] = static_cast<T>(grad);
       }
     }
     if constexpr (kWantElementwise) store_group(loss_out, base, n, whole, loss_values);
@@ -257,7 +225,7 @@ loss_pass(long long n, const T* input, const T* target, const T* weight, long lo
     const double total = block_sum(acc.total());
     if (threadIdx.x == 0) block_sums[blockIdx.x] = total;
   }
-  if constexpr (OpOf<kOp>::type::kInputIsProbability) {
+  if constexpr (Op::kInputIsProbability) {
     // A block-wide OR, then one integer atomic per block that found something.
     if (__syncthreads_or(bad) && threadIdx.x == 0) atomicOr(out_of_range, 1);
   }

@@ -115,11 +115,12 @@ def nvrtc_or_skip():
 
 def test_kernel_sources_and_options():
     source, options, names = _cuda.kernel_sources_and_options()
-    assert '#include "fastloss/elementwise.h"' in source
+    assert '#include "fastloss/loss_pass.h"' in source  # the shared pass body and math
     assert "-std=c++17" in options
     includes = [o[2:] for o in options if o.startswith("-I")]
     assert len(includes) == 1
-    assert (Path(includes[0]) / "fastloss" / "elementwise.h").is_file()
+    for header in ("loss_pass.h", "codes.h", "elementwise.h"):
+        assert (Path(includes[0]) / "fastloss" / header).is_file(), header
     assert (Path(includes[0]) / "fastloss" / "scalar_math.h").is_file()
     # IEEE arithmetic: the reduction order and the header's accuracy depend on it
     for forbidden in ("-use_fast_math", "--use_fast_math", "-ftz=true", "--ftz=true"):

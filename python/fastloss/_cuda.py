@@ -61,8 +61,9 @@ from ._weights import grad_weight, periodic_weight, split_grad_output, type_name
 # against ptxas's register counts, and that no kernel spills.
 THREADS = 256
 MAX_BLOCKS = 8192
-# Elements per 16-byte group (kWidth in cuda/losses.cu): 4 float32 or 2 float64.
-_GROUP = {"float32": 4, "float64": 2}
+# Each thread reads groups of consecutive elements with one 16-byte load per array: 4 float32
+# or 2 float64. Both numbers reach cuda/losses.cu as -D options (kernel_sources_and_options).
+GROUP_BYTES = 16
 
 _OPS = (SQUARED_ERROR, BINARY_CROSS_ENTROPY, BINARY_CROSS_ENTROPY_WITH_LOGITS)
 # PassOutputs codes (csrc/kernels.h, cuda/losses.cu)
@@ -157,6 +158,8 @@ def kernel_sources_and_options():
         "-prec-div=true",
         "-prec-sqrt=true",
         "-fmad=false",
+        f"-DFASTLOSS_CUDA_THREADS={THREADS}",
+        f"-DFASTLOSS_CUDA_GROUP_BYTES={GROUP_BYTES}",
     )
     names = []
     for dtype_name in ("float32", "float64"):
@@ -396,7 +399,7 @@ def _kernel(family, dtype_name, name, device):
 
 
 def _grid(n, dtype_name):
-    groups = -(-n // _GROUP[dtype_name])
+    groups = -(-n // (GROUP_BYTES // np.dtype(dtype_name).itemsize))
     return max(1, min(MAX_BLOCKS, -(-groups // THREADS)))
 
 
