@@ -9,12 +9,18 @@ are those of ``bench/gpu.py`` (loaded by path: bench/ is not a package). pytest-
 on the host, so each timed call ends with a synchronisation of its stream; at N >= 2^24 the
 kernels take tens of microseconds or more and the sync adds a few. extra_info: op, impl, dtype,
 n, bytes_moved (inputs read once, outputs written once) and, when timed, gbs.
+
+Every result is asserted after its timing, as on the CPU (bench/result_checks.py, whose checks
+test_result_checks.py runs without a GPU): the loss against the exact mean of host copies of the
+inputs (fastloss within its guarantee, the peers within the bound of a running sum), the array
+element by element against fastloss.reference on a fixed sample of 1e5 elements.
 """
 
 import importlib.util
 from pathlib import Path
 
 import pytest
+from result_checks import GPU_SUMMATION, assert_result, expected_of, host_copy
 
 pytest.importorskip("pytest_benchmark")
 
@@ -63,17 +69,34 @@ def impls():
 
 
 class _LatestInputs:
-    """The device inputs of the latest N only (the cases are ordered size by size)."""
+    """The device inputs of the latest N only (the cases are ordered size by size), and what
+    each op must give on them, made once for all implementations."""
 
     def __init__(self):
         self.inputs = None
+        self._exact, self._expected = {}, {}
 
     def get(self, n):
         if self.inputs is None or self.inputs.n != n:
             self.inputs = None  # frees the old arrays first
+            self._exact, self._expected = {}, {}
             CUPY.get_default_memory_pool().free_all_blocks()
             self.inputs = gpu.DeviceInputs(CUPY, DTYPE, n)
         return self.inputs
+
+    def expected(self, op):
+        from fastloss._bench import exact_mean
+        if op.name not in self._expected:
+            arrays = self.inputs.arrays(op)
+            exact = None
+            if op.reduces:  # mse_loss and mse_loss_and_grad share one
+                key = op.reference.__name__
+                if key not in self._exact:
+                    self._exact[key] = exact_mean(op.reference,
+                                                  tuple(host_copy(a) for a in arrays))
+                exact = self._exact[key]
+            self._expected[op.name] = expected_of(op, arrays, exact)
+        return self._expected[op.name]
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +123,11 @@ def test_bench_gpu(benchmark, impl, op_name, n, impls, inputs_cache):
         return result
 
     benchmark.group = f"gpu {op_name} {DTYPE} N=2^{n.bit_length() - 1}"
-    benchmark.pedantic(run, rounds=ROUNDS, iterations=1, warmup_rounds=3)
+    result = benchmark.pedantic(run, rounds=ROUNDS, iterations=1, warmup_rounds=3)
     info = benchmark.extra_info
     info.update(op=op_name, impl=impl, dtype=DTYPE, n=n,
                 bytes_moved=op.bytes_moved(n, 4))
     if benchmark.stats is not None:  # None when untimed (--benchmark-disable)
         info["gbs"] = info["bytes_moved"] / benchmark.stats.stats.median / 1e9
+    assert_result(op, result, inputs_cache.expected(op), dtype=DTYPE, impl=impl,
+                  summation=GPU_SUMMATION.get(impl))

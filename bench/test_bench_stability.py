@@ -9,13 +9,17 @@ and 2 threads.
 Each case makes one call (the benchmark times it once: the track is about accuracy, the timings
 are elsewhere). extra_info: track, op, impl, data ("random" or the classic failure), n, value,
 exact (math.fsum of float64 terms), rel_error, ulps (of float32 at the exact value). The peers'
-errors are results, not failures; fastloss must stay within one ulp on random data (four on the
-classic failure, whose equal terms share one rounding error of float32 exp/log) and give the same
-bits for any thread count (what tests/ asserts too; here beside the peers). The summary at the end of the
-run lays the errors side by side (bench/conftest.py).
+errors are results: each is only held to the error bound of the way it sums
+(bench/result_checks.py), which a float32 running sum meets even 37.5 % off. fastloss must stay
+within one ulp on random data (four on the classic failure, whose equal terms share one rounding
+error of float32 exp/log) and give the same bits for any thread count (what tests/ asserts too;
+here beside the peers). The summary at the end of the run lays the errors side by side
+(bench/conftest.py).
 """
 
 import pytest
+from result_checks import (CPU_SUMMATION, assert_loss_close, crysx_definition_offset,
+                           peer_loss_bound)
 
 from fastloss import _bench_stability as stability
 from fastloss._bench import (IMPLEMENTATIONS, OPS, Inputs, Unavailable, loss_value, make_case,
@@ -86,6 +90,12 @@ def test_stability(benchmark, data, n, op_name, impl, dataset_cache, record):
         # BCE losses): on the classic failure it does not average out as on random data.
         bound = 4.0 if data == stability.CLASSIC else 1.0
         assert accuracy.ulps <= bound, f"fastloss {op_name} is {accuracy.ulps:.2f} ulp off"
+    else:
+        definition = (crysx_definition_offset(op, inputs.arrays(op)) if impl == "crysx_nn"
+                      else 0.0)
+        assert_loss_close(accuracy.value, accuracy.exact,
+                          peer_loss_bound(CPU_SUMMATION[impl], stability.DTYPE, n, accuracy.exact,
+                                          definition), f"{impl} {op_name} ({data})")
 
 
 def test_same_bits_with_one_and_two_threads(benchmark, record):

@@ -4,9 +4,16 @@ in the backward and writes the gradient; fastloss's forward writes the gradient 
 and its backward returns it.
 
     pytest bench --benchmark -k torch_mse
+
+Both are asserted after the timing: the loss against the exact mean (fastloss within its 1-ulp
+guarantee, PyTorch within the bound of its cascade sum) and x.grad element by element against
+fastloss.reference on a fixed sample (bench/result_checks.py).
 """
 
 import pytest
+from result_checks import CPU_SUMMATION, assert_result, expected_of
+
+from fastloss._bench import OPS, exact_mean
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("pytest_benchmark")
@@ -40,3 +47,8 @@ def test_torch_mse_forward_backward(benchmark, tensors, impl):
     loss = benchmark.pedantic(forward_backward, rounds=9, iterations=1)
     expected = torch.mean((x.detach() - y) ** 2, dtype=torch.float64).item()
     assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+    op, arrays = OPS["mse_loss_and_grad"], (x.detach().numpy(), y.numpy())
+    assert x.grad is not None and x.grad.shape == x.shape and x.grad.dtype == x.dtype
+    assert_result(op, (loss, x.grad), expected_of(op, arrays, exact_mean(op.reference, arrays)),
+                  dtype="float32", impl=impl, summation=CPU_SUMMATION.get(impl))

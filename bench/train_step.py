@@ -5,7 +5,9 @@ fastloss.nn against hand-written NumPy and PyTorch CPU.
     pytest bench --benchmark -k train     the same steps under pytest-benchmark
 
 Every implementation does the same work: forward, BCE and its gradient, backward, and an SGD
-update with momentum 0.9 of all six parameters, starting from the same weights.
+update with momentum 0.9 of all six parameters, starting from the same weights. Each builder
+returns the step function with a ``parameters()`` attribute: copies of its current (weight,
+bias) pairs as NumPy arrays, so that a test can check a step against an independent one.
 """
 
 from __future__ import annotations
@@ -45,7 +47,10 @@ def fastloss_step(seed=0):
         layers += [dense, nn.ReLU() if index < len(params) - 1 else nn.Sigmoid()]
     model = nn.Sequential(*layers)
     step = TrainStep(model, nn.BCELoss(), SGD(model.parameters(), lr=LR, momentum=MOMENTUM))
-    return lambda: step(X, Y)
+    run = lambda: step(X, Y)  # noqa: E731  (an attribute goes on it below)
+    return _with_parameters(run, lambda: [(layer.weight.data, layer.bias.data)
+                                          for layer in model.layers
+                                          if isinstance(layer, nn.Dense)])
 
 
 def numpy_step(seed=0):
@@ -76,7 +81,7 @@ def numpy_step(seed=0):
                 v += g
                 param -= lr * v
         return loss
-    return step
+    return _with_parameters(step, lambda: weights)
 
 
 def torch_step(seed=0):
@@ -102,6 +107,15 @@ def torch_step(seed=0):
         loss.backward()
         optimizer.step()
         return loss.detach()
+    linears = [layer for layer in model if isinstance(layer, torch.nn.Linear)]
+    return _with_parameters(step, lambda: [(linear.weight.detach().numpy(),
+                                            linear.bias.detach().numpy()) for linear in linears])
+
+
+def _with_parameters(step, current):
+    """``step`` with ``step.parameters()``: copies of the (weight, bias) pairs ``current()``
+    returns. An attribute, not a wrapper, so the timed call is the step itself."""
+    step.parameters = lambda: [(np.array(weight), np.array(bias)) for weight, bias in current()]
     return step
 
 

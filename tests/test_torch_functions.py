@@ -127,6 +127,75 @@ def test_torch_model_trains_the_same_with_fastloss_losses(module, reference, kin
         torch.testing.assert_close(our_state[name], their_state[name], rtol=1e-9, atol=1e-12)
 
 
+# ---- the loss modules against torch.nn's ---------------------------------------------------------
+
+WEIGHT_SHAPES = {None: None, "per_output": (3,), "full": (64, 3), "per_row": (64, 1)}
+POS_WEIGHT_SHAPES = {None: None, "per_output": (3,), "single": (1,)}
+
+
+def _module_cases():
+    """(module name, constructor keywords as shape names, reduction) for every argument of
+    MSELoss, BCELoss and BCEWithLogitsLoss and the broadcasts a weight may take."""
+    for reduction in REDUCTIONS:
+        yield pytest.param("MSELoss", {}, reduction, id=f"MSELoss-{reduction}")
+        for weight in WEIGHT_SHAPES:
+            yield pytest.param("BCELoss", {"weight": weight}, reduction,
+                               id=f"BCELoss-w{weight}-{reduction}")
+            for pos_weight in POS_WEIGHT_SHAPES:
+                yield pytest.param("BCEWithLogitsLoss",
+                                   {"weight": weight, "pos_weight": pos_weight}, reduction,
+                                   id=f"BCEWithLogitsLoss-w{weight}-pw{pos_weight}-{reduction}")
+
+
+def _constructor_tensors(shapes, seed=1):
+    """The named shapes as float64 tensors well away from 1 (a dropped argument shows)."""
+    generator = torch.Generator().manual_seed(seed)
+    sizes = {"weight": WEIGHT_SHAPES, "pos_weight": POS_WEIGHT_SHAPES}
+    return {name: None if shape is None else
+            torch.rand(sizes[name][shape], generator=generator, dtype=torch.float64) * 3 + 0.2
+            for name, shape in shapes.items()}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name, shapes, reduction", list(_module_cases()))
+def test_loss_modules_match_torch_nn_modules(name, shapes, reduction, dtype):
+    """Each fastloss.torch loss module, built with the same arguments as torch.nn's and moved to
+    the dtype with .to() (weight and pos_weight are buffers, as in torch.nn): the same buffers,
+    values and input gradients, for the unit upstream gradient and for another one."""
+    ours = getattr(ft, name)(**_constructor_tensors(shapes), reduction=reduction).to(dtype)
+    theirs = getattr(torch.nn, name)(**_constructor_tensors(shapes), reduction=reduction).to(dtype)
+    assert ours.reduction == theirs.reduction == reduction
+    assert sorted(ours.state_dict()) == sorted(theirs.state_dict())
+    for buffer, value in theirs.state_dict().items():
+        assert ours.state_dict()[buffer].dtype == dtype
+        torch.testing.assert_close(ours.state_dict()[buffer], value, rtol=0, atol=0)
+
+    x, target = _inputs("probability" if name == "BCELoss" else "real", (64, 3), dtype, seed=5)
+    # torch's float32 logits gradient, sigmoid(z) - target, cancels to an absolute error of about
+    # eps where the two are close: an absolute floor per dtype, in units of the reduction's 1/N.
+    unit = 1 / x.numel() if reduction == "mean" else 1.0
+    tolerance = (dict(rtol=2e-6, atol=1e-6 * unit) if dtype == torch.float32
+                 else dict(rtol=1e-12, atol=1e-14 * unit))
+    value, expected = ours(x, target), theirs(x, target)
+    assert value.dtype == dtype and value.shape == expected.shape
+    torch.testing.assert_close(value, expected, **tolerance)
+    upstreams = ([torch.randn(64, 3, generator=torch.Generator().manual_seed(6), dtype=dtype)]
+                 if reduction == "none" else [torch.tensor(1.0, dtype=dtype),
+                                              torch.tensor(0.75, dtype=dtype)])
+    for upstream in upstreams:
+        (grad,) = torch.autograd.grad(ours(x, target), x, upstream)
+        (expected_grad,) = torch.autograd.grad(theirs(x, target), x, upstream)
+        torch.testing.assert_close(grad, expected_grad, **tolerance)
+
+
+@pytest.mark.parametrize("name", ["BCELoss", "BCEWithLogitsLoss"])
+def test_weight_is_the_first_positional_argument_as_in_torch_nn(name):
+    weight = torch.tensor([0.5, 2.0, 1.5], dtype=torch.float64)
+    x, target = _inputs("probability" if name == "BCELoss" else "real")
+    torch.testing.assert_close(getattr(ft, name)(weight)(x, target),
+                               getattr(torch.nn, name)(weight)(x, target), rtol=1e-12, atol=0)
+
+
 def test_errors():
     x, target = _inputs("real")
     with pytest.raises(ValueError, match="does not differentiate target"):

@@ -12,8 +12,10 @@ import pytest
 
 import fastloss.__main__ as cli
 from fastloss import nn
+from fastloss import reference as R
 from fastloss.data import batches
 from fastloss.optim import SGD
+from fastloss.training import TrainStep, evaluate
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -76,10 +78,11 @@ def test_fit_history_is_the_batch_weighted_mean_and_is_reproducible():
                      epochs=3, batch_size=32, rng=5, validation_data=(X, Y), progress=False)
     assert history["epoch"] == [1, 2, 3] and len(history["val_loss"]) == 3
     assert history["loss"][-1] < history["loss"][0]
-    # Replay by hand: batch losses of sizes 32, 32, 26, weighted by size.
+    # Replay by hand: batch losses of sizes 32, 32, 26, weighted by size; after each epoch the
+    # validation loss is the reference BCE of the model's probabilities (not evaluate's logits).
     model.load_state_dict(state)
     optimizer, loss = SGD(model.parameters(), lr=0.5), nn.BCEWithLogitsLoss()
-    generator, replayed = np.random.default_rng(5), []
+    generator, replayed, replayed_validation = np.random.default_rng(5), [], []
     logits_layers = model.layers[:-1]
     for _ in range(3):
         total = 0.0
@@ -93,7 +96,9 @@ def test_fit_history_is_the_batch_weighted_mean_and_is_reproducible():
                 grad = layer.backward(grad)
             optimizer.step()
         replayed.append(total / len(X))
+        replayed_validation.append(R.binary_cross_entropy(nn.predict(model, X), Y))
     np.testing.assert_array_equal(history["loss"], replayed)
+    np.testing.assert_allclose(history["val_loss"], replayed_validation, rtol=1e-12)
 
 
 def test_fit_reduction_sum_records_the_epoch_sum():
@@ -182,6 +187,53 @@ def test_train_command_rejects_bad_hidden_sizes(capsys):
 
 # ---- parity with PyTorch ------------------------------------------------------------------------
 
+def _torch_twin(torch, model):
+    """A float64 torch.nn.Sequential with the layers and the weights of a fastloss Sequential."""
+    activations = {nn.Tanh: torch.nn.Tanh, nn.ReLU: torch.nn.ReLU, nn.Sigmoid: torch.nn.Sigmoid}
+    twin = torch.nn.Sequential(*[
+        torch.nn.Linear(layer.in_features, layer.out_features) if isinstance(layer, nn.Dense)
+        else activations[type(layer)]() for layer in model.layers]).double()
+    twin.load_state_dict({name: torch.from_numpy(value.copy())
+                          for name, value in model.state_dict().items()})
+    return twin
+
+
+def _torch_step(torch, model, loss, optimizer, X_batch, Y_batch):
+    """One torch.optim step as TrainStep takes it ('none' trains on the sum of the elements);
+    returns the batch loss as TrainStep returns it (the mean of the elements for 'none')."""
+    optimizer.zero_grad()
+    value = loss(model(torch.from_numpy(X_batch)), torch.from_numpy(Y_batch))
+    (value.sum() if loss.reduction == "none" else value).backward()
+    optimizer.step()
+    return value.mean().item()
+
+
+def _torch_fit(torch, model, loss, X, Y, settings, *, epochs, batch_size, rng,
+               validation_data=None):
+    """fit's loop in torch: the same batches (the same Generator draws), each epoch's loss as fit
+    records it (size-weighted mean, or the sum for 'sum'), the validation loss after each epoch."""
+    optimizer = torch.optim.SGD(model.parameters(), **settings)
+    generator, summed = np.random.default_rng(rng), loss.reduction == "sum"
+    history = {"loss": [], "val_loss": []}
+    for _ in range(epochs):
+        total = 0.0
+        for X_batch, Y_batch in batches(X, Y, batch_size, rng=generator):
+            value = _torch_step(torch, model, loss, optimizer, X_batch, Y_batch)
+            total += value * (1 if summed else len(X_batch))
+        history["loss"].append(total if summed else total / len(X))
+        if validation_data is not None:
+            with torch.no_grad():
+                X_val, Y_val = (torch.from_numpy(array) for array in validation_data)
+                history["val_loss"].append(loss(model(X_val), Y_val).mean().item())
+    return history
+
+
+def _assert_same_weights(model, torch_model):
+    for name, value in torch_model.state_dict().items():
+        np.testing.assert_allclose(model.state_dict()[name], value.numpy(), rtol=1e-9,
+                                   atol=1e-12, err_msg=name)
+
+
 @pytest.mark.parametrize("case", ["bce_sigmoid_tanh", "bce_logits_relu", "mse_nesterov"])
 def test_ten_epochs_match_torch_nn_and_torch_optim_sgd(case):
     """Same initial weights, same batches, float64: the loss history of 10 epochs and the final
@@ -190,17 +242,13 @@ def test_ten_epochs_match_torch_nn_and_torch_optim_sgd(case):
     rng = np.random.default_rng(11)
     X = rng.standard_normal((150, 8))
     Y = (np.sin(X[:, :1]) + X[:, 1:2] ** 2 > 0.7).astype(np.float64)
-    activation, torch_activation = ((nn.Tanh, torch.nn.Tanh) if case == "bce_sigmoid_tanh"
-                                    else (nn.ReLU, torch.nn.ReLU))
+    activation = nn.Tanh if case == "bce_sigmoid_tanh" else nn.ReLU
     layers = [nn.Dense(8, 16, dtype=np.float64, rng=rng), activation(),
               nn.Dense(16, 12, dtype=np.float64, rng=rng), activation(),
               nn.Dense(12, 1, dtype=np.float64, rng=rng)]
-    torch_layers = [torch.nn.Linear(8, 16), torch_activation(), torch.nn.Linear(16, 12),
-                    torch_activation(), torch.nn.Linear(12, 1)]
     settings = dict(lr=0.05, momentum=0.9, weight_decay=1e-3)
     if case == "bce_sigmoid_tanh":
         layers.append(nn.Sigmoid())
-        torch_layers.append(torch.nn.Sigmoid())
         loss, torch_loss = nn.BCELoss(), torch.nn.BCELoss()
     elif case == "bce_logits_relu":
         loss, torch_loss = nn.BCEWithLogitsLoss(), torch.nn.BCEWithLogitsLoss()
@@ -208,30 +256,105 @@ def test_ten_epochs_match_torch_nn_and_torch_optim_sgd(case):
         loss, torch_loss = nn.MSELoss(), torch.nn.MSELoss()
         settings.update(nesterov=True, lr=0.02)
     model = nn.Sequential(*layers)
-    torch_model = torch.nn.Sequential(*torch_layers).double()
-    torch_model.load_state_dict({name: torch.from_numpy(value.copy())
-                                 for name, value in model.state_dict().items()})
+    torch_model = _torch_twin(torch, model)
 
     history = nn.fit(model, X, Y, loss=loss, optimizer=SGD(model.parameters(), **settings),
                      epochs=10, batch_size=32, rng=4, progress=False)
-
-    optimizer = torch.optim.SGD(torch_model.parameters(), **settings)
-    generator, torch_history = np.random.default_rng(4), []
-    for _ in range(10):
-        total = 0.0
-        for X_batch, Y_batch in batches(X, Y, 32, rng=generator):
-            optimizer.zero_grad()
-            value = torch_loss(torch_model(torch.from_numpy(X_batch)), torch.from_numpy(Y_batch))
-            value.backward()
-            optimizer.step()
-            total += value.item() * len(X_batch)
-        torch_history.append(total / len(X))
+    torch_history = _torch_fit(torch, torch_model, torch_loss, X, Y, settings, epochs=10,
+                               batch_size=32, rng=4)["loss"]
 
     np.testing.assert_allclose(history["loss"], torch_history, rtol=1e-9)
     assert history["loss"][-1] < 0.8 * history["loss"][0]
-    for name, value in torch_model.state_dict().items():
-        np.testing.assert_allclose(model.state_dict()[name], value.numpy(), rtol=1e-9,
-                                   atol=1e-12, err_msg=name)
+    _assert_same_weights(model, torch_model)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("case", ["bce_after_sigmoid", "bce_logits"])
+def test_weighted_losses_train_like_torch(case, reduction):
+    """A per-output weight (and pos_weight) through fit, its validation loss and TrainStep,
+    float64, against torch.nn + torch.optim.SGD: losses and final weights to rtol 1e-9.
+
+    BCELoss after a final Sigmoid is trained on the logits with BCEWithLogitsLoss; that swap
+    (and evaluate's copy of the loss) must carry the weight and the reduction over."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(7)
+    X, X_val = rng.standard_normal((100, 6)), rng.standard_normal((40, 6))
+    Y = (X[:, :3] + 0.5 * rng.standard_normal((100, 3)) > 0).astype(np.float64)
+    Y_val = (X_val[:, :3] + 0.5 * rng.standard_normal((40, 3)) > 0).astype(np.float64)
+    # Far from 1, so that a dropped weight or pos_weight changes every loss.
+    weight, pos_weight = np.array([0.25, 3.0, 1.5]), np.array([2.0, 0.5, 4.0])
+    layers = [nn.Dense(6, 10, dtype=np.float64, rng=rng), nn.Tanh(),
+              nn.Dense(10, 3, dtype=np.float64, rng=rng)]
+    if case == "bce_after_sigmoid":
+        layers.append(nn.Sigmoid())
+        loss = nn.BCELoss(weight=weight, reduction=reduction)
+        torch_loss = torch.nn.BCELoss(weight=torch.from_numpy(weight), reduction=reduction)
+    else:
+        loss = nn.BCEWithLogitsLoss(weight=weight, pos_weight=pos_weight, reduction=reduction)
+        torch_loss = torch.nn.BCEWithLogitsLoss(weight=torch.from_numpy(weight),
+                                                pos_weight=torch.from_numpy(pos_weight),
+                                                reduction=reduction)
+    model = nn.Sequential(*layers)
+    initial = {name: value.copy() for name, value in model.state_dict().items()}
+    # 'sum' and 'none' train on the sum over a batch (16 x 3 elements): a smaller step.
+    settings = dict(lr=0.05 if reduction == "mean" else 0.002, momentum=0.9, weight_decay=1e-3)
+
+    torch_model = _torch_twin(torch, model)
+    history = nn.fit(model, X, Y, loss=loss, optimizer=SGD(model.parameters(), **settings),
+                     epochs=6, batch_size=16, rng=3, validation_data=(X_val, Y_val),
+                     progress=False)
+    torch_history = _torch_fit(torch, torch_model, torch_loss, X, Y, settings, epochs=6,
+                               batch_size=16, rng=3, validation_data=(X_val, Y_val))
+    np.testing.assert_allclose(history["loss"], torch_history["loss"], rtol=1e-9)
+    np.testing.assert_allclose(history["val_loss"], torch_history["val_loss"], rtol=1e-9)
+    assert history["loss"][-1] < 0.9 * history["loss"][0]
+    _assert_same_weights(model, torch_model)
+
+    model.load_state_dict(initial)
+    torch_model = _torch_twin(torch, model)
+    step = TrainStep(model, loss, SGD(model.parameters(), **settings))
+    optimizer = torch.optim.SGD(torch_model.parameters(), **settings)
+    for X_batch, Y_batch in batches(X, Y, 16, rng=9):  # 100 rows: the last batch has 4
+        ours = step(X_batch, Y_batch)
+        theirs = _torch_step(torch, torch_model, torch_loss, optimizer, X_batch, Y_batch)
+        assert float(ours) == pytest.approx(theirs, rel=1e-12)
+    _assert_same_weights(model, torch_model)
+
+
+# ---- evaluate ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("case", ["mse", "mse_weight", "bce_after_sigmoid",
+                                  "bce_after_sigmoid_weight", "bce_logits_weights"])
+def test_evaluate_is_the_reference_loss_of_the_predictions(case, reduction):
+    """evaluate() against fastloss.reference applied to predict()'s output by hand (the mean of
+    the elements for 'none'), and it leaves the parameters alone."""
+    rng = np.random.default_rng(21)
+    X = rng.standard_normal((50, 4))
+    Y = (X[:, :2] > 0).astype(np.float64) if case.startswith("bce") else X[:, :2] ** 2
+    weight = np.array([0.5, 3.0]) if "weight" in case else None
+    pos_weight = np.array([4.0, 0.25]) if case == "bce_logits_weights" else None
+    layers = [nn.Dense(4, 6, dtype=np.float64, rng=rng), nn.Tanh(),
+              nn.Dense(6, 2, dtype=np.float64, rng=rng)]
+    if case.startswith("bce_after_sigmoid"):
+        layers.append(nn.Sigmoid())
+    model = nn.Sequential(*layers)
+    before = {name: value.copy() for name, value in model.state_dict().items()}
+    output = nn.predict(model, X)
+    if case.startswith("mse"):
+        loss = nn.MSELoss(weight=weight, reduction=reduction)
+        expected = R.mse_loss(output, Y, weight, reduction)
+    elif case.startswith("bce_after_sigmoid"):
+        loss = nn.BCELoss(weight=weight, reduction=reduction)
+        expected = R.binary_cross_entropy(output, Y, weight, reduction)
+    else:
+        loss = nn.BCEWithLogitsLoss(weight=weight, pos_weight=pos_weight, reduction=reduction)
+        expected = R.binary_cross_entropy_with_logits(output, Y, weight, pos_weight, reduction)
+    value = evaluate(model, X, Y, loss=loss)
+    assert type(value) is float
+    assert value == pytest.approx(float(np.mean(expected)), rel=1e-12)
+    for name, array in model.state_dict().items():
+        np.testing.assert_array_equal(array, before[name], err_msg=name)
 
 
 # ---- CuPy: the same code on the GPU ------------------------------------------------------------
