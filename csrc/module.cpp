@@ -1,9 +1,8 @@
-// fastloss._cpu: validates NumPy arrays, allocates outputs through NumPy, releases the GIL on
-// large inputs and calls the kernels of the instruction set chosen at import.
-//
-// Python (fastloss/_numpy_backend.py) has already turned reduction names into codes and every
-// weight into a 1-D contiguous buffer with a period; everything that could make a kernel read
-// or write the wrong memory is checked again here.
+// fastloss._cpu: the NumPy backend's kernels. Checks what the kernels need of the memory
+// (arrays.h), allocates outputs through NumPy, releases the GIL on large inputs and calls the
+// kernels of the instruction set chosen at import. Validation and every error message belong
+// to the Python dispatch (fastloss/_dispatch.py): an entry here answers None to what it will
+// not run.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -26,6 +25,7 @@
 #include <omp.h>
 #endif
 
+#include "arrays.h"
 #include "kernels.h"
 #include "training.h"
 
@@ -42,8 +42,6 @@ void on_fork_child() { forked_child.store(true, std::memory_order_relaxed); }
 bool openmp_usable() { return !forked_child.load(std::memory_order_relaxed); }
 
 namespace {
-
-enum class Reduction : int { Mean = 0, Sum = 1, None = 2 };
 
 // ---- instruction-set dispatch ----------------------------------------------------------
 struct KernelSet {
@@ -96,116 +94,14 @@ void sigmoid_backward(std::int64_t n, const double* g, const double* y, double* 
   kernels().sigmoid_backward_f64(n, g, y, out);
 }
 
-// ---- validation --------------------------------------------------------------------------
-enum class Dtype { Float32, Float64 };
-
-std::string shape_of(const py::array& a) { return py::str(a.attr("shape")).cast<std::string>(); }
-std::string dtype_name(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
-
-std::string type_name_of(py::handle obj) {
-  const py::handle type = py::type::of(obj);
-  return py::str(type.attr("__module__")).cast<std::string>() + "." +
-         py::str(type.attr("__qualname__")).cast<std::string>();
-}
-
-// numpy.ma arrays are ndarrays: their data would be read and their mask silently ignored.
-bool is_masked_array(py::handle obj) {
-  if (PyArray_CheckExact(obj.ptr())) return false;
-  // Leaked on purpose, like numpy.require below.
-  static const py::object* masked = new py::object(py::module_::import("numpy.ma").attr("MaskedArray"));
-  return py::isinstance(obj, *masked);
-}
-
-py::array require_array(py::handle obj, const char* name) {
-  if (!py::isinstance<py::array>(obj)) {
-    if (py::hasattr(obj, "__cuda_array_interface__")) {
-      throw py::type_error(std::string(name) + " is a GPU array (" + type_name_of(obj) +
-                           ") in a call on NumPy arrays; all arrays of one call must be on the same "
-                           "device (copy it with cupy.asnumpy, or pass CuPy arrays only)");
-    }
-    throw py::type_error(std::string(name) + " must be a numpy.ndarray (all arrays of one call on the CPU), got " +
-                         type_name_of(obj));
-  }
-  if (is_masked_array(obj)) {
-    throw py::type_error(std::string(name) + " is a numpy.ma.MaskedArray, whose mask fastloss would ignore; "
-                         "pass a plain numpy.ndarray (" + name + ".filled(value) or " + name + ".data)");
-  }
-  return py::reinterpret_borrow<py::array>(obj);
-}
-
-Dtype dtype_of(const py::array& a, const char* name) {
-  using api = py::detail::npy_api;
-  const py::dtype dt = a.dtype();
-  const int num = dt.num();
-  if (num == api::NPY_FLOAT_ || num == api::NPY_DOUBLE_) {
-    // NumPy reports a native byte order as '='; '>' on a little-endian machine would make
-    // the kernels read byte-swapped garbage.
-    if (dt.byteorder() != '=' && dt.byteorder() != '|') {
-      throw py::type_error(std::string(name) + " has non-native byte order (dtype " + dtype_name(a) +
-                           "); convert it with .astype(" +
-                           (num == api::NPY_FLOAT_ ? "'float32'" : "'float64'") + ")");
-    }
-    return num == api::NPY_FLOAT_ ? Dtype::Float32 : Dtype::Float64;
-  }
-  throw py::type_error(std::string(name) + " has dtype " + dtype_name(a) +
-                       "; fastloss supports float32 and float64");
-}
-
-const char* dtype_label(Dtype d) { return d == Dtype::Float32 ? "float32" : "float64"; }
-
-void require_same_dtype(Dtype expected, const py::array& a, const char* name, const char* like) {
-  const Dtype d = dtype_of(a, name);
-  if (d != expected) {
-    throw py::type_error(std::string(name) + " has dtype " + dtype_label(d) + " but " + like +
-                         " has dtype " + dtype_label(expected) +
-                         "; convert one of them explicitly (fastloss never upcasts silently)");
-  }
-}
-
-void require_same_shape(const py::array& a, const char* name, const py::array& like, const char* like_name) {
-  bool same = a.ndim() == like.ndim();
-  for (py::ssize_t d = 0; same && d < a.ndim(); ++d) same = a.shape(d) == like.shape(d);
-  if (!same) {
-    throw py::value_error(std::string(name) + " has shape " + shape_of(a) + ", expected " +
-                          shape_of(like) + " (the shape of " + like_name + ")");
-  }
-}
-
-constexpr int kContiguousAndAligned =
-    py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ | py::detail::npy_api::NPY_ARRAY_ALIGNED_;
-
-// Inputs that are not C-contiguous (or not aligned) are copied: documented in every docstring.
-py::array contiguous(const py::array& a) {
-  if ((a.flags() & kContiguousAndAligned) == kContiguousAndAligned) return a;
-  // numpy.require, not ascontiguousarray: that one returns a contiguous but unaligned array
-  // as it is (UBSan caught the misaligned loads). Leaked on purpose: a static py::object
-  // would be destroyed after the interpreter is gone.
-  static const py::object* require = new py::object(py::module_::import("numpy").attr("require"));
-  return (*require)(a, py::none(), "CA");
-}
-
-struct ByteRange {
-  const char* begin;
-  const char* end;
-};
-ByteRange bytes_of(const py::array& a) {
-  const char* p = static_cast<const char*>(a.data());
-  return {p, p + a.nbytes()};
-}
-
-// An output may be exactly one of the inputs (in-place update) but must not partly overlap one.
-void require_no_partial_overlap(const py::array& out, const py::array& in, const char* in_name) {
-#ifdef FASTLOSS_PLANTED_FAULT_OVERLAP_CHECK_SKIPPED
-  return;
-#endif
-  const ByteRange o = bytes_of(out), i = bytes_of(in);
-  if (o.begin == o.end || i.begin == i.end) return;
-  const bool overlap = o.begin < i.end && i.begin < o.end;
-  if (overlap && !(o.begin == i.begin && o.end == i.end)) {
-    throw py::value_error(std::string("out overlaps ") + in_name +
-                          " without being the same array; pass a separate buffer or " + in_name + " itself");
-  }
-}
+// ---- the entries: run what is safe, hand the rest back ------------------------------------
+// Each entry runs the kernel when its arguments are what the kernel needs (float32/float64 in
+// native byte order, one dtype, the shapes, C-contiguous and aligned buffers, weights as 1-D
+// periodic buffers, a writeable out that overlaps no argument but one it equals) and returns
+// None otherwise. fastloss._dispatch calls here first for the common NumPy call, with no
+// checks of its own; on None it validates the arguments itself, words the error, and prepares
+// (copies, weight buffers) what it can.
+using arrays::Dtype;
 
 int numpy_type(Dtype d) { return d == Dtype::Float32 ? NPY_FLOAT : NPY_DOUBLE; }
 
@@ -216,19 +112,6 @@ py::array new_array(const py::array& like, Dtype dtype) {
   return py::reinterpret_steal<py::array>(a);
 }
 
-// Checks a caller's out= buffer, or allocates one (through NumPy, which asks for huge pages).
-py::array output_like(py::handle out, const py::array& like, Dtype dtype, const char* like_name) {
-  if (out.is_none()) return new_array(like, dtype);
-  py::array o = require_array(out, "out");
-  require_same_dtype(dtype, o, "out", like_name);
-  require_same_shape(o, "out", like, like_name);
-  if ((o.flags() & kContiguousAndAligned) != kContiguousAndAligned) {
-    throw py::value_error("out must be C-contiguous and aligned");
-  }
-  if (!o.writeable()) throw py::value_error("out is read-only; expected a writeable array");
-  return o;
-}
-
 py::object scalar_of(double value, Dtype dtype) {
   const float value_f32 = static_cast<float>(value);
   const void* data = dtype == Dtype::Float32 ? static_cast<const void*>(&value_f32) : &value;
@@ -237,27 +120,30 @@ py::object scalar_of(double value, Dtype dtype) {
   return py::reinterpret_steal<py::object>(s);
 }
 
-// A weight prepared by Python: None, or a 1-D C-contiguous buffer read with period = its size.
-struct Weight {
-  const char* name;
-  py::object owner;  // keeps the buffer alive; None when absent
-  const void* data = nullptr;
-  std::int64_t size = 0;
-  bool present() const { return data != nullptr; }
-};
-Weight weight_of(py::handle obj, Dtype dtype, const char* name, std::int64_t n) {
-  Weight w{name};
-  if (obj.is_none() || n == 0) return w;
-  const py::array a = require_array(obj, name);
-  require_same_dtype(dtype, a, name, "input");
-  if (a.ndim() != 1 || (a.flags() & kContiguousAndAligned) != kContiguousAndAligned) {
-    throw py::value_error(std::string(name) + " must be prepared by fastloss (1-D, contiguous)");
+// Whether obj is an array the kernels may read as T[size()]: C-contiguous, aligned, of `dtype`.
+bool readable(py::handle obj, Dtype dtype) {
+  if (!py::isinstance<py::array>(obj)) return false;
+  const auto a = py::reinterpret_borrow<py::array>(obj);
+  return arrays::float_dtype(a) == dtype && arrays::contiguous_and_aligned(a);
+}
+
+py::array borrow(py::handle obj) { return py::reinterpret_borrow<py::array>(obj); }
+
+// A weight prepared by the dispatch: None, or a non-empty 1-D buffer read with period size().
+bool weight_buffer(py::handle obj, Dtype dtype) {
+  return obj.is_none() || (readable(obj, dtype) && borrow(obj).ndim() == 1 && borrow(obj).size() > 0);
+}
+
+// A caller's out= to be written in `like`'s shape: it may equal one of `reads` (None ones are
+// skipped) but not partly overlap any.
+bool writable_output(py::handle obj, const py::array& like, Dtype dtype, std::initializer_list<py::handle> reads) {
+  if (!readable(obj, dtype)) return false;
+  const py::array out = borrow(obj);
+  if (!out.writeable() || !arrays::same_shape(out, like)) return false;
+  for (const py::handle read : reads) {
+    if (!read.is_none() && arrays::partially_overlaps(out, borrow(read))) return false;
   }
-  if (a.size() == 0) throw py::value_error(std::string(name) + " is empty");
-  w.owner = a;
-  w.data = a.data();
-  w.size = a.size();
-  return w;
+  return true;
 }
 
 // Runs `kernel`, without the GIL when the call is large enough to go parallel: small calls
@@ -277,54 +163,54 @@ const T* ones_buffer() {
   return ones.data();
 }
 
+// Raised (a ValueError without a message) when binary_cross_entropy finds an input outside
+// [0, 1]; the dispatch words it.
+PyObject* probability_out_of_range = nullptr;
+
+bool wants_sum(PassOutputs o) { return o == PassOutputs::Sum || o == PassOutputs::SumAndGrad; }
+bool wants_elementwise(PassOutputs o) {
+  return o == PassOutputs::Elementwise || o == PassOutputs::ElementwiseAndGrad;
+}
+bool wants_grad(PassOutputs o) {
+  return o == PassOutputs::SumAndGrad || o == PassOutputs::ElementwiseAndGrad || o == PassOutputs::Grad;
+}
+
 // ---- the loss entry point ------------------------------------------------------------------
 template <class T>
-py::object loss_pass_typed(LossOp op, Reduction reduction, bool want_loss, bool want_grad,
-                           const py::array& input, const py::array& target, const Weight& weight,
-                           const Weight& pos_weight, double grad_output, py::handle out, Dtype dtype) {
+py::object loss_pass_typed(LossOp op, PassOutputs outputs, bool mean, const py::array& input,
+                           const py::array& target, py::handle weight, py::handle pos_weight,
+                           double grad_output, py::handle out, Dtype dtype) {
   const std::int64_t n = input.size();
   LossPass<T> p;
   p.n = n;
   p.input = static_cast<const T*>(input.data());
   p.target = static_cast<const T*>(target.data());
-  if (weight.present() || pos_weight.present()) {
-    p.weight = weight.present() ? static_cast<const T*>(weight.data) : ones_buffer<T>();
-    p.weight_period = weight.present() ? weight.size : kChunkSize;
-    p.pos_weight = pos_weight.present() ? static_cast<const T*>(pos_weight.data) : ones_buffer<T>();
-    p.pos_weight_period = pos_weight.present() ? pos_weight.size : kChunkSize;
+  if (!weight.is_none() || !pos_weight.is_none()) {
+    p.weight = weight.is_none() ? ones_buffer<T>() : static_cast<const T*>(borrow(weight).data());
+    p.weight_period = weight.is_none() ? kChunkSize : borrow(weight).size();
+    p.pos_weight = pos_weight.is_none() ? ones_buffer<T>() : static_cast<const T*>(borrow(pos_weight).data());
+    p.pos_weight_period = pos_weight.is_none() ? kChunkSize : borrow(pos_weight).size();
   }
-  const bool reduce = reduction != Reduction::None;
-  p.grad_scale = reduction == Reduction::Mean ? grad_output / static_cast<double>(n) : grad_output;
+  p.grad_scale = mean ? grad_output / static_cast<double>(n) : grad_output;
 #ifdef FASTLOSS_PLANTED_FAULT_MEAN_GRAD_SCALE
-  if (reduction == Reduction::Mean) p.grad_scale = grad_output / static_cast<double>(n + 1);
+  if (mean) p.grad_scale = grad_output / static_cast<double>(n + 1);
 #endif
-
   py::object grad;
-  if (want_grad) {
-    py::array g = output_like(out, input, dtype, "input");
-    require_no_partial_overlap(g, input, "input");
-    require_no_partial_overlap(g, target, "target");
-    for (const Weight* w : {&weight, &pos_weight}) {
-      if (w->present()) require_no_partial_overlap(g, py::reinterpret_borrow<py::array>(w->owner), w->name);
-    }
+  if (wants_grad(outputs)) {
+    // NumPy's allocation asks for huge pages (a fresh 400 MB array is written 3x faster)
+    py::array g = out.is_none() ? new_array(input, dtype) : borrow(out);
     p.grad_out = static_cast<T*>(g.mutable_data());
-    grad = g;
+    grad = std::move(g);
   }
-  py::object loss_array;
-  if (want_loss && !reduce) {
+  py::object loss;
+  if (wants_elementwise(outputs)) {
     py::array l = new_array(input, dtype);
     p.loss_out = static_cast<T*>(l.mutable_data());
-    loss_array = l;
+    loss = std::move(l);
   }
-
-  PassOutputs outputs;
-  if (want_loss && reduce) outputs = want_grad ? PassOutputs::SumAndGrad : PassOutputs::Sum;
-  else if (want_loss) outputs = want_grad ? PassOutputs::ElementwiseAndGrad : PassOutputs::Elementwise;
-  else outputs = PassOutputs::Grad;
-
   double small_workspace[8];
   std::vector<double> workspace;
-  if (want_loss && reduce) {
+  if (wants_sum(outputs)) {
     const std::int64_t chunks = num_chunks(n);
     if (chunks > 8) workspace.resize(static_cast<std::size_t>(chunks));
     p.chunk_sums = chunks > 8 ? workspace.data() : small_workspace;
@@ -332,85 +218,83 @@ py::object loss_pass_typed(LossOp op, Reduction reduction, bool want_loss, bool 
 
   const LossPassResult result = run_releasing_gil_if_large(n, [&] { return run_loss_pass(op, outputs, p); });
   if (result.input_out_of_range) {
-    throw py::value_error("input must hold probabilities in [0, 1] (binary_cross_entropy); "
-                          "found values outside; use binary_cross_entropy_with_logits for logits");
+    PyErr_SetNone(probability_out_of_range);
+    throw py::error_already_set();
   }
 
-  py::object loss;
-  if (want_loss) {
-    if (!reduce) loss = loss_array;
-    else if (reduction == Reduction::Mean) loss = scalar_of(result.sum / static_cast<double>(n), dtype);
-    else loss = scalar_of(result.sum, dtype);
-  }
-  if (want_loss && want_grad) return py::make_tuple(loss, grad);
-  if (want_loss) return loss;
-  return grad;
+  if (wants_sum(outputs)) loss = scalar_of(mean ? result.sum / static_cast<double>(n) : result.sum, dtype);
+  if (outputs == PassOutputs::Grad) return grad;
+  if (wants_grad(outputs)) return py::make_tuple(loss, grad);
+  return loss;
 }
 
-py::object loss_pass(int op_code, int reduction_code, bool want_loss, bool want_grad, py::handle input_obj,
-                     py::handle target_obj, py::handle weight_obj, py::handle pos_weight_obj,
-                     double grad_output, py::handle out) {
-  if (op_code < 0 || op_code > 2) throw py::value_error("unknown loss op");
-  if (reduction_code < 0 || reduction_code > 2) throw py::value_error("unknown reduction code");
-  py::array input = require_array(input_obj, "input");
-  py::array target = require_array(target_obj, "target");
-  const Dtype dtype = dtype_of(input, "input");
-  require_same_dtype(dtype, target, "target", "input");
-  require_same_shape(target, "target", input, "input");
-  input = contiguous(input);
-  target = contiguous(target);
-  // An array grad_output reaches the kernels as (a factor of) the weight.
-  const Weight weight = weight_of(weight_obj, dtype, "weight (or grad_output)", input.size());
-  const Weight pos_weight = weight_of(pos_weight_obj, dtype, "pos_weight", input.size());
+// One pass of `outputs` over (input, target): the loss (a NumPy scalar of the input's dtype
+// for Sum*, divided by N when `mean`; an array for Elementwise*), the gradient (written to
+// `out` or a new array; scaled by grad_output, / N when `mean`), or (loss, gradient).
+py::object loss_pass(int op_code, int outputs_code, bool mean, py::handle input, py::handle target,
+                     py::handle weight, py::handle pos_weight, double grad_output, py::handle out) {
+  if (op_code < 0 || op_code > 2 || outputs_code < 0 || outputs_code > 4) return py::none();
+  if (!py::isinstance<py::array>(input)) return py::none();
   const auto op = static_cast<LossOp>(op_code);
-  const auto reduction = static_cast<Reduction>(reduction_code);
-  if (dtype == Dtype::Float32) {
-    return loss_pass_typed<float>(op, reduction, want_loss, want_grad, input, target, weight, pos_weight,
-                                  grad_output, out, dtype);
+  const auto outputs = static_cast<PassOutputs>(outputs_code);
+  const py::array input_array = borrow(input);
+  const Dtype dtype = arrays::float_dtype(input_array);
+  if (dtype == Dtype::Other || !readable(input, dtype) || !readable(target, dtype) ||
+      !arrays::same_shape(input_array, borrow(target)) || !weight_buffer(weight, dtype) ||
+      !weight_buffer(pos_weight, dtype)) {
+    return py::none();
   }
-  return loss_pass_typed<double>(op, reduction, want_loss, want_grad, input, target, weight, pos_weight,
-                                 grad_output, out, dtype);
+  if (wants_grad(outputs) && !out.is_none() &&
+      !writable_output(out, input_array, dtype, {input, target, weight, pos_weight})) {
+    return py::none();
+  }
+  py::object result;
+  arrays::with_element_type(dtype, [&](auto zero) {
+    result = loss_pass_typed<decltype(zero)>(op, outputs, mean, input_array, borrow(target), weight, pos_weight,
+                                             grad_output, out, dtype);
+  });
+  return result;
 }
 
 // ---- sigmoid ---------------------------------------------------------------------------------
-py::array sigmoid_entry(py::handle x_obj, py::handle out_obj) {
-  py::array x = contiguous(require_array(x_obj, "input"));
-  const Dtype dtype = dtype_of(x, "input");
-  py::array out = output_like(out_obj, x, dtype, "input");
-  require_no_partial_overlap(out, x, "input");
-  const std::int64_t n = x.size();
-  run_releasing_gil_if_large(n, [&] {
-    if (dtype == Dtype::Float32) {
-      sigmoid(n, static_cast<const float*>(x.data()), static_cast<float*>(out.mutable_data()));
-    } else {
-      sigmoid(n, static_cast<const double*>(x.data()), static_cast<double*>(out.mutable_data()));
-    }
+py::object sigmoid_entry(py::handle x, py::handle out) {
+  if (!py::isinstance<py::array>(x)) return py::none();
+  const py::array x_array = borrow(x);
+  const Dtype dtype = arrays::float_dtype(x_array);
+  if (dtype == Dtype::Other || !readable(x, dtype) ||
+      (!out.is_none() && !writable_output(out, x_array, dtype, {x}))) {
+    return py::none();
+  }
+  py::array result = out.is_none() ? new_array(x_array, dtype) : borrow(out);
+  const std::int64_t n = x_array.size();
+  arrays::with_element_type(dtype, [&](auto zero) {
+    using T = decltype(zero);
+    run_releasing_gil_if_large(n, [&] {
+      sigmoid(n, static_cast<const T*>(x_array.data()), static_cast<T*>(result.mutable_data()));
+    });
   });
-  return out;
+  return std::move(result);
 }
 
-py::array sigmoid_backward_entry(py::handle grad_obj, py::handle output_obj, py::handle out_obj) {
-  py::array grad = require_array(grad_obj, "grad_output");
-  py::array output = require_array(output_obj, "output");
-  const Dtype dtype = dtype_of(grad, "grad_output");
-  require_same_dtype(dtype, output, "output", "grad_output");
-  require_same_shape(output, "output", grad, "grad_output");
-  grad = contiguous(grad);
-  output = contiguous(output);
-  py::array out = output_like(out_obj, grad, dtype, "grad_output");
-  require_no_partial_overlap(out, grad, "grad_output");
-  require_no_partial_overlap(out, output, "output");
-  const std::int64_t n = grad.size();
-  run_releasing_gil_if_large(n, [&] {
-    if (dtype == Dtype::Float32) {
-      sigmoid_backward(n, static_cast<const float*>(grad.data()), static_cast<const float*>(output.data()),
-                       static_cast<float*>(out.mutable_data()));
-    } else {
-      sigmoid_backward(n, static_cast<const double*>(grad.data()), static_cast<const double*>(output.data()),
-                       static_cast<double*>(out.mutable_data()));
-    }
+py::object sigmoid_backward_entry(py::handle grad, py::handle output, py::handle out) {
+  if (!py::isinstance<py::array>(grad)) return py::none();
+  const py::array grad_array = borrow(grad);
+  const Dtype dtype = arrays::float_dtype(grad_array);
+  if (dtype == Dtype::Other || !readable(grad, dtype) || !readable(output, dtype) ||
+      !arrays::same_shape(grad_array, borrow(output)) ||
+      (!out.is_none() && !writable_output(out, grad_array, dtype, {grad, output}))) {
+    return py::none();
+  }
+  py::array result = out.is_none() ? new_array(grad_array, dtype) : borrow(out);
+  const std::int64_t n = grad_array.size();
+  arrays::with_element_type(dtype, [&](auto zero) {
+    using T = decltype(zero);
+    run_releasing_gil_if_large(n, [&] {
+      sigmoid_backward(n, static_cast<const T*>(grad_array.data()), static_cast<const T*>(borrow(output).data()),
+                       static_cast<T*>(result.mutable_data()));
+    });
   });
-  return out;
+  return std::move(result);
 }
 
 // ---- bandwidth probes (bench/): the ceiling our kernels are measured against ---------------
@@ -479,12 +363,21 @@ PYBIND11_MODULE(_cpu, m) {
     throw std::runtime_error("fastloss: pthread_atfork failed");
   }
   m.doc() = "fastloss C++/OpenMP kernels. Use the functions in the fastloss package, not these.";
-  m.def("loss_pass", &loss_pass, py::arg("op"), py::arg("reduction"), py::arg("want_loss"),
-        py::arg("want_grad"), py::arg("input"), py::arg("target"), py::arg("weight"),
-        py::arg("pos_weight"), py::arg("grad_output"), py::arg("out"));
+  // Never released: a CPython extension module stays loaded until the process exits.
+  probability_out_of_range = PyErr_NewException("fastloss._cpu.ProbabilityOutOfRange", PyExc_ValueError, nullptr);
+  if (probability_out_of_range == nullptr) throw py::error_already_set();
+  m.attr("ProbabilityOutOfRange") = py::handle(probability_out_of_range);
+  m.def("loss_pass", &loss_pass, py::arg("op"), py::arg("outputs"), py::arg("mean"), py::arg("input"),
+        py::arg("target"), py::arg("weight"), py::arg("pos_weight"), py::arg("grad_output"), py::arg("out"));
   m.def("sigmoid", &sigmoid_entry, py::arg("input"), py::arg("out"));
   m.def("sigmoid_backward", &sigmoid_backward_entry, py::arg("grad_output"), py::arg("output"),
         py::arg("out"));
+  m.attr("LOSS_OPS") = py::make_tuple(static_cast<int>(LossOp::SquaredError), static_cast<int>(LossOp::BinaryCrossEntropy),
+                                      static_cast<int>(LossOp::BinaryCrossEntropyWithLogits));
+  m.attr("PASS_OUTPUTS") = py::make_tuple(
+      static_cast<int>(PassOutputs::Sum), static_cast<int>(PassOutputs::SumAndGrad),
+      static_cast<int>(PassOutputs::Elementwise), static_cast<int>(PassOutputs::ElementwiseAndGrad),
+      static_cast<int>(PassOutputs::Grad));
   m.def("build_info", &build_info);
   m.def("stream_read", &stream_read, py::arg("array"),
         "Sum a float32 array with all threads: a read-bandwidth probe for bench/.");

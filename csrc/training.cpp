@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <string>
 
+#include "arrays.h"
 #include "training.h"
 
 namespace py = pybind11;
@@ -18,19 +19,12 @@ namespace py = pybind11;
 namespace fastloss {
 namespace {
 
-constexpr int kContiguousAndAligned =
-    py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ | py::detail::npy_api::NPY_ARRAY_ALIGNED_;
-
-bool is_float32(const py::array& a) { return a.dtype().num() == py::detail::npy_api::NPY_FLOAT_; }
+using arrays::overlaps;
 
 // Runs body(T{}) with T the element type of a (float32 or float64, checked before).
 template <typename Body>
 void with_element_type(const py::array& a, Body&& body) {
-  if (is_float32(a)) {
-    body(float{});
-  } else {
-    body(double{});
-  }
+  arrays::with_element_type(arrays::float_dtype(a), body);
 }
 
 // Typed data pointers; nullptr for an optional array that was not given.
@@ -54,18 +48,19 @@ struct ArgName {
   }
 };
 
+// The arguments come from fastloss.nn and fastloss.optim, which pass their own buffers: these
+// checks guard the memory, with plain messages for a caller that got it wrong.
 py::array checked(py::handle obj, const ArgName& name, const py::array* like, bool written) {
   if (!py::isinstance<py::array>(obj)) throw py::type_error(name.str() + " must be a numpy.ndarray");
   auto a = py::reinterpret_borrow<py::array>(obj);
-  const int num = a.dtype().num();
-  if (num != py::detail::npy_api::NPY_FLOAT_ && num != py::detail::npy_api::NPY_DOUBLE_) {
-    throw py::type_error(name.str() + " must be float32 or float64, got " + py::str(a.dtype()).cast<std::string>());
+  const arrays::Dtype dtype = arrays::float_dtype(a);
+  if (dtype == arrays::Dtype::Other) {
+    throw py::type_error(name.str() + " must be float32 or float64 (native byte order), got " +
+                         py::str(a.dtype()).cast<std::string>());
   }
-  if ((a.flags() & kContiguousAndAligned) != kContiguousAndAligned) {
-    throw py::value_error(name.str() + " must be C-contiguous and aligned");
-  }
+  if (!arrays::contiguous_and_aligned(a)) throw py::value_error(name.str() + " must be C-contiguous and aligned");
   if (written && !a.writeable()) throw py::value_error(name.str() + " is read-only");
-  if (like != nullptr && num != like->dtype().num()) {
+  if (like != nullptr && dtype != arrays::float_dtype(*like)) {
     throw py::type_error(name.str() + " has dtype " + py::str(a.dtype()).cast<std::string>() + ", expected " +
                          py::str(like->dtype()).cast<std::string>());
   }
@@ -90,12 +85,6 @@ void require_shape(const py::array& a, const std::string& name, std::initializer
     throw py::value_error(name + " has shape " + py::str(a.attr("shape")).cast<std::string>() + ", expected " +
                           wanted);
   }
-}
-
-bool overlaps(const py::array& a, const py::array& b) {
-  const char* p = static_cast<const char*>(a.data());
-  const char* q = static_cast<const char*>(b.data());
-  return p < q + b.nbytes() && q < p + a.nbytes();
 }
 
 // ---- SGD ------------------------------------------------------------------------------------

@@ -57,6 +57,8 @@ class FakeCupy:
             def get(self):
                 return np.array(self)
 
+        # the dispatch picks the CUDA backend for arrays whose type comes from CuPy
+        ndarray.__module__ = "cupy._fake"
         self.ndarray = ndarray
         self.cuda = types.SimpleNamespace(Device=lambda device_id=0: FakeDevice(fake, device_id))
 

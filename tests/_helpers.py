@@ -157,7 +157,7 @@ class Op:
                                                  grad_output)
         if np.ndim(grad_output) > 0:
             # An upstream gradient array reaches the kernels as weight * grad_output rounded to
-            # the input dtype (fastloss._weights.grad_weight): exact to 0.5 ulp relative, but a
+            # the input dtype (fastloss._dispatch._times_weight): exact to 0.5 ulp relative, but a
             # subnormal product keeps only a few bits. Allowed: that rounding, per element.
             combined = _terms_scale(np.shape(x), weight, reduction, grad_output, signed=True)
             with np.errstate(invalid="ignore", over="ignore"):

@@ -47,9 +47,10 @@ from _helpers import (
     seed_for,
     ulp_distance_f32,
 )
-from fastloss import _cuda
+from fastloss import _cuda, _dispatch
 from fastloss import reference as R
-from fastloss._numpy_backend import (
+from fastloss._dispatch import loss_kind
+from fastloss._codes import (
     BINARY_CROSS_ENTROPY,
     BINARY_CROSS_ENTROPY_WITH_LOGITS,
     SQUARED_ERROR,
@@ -448,8 +449,8 @@ def test_loss_pass_works_on_the_inputs_device(fake_cupy, op, want_loss, want_gra
                    "trailing": np.asarray(rng.standard_normal(shape[-1:]), np.float32)}[go]
     gx, gy, gw, gpw, ggo = _to_fake_device(fake_cupy, 1, x, y, w, pw, grad_output)
     fake_cupy.log.clear()
-    result = _cuda.loss_pass(OP_CODES[op.name], want_loss, want_grad, gx, gy, gw, gpw,
-                             reduction, ggo, None)
+    result = _dispatch.loss(loss_kind(OP_CODES[op.name], want_loss, want_grad), gx, gy, gw,
+                            gpw, reduction, ggo, None)
     assert fake_cupy.current == [0]
     assert any(what.startswith("launch") for what, _ in fake_cupy.log)
     assert _off_device(fake_cupy, 1) == []
@@ -461,8 +462,8 @@ def test_sigmoids_work_on_the_inputs_device(fake_cupy):
     x, g = _to_fake_device(fake_cupy, 1, np.linspace(-3, 3, 50, dtype=np.float32),
                            np.ones(50, np.float32))
     fake_cupy.log.clear()
-    s = _cuda.sigmoid(x, None)
-    b = _cuda.sigmoid_backward(g, s, None)
+    s = fastloss.sigmoid(x)
+    b = fastloss.sigmoid_backward(g, s)
     assert [what for what, _ in fake_cupy.log if what.startswith("launch")] == [
         "launch fastloss::gpu::sigmoid<float>", "launch fastloss::gpu::sigmoid_backward<float>"]
     assert _off_device(fake_cupy, 1) == []
@@ -479,17 +480,17 @@ def test_out_partly_over_grad_output_is_refused(fake_cupy, op):
     with pytest.raises(ValueError, match="overlaps"):  # the CPU path
         op.grad(x, y, reduction="none", grad_output=both[:n], out=both[1:])
     gx, gy, gboth = _to_fake_device(fake_cupy, 1, x, y, both)
-    code = OP_CODES[op.name]
     for want_loss in (False, True):
+        kind = loss_kind(OP_CODES[op.name], want_loss, True)
         with pytest.raises(ValueError, match="out overlaps grad_output"):
-            _cuda.loss_pass(code, want_loss, True, gx, gy, None, None, "none", gboth[:n],
-                            gboth[1:])
+            _dispatch.loss(kind, gx, gy, None, None, "none", gboth[:n], gboth[1:])
     assert not any(what.startswith("launch") for what, _ in fake_cupy.log)
     # grad_output itself, or grad_output times a weight (a new array), are fine
-    assert _cuda.loss_pass(code, False, True, gx, gy, None, None, "none", gboth[:n],
-                           gboth[:n]) is not None
-    assert _cuda.loss_pass(code, False, True, gx, gy, 0.5, None, "none", gboth[:n],
-                           gboth[1:]) is not None
+    grad_only = loss_kind(OP_CODES[op.name], False, True)
+    assert _dispatch.loss(grad_only, gx, gy, None, None, "none", gboth[:n],
+                          gboth[:n]) is not None
+    assert _dispatch.loss(grad_only, gx, gy, 0.5, None, "none", gboth[:n],
+                          gboth[1:]) is not None
 
 
 @pytest.mark.parametrize("op", OPS, ids=repr)
@@ -502,7 +503,6 @@ def test_misaligned_weights_and_grad_output_are_refused(fake_cupy, op):
     with fake_cupy.cuda.Device(1):
         unaligned = fake_cupy.unaligned(shape, np.float32)
     assert unaligned.data.ptr % 4 and unaligned.flags.c_contiguous
-    code = OP_CODES[op.name]
     cases = [("weight", dict(weight=unaligned))]
     if op.has_pos_weight:
         cases.append(("pos_weight", dict(pos_weight=unaligned)))
@@ -510,11 +510,12 @@ def test_misaligned_weights_and_grad_output_are_refused(fake_cupy, op):
         for want_loss, want_grad in ((True, False), (False, True), (True, True)):
             args = dict(dict(weight=None, pos_weight=None), **kwargs)
             with pytest.raises(ValueError, match=f"^{name} is not aligned"):
-                _cuda.loss_pass(code, want_loss, want_grad, gx, gy, args["weight"],
-                                args["pos_weight"], "mean", 1.0, None)
+                _dispatch.loss(loss_kind(OP_CODES[op.name], want_loss, want_grad), gx, gy,
+                               args["weight"], args["pos_weight"], "mean", 1.0, None)
     for weight in (None, 0.5):
         with pytest.raises(ValueError, match="^grad_output is not aligned"):
-            _cuda.loss_pass(code, True, True, gx, gy, weight, None, "none", unaligned, None)
+            _dispatch.loss(loss_kind(OP_CODES[op.name], True, True), gx, gy, weight, None,
+                           "none", unaligned, None)
     assert not any(what.startswith("launch") for what, _ in fake_cupy.log)
 
 

@@ -1,7 +1,7 @@
 """Type stub of the compiled module fastloss._cpu (csrc/module.cpp, csrc/training.cpp).
 
-Private: use fastloss.functional, fastloss.nn and fastloss.optim. Arrays are NumPy arrays of
-float32 or float64; every other check is made in C++.
+Private: use fastloss.functional, fastloss.nn and fastloss.optim. The loss and sigmoid entries
+answer None to arguments they will not run (fastloss._dispatch then validates them).
 """
 
 from typing import Any
@@ -11,11 +11,16 @@ import numpy.typing as npt
 
 _Array = npt.NDArray[np.floating[Any]]
 
-def loss_pass(op: int, reduction: int, want_loss: bool, want_grad: bool, input: object,
-              target: object, weight: object, pos_weight: object, grad_output: float,
+class ProbabilityOutOfRange(ValueError): ...
+
+LOSS_OPS: tuple[int, ...]
+PASS_OUTPUTS: tuple[int, ...]
+
+def loss_pass(op: int, outputs: int, mean: bool, input: object, target: object,
+              weight: object, pos_weight: object, grad_output: float,
               out: object) -> Any: ...
-def sigmoid(input: object, out: object) -> _Array: ...
-def sigmoid_backward(grad_output: object, output: object, out: object) -> _Array: ...
+def sigmoid(input: object, out: object) -> _Array | None: ...
+def sigmoid_backward(grad_output: object, output: object, out: object) -> _Array | None: ...
 def build_info() -> dict[str, Any]: ...
 def stream_read(array: npt.NDArray[np.float32]) -> float: ...
 def stream_copy(src: npt.NDArray[np.float32], dst: npt.NDArray[np.float32]) -> None: ...

@@ -1,52 +1,90 @@
-"""NumPy arrays -> fastloss._cpu. Weights are shaped for the kernels by ``_weights``; every
-other check (dtypes, shapes, contiguity, out=) is made in C++ (csrc/module.cpp).
+"""The NumPy backend: the C++/OpenMP kernels of ``fastloss._cpu``, behind the interface the
+dispatch (``fastloss._dispatch``) expects of a backend. Arrays that are not C-contiguous and
+aligned are copied once (NumPy's own arrays are cheap to copy; documented in the functions).
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from . import _cpu
-from ._weights import grad_weight, periodic_weight, split_grad_output
 
-REDUCTION_CODES = {"mean": 0, "sum": 1, "none": 2}
+ARRAY = "numpy.ndarray"
+WHERE = "the CPU"
+MOVE_HINT = "copy it with cupy.asnumpy, or pass CuPy arrays only"
 
-SQUARED_ERROR, BINARY_CROSS_ENTROPY, BINARY_CROSS_ENTROPY_WITH_LOGITS = 0, 1, 2
+ProbabilityOutOfRange = _cpu.ProbabilityOutOfRange
+
+# The C++ entries, for the dispatch's fast path: each answers None to arguments it will not
+# run (csrc/module.cpp), which the dispatch then checks and words.
+loss_pass_or_none = _cpu.loss_pass
+sigmoid_or_none = _cpu.sigmoid
+sigmoid_backward_or_none = _cpu.sigmoid_backward
+
+_NO_DEVICE = contextlib.nullcontext()
 
 
-def reduction_code(reduction):
-    code = REDUCTION_CODES.get(reduction) if isinstance(reduction, str) else None
-    if code is None:
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-    return code
+def array_module():
+    return np
 
 
-def loss_pass(op, want_loss, want_grad, input, target, weight, pos_weight, reduction,
-              grad_output, out):
-    code = reduction_code(reduction)
-    if want_grad:
-        grad_output, grad_array = split_grad_output(np, grad_output, input, reduction)
-        if grad_array is not None:
-            # An upstream gradient per element scales the gradient, not the loss: the gradient
-            # pass is weighted by weight * grad_output, and the loss (if wanted) has its own,
-            # made first: `out` may be the input, the target or the weight.
-            loss = (loss_pass(op, True, False, input, target, weight, pos_weight, reduction,
-                              1.0, None) if want_loss else None)
-            grad = loss_pass(op, False, True, input, target,
-                             grad_weight(np, weight, grad_array, input), pos_weight, reduction,
-                             1.0, out)
-            return (loss, grad) if want_loss else grad
-    if weight is not None:
-        weight = periodic_weight(np, weight, input, "weight")
-    if pos_weight is not None:
-        pos_weight = periodic_weight(np, pos_weight, input, "pos_weight")
-    return _cpu.loss_pass(op, code, want_loss, want_grad, input, target, weight, pos_weight,
-                          grad_output, out)
+def is_array(obj):
+    return isinstance(obj, np.ndarray)
+
+
+def elsewhere(obj):
+    if hasattr(obj, "__cuda_array_interface__"):
+        return f"a GPU array ({type(obj).__module__}.{type(obj).__qualname__})"
+    return None
+
+
+def on_device_of(array):
+    return _NO_DEVICE
+
+
+def same_device(a, b):
+    return True
+
+
+def device_name(a):
+    return "the CPU"
+
+
+def address(a):
+    return a.__array_interface__["data"][0]
+
+
+def writeable(a):
+    return bool(a.flags.writeable)
+
+
+def readable(a, name):
+    """NumPy reads any array, aligned or not."""
+
+
+def contiguous(a, name):
+    # numpy.require, not ascontiguousarray: that one returns a contiguous but unaligned array
+    # as it is (UBSan caught the misaligned loads)
+    return np.require(a, None, "CA")
+
+
+def _checked(result):
+    if result is None:
+        raise RuntimeError("fastloss._cpu refused arguments that fastloss._dispatch had "
+                           "checked: a bug in fastloss, please report it")
+    return result
+
+
+def loss_pass(op, outputs, mean, input, target, weight, pos_weight, grad_output, out):
+    return _checked(_cpu.loss_pass(op, outputs, mean, input, target, weight, pos_weight,
+                                   grad_output, out))
 
 
 def sigmoid(input, out):
-    return _cpu.sigmoid(input, out)
+    return _checked(_cpu.sigmoid(input, out))
 
 
 def sigmoid_backward(grad_output, output, out):
-    return _cpu.sigmoid_backward(grad_output, output, out)
+    return _checked(_cpu.sigmoid_backward(grad_output, output, out))

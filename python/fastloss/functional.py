@@ -11,10 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Union
 
-import numpy as np
-
-from . import _numpy_backend
-from ._interop import adopt
+from . import _codes, _dispatch
+from ._dispatch import loss_kind
 
 # A numpy.ndarray or a cupy.ndarray, or any object these take without a copy (DLPack,
 # __array_interface__, __cuda_array_interface__; see fastloss._interop).
@@ -29,45 +27,17 @@ __all__ = [
     "sigmoid", "sigmoid_backward",
 ]
 
-_MSE = _numpy_backend.SQUARED_ERROR
-_BCE = _numpy_backend.BINARY_CROSS_ENTROPY
-_BCE_LOGITS = _numpy_backend.BINARY_CROSS_ENTROPY_WITH_LOGITS
-
-
-def _backend(array, name="input"):
-    if isinstance(array, np.ndarray):
-        return _numpy_backend
-    module = type(array).__module__
-    if module.startswith("cupy"):
-        # Imported here, only for CuPy arrays: `import fastloss` never imports CuPy.
-        from . import _cuda
-        return _cuda
-    kind = f"{module}.{type(array).__qualname__}"
-    hint = "; fastloss.torch takes torch tensors" if module.startswith("torch") else ""
-    raise TypeError(f"{name} must be a numpy.ndarray or a cupy.ndarray, got {kind}{hint}")
-
-
-_REDUCTION_CODES = _numpy_backend.REDUCTION_CODES
-_cpu_loss_pass = _numpy_backend._cpu.loss_pass
-
-
-def _loss(op, want_loss, want_grad, input, target, weight=None, pos_weight=None,
-          reduction="mean", grad_output=1.0, out=None):
-    # The common call (NumPy, no weights, scalar grad_output) goes straight to C++, which
-    # checks everything else: a call on 16 elements must stay around a microsecond.
-    if (type(input) is np.ndarray and type(target) is np.ndarray and weight is None
-            and pos_weight is None and type(grad_output) is float and type(reduction) is str
-            and (out is None or type(out) is np.ndarray)):
-        code = _REDUCTION_CODES.get(reduction)
-        if code is not None:
-            return _cpu_loss_pass(op, code, want_loss, want_grad, input, target, None, None,
-                                  grad_output, out)
-    input, target, weight, pos_weight, grad_output, out = (
-        adopt(value, name) for value, name in
-        ((input, "input"), (target, "target"), (weight, "weight"), (pos_weight, "pos_weight"),
-         (grad_output, "grad_output"), (out, "out")))
-    return _backend(input).loss_pass(op, want_loss, want_grad, input, target, weight,
-                                     pos_weight, reduction, grad_output, out)
+_loss = _dispatch.loss
+# (op, returns the loss, returns the gradient) of each public function
+_MSE_LOSS = loss_kind(_codes.SQUARED_ERROR, True, False)
+_MSE_GRAD = loss_kind(_codes.SQUARED_ERROR, False, True)
+_MSE_AND_GRAD = loss_kind(_codes.SQUARED_ERROR, True, True)
+_BCE_LOSS = loss_kind(_codes.BINARY_CROSS_ENTROPY, True, False)
+_BCE_GRAD = loss_kind(_codes.BINARY_CROSS_ENTROPY, False, True)
+_BCE_AND_GRAD = loss_kind(_codes.BINARY_CROSS_ENTROPY, True, True)
+_LOGITS_LOSS = loss_kind(_codes.BINARY_CROSS_ENTROPY_WITH_LOGITS, True, False)
+_LOGITS_GRAD = loss_kind(_codes.BINARY_CROSS_ENTROPY_WITH_LOGITS, False, True)
+_LOGITS_AND_GRAD = loss_kind(_codes.BINARY_CROSS_ENTROPY_WITH_LOGITS, True, True)
 
 
 _COMMON = """
@@ -122,7 +92,7 @@ def _doc(summary, extra=""):
 """)
 def mse_loss(input: Array, target: Array, *, weight: Weight = None,
              reduction: str = "mean") -> Any:
-    return _loss(_MSE, True, False, input, target, weight, None, reduction)
+    return _loss(_MSE_LOSS, input, target, weight, None, reduction)
 
 
 @_doc("""Gradient of ``mse_loss`` with respect to input: 2 * (input - target) * weight [/ N].
@@ -130,7 +100,7 @@ def mse_loss(input: Array, target: Array, *, weight: Weight = None,
 def mse_loss_grad(input: Array, target: Array, *, weight: Weight = None,
                   reduction: str = "mean", grad_output: Weight = 1.0,
                   out: Array | None = None) -> Array:
-    return _loss(_MSE, False, True, input, target, weight, None, reduction, grad_output, out)
+    return _loss(_MSE_GRAD, input, target, weight, None, reduction, grad_output, out)
 
 
 @_doc("""``(mse_loss(...), mse_loss_grad(...))`` computed in one pass over the inputs.
@@ -141,7 +111,7 @@ def mse_loss_grad(input: Array, target: Array, *, weight: Weight = None,
 def mse_loss_and_grad(input: Array, target: Array, *, weight: Weight = None,
                       reduction: str = "mean", grad_output: Weight = 1.0,
                       out: Array | None = None) -> tuple[Any, Array]:
-    return _loss(_MSE, True, True, input, target, weight, None, reduction, grad_output, out)
+    return _loss(_MSE_AND_GRAD, input, target, weight, None, reduction, grad_output, out)
 
 
 # ---- binary cross-entropy on probabilities ---------------------------------------------------------
@@ -154,7 +124,7 @@ def mse_loss_and_grad(input: Array, target: Array, *, weight: Weight = None,
 """)
 def binary_cross_entropy(input: Array, target: Array, *, weight: Weight = None,
                          reduction: str = "mean") -> Any:
-    return _loss(_BCE, True, False, input, target, weight, None, reduction)
+    return _loss(_BCE_LOSS, input, target, weight, None, reduction)
 
 
 @_doc("""Gradient of ``binary_cross_entropy``: (input - target) / max(input*(1-input), 1e-12).
@@ -164,7 +134,7 @@ def binary_cross_entropy(input: Array, target: Array, *, weight: Weight = None,
 def binary_cross_entropy_grad(input: Array, target: Array, *, weight: Weight = None,
                               reduction: str = "mean", grad_output: Weight = 1.0,
                               out: Array | None = None) -> Array:
-    return _loss(_BCE, False, True, input, target, weight, None, reduction, grad_output, out)
+    return _loss(_BCE_GRAD, input, target, weight, None, reduction, grad_output, out)
 
 
 @_doc("""``(binary_cross_entropy(...), binary_cross_entropy_grad(...))`` in one pass.
@@ -172,7 +142,7 @@ def binary_cross_entropy_grad(input: Array, target: Array, *, weight: Weight = N
 def binary_cross_entropy_and_grad(input: Array, target: Array, *, weight: Weight = None,
                                   reduction: str = "mean", grad_output: Weight = 1.0,
                                   out: Array | None = None) -> tuple[Any, Array]:
-    return _loss(_BCE, True, True, input, target, weight, None, reduction, grad_output, out)
+    return _loss(_BCE_AND_GRAD, input, target, weight, None, reduction, grad_output, out)
 
 
 # ---- binary cross-entropy on logits ----------------------------------------------------------------
@@ -192,7 +162,7 @@ _LOGITS = """
 """, _LOGITS)
 def binary_cross_entropy_with_logits(input: Array, target: Array, *, weight: Weight = None,
                                      pos_weight: Weight = None, reduction: str = "mean") -> Any:
-    return _loss(_BCE_LOGITS, True, False, input, target, weight, pos_weight, reduction)
+    return _loss(_LOGITS_LOSS, input, target, weight, pos_weight, reduction)
 
 
 @_doc("""Gradient of ``binary_cross_entropy_with_logits`` with respect to the logits.
@@ -201,8 +171,7 @@ def binary_cross_entropy_with_logits_grad(input: Array, target: Array, *, weight
                                           pos_weight: Weight = None, reduction: str = "mean",
                                           grad_output: Weight = 1.0, out: Array | None = None
                                           ) -> Array:
-    return _loss(_BCE_LOGITS, False, True, input, target, weight, pos_weight, reduction,
-                 grad_output, out)
+    return _loss(_LOGITS_GRAD, input, target, weight, pos_weight, reduction, grad_output, out)
 
 
 @_doc("""Loss and gradient of ``binary_cross_entropy_with_logits`` in one pass (one exp).
@@ -212,8 +181,8 @@ def binary_cross_entropy_with_logits_and_grad(input: Array, target: Array, *,
                                               reduction: str = "mean",
                                               grad_output: Weight = 1.0,
                                               out: Array | None = None) -> tuple[Any, Array]:
-    return _loss(_BCE_LOGITS, True, True, input, target, weight, pos_weight, reduction,
-                 grad_output, out)
+    return _loss(_LOGITS_AND_GRAD, input, target, weight, pos_weight, reduction, grad_output,
+                 out)
 
 
 # ---- sigmoid ---------------------------------------------------------------------------------------
@@ -232,8 +201,7 @@ def sigmoid(input: Array, *, out: Array | None = None) -> Array:
         TypeError: not a NumPy float32/float64 array (masked arrays included).
         ValueError: bad ``out``.
     """
-    input, out = adopt(input, "input"), adopt(out, "out")
-    return _backend(input).sigmoid(input, out)
+    return _dispatch.sigmoid(input, out)
 
 
 def sigmoid_backward(grad_output: Array, output: Array, *, out: Array | None = None) -> Array:
@@ -249,6 +217,4 @@ def sigmoid_backward(grad_output: Array, output: Array, *, out: Array | None = N
     Raises:
         TypeError: bad array kind or dtype, or dtypes differ. ValueError: shapes differ, bad out.
     """
-    grad_output, output = adopt(grad_output, "grad_output"), adopt(output, "output")
-    out = adopt(out, "out")
-    return _backend(grad_output, "grad_output").sigmoid_backward(grad_output, output, out)
+    return _dispatch.sigmoid_backward(grad_output, output, out)

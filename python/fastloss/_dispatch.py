@@ -1,0 +1,395 @@
+"""The one place for what does not depend on the backend.
+
+Every public function comes here. For its arguments the dispatch
+- adopts arrays of other libraries (DLPack, the array interfaces: ``fastloss._interop``),
+- picks the backend from the array family of the first array (NumPy: ``_numpy_backend``,
+  CuPy: ``_cuda``, imported only for a CuPy array),
+- validates reduction, array types, dtypes, devices, shapes, weights and ``grad_output``, each
+  error worded once, here,
+- plans the passes: which outputs, the divisor of a mean, the gradient's scale, the weight
+  buffers the kernels read periodically, and the second pass an array ``grad_output`` needs,
+and hands the plan to the backend, which checks only what needs the memory itself (contiguity,
+alignment), allocates the outputs on the right device and launches.
+
+The common NumPy call (no weights, a float ``grad_output``) skips the Python checks: the C++
+module takes it first and answers None to anything it would not run, which then comes back
+here to be checked and, where it can be, prepared (copies, weight buffers).
+
+A backend module provides: ``ARRAY`` (its array type's name), ``WHERE`` (where its arrays
+live), ``MOVE_HINT`` (how to bring an array there), ``array_module()``, ``is_array(obj)``,
+``elsewhere(obj)`` (a description of obj if it is an array of another device, else None),
+``on_device_of(a)`` (a context for allocations), ``same_device(a, b)``, ``device_name(a)``,
+``address(a)``, ``writeable(a)``, ``readable(a, name)`` (an error if the array library itself
+cannot read ``a``: CuPy faults on a misaligned array), ``contiguous(a, name)`` (the array as
+the kernels read it, a copy or an error),
+``loss_pass(op, outputs, mean, input, target, weight, pos_weight, grad_output, out)``,
+``sigmoid(x, out)``, ``sigmoid_backward(grad_output, output, out)`` and
+``ProbabilityOutOfRange`` (what ``loss_pass`` raises for a probability outside [0, 1]).
+"""
+
+from __future__ import annotations
+
+import numbers
+from types import ModuleType
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import _codes, _numpy_backend
+from ._interop import adopt
+
+OUT_OF_RANGE = ("input must hold probabilities in [0, 1] (binary_cross_entropy); found values "
+                "outside; use binary_cross_entropy_with_logits for logits")
+REDUCTIONS = ("mean", "sum", "none")
+# Weight buffers shorter than this are tiled up to it, so the kernels' contiguous runs stay long.
+MIN_PERIOD = 4096
+
+_ndarray = np.ndarray
+_cpu_loss_pass = _numpy_backend.loss_pass_or_none
+_cpu_sigmoid = _numpy_backend.sigmoid_or_none
+_cpu_sigmoid_backward = _numpy_backend.sigmoid_backward_or_none
+_CpuOutOfRange = _numpy_backend.ProbabilityOutOfRange
+
+
+# ---- what each public loss function computes ---------------------------------------------------
+class Pass(NamedTuple):
+    outputs: int
+    mean: bool  # the sum and the gradient's scale are divided by N
+
+
+class LossKind(NamedTuple):
+    """A public loss function: its op, and whether it returns the loss, the gradient or both."""
+    op: int
+    want_loss: bool
+    want_grad: bool
+    passes: dict  # reduction -> Pass, when grad_output is a scalar
+
+
+def loss_kind(op, want_loss, want_grad):
+    def outputs(reduce):
+        if want_loss and want_grad:
+            return _codes.SUM_AND_GRAD if reduce else _codes.ELEMENTWISE_AND_GRAD
+        if want_loss:
+            return _codes.SUM if reduce else _codes.ELEMENTWISE
+        return _codes.GRAD
+    return LossKind(op, want_loss, want_grad, {
+        "mean": Pass(outputs(True), True), "sum": Pass(outputs(True), False),
+        "none": Pass(outputs(False), False)})
+
+
+# ---- the entry points --------------------------------------------------------------------------
+def loss(kind: LossKind, input, target, weight=None, pos_weight=None, reduction="mean",
+         grad_output=1.0, out=None):
+    if (type(input) is _ndarray and type(target) is _ndarray and weight is None
+            and pos_weight is None and type(grad_output) is float and type(reduction) is str
+            and (out is None or type(out) is _ndarray)):
+        plan = kind.passes.get(reduction)
+        if plan is not None:
+            try:
+                result = _cpu_loss_pass(kind.op, plan.outputs, plan.mean, input, target, None,
+                                        None, grad_output, out)
+            except _CpuOutOfRange:
+                raise ValueError(OUT_OF_RANGE) from None
+            if result is not None:
+                return result
+    return _checked_loss(kind, input, target, weight, pos_weight, reduction, grad_output, out)
+
+
+def sigmoid(input, out=None):
+    if type(input) is _ndarray and (out is None or type(out) is _ndarray):
+        result = _cpu_sigmoid(input, out)
+        if result is not None:
+            return result
+    input, out = adopt(input, "input"), adopt(out, "out")
+    backend = _backend_of(input, "input")
+    with backend.on_device_of(input):
+        x = _prepared_input(backend, input, "input")
+        out = _checked_out(backend, out, x, "input", [(x, "input")])
+        return backend.sigmoid(x, out)
+
+
+def sigmoid_backward(grad_output, output, out=None):
+    if type(grad_output) is _ndarray and type(output) is _ndarray and (
+            out is None or type(out) is _ndarray):
+        result = _cpu_sigmoid_backward(grad_output, output, out)
+        if result is not None:
+            return result
+    grad_output, output = adopt(grad_output, "grad_output"), adopt(output, "output")
+    out = adopt(out, "out")
+    backend = _backend_of(grad_output, "grad_output")
+    _check_array(backend, output, "output")
+    with backend.on_device_of(grad_output):
+        g, y = _prepared_pair(backend, grad_output, "grad_output", output, "output")
+        out = _checked_out(backend, out, g, "grad_output", [(g, "grad_output"), (y, "output")])
+        return backend.sigmoid_backward(g, y, out)
+
+
+# ---- the checked path ---------------------------------------------------------------------------
+def _checked_loss(kind, input, target, weight, pos_weight, reduction, grad_output, out):
+    input, target, weight, pos_weight, grad_output, out = (
+        adopt(value, name) for value, name in
+        ((input, "input"), (target, "target"), (weight, "weight"), (pos_weight, "pos_weight"),
+         (grad_output, "grad_output"), (out, "out")))
+    backend = _backend_of(input, "input")
+    _check_array(backend, target, "target")
+    if not (isinstance(reduction, str) and reduction in REDUCTIONS):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    with backend.on_device_of(input):
+        return _loss_on_device(backend, kind, input, target, weight, pos_weight, reduction,
+                               grad_output, out)
+
+
+def _loss_on_device(backend, kind, input, target, weight, pos_weight, reduction, grad_output,
+                    out):
+    input, target = _prepared_pair(backend, input, "input", target, "target")
+    weights = _weight_buffer(backend, weight, input, "weight")
+    pos_weights = _weight_buffer(backend, pos_weight, input, "pos_weight")
+    scale, grad_array = 1.0, None
+    if kind.want_grad:
+        scale, grad_array = _split_grad_output(backend, grad_output, input, reduction)
+    reads = [(input, "input"), (target, "target"), (weights, "weight"),
+             (pos_weights, "pos_weight")]
+    grad_weights = None
+    if grad_array is not None:
+        # reduction='none' with an upstream gradient per element: the gradient pass is weighted
+        # by weight * grad_output (grad_output itself when there is no weight: out must not
+        # overlap it in part), the loss (if wanted) by weight alone, in a pass of its own
+        grad_weights = _weight_buffer(backend, _times_weight(backend, weight, grad_array, input),
+                                      input, "grad_output")
+        reads.append((grad_weights, "grad_output"))
+    if kind.want_grad:
+        out = _checked_out(backend, out, input, "input",
+                           [(a, name) for a, name in reads if a is not None])
+    try:
+        if grad_weights is None:
+            plan = kind.passes[reduction]
+            return backend.loss_pass(kind.op, plan.outputs, plan.mean, input, target, weights,
+                                     pos_weights, scale, out)
+        # the loss first: out may be the input, the target or a weight
+        loss_value = (backend.loss_pass(kind.op, _codes.ELEMENTWISE, False, input, target,
+                                        weights, pos_weights, 1.0, None)
+                      if kind.want_loss else None)
+        grad = backend.loss_pass(kind.op, _codes.GRAD, False, input, target, grad_weights,
+                                 pos_weights, 1.0, out)
+    except backend.ProbabilityOutOfRange:
+        raise ValueError(OUT_OF_RANGE) from None
+    return (loss_value, grad) if kind.want_loss else grad
+
+
+# ---- array families ------------------------------------------------------------------------------
+def _type_name(obj):
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _backend_of(array, name) -> ModuleType:
+    """The backend for the family of a call's first array; TypeError if it is not an array."""
+    if type(array).__module__.startswith("cupy"):
+        # Imported here, only for CuPy arrays: `import fastloss` never imports CuPy.
+        from . import _cuda
+        _check_array(_cuda, array, name)
+        return _cuda
+    if isinstance(array, np.ndarray):
+        _check_array(_numpy_backend, array, name)
+        return _numpy_backend
+    hint = ("; fastloss.torch takes torch tensors"
+            if type(array).__module__.startswith("torch") else "")
+    raise TypeError(f"{name} must be a numpy.ndarray or a cupy.ndarray, got "
+                    f"{_type_name(array)}{hint}")
+
+
+def _check_array(backend, value, name):
+    if not backend.is_array(value):
+        elsewhere = backend.elsewhere(value)
+        if elsewhere is not None:
+            raise TypeError(f"{name} is {elsewhere} but the call's first array is a "
+                            f"{backend.ARRAY}; all arrays of one call must be on the same "
+                            f"device ({backend.MOVE_HINT})")
+        raise TypeError(f"{name} must be a {backend.ARRAY} (all arrays of one call on "
+                        f"{backend.WHERE}), got {_type_name(value)}")
+    _reject_masked(value, name)
+
+
+def _reject_masked(value, name):
+    """numpy.ma arrays are ndarrays: the kernels would read their data and ignore the mask."""
+    if type(value) is not np.ndarray and isinstance(value, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a numpy.ma.MaskedArray, whose mask fastloss would ignore; "
+                        f"pass a plain numpy.ndarray ({name}.filled(value) or {name}.data)")
+
+
+def _check_float_dtype(a, name):
+    dtype = a.dtype
+    if dtype.kind != "f" or dtype.itemsize not in (4, 8):
+        raise TypeError(f"{name} has dtype {dtype}; fastloss supports float32 and float64")
+    if not dtype.isnative:
+        native = dtype.newbyteorder("=")
+        raise TypeError(f"{name} has non-native byte order (dtype {dtype.str}); convert it "
+                        f"with .astype('{native.name}')")
+
+
+def _check_same_dtype(a, name, like, like_name):
+    if a.dtype != like.dtype:
+        raise TypeError(f"{name} has dtype {a.dtype} but {like_name} has dtype {like.dtype}; "
+                        "convert one of them explicitly (fastloss never upcasts silently)")
+
+
+def _check_same_device(backend, a, name, like, like_name):
+    if not backend.same_device(a, like):
+        raise ValueError(f"{name} is on {backend.device_name(a)} but {like_name} is on "
+                         f"{backend.device_name(like)}; all arrays of one call must be on the "
+                         "same device")
+
+
+def _check_same_shape(a, name, like, like_name):
+    if a.shape != like.shape:
+        raise ValueError(f"{name} has shape {a.shape}, expected {like.shape} (the shape of "
+                         f"{like_name})")
+
+
+def _prepared_input(backend, a, name):
+    _check_float_dtype(a, name)
+    return backend.contiguous(a, name)
+
+
+def _prepared_pair(backend, a, a_name, b, b_name):
+    """Two arrays of one shape, dtype and device, as the kernels read them."""
+    _check_float_dtype(a, a_name)
+    _check_float_dtype(b, b_name)
+    _check_same_dtype(b, b_name, a, a_name)
+    _check_same_device(backend, b, b_name, a, a_name)
+    _check_same_shape(b, b_name, a, a_name)
+    return backend.contiguous(a, a_name), backend.contiguous(b, b_name)
+
+
+def _checked_out(backend, out, like, like_name, reads):
+    """A caller's out= for an array of ``like``'s shape (None: the backend allocates one). It
+    may be exactly one of the arrays the kernels read, ``reads`` [(array, name)], each element
+    being read before it is written, but must not overlap any other."""
+    if out is None:
+        return None
+    _check_array(backend, out, "out")
+    _check_float_dtype(out, "out")
+    _check_same_dtype(out, "out", like, like_name)
+    _check_same_device(backend, out, "out", like, like_name)
+    _check_same_shape(out, "out", like, like_name)
+    if not out.flags.c_contiguous or backend.address(out) % out.itemsize:
+        raise ValueError("out must be C-contiguous and aligned")
+    if not backend.writeable(out):
+        raise ValueError("out is read-only; expected a writeable array")
+    start = backend.address(out)
+    end = start + out.nbytes
+    for array, name in reads:
+        begin = backend.address(array)
+        if (out.nbytes and array.nbytes and start < begin + array.nbytes and begin < end
+                and (start, end) != (begin, begin + array.nbytes)):
+            raise ValueError(f"out overlaps {name} without being the same array; pass a "
+                             f"separate buffer or {name} itself")
+    return out
+
+
+# ---- weights and the upstream gradient ------------------------------------------------------------
+def _is_real_scalar(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _as_float(value, name):
+    """A real scalar as a Python float; float(10**400) raises an OverflowError naming nothing."""
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{name} is too large for a float64; expected a real number of "
+                         "magnitude below 1.8e308") from None
+
+
+def _not_an_array_or_number(backend, value, name):
+    elsewhere = " (all arrays of one call must be on the same device)" if (
+        backend.elsewhere(value) is not None) else ""
+    return TypeError(f"{name} must be a {backend.ARRAY} or a real number, got "
+                     f"{_type_name(value)}{elsewhere}")
+
+
+def _checked_weight(backend, weight, input, name):
+    """``weight`` checked against ``input``: a float (a scalar) or an array of the family."""
+    if _is_real_scalar(weight):
+        return _as_float(weight, name)
+    if not backend.is_array(weight):
+        raise _not_an_array_or_number(backend, weight, name)
+    _check_array(backend, weight, name)
+    _check_same_dtype(weight, name, input, "input")
+    _check_same_device(backend, weight, name, input, "input")
+    backend.readable(weight, name)
+    shape = input.shape
+    if weight.ndim > len(shape) or any(a != 1 and a != b
+                                       for a, b in zip(weight.shape[::-1], shape[::-1])):
+        raise ValueError(f"{name} has shape {weight.shape}, which does not broadcast to the "
+                         f"input shape {shape}")
+    return weight
+
+
+def _weight_buffer(backend, weight, input, name):
+    """``weight`` broadcast against ``input`` as the kernels read it: a 1-D buffer ``w``, element
+    ``i`` of the input using ``w[i % len(w)]``. That covers without a copy a weight that
+    broadcasts like a trailing block of the input (a scalar, ``(C,)`` against ``(B, C)``,
+    ``(1, C, L)`` against ``(B, C, L)``, or the full shape); any other broadcast (``(B, 1)``
+    against ``(B, C)``) is materialised once. None for no weight or an empty input."""
+    if weight is None:
+        return None
+    w = _checked_weight(backend, weight, input, name)
+    n = input.size
+    if n == 0:
+        return None
+    xp = backend.array_module()
+    wanted = min(MIN_PERIOD, n)
+    if isinstance(w, float):
+        return xp.full((wanted,), w, dtype=input.dtype)
+    shape = input.shape
+    dims = list(w.shape)
+    while dims and dims[0] == 1:
+        dims.pop(0)
+    if tuple(dims) == shape[len(shape) - len(dims):]:
+        flat = xp.ascontiguousarray(w).reshape(-1)  # a trailing block: no copy if contiguous
+    else:
+        flat = xp.ascontiguousarray(xp.broadcast_to(w, shape)).reshape(-1)
+    period = flat.size
+    if period < wanted:
+        flat = xp.tile(flat, -(-wanted // period))
+    return backend.contiguous(flat, name)
+
+
+def _split_grad_output(backend, grad_output, input, reduction):
+    """grad_output as (float scale, None) or, for an array with reduction='none',
+    (1.0, array of the input's dtype broadcastable to the input)."""
+    if isinstance(grad_output, float):
+        return grad_output, None
+    if _is_real_scalar(grad_output):
+        return _as_float(grad_output, "grad_output"), None
+    if (isinstance(grad_output, np.ndarray) or backend.is_array(grad_output)) and (
+            grad_output.ndim == 0):
+        _reject_masked(grad_output, "grad_output")
+        if grad_output.dtype.kind not in "fiu":  # float() of a complex drops its imaginary part
+            raise TypeError(f"grad_output has dtype {grad_output.dtype}; expected a real number")
+        return float(grad_output), None  # on a GPU: reads one value back (a synchronisation)
+    if not backend.is_array(grad_output):
+        raise _not_an_array_or_number(backend, grad_output, "grad_output")
+    _check_array(backend, grad_output, "grad_output")
+    if reduction != "none":
+        raise ValueError(f"grad_output must be a scalar for reduction={reduction!r} "
+                         f"(the loss is a scalar); got shape {grad_output.shape}")
+    _check_same_dtype(grad_output, "grad_output", input, "input")
+    _check_same_device(backend, grad_output, "grad_output", input, "input")
+    try:
+        shape = np.broadcast_shapes(grad_output.shape, input.shape)
+    except ValueError:
+        shape = None
+    if shape != input.shape:
+        raise ValueError(f"grad_output has shape {grad_output.shape}, which does not broadcast "
+                         f"to the input shape {input.shape}")
+    backend.readable(grad_output, "grad_output")
+    return 1.0, grad_output
+
+
+def _times_weight(backend, weight, grad_array, input) -> Any:
+    """The gradient pass's weight when grad_output is an array: weight * grad_output."""
+    if weight is None:
+        return grad_array
+    w = _checked_weight(backend, weight, input, "weight")
+    return backend.array_module().multiply(w, grad_array, dtype=input.dtype)
