@@ -278,10 +278,13 @@ def main() -> int:
         clean_module.mkdir()
         clean_module = Path(shutil.copy2(cmake_build("", args.jobs), clean_module))
 
-        # The control: no fault, every subset passes.
+        # The control: no fault, every subset passes. CI's main job has just run every test on
+        # the same sources, so --ci runs one subset, which is enough to show the scratch
+        # package works.
         assemble(site, clean_module)
         check_import(site)
-        for tests in dict.fromkeys(fault.tests for fault in faults):
+        control = list(dict.fromkeys(fault.tests for fault in faults))
+        for tests in control[:1] if args.ci else control:
             result = run_tests(site, tests)
             if result.returncode != 0:
                 sys.exit(f"planted faults: without a fault, pytest {' '.join(tests)} did not "
