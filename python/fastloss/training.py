@@ -12,11 +12,13 @@ import numpy as np
 from . import nn
 from ._arrays import Array, array_module
 from .data import batch_count, batches
+from .nn.layers import fused_stages, run_backward, run_forward
+from .nn.losses import _Loss
 
 __all__ = ["TrainStep", "fit", "predict", "evaluate"]
 
 
-def _trained_layers(model: nn.Module, loss: nn._Loss) -> tuple[list[nn.Module], nn._Loss]:
+def _trained_layers(model: nn.Module, loss: _Loss) -> tuple[list[nn.Module], _Loss]:
     """The layers that training runs and the loss it applies to their output.
 
     A Sequential ending in Sigmoid, trained with BCELoss, is trained on its logits with
@@ -36,21 +38,21 @@ class TrainStep:
     Reduction 'none' trains on the sum of the per-element losses and returns their mean.
     """
 
-    def __init__(self, model: nn.Module, loss: nn._Loss, optimizer: Any) -> None:
+    def __init__(self, model: nn.Module, loss: _Loss, optimizer: Any) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a fastloss.nn.Module, got {model!r}")
-        if not isinstance(loss, nn._Loss):
+        if not isinstance(loss, _Loss):
             raise TypeError(f"loss must be a fastloss.nn loss module (MSELoss, BCELoss, "
                             f"BCEWithLogitsLoss), got {loss!r}")
         if not hasattr(optimizer, "step"):
             raise TypeError(f"optimizer must have a step() method, got {optimizer!r}")
         self.model, self.optimizer = model, optimizer
         self.layers, self.loss = _trained_layers(model, loss)
-        self.stages = nn.fused_stages(self.layers)
+        self.stages = fused_stages(self.layers)
 
     def __call__(self, X: Array, Y: Array) -> Any:
-        value = self.loss.forward(nn.run_forward(self.stages, X), Y)
-        nn.run_backward(self.stages, self.loss.backward(), need_input_grad=False)
+        value = self.loss.forward(run_forward(self.stages, X), Y)
+        run_backward(self.stages, self.loss.backward(), need_input_grad=False)
         self.optimizer.step()
         return value.mean() if self.loss.reduction == "none" else value
 
@@ -89,7 +91,7 @@ def _epoch_loss(total: Any, count: int) -> float:
     return float(total) / count if count else float("nan")
 
 
-def fit(model: nn.Module, X: Array, Y: Array, *, loss: nn._Loss, optimizer: Any, epochs: int,
+def fit(model: nn.Module, X: Array, Y: Array, *, loss: _Loss, optimizer: Any, epochs: int,
         batch_size: int = 32, shuffle: bool = True,
         rng: int | np.random.Generator | None = None,
         validation_data: tuple[Array, Array] | None = None, progress: bool | None = None,
@@ -164,11 +166,11 @@ def predict(model: nn.Module, X: Array, *, batch_size: int | None = None) -> Arr
                            for start in range(0, len(X), batch_size)])
 
 
-def evaluate(model: nn.Module, X: Array, Y: Array, *, loss: nn._Loss) -> float:
+def evaluate(model: nn.Module, X: Array, Y: Array, *, loss: _Loss) -> float:
     """The loss of ``model`` on (X, Y) as a float (no parameter changes)."""
     layers, loss = _trained_layers(model, loss)
     evaluation = type(loss)(weight=loss.weight, reduction=loss.reduction,
                             **({"pos_weight": loss.pos_weight}
                                if isinstance(loss, nn.BCEWithLogitsLoss) else {}))
-    value = evaluation.forward(nn.run_forward(nn.fused_stages(layers), X), Y)
+    value = evaluation.forward(run_forward(fused_stages(layers), X), Y)
     return float(value.mean() if evaluation.reduction == "none" else value)

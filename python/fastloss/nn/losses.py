@@ -1,0 +1,69 @@
+"""The loss modules: ``MSELoss``, ``BCELoss``, ``BCEWithLogitsLoss``, each computing the loss
+and its gradient in one fused kernel call."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from .. import functional as F
+from .._arrays import Array
+from ._module import _reusable_buffer
+
+__all__ = ["MSELoss", "BCELoss", "BCEWithLogitsLoss"]
+
+
+class _Loss:
+    """A loss module: ``forward(input, target)`` returns the loss and computes d loss / d input
+    in the same pass (the fused ``*_and_grad`` kernel); ``backward()`` returns it."""
+
+    _and_grad: ClassVar[Any]  # the fused *_and_grad function of fastloss.functional
+
+    def __init__(self, *, weight: Array | float | None = None, reduction: str = "mean") -> None:
+        self.weight = weight
+        self.reduction = reduction
+        self._grad: Array | None = None
+        self._grad_buffers: dict[tuple[str, tuple[int, ...]], Array] = {}
+
+    def _extra(self) -> dict[str, Any]:
+        return {}
+
+    def forward(self, input: Array, target: Array) -> Any:
+        out = _reusable_buffer(self._grad_buffers, "grad", input.shape, input)
+        loss, self._grad = type(self)._and_grad(input, target, weight=self.weight,
+                                                reduction=self.reduction, out=out,
+                                                **self._extra())
+        return loss
+
+    __call__ = forward
+
+    def backward(self) -> Array:
+        """d loss / d input of the last ``forward`` (for reduction='none': of the summed loss)."""
+        if self._grad is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        return self._grad
+
+    def __repr__(self):
+        return f"{type(self).__name__}(reduction={self.reduction!r})"
+
+
+class MSELoss(_Loss):
+    """Mean squared error (``torch.nn.MSELoss``; ``weight`` is an extra, per element)."""
+    _and_grad = staticmethod(F.mse_loss_and_grad)
+
+
+class BCELoss(_Loss):
+    """Binary cross-entropy on probabilities (``torch.nn.BCELoss``)."""
+    _and_grad = staticmethod(F.binary_cross_entropy_and_grad)
+
+
+class BCEWithLogitsLoss(_Loss):
+    """Binary cross-entropy on logits (``torch.nn.BCEWithLogitsLoss``)."""
+    _and_grad = staticmethod(F.binary_cross_entropy_with_logits_and_grad)
+
+    def __init__(self, *, weight: Array | float | None = None, reduction: str = "mean",
+                 pos_weight: Array | float | None = None) -> None:
+        super().__init__(weight=weight, reduction=reduction)
+        self.pos_weight = pos_weight
+
+    def _extra(self) -> dict[str, Any]:
+        return {"pos_weight": self.pos_weight}
