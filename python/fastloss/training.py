@@ -9,25 +9,26 @@ from typing import Any
 
 import numpy as np
 
-from . import nn
 from ._arrays import Array, array_module
 from .data import batch_count, batches
-from .nn.layers import fused_stages, run_backward, run_forward
-from .nn.losses import _Loss
+# the modules of fastloss.nn, not the package: its __init__ re-exports fit and predict from here
+from .nn._module import Module
+from .nn.layers import Sequential, Sigmoid, fused_stages, run_backward, run_forward
+from .nn.losses import BCELoss, BCEWithLogitsLoss, _Loss
 
 __all__ = ["TrainStep", "fit", "predict", "evaluate"]
 
 
-def _trained_layers(model: nn.Module, loss: _Loss) -> tuple[list[nn.Module], _Loss]:
+def _trained_layers(model: Module, loss: _Loss) -> tuple[list[Module], _Loss]:
     """The layers that training runs and the loss it applies to their output.
 
     A Sequential ending in Sigmoid, trained with BCELoss, is trained on its logits with
     BCEWithLogitsLoss: the same loss where the sigmoid does not saturate, and finite
     (instead of clamped at 100) where it does.
     """
-    layers = list(model.layers) if isinstance(model, nn.Sequential) else [model]
-    if type(loss) is nn.BCELoss and layers and isinstance(layers[-1], nn.Sigmoid):
-        return layers[:-1], nn.BCEWithLogitsLoss(weight=loss.weight, reduction=loss.reduction)
+    layers = list(model.layers) if isinstance(model, Sequential) else [model]
+    if type(loss) is BCELoss and layers and isinstance(layers[-1], Sigmoid):
+        return layers[:-1], BCEWithLogitsLoss(weight=loss.weight, reduction=loss.reduction)
     return layers, loss
 
 
@@ -38,8 +39,8 @@ class TrainStep:
     Reduction 'none' trains on the sum of the per-element losses and returns their mean.
     """
 
-    def __init__(self, model: nn.Module, loss: _Loss, optimizer: Any) -> None:
-        if not isinstance(model, nn.Module):
+    def __init__(self, model: Module, loss: _Loss, optimizer: Any) -> None:
+        if not isinstance(model, Module):
             raise TypeError(f"model must be a fastloss.nn.Module, got {model!r}")
         if not isinstance(loss, _Loss):
             raise TypeError(f"loss must be a fastloss.nn loss module (MSELoss, BCELoss, "
@@ -91,7 +92,7 @@ def _epoch_loss(total: Any, count: int) -> float:
     return float(total) / count if count else float("nan")
 
 
-def fit(model: nn.Module, X: Array, Y: Array, *, loss: _Loss, optimizer: Any, epochs: int,
+def fit(model: Module, X: Array, Y: Array, *, loss: _Loss, optimizer: Any, epochs: int,
         batch_size: int = 32, shuffle: bool = True,
         rng: int | np.random.Generator | None = None,
         validation_data: tuple[Array, Array] | None = None, progress: bool | None = None,
@@ -157,7 +158,7 @@ def fit(model: nn.Module, X: Array, Y: Array, *, loss: _Loss, optimizer: Any, ep
     return history
 
 
-def predict(model: nn.Module, X: Array, *, batch_size: int | None = None) -> Array:
+def predict(model: Module, X: Array, *, batch_size: int | None = None) -> Array:
     """The model's output on X, as a fresh array (probabilities after a final Sigmoid)."""
     xp = array_module(X)
     if batch_size is None or len(X) <= batch_size:
@@ -166,11 +167,11 @@ def predict(model: nn.Module, X: Array, *, batch_size: int | None = None) -> Arr
                            for start in range(0, len(X), batch_size)])
 
 
-def evaluate(model: nn.Module, X: Array, Y: Array, *, loss: _Loss) -> float:
+def evaluate(model: Module, X: Array, Y: Array, *, loss: _Loss) -> float:
     """The loss of ``model`` on (X, Y) as a float (no parameter changes)."""
     layers, loss = _trained_layers(model, loss)
     evaluation = type(loss)(weight=loss.weight, reduction=loss.reduction,
                             **({"pos_weight": loss.pos_weight}
-                               if isinstance(loss, nn.BCEWithLogitsLoss) else {}))
+                               if isinstance(loss, BCEWithLogitsLoss) else {}))
     value = evaluation.forward(run_forward(fused_stages(layers), X), Y)
     return float(value.mean() if evaluation.reduction == "none" else value)
