@@ -15,7 +15,7 @@ import sys
 import numpy as np
 
 import fastloss
-from fastloss import _bench, _cpu, _train_cli
+from fastloss import _bench, _cpu, _machine, _train_cli
 
 
 def _cuda_status() -> str:
@@ -47,15 +47,15 @@ def info(args: argparse.Namespace) -> int:
         ("numpy", np.__version__),
         ("compiler", build["compiler"]),
         ("isa", f"{build['isa']} (chosen at run time for this CPU)"),
-        ("openmp", _bench.openmp_description(build)),
+        ("openmp", _machine.openmp_description(build)),
         ("max threads", f"{build['max_threads']} " + ("(a forked child: kernels run serially)"
                                                       if build["forked_child"]
                                                       else "(OMP_NUM_THREADS changes it)")),
         ("chunk size", f"{build['chunk_size']} elements (fixed: sums are the same bits "
                        "for any thread count)"),
         ("parallel from", f"{build['parallel_threshold']} elements"),
-        ("cpu", _bench.cpu_model()),
-        ("torch", _bench.package_version("torch") or "not installed"),
+        ("cpu", _machine.cpu_model()),
+        ("torch", _machine.package_version("torch") or "not installed"),
         ("cuda", _cuda_status()),
     ]
     width = max(len(name) for name, _ in fields)
