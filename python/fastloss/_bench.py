@@ -32,151 +32,12 @@ from fastloss import _cpu, reference
 from fastloss._bench_peers import BCE_EPS, Unavailable, crysx_builder, numba_case
 from fastloss._machine import (cpu_family, cpu_model, last_level_cache_bytes,
                                memory_description, package_version)
-
-# ---- bandwidth ceiling ---------------------------------------------------------------------------
-STREAM_N = 25_000_000  # float32s: 100 MB per array, far beyond any cache
-STREAM_N_BIG = 100_000_000
-
-
-def measure_bandwidth(n: int = STREAM_N, repeats: int = 7) -> dict:
-    """Read and copy bandwidth in GB/s (1e9 bytes/s): median of ``repeats`` after a warm-up.
-
-    read: ``_cpu.stream_read`` sums an n-float32 array with all threads (4n bytes).
-    copy: ``_cpu.stream_copy`` copies it into another (8n bytes: one read, one write).
-    """
-    src = np.ones(n, dtype=np.float32)
-    dst = np.zeros_like(src)  # zeros, not empty: the pages must exist before the timed copy
-    _cpu.stream_read(src)  # warm-up: starts the OpenMP threads
-    _cpu.stream_copy(src, dst)
-    read_s, copy_s = [], []
-    for _ in range(repeats):  # interleaved, so a drift of the machine hits both alike
-        read_s.append(_seconds(_cpu.stream_read, src))
-        copy_s.append(_seconds(_cpu.stream_copy, src, dst))
-    return {"read_gbs": 4 * n / statistics.median(read_s) / 1e9,
-            "copy_gbs": 8 * n / statistics.median(copy_s) / 1e9}
-
-
-def _seconds(function, *args):
-    start = time.perf_counter()
-    function(*args)
-    return time.perf_counter() - start
-
-
-# ---- test data -----------------------------------------------------------------------------------
-PROB_MIN = 1e-6  # probabilities lie in [PROB_MIN, 1 - PROB_MIN]: the clip above never bites
-
-
-class Inputs:
-    """The arrays of one (dtype, N), made on first use, and the exact losses over them.
-
-    Arrays, each from ``np.random.default_rng([0, k])`` (seed 0, a stream k of its own, so that
-    each is the same whichever is made first):
-      values   standard normal: predictions, logits, upstream gradients
-      targets  standard normal: regression targets
-      probs    uniform in [1e-6, 1 - 1e-6]: BCE inputs and sigmoid outputs
-      labels   hard targets, 0 or 1
-    """
-
-    _STREAMS = {"values": 1, "targets": 2, "probs": 3, "labels": 4}
-
-    def __init__(self, dtype, n: int):
-        self.dtype = np.dtype(dtype)
-        self.n = int(n)
-        self._arrays: dict[str, np.ndarray] = {}
-        self._exact: dict[str, float] = {}
-        self._expected: tuple = (None, None)
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        if name not in self._arrays:
-            self._arrays[name] = self._make(name)
-        return self._arrays[name]
-
-    def _make(self, name):
-        rng = np.random.default_rng([0, self._STREAMS[name]])
-        if name in ("values", "targets"):
-            return rng.standard_normal(self.n, dtype=self.dtype)
-        if name == "probs":
-            return np.clip(rng.random(self.n, dtype=self.dtype), PROB_MIN, 1 - PROB_MIN)
-        return (rng.random(self.n, dtype=self.dtype) < 0.5).astype(self.dtype)
-
-    def arrays(self, op: Op) -> tuple:
-        return tuple(self[name] for name in op.arrays)
-
-    def drop(self, *names: str) -> None:
-        """Frees arrays no longer needed (the stability track's 1.6 GB arrays at N = 4e8)."""
-        for name in names:
-            self._arrays.pop(name, None)
-
-    def exact_loss(self, op: Op) -> float:
-        """The op's loss in exact float64 (``fastloss.reference``: float64 terms, math.fsum)."""
-        assert op.reference is not None, f"{op.name} has no reduced loss"
-        key = op.reference.__name__  # mse_loss and mse_loss_and_grad share one
-        if key not in self._exact:
-            self._exact[key] = exact_mean(op.reference, self.arrays(op))
-        return self._exact[key]
-
-    def expected(self, op: Op):
-        """``fastloss.reference``'s result of the op (float64), for the latest op only: at
-        N = 1e8 one array of it takes 800 MB."""
-        if self._expected[0] != op.name:
-            self._expected = (None, None)  # frees the previous op's arrays first
-            self._expected = (op.name, getattr(reference, op.name)(*self.arrays(op)))
-        return self._expected[1]
-
-
-EXACT_CHUNK = 1 << 21  # the reference's float64 temporaries stay at tens of MB for any N
-
-
-def exact_mean(reference_loss, arrays) -> float:
-    """Exact mean of ``reference_loss``'s per-element terms: math.fsum over chunks."""
-    n = arrays[0].size
-    chunks = (reference_loss(*(a[i:i + EXACT_CHUNK] for a in arrays), reduction="none").tolist()
-              for i in range(0, n, EXACT_CHUNK))
-    return math.fsum(itertools.chain.from_iterable(chunks)) / n
-
-
-# ---- the compared operations ---------------------------------------------------------------------
-@dataclass(frozen=True)
-class Op:
-    name: str
-    arrays: tuple  # names in Inputs, in argument order
-    writes_array: bool  # an array out (out=), besides or instead of a loss
-    reference: Callable | None = None  # exact float64 loss, for the ops that reduce
-
-    @property
-    def reduces(self) -> bool:
-        return self.reference is not None
-
-    def bytes_moved(self, n: int, itemsize: int) -> int:
-        """Each input read once and the output array written once: the least any pass moves."""
-        return (len(self.arrays) + self.writes_array) * n * itemsize
-
-    @property
-    def ceiling(self) -> str:
-        """The probe it is held against: a loss only reads; an op writing an array also writes."""
-        return "copy_gbs" if self.writes_array else "read_gbs"
-
-
-_MSE, _BCE, _LOGITS = ("values", "targets"), ("probs", "labels"), ("values", "labels")
-OPS = {op.name: op for op in (
-    Op("mse_loss", _MSE, False, reference.mse_loss),
-    Op("mse_loss_grad", _MSE, True),
-    Op("mse_loss_and_grad", _MSE, True, reference.mse_loss),
-    Op("binary_cross_entropy", _BCE, False, reference.binary_cross_entropy),
-    Op("binary_cross_entropy_grad", _BCE, True),
-    Op("binary_cross_entropy_and_grad", _BCE, True, reference.binary_cross_entropy),
-    Op("binary_cross_entropy_with_logits", _LOGITS, False,
-       reference.binary_cross_entropy_with_logits),
-    Op("binary_cross_entropy_with_logits_grad", _LOGITS, True),
-    Op("binary_cross_entropy_with_logits_and_grad", _LOGITS, True,
-       reference.binary_cross_entropy_with_logits),
-    Op("sigmoid", ("values",), True),
-    Op("sigmoid_backward", ("values", "probs"), True),  # grad_output, output
-)}
-# What `python -m fastloss bench` shows: the three losses, two fused loss+grad passes, sigmoid.
-CLI_OPS = ("mse_loss", "mse_loss_and_grad", "binary_cross_entropy",
-           "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_and_grad",
-           "sigmoid")
+# Some of these only pass on to _bench_stability and bench/, until they import fastloss.bench.
+from fastloss.bench.bandwidth import STREAM_N, STREAM_N_BIG, measure_bandwidth
+from fastloss.bench.errors import loss_value, relative_error, result_errors, ulps
+from fastloss.bench.inputs import Inputs, exact_mean
+from fastloss.bench.load import OtherLoad
+from fastloss.bench.ops import CLI_OPS, OPS, Op
 
 
 # ---- implementations -----------------------------------------------------------------------------
@@ -566,44 +427,6 @@ def make_timed_case(impl: str, op: Op, inputs: Inputs) -> Callable:
     return lambda: next(cycle)()
 
 
-def loss_value(result) -> float:
-    """The loss out of what a case returns: a scalar (NumPy or 0-d tensor) or (loss, grad)."""
-    if isinstance(result, tuple):
-        result = result[0]
-    return float(result)
-
-
-def ulps(value: float, exact: float, dtype) -> float:
-    """|value - exact| in units in the last place of ``exact`` rounded to ``dtype``."""
-    return abs(value - exact) / float(np.spacing(np.abs(np.dtype(dtype).type(exact))))
-
-
-def relative_error(value: float, exact: float) -> float:
-    """|value - exact| / |exact| (absolute when exact is 0)."""
-    return abs(value - exact) / abs(exact) if exact else abs(value)
-
-
-def array_relative_error(got, expected) -> float:
-    """max |got - expected| / max |expected|: one figure for a whole gradient or sigmoid."""
-    got = np.asarray(got, dtype=np.float64).reshape(expected.shape)
-    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
-    worst = float(np.max(np.abs(got - expected))) if expected.size else 0.0
-    return worst / scale if scale else worst
-
-
-def result_errors(op: Op, inputs: Inputs, result) -> dict:
-    """Relative errors of a case's result against ``fastloss.reference``: ``rel_error`` of the
-    loss (against its exact value) or, for an op returning only an array, of that array;
-    ``array_rel_error`` too for a fused (loss, grad) result."""
-    if not op.writes_array:
-        return {"rel_error": relative_error(loss_value(result), inputs.exact_loss(op))}
-    expected = inputs.expected(op)
-    if not op.reduces:
-        return {"rel_error": array_relative_error(result, expected)}
-    return {"rel_error": relative_error(loss_value(result), inputs.exact_loss(op)),
-            "array_rel_error": array_relative_error(result[1], expected[1])}
-
-
 # ---- timing --------------------------------------------------------------------------------------
 def time_case(case: Callable, repeats: int = 7, min_sample_s: float = 1e-3):
     """(median seconds per call, result of a call): median of ``repeats`` samples.
@@ -627,48 +450,6 @@ def time_case(case: Callable, repeats: int = 7, min_sample_s: float = 1e-3):
             case()
         samples.append((time.perf_counter() - start) / loops)
     return statistics.median(samples), result
-
-
-class OtherLoad:
-    """How much of the CPU other processes took while we measured (Linux; None elsewhere).
-
-    On a machine whose cores are shared, a parallel call waits for its descheduled OpenMP
-    threads: a pass of microseconds can take a scheduler time slice (milliseconds). The CPU
-    time of the whole machine (/proc/stat, steal included) minus our own tells if that happened.
-    """
-
-    def __init__(self):
-        self._start = self._sample()
-
-    @staticmethod
-    def _sample():
-        try:
-            with open("/proc/stat", encoding="ascii") as stat:
-                fields = stat.readline().split()[1:]
-            ticks = os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError, AttributeError):
-            return None
-        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
-        machine_busy = (user + nice + system + irq + softirq + steal) / ticks
-        own = os.times()
-        return time.perf_counter(), machine_busy, own.user + own.system
-
-    def fraction(self):
-        """Share of all cores' time used by others since construction, or None if unknown."""
-        end = self._sample()
-        if self._start is None or end is None:
-            return None
-        wall = end[0] - self._start[0]
-        others = (end[1] - self._start[1]) - (end[2] - self._start[2])
-        return max(0.0, others) / (wall * (os.cpu_count() or 1)) if wall > 0 else None
-
-    def warning(self, threshold=0.05):
-        share = self.fraction()
-        if share is None or share < threshold:
-            return None
-        return (f"warning: other processes used {100 * share:.0f}% of the CPU during the run; "
-                "timings are noisy (parallel calls wait for descheduled threads: rerun on a "
-                "quiet machine, or with OMP_WAIT_POLICY=passive)")
 
 
 # ---- python -m fastloss bench --------------------------------------------------------------------

@@ -1,0 +1,12 @@
+"""The benchmarks of fastloss against its peers: one implementation behind
+``python -m fastloss bench``, the pytest-benchmark suite in the source tree's ``bench/`` and
+``bench/gpu.py``. This file imports none of its modules, so each one costs only what it needs.
+
+From the ground up, each module importing only those above it in this list:
+
+    ops         the compared operations: arrays read, bytes moved, which ceiling
+    inputs      the arrays of one (dtype, N), NumPy or CuPy, and their exact losses
+    bandwidth   the STREAM-like read and copy ceilings, measured in the same run
+    load        how much of the CPU other processes took while we measured
+    errors      ulps and relative errors of a result against the exact value
+"""
