@@ -295,10 +295,7 @@ def torch_builders(torch):
             return lambda: loss(input, target)
         return build
 
-    from fastloss._bench import torch_autograd_builder
-
-    def with_autograd(loss):
-        return torch_autograd_builder(lambda array: to_torch(torch, array), loss)
+    from fastloss.bench.peers.torch_calls import autograd_builder as with_autograd
 
     def sigmoid(z):
         z = to_torch(torch, z)

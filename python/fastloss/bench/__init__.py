@@ -9,4 +9,6 @@ From the ground up, each module importing only those above it in this list:
     bandwidth   the STREAM-like read and copy ceilings, measured in the same run
     load        how much of the CPU other processes took while we measured
     errors      ulps and relative errors of a result against the exact value
+    peers/      each peer's builders (NumPy, Numba, PyTorch, crysx_nn)
+    cases       fastloss's own builders and the table of implementations: make_case
 """
