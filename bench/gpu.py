@@ -18,7 +18,7 @@ Needs CuPy and a CUDA device (fastloss built and installed: ``pip install --no-b
 6. throughput per op and N: median of ``--repeats`` (>= 20) CUDA-event timings after a
    warm-up, the L2 cache emptied before each repeat by writing a 256 MiB buffer and then
    reading another (outside the timed region: ``L2Flush``); GB/s from the ideal bytes (each
-   input read once, each output written once: ``fastloss._bench.Op.bytes_moved``), % of the
+   input read once, each output written once: ``fastloss.bench.ops.Op.bytes_moved``), % of the
    copy ceiling, and each peer's time divided by fastloss's (> 1: fastloss is faster).
    fastloss's binary_cross_entropy rows are marked: its time includes the host round trip of
    its [0, 1] range check (``HOST_ROUND_TRIP``).
@@ -78,7 +78,7 @@ ARRAYS_PER_N = 10
 MEMORY_MARGIN = 512 * 2**20
 RTOL = {"float32": 1e-5, "float64": 1e-12}
 PEER_RTOL = {"float32": 1e-4, "float64": 1e-10}  # the peers' checks are for information only
-PROB_MIN = 1e-6  # probabilities in [1e-6, 1 - 1e-6], as in fastloss._bench
+PROB_MIN = 1e-6  # probabilities in [1e-6, 1 - 1e-6], as in fastloss.bench.inputs
 # fastloss ops that wait on the host inside the call, so that their CUDA-event time includes a
 # device-to-host copy and the host's round trip before the end event is recorded (the peers
 # have no such wait): their rows are marked and explained under each table.
@@ -158,7 +158,7 @@ def torch_stream(cp, torch):
 class DeviceInputs:
     """The device arrays of one (dtype, N), made on first use with curand (seeded per stream).
 
-    Same names and distributions as ``fastloss._bench.Inputs`` (values, targets: standard
+    Same names and distributions as ``fastloss.bench.inputs.Inputs`` (values, targets: standard
     normal; probs: uniform in [1e-6, 1 - 1e-6]; labels: 0 or 1), but generated on the device:
     making 4 GiB arrays on the host and copying them would take longer than the benchmark.
     """
@@ -189,10 +189,11 @@ class DeviceInputs:
 
 
 class HostCopyInputs:
-    """``fastloss._bench.Inputs`` on the host and their device copies (the correctness check)."""
+    """``fastloss.bench.inputs.Inputs`` on the host and their device copies (the correctness
+    check)."""
 
     def __init__(self, cp, dtype, n):
-        from fastloss._bench import Inputs
+        from fastloss.bench.inputs import Inputs
         self.cp = cp
         self.host = Inputs(dtype, n)
         self._device = {}
@@ -577,7 +578,7 @@ def copy_section(report, cp, flush_l2, repeats):
 def correctness_section(report, cp, impls, dtypes):
     """Each op at N = 2^20 against fastloss.reference; returns False when fastloss failed."""
     from fastloss import reference
-    from fastloss._bench import OPS
+    from fastloss.bench.ops import OPS
     log(f"correctness at N = 2^{CHECK_N.bit_length() - 1}...")
     report.add(f"## Correctness at N = 2^{CHECK_N.bit_length() - 1} (vs fastloss.reference, "
                "float64 on the host)", "",
@@ -651,7 +652,7 @@ def determinism_section(report, cp, dtypes):
 
 
 def latency_section(report, cp, impls, dtypes):
-    from fastloss._bench import OPS
+    from fastloss.bench.ops import OPS
     log(f"latency at N = 2^{LATENCY_N.bit_length() - 1}...")
     report.add(f"## Small-N latency: N = 2^{LATENCY_N.bit_length() - 1}, microseconds per call",
                "", f"Host wall time of {LATENCY_CALLS} calls in a row, one synchronisation at "
@@ -692,7 +693,7 @@ def latency_section(report, cp, impls, dtypes):
 
 
 def throughput_section(report, cp, impls, dtypes, sizes, repeats, flush_l2, ceiling):
-    from fastloss._bench import OPS
+    from fastloss.bench.ops import OPS
     peers = [i for i in impls.names if i != "fastloss"]
     report.add("## Throughput", "",
                "us: median GPU time per call; GB/s: ideal bytes (inputs read once, outputs "

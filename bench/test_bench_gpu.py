@@ -85,7 +85,7 @@ class _LatestInputs:
         return self.inputs
 
     def expected(self, op):
-        from fastloss._bench import exact_mean
+        from fastloss.bench.inputs import exact_mean
         if op.name not in self._expected:
             arrays = self.inputs.arrays(op)
             exact = None
@@ -110,7 +110,7 @@ def inputs_cache():
 @pytest.mark.parametrize("op_name", OPS)
 @pytest.mark.parametrize("impl", gpu.IMPLS)
 def test_bench_gpu(benchmark, impl, op_name, n, impls, inputs_cache):
-    from fastloss._bench import OPS as OP_DEFS
+    from fastloss.bench.ops import OPS as OP_DEFS
     if impl not in impls.names:
         pytest.skip(f"{impl}: {impls.missing.get(impl, 'unavailable')}")
     op = OP_DEFS[op_name]
