@@ -1,6 +1,7 @@
 """Fixtures of the benchmarks: the machine's bandwidth ceiling, the inputs, a summary table.
 
-Run with ``pytest bench --benchmark`` (see the root conftest.py for the options).
+Run with ``pytest --benchmark`` at the repository root (see the root conftest.py for the
+options).
 """
 
 import numpy as np
