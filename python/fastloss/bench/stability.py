@@ -2,9 +2,9 @@
 grows, on the classic failure, and whether its bits depend on the thread count.
 
 Exact values are ``fastloss.reference``'s float64 per-element terms summed with math.fsum
-(``fastloss.bench.inputs.exact_mean``). Errors are relative and in ulps of float32 at the exact value.
-A float32 running sum loses about one ulp of the total per element once the total dwarfs the
-terms, so an error that grows with N is the accumulator's, not the formula's.
+(``fastloss.bench.inputs.exact_mean``). Errors are relative and in ulps of float32 at the exact
+value. A float32 running sum loses about one ulp of the total per element once the total dwarfs
+the terms, so an error that grows with N is the accumulator's, not the formula's.
 
 Used by ``python -m fastloss bench`` and ``bench/test_bench_stability.py``.
 """
