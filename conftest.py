@@ -4,9 +4,11 @@ pytest-benchmark runs benchmarks alongside ordinary tests unless told otherwise;
 opt-in, so a plain ``pytest`` never spends minutes timing:
 
     pytest                          tests/ only (testpaths); benchmarks, if any, are skipped
-    pytest bench --benchmark        the benchmarks, timed (N up to 1e7)
-    pytest bench --benchmark --full     ... and N = 1e8 (timings and the stability track)
-    pytest bench --benchmark --big      ... and the stability track at N = 4e8 too
+    pytest --benchmark              bench/ only, the benchmarks timed (N up to 1e7): at the
+                                    repository root, with no paths, bench/ takes the place of
+                                    testpaths (pytest bench --benchmark is the same)
+    pytest --benchmark --full       ... and N = 1e8 (timings and the stability track)
+    pytest --benchmark --big        ... and the stability track at N = 4e8 too
     pytest bench --benchmark-disable
                                     each benchmark run once, untimed: the CI smoke run
     pytest tests --largemem         also the tests marked largemem (N = 2**31 + 5: ~10 GB;
@@ -25,7 +27,8 @@ _BENCHMARK_MODES = ("benchmark_only", "benchmark_skip", "benchmark_disable", "be
 def pytest_addoption(parser):
     group = parser.getgroup("fastloss")
     group.addoption("--benchmark", action="store_true", default=False,
-                    help="run only the benchmarks, timed (pytest-benchmark's --benchmark-only)")
+                    help="run only the benchmarks, timed (pytest-benchmark's --benchmark-only); "
+                         "with no paths given at the root, those of bench/")
     group.addoption("--full", action="store_true", default=False,
                     help="benchmarks also at N = 1e8 (several GB of memory, many minutes)")
     group.addoption("--big", action="store_true", default=False,
@@ -57,5 +60,9 @@ def pytest_configure(config):
                 "--benchmark (timed runs) and --benchmark-disable (untimed runs) contradict "
                 "each other; pass one of them")
         config.option.benchmark_only = True
+        if not config.option.file_or_dir and config.invocation_params.dir == config.rootpath:
+            # testpaths holds tests/ alone, so that a plain `pytest` never times anything;
+            # the benchmarks the user asked for are in bench/.
+            config.args = [str(config.rootpath / "bench")]
     elif not any(getattr(config.option, mode) for mode in _BENCHMARK_MODES):
         config.option.benchmark_skip = True

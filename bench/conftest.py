@@ -1,13 +1,17 @@
 """Fixtures of the benchmarks: the machine's bandwidth ceiling, the inputs, a summary table.
 
-Run with ``pytest bench --benchmark`` (see the root conftest.py for the options).
+Run with ``pytest --benchmark`` at the repository root (see the root conftest.py for the
+options).
 """
 
 import numpy as np
 import pytest
 
-from fastloss._bench import (IMPLEMENTATIONS, STREAM_N, STREAM_N_BIG, Inputs, OtherLoad,
-                             measure_bandwidth, size_label)
+from fastloss.bench.bandwidth import STREAM_N, STREAM_N_BIG, measure_bandwidth
+from fastloss.bench.cases import IMPLEMENTATIONS
+from fastloss.bench.inputs import Inputs
+from fastloss.bench.load import OtherLoad
+from fastloss.bench.report import size_label
 
 _CEILINGS = pytest.StashKey[dict]()
 _OTHER_LOAD = pytest.StashKey[OtherLoad]()
@@ -86,7 +90,7 @@ def pytest_terminal_summary(terminalreporter, config):
 
 
 def _stability_summary(terminalreporter, records):
-    from fastloss._bench_stability import Accuracy, format_stability
+    from fastloss.bench.stability import Accuracy, format_stability
     accuracy = [Accuracy(r["op"], r["data"], r["n"], r["impl"], r["value"], r["exact"])
                 for r in records if r.get("track") == "stability"]
     if not accuracy:

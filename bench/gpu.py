@@ -1,5 +1,11 @@
 """GPU benchmark of fastloss (CuPy arrays) against CuPy expressions and PyTorch CUDA.
 
+The inputs, the ops and every implementation's builders are ``fastloss.bench``'s, on CuPy
+arrays (``Inputs(..., xp=cupy)``, ``fastloss.bench.cases.DEVICE_IMPLEMENTATIONS``: ``cupy`` is
+the seeds' formulas of ``numpy-naive`` evaluated by CuPy), and the correctness checks are the
+benchmarks' own (bench/result_checks.py); what is here is the GPU's: CUDA events, the L2 flush,
+streams, device memory and facts, and the markdown report.
+
     python bench/gpu.py                        float32, N = 2^20, 2^22, ..., 2^30
     python bench/gpu.py --sizes 20,24,28 --dtype both --out
     python bench/gpu.py --out bench/results/gpu-run.md
@@ -11,14 +17,15 @@ Needs CuPy and a CUDA device (fastloss built and installed: ``pip install --no-b
 2. copy bandwidth: a device-to-device copy of a 1 GiB buffer (``dst[...] = src``, and
    ``cudaMemcpyAsync`` for comparison), bytes = 2 x size, timed with CUDA events; the larger
    of the two is the ceiling every op is held against;
-3. correctness at N = 2^20: each fastloss result (and, for information, each peer) against
-   ``fastloss.reference`` on the host, PASS/FAIL per op;
+3. correctness at N = 2^20: each fastloss result (and, for information, each peer) checked as
+   the benchmarks check it (bench/result_checks.py, against ``fastloss.reference`` on host
+   copies), PASS/FAIL per op;
 4. determinism: 100 calls of ``mse_loss`` at N = 2^26, compared bitwise;
 5. small-N latency: host wall time per call at N = 2^10 (1000 calls, one sync at the end);
 6. throughput per op and N: median of ``--repeats`` (>= 20) CUDA-event timings after a
    warm-up, the L2 cache emptied before each repeat by writing a 256 MiB buffer and then
    reading another (outside the timed region: ``L2Flush``); GB/s from the ideal bytes (each
-   input read once, each output written once: ``fastloss._bench.Op.bytes_moved``), % of the
+   input read once, each output written once: ``fastloss.bench.ops.Op.bytes_moved``), % of the
    copy ceiling, and each peer's time divided by fastloss's (> 1: fastloss is faster).
    fastloss's binary_cross_entropy rows are marked: its time includes the host round trip of
    its [0, 1] range check (``HOST_ROUND_TRIP``).
@@ -43,7 +50,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib
-import math
 import statistics
 import sys
 import time
@@ -51,6 +57,11 @@ import traceback
 from pathlib import Path
 
 import numpy as np
+import result_checks as checks
+
+from fastloss.bench.cases import DEVICE_IMPLEMENTATIONS, builders
+from fastloss.bench.inputs import Inputs
+from fastloss.bench.ops import OPS
 
 BENCH_OPS = (
     "mse_loss",
@@ -61,7 +72,6 @@ BENCH_OPS = (
     "sigmoid",
     "sigmoid_backward",
 )
-IMPLS = ("fastloss", "cupy", "torch")
 DEFAULT_SIZES = (20, 22, 24, 26, 28, 30)  # exponents: N = 2^e
 MIN_REPEATS = 20
 WARMUP = 3
@@ -76,9 +86,6 @@ LATENCY_CALLS = 1000
 # labels), 1 out= buffer and up to ~5 temporaries of the CuPy/PyTorch chains.
 ARRAYS_PER_N = 10
 MEMORY_MARGIN = 512 * 2**20
-RTOL = {"float32": 1e-5, "float64": 1e-12}
-PEER_RTOL = {"float32": 1e-4, "float64": 1e-10}  # the peers' checks are for information only
-PROB_MIN = 1e-6  # probabilities in [1e-6, 1 - 1e-6], as in fastloss._bench
 # fastloss ops that wait on the host inside the call, so that their CUDA-event time includes a
 # device-to-host copy and the host's round trip before the end event is recorded (the peers
 # have no such wait): their rows are marked and explained under each table.
@@ -153,181 +160,14 @@ def torch_stream(cp, torch):
     return cp.cuda.ExternalStream(ptr)
 
 
-# ---- inputs --------------------------------------------------------------------------------------
-
-class DeviceInputs:
-    """The device arrays of one (dtype, N), made on first use with curand (seeded per stream).
-
-    Same names and distributions as ``fastloss._bench.Inputs`` (values, targets: standard
-    normal; probs: uniform in [1e-6, 1 - 1e-6]; labels: 0 or 1), but generated on the device:
-    making 4 GiB arrays on the host and copying them would take longer than the benchmark.
-    """
-
-    _STREAMS = {"values": 1, "targets": 2, "probs": 3, "labels": 4}
-
-    def __init__(self, cp, dtype, n: int):
-        self.cp = cp
-        self.dtype = np.dtype(dtype)
-        self.n = int(n)
-        self._arrays = {}
-
-    def __getitem__(self, name):
-        if name not in self._arrays:
-            cp = self.cp
-            rs = cp.random.RandomState(1000 + self._STREAMS[name])
-            if name in ("values", "targets"):
-                a = rs.standard_normal(self.n, dtype=self.dtype)
-            elif name == "probs":
-                a = cp.clip(rs.random_sample(self.n, dtype=self.dtype), PROB_MIN, 1 - PROB_MIN)
-            else:
-                a = (rs.random_sample(self.n, dtype=self.dtype) < 0.5).astype(self.dtype)
-            self._arrays[name] = a
-        return self._arrays[name]
-
-    def arrays(self, op):
-        return tuple(self[name] for name in op.arrays)
-
-
-class HostCopyInputs:
-    """``fastloss._bench.Inputs`` on the host and their device copies (the correctness check)."""
-
-    def __init__(self, cp, dtype, n):
-        from fastloss._bench import Inputs
-        self.cp = cp
-        self.host = Inputs(dtype, n)
-        self._device = {}
-
-    def __getitem__(self, name):
-        if name not in self._device:
-            self._device[name] = self.cp.asarray(self.host[name])
-        return self._device[name]
-
-    def arrays(self, op):
-        return tuple(self[name] for name in op.arrays)
-
-
 # ---- implementations -----------------------------------------------------------------------------
-# A builder takes the op's device arrays and returns a zero-argument callable running the op once;
-# output buffers and tensor wrappers are made by the builder, outside the callable.
-
-def fastloss_builders(cp):
-    import fastloss
-
-    def with_out(function):
-        def build(*arrays):
-            out = cp.empty_like(arrays[0])
-            return lambda: function(*arrays, out=out)
-        return build
-
-    def plain(function):
-        return lambda *arrays: (lambda: function(*arrays))
-
-    return {
-        "mse_loss": plain(fastloss.mse_loss),
-        "mse_loss_and_grad": with_out(fastloss.mse_loss_and_grad),
-        "binary_cross_entropy": plain(fastloss.binary_cross_entropy),
-        "binary_cross_entropy_with_logits": plain(fastloss.binary_cross_entropy_with_logits),
-        "binary_cross_entropy_with_logits_and_grad":
-            with_out(fastloss.binary_cross_entropy_with_logits_and_grad),
-        "sigmoid": with_out(fastloss.sigmoid),
-        "sigmoid_backward": with_out(fastloss.sigmoid_backward),
-    }
-
-
-def cupy_builders(cp):
-    """What a CuPy user writes: the textbook expressions, loss and gradient separately."""
-
-    def mse(x, y):
-        return ((x - y) ** 2).mean()
-
-    def mse_grad(x, y):
-        return 2 * (x - y) / x.size
-
-    def bce(p, t):
-        log_p = cp.maximum(cp.log(p), -100)
-        log_q = cp.maximum(cp.log1p(-p), -100)
-        return -(t * log_p + (1 - t) * log_q).mean()
-
-    def logits(z, t):  # the overflow-free form
-        return (cp.maximum(z, 0) - z * t + cp.log1p(cp.exp(-cp.abs(z)))).mean()
-
-    def sigmoid(z):
-        return 1 / (1 + cp.exp(-z))
-
-    def logits_grad(z, t):
-        return (sigmoid(z) - t) / z.size
-
-    def sigmoid_backward(g, s):
-        return g * s * (1 - s)
-
-    def bind(function):
-        return lambda *arrays: (lambda: function(*arrays))
-
-    def pair(loss, grad):
-        return lambda *arrays: (lambda: (loss(*arrays), grad(*arrays)))
-
-    return {
-        "mse_loss": bind(mse),
-        "mse_loss_and_grad": pair(mse, mse_grad),
-        "binary_cross_entropy": bind(bce),
-        "binary_cross_entropy_with_logits": bind(logits),
-        "binary_cross_entropy_with_logits_and_grad": pair(logits, logits_grad),
-        "sigmoid": bind(sigmoid),
-        "sigmoid_backward": bind(sigmoid_backward),
-    }
-
-
-def to_torch(torch, array):
-    """A tensor sharing the CuPy array's memory (DLPack; __cuda_array_interface__ as fallback)."""
-    try:
-        return torch.from_dlpack(array)
-    except Exception:
-        return torch.as_tensor(array, device=f"cuda:{array.device.id}")
-
-
-def torch_builders(torch):
-    """PyTorch CUDA: F.* forward; forward + backward through autograd for the *_and_grad ops."""
-    import torch.nn.functional as F
-
-    def loss_only(loss):
-        def build(input, target):
-            input, target = to_torch(torch, input), to_torch(torch, target)
-            return lambda: loss(input, target)
-        return build
-
-    from fastloss._bench import torch_autograd_builder
-
-    def with_autograd(loss):
-        return torch_autograd_builder(lambda array: to_torch(torch, array), loss)
-
-    def sigmoid(z):
-        z = to_torch(torch, z)
-        out = torch.empty_like(z)
-        return lambda: torch.sigmoid(z, out=out)
-
-    def sigmoid_backward(g, s):
-        g, s = to_torch(torch, g), to_torch(torch, s)
-        out = torch.empty_like(g)
-        return lambda: torch.ops.aten.sigmoid_backward.grad_input(g, s, grad_input=out)
-
-    return {
-        "mse_loss": loss_only(F.mse_loss),
-        "mse_loss_and_grad": with_autograd(F.mse_loss),
-        "binary_cross_entropy": loss_only(F.binary_cross_entropy),
-        "binary_cross_entropy_with_logits": loss_only(F.binary_cross_entropy_with_logits),
-        "binary_cross_entropy_with_logits_and_grad":
-            with_autograd(F.binary_cross_entropy_with_logits),
-        "sigmoid": sigmoid,
-        "sigmoid_backward": sigmoid_backward,
-    }
-
 
 class Implementations:
-    """The builders of each available implementation, and how to time and sync each."""
+    """Which of fastloss.bench's DEVICE_IMPLEMENTATIONS run here (PyTorch needs its CUDA), and
+    how to time and sync each."""
 
     def __init__(self, cp, use_torch=True):
         self.cp = cp
-        self.builders = {"fastloss": fastloss_builders(cp), "cupy": cupy_builders(cp)}
         self.missing = {}
         self.torch = None
         if use_torch:
@@ -336,16 +176,16 @@ class Implementations:
                 self.missing["torch"] = reason
             else:
                 try:
-                    self.builders["torch"] = torch_builders(torch)
+                    builders("torch")
                     self.torch = torch
-                except Exception as error:
+                except Exception as error:  # Unavailable, or torch.nn failing to import
                     self.missing["torch"] = f"{type(error).__name__}: {error}"
         else:
             self.missing["torch"] = "disabled (--no-torch)"
-        self.names = tuple(impl for impl in IMPLS if impl in self.builders)
+        self.names = tuple(impl for impl in DEVICE_IMPLEMENTATIONS if impl not in self.missing)
 
     def case(self, impl, op_name, arrays):
-        return self.builders[impl][op_name](*arrays)
+        return builders(impl)[op_name](*arrays)
 
     def stream(self, impl):
         """The CuPy stream the implementation's kernels run on."""
@@ -434,44 +274,6 @@ def measure_copy(cp, flush_l2, repeats):
 
 
 # ---- results -------------------------------------------------------------------------------------
-
-def to_host(result):
-    """A result on the host in float64: a tuple stays a tuple; 0-d results become floats."""
-    if isinstance(result, tuple):
-        return tuple(to_host(r) for r in result)
-    if hasattr(result, "detach"):  # torch
-        result = result.detach().cpu().numpy()
-    elif hasattr(result, "get"):  # cupy
-        result = result.get()
-    a = np.asarray(result, dtype=np.float64)
-    return float(a) if a.ndim == 0 else a
-
-
-def max_error(got, want, rtol):
-    """(passed, the worst |got - want| / tolerance) for a loss, an array or a (loss, grad) pair.
-
-    A loss passes within rtol of the exact value; an array elementwise within
-    rtol * max(|want_i|, 0.1 * max|want|): relative, with a floor for elements that cancel.
-    """
-    if isinstance(want, tuple):
-        if not isinstance(got, tuple) or len(got) != len(want):
-            return False, math.inf
-        parts = [max_error(g, w, rtol) for g, w in zip(got, want)]
-        return all(p for p, _ in parts), max(e for _, e in parts)
-    got = np.asarray(got, dtype=np.float64)
-    want = np.asarray(want, dtype=np.float64)
-    if got.shape != want.shape:
-        return False, math.inf
-    scale = float(np.max(np.abs(want))) if want.size else 1.0
-    tolerance = rtol * np.maximum(np.abs(want), 0.1 * scale if want.ndim else 0.0)
-    tolerance = np.maximum(tolerance, np.finfo(np.float64).tiny)
-    with np.errstate(invalid="ignore"):
-        ratio = np.abs(got - want) / tolerance
-    worst = float(np.max(ratio)) if ratio.size else 0.0
-    if not np.all(np.isfinite(got)):
-        worst = math.inf
-    return bool(worst <= 1.0), worst
-
 
 def op_cell(op_name):
     """The op's name in a table row, marked when fastloss's time includes a host round trip."""
@@ -578,36 +380,41 @@ def copy_section(report, cp, flush_l2, repeats):
 
 
 def correctness_section(report, cp, impls, dtypes):
-    """Each op at N = 2^20 against fastloss.reference; returns False when fastloss failed."""
-    from fastloss import reference
-    from fastloss._bench import OPS
+    """Each op at N = 2^20, checked as the benchmarks check it (bench/result_checks.py);
+    returns False when fastloss failed."""
     log(f"correctness at N = 2^{CHECK_N.bit_length() - 1}...")
     report.add(f"## Correctness at N = 2^{CHECK_N.bit_length() - 1} (vs fastloss.reference, "
                "float64 on the host)", "",
-               "fastloss must pass (rtol " + ", ".join(f"{RTOL[d]:g} {d}" for d in dtypes)
-               + "); peers are checked for information (rtol "
-               + ", ".join(f"{PEER_RTOL[d]:g} {d}" for d in dtypes) + "). 'worst' is the "
-               "largest error in units of the tolerance (arrays: rtol x max(|x_i|, 0.1 max|x|)).",
-               "")
+               "As every benchmark result is checked (bench/result_checks.py): losses against "
+               "the exact mean, fastloss's within its guarantee and each peer's within the "
+               "error bound of the way it sums; arrays element by element on a fixed sample, "
+               "|got - ref| <= atol + rtol |ref|. fastloss must pass; the peers are checked for "
+               "information. Why a check failed goes to stderr.", "")
     all_passed = True
     rows = []
     for dtype in dtypes:
-        inputs = HostCopyInputs(cp, dtype, CHECK_N)
+        inputs = Inputs(dtype, CHECK_N, xp=cp)
         for op_name in BENCH_OPS:
             op = OPS[op_name]
             try:
-                expected = getattr(reference, op_name)(*inputs.host.arrays(op))
+                expected = checks.expected_of(op, inputs.arrays(op),
+                                              inputs.exact_loss(op) if op.reduces else None)
             except Exception as error:
                 log(f"error: reference {op_name}: {type(error).__name__}: {error}")
                 continue
             cells = []
             for impl in impls.names:
-                rtol = RTOL[dtype] if impl == "fastloss" else PEER_RTOL[dtype]
                 try:
                     result = impls.case(impl, op_name, inputs.arrays(op))()
                     impls.synchronize(impl)
-                    passed, worst = max_error(to_host(result), expected, rtol)
-                    cells.append(f"{'PASS' if passed else 'FAIL'} ({worst:.2g})")
+                    checks.assert_result(op, result, expected, dtype=dtype, impl=impl,
+                                         summation=checks.GPU_SUMMATION.get(impl))
+                    passed = True
+                    cells.append("PASS")
+                except AssertionError as failure:
+                    passed = False
+                    log(f"FAIL: correctness {op_name} {impl} {dtype}: {failure}")
+                    cells.append("FAIL")
                 except Exception as error:
                     passed = False
                     log(f"error: correctness {op_name} {impl} {dtype}: "
@@ -619,8 +426,7 @@ def correctness_section(report, cp, impls, dtypes):
             rows.append([op_name, dtype] + cells)
         del inputs
         impls.free()
-    report.add(*markdown_table(["op", "dtype"] + [f"{impl} (worst)" for impl in impls.names],
-                               rows))
+    report.add(*markdown_table(["op", "dtype"] + list(impls.names), rows))
     report.add("", f"fastloss correctness: {'PASS' if all_passed else 'FAIL'}", "")
     report.save()
     return all_passed
@@ -633,7 +439,7 @@ def determinism_section(report, cp, dtypes):
                f"2^{DETERMINISM_N.bit_length() - 1}, compared bitwise", "")
     for dtype in dtypes:
         try:
-            inputs = DeviceInputs(cp, dtype, DETERMINISM_N)
+            inputs = Inputs(dtype, DETERMINISM_N, xp=cp)
             x, y = inputs["values"], inputs["targets"]
             values = cp.stack([fastloss.mse_loss(x, y) for _ in range(DETERMINISM_CALLS)]).get()
             bits = values.view(np.uint32 if values.dtype == np.float32 else np.uint64)
@@ -654,14 +460,13 @@ def determinism_section(report, cp, dtypes):
 
 
 def latency_section(report, cp, impls, dtypes):
-    from fastloss._bench import OPS
     log(f"latency at N = 2^{LATENCY_N.bit_length() - 1}...")
     report.add(f"## Small-N latency: N = 2^{LATENCY_N.bit_length() - 1}, microseconds per call",
                "", f"Host wall time of {LATENCY_CALLS} calls in a row, one synchronisation at "
                "the end, divided by the calls (launch and Python overhead, not GPU time).", "")
     rows = []
     for dtype in dtypes:
-        inputs = DeviceInputs(cp, dtype, LATENCY_N)
+        inputs = Inputs(dtype, LATENCY_N, xp=cp)
         for op_name in BENCH_OPS:
             times = {}
             for impl in impls.names:
@@ -695,7 +500,6 @@ def latency_section(report, cp, impls, dtypes):
 
 
 def throughput_section(report, cp, impls, dtypes, sizes, repeats, flush_l2, ceiling):
-    from fastloss._bench import OPS
     peers = [i for i in impls.names if i != "fastloss"]
     report.add("## Throughput", "",
                "us: median GPU time per call; GB/s: ideal bytes (inputs read once, outputs "
@@ -720,7 +524,7 @@ def throughput_section(report, cp, impls, dtypes, sizes, repeats, flush_l2, ceil
                     f"{free / 2**30:.1f} GiB free")
                 continue
             log(f"throughput {dtype} N=2^{exponent}...")
-            inputs = DeviceInputs(cp, dtype, n)
+            inputs = Inputs(dtype, n, xp=cp)
             for op_name in BENCH_OPS:
                 op = OPS[op_name]
                 nbytes = op.bytes_moved(n, itemsize)

@@ -266,7 +266,7 @@ class Expected:
 
 def expected_of(op, arrays, exact_loss: float | None) -> Expected:
     """``Expected`` of ``op`` on ``arrays`` (NumPy, CuPy or torch), given its exact loss (e.g.
-    ``fastloss._bench.exact_mean`` of host copies; None for ops that do not reduce)."""
+    ``fastloss.bench.inputs.exact_mean``; None for ops that do not reduce)."""
     if op.reduces and exact_loss is None:
         raise ValueError(f"{op.name} reduces: its exact loss is needed")
     n = size(arrays[0])

@@ -5,13 +5,14 @@
 
 read: all threads sum one float32 array (4 bytes per element); copy: all threads copy it into
 another (8 bytes per element: one read, one write). Both use fastloss's own OpenMP build
-(fastloss._cpu.stream_read / stream_copy); the probe itself is fastloss._bench.measure_bandwidth,
-shared with ``python -m fastloss bench`` and the pytest benchmarks.
+(fastloss._cpu.stream_read / stream_copy); the probe itself is
+fastloss.bench.bandwidth.measure_bandwidth, shared with ``python -m fastloss bench`` and the
+pytest benchmarks.
 """
 
 import argparse
 
-from fastloss._bench import STREAM_N, STREAM_N_BIG, measure_bandwidth
+from fastloss.bench.bandwidth import STREAM_N, STREAM_N_BIG, measure_bandwidth
 
 __all__ = ["measure_bandwidth"]
 

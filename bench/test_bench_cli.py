@@ -8,7 +8,7 @@ Not a benchmark (no timing is read): it runs with CI's ``--benchmark-disable`` a
 import importlib.util
 
 from fastloss import __main__ as cli
-from fastloss._bench import IMPLEMENTATIONS
+from fastloss.bench.cases import IMPLEMENTATIONS
 
 
 def test_bench_command_writes_report_plot_and_markdown(tmp_path, capsys):

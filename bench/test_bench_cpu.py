@@ -7,14 +7,14 @@ PyTorch and crysx_nn on CPU, with pytest-benchmark.
 
 A peer that is not installed (``pip install 'fastloss[bench]'``) is skipped with the reason.
 Timed runs cycle through copies of inputs smaller than twice the last-level cache
-(``fastloss._bench.make_timed_case``), so no call finds its inputs cached by the previous one.
+(``fastloss.bench.timing.make_timed_case``), so no call finds its inputs cached by the previous one.
 
 Each benchmark's extra_info (see --benchmark-json) holds op, impl, dtype, n, bytes_moved (each
 input read once, each output written once), rel_error against fastloss.reference (of the loss,
 against its exact value, or of the array: max |error| / max |expected|; array_rel_error too for
 a fused loss and gradient) and, when timed, gbs (bytes_moved / median time), the ceiling it is
 held against (read for a loss, copy for an op writing an array) and fraction_of_ceiling. The
-implementations themselves live in fastloss._bench, shared with ``python -m fastloss bench``.
+implementations themselves live in fastloss.bench, shared with ``python -m fastloss bench``.
 
 Every result is asserted at every N (bench/result_checks.py): arrays element by element (on a
 fixed sample of 1e5 elements above that), fastloss's losses within its accuracy guarantee, the
@@ -25,8 +25,12 @@ import pytest
 from result_checks import (CPU_SUMMATION, assert_loss_close, assert_result,
                            crysx_definition_offset, expected_of)
 
-from fastloss._bench import (IMPLEMENTATIONS, OPS, Unavailable, loss_value, make_case,
-                             make_timed_case, result_errors, size_label)
+from fastloss.bench.cases import IMPLEMENTATIONS, make_case
+from fastloss.bench.errors import loss_value, result_errors
+from fastloss.bench.ops import OPS
+from fastloss.bench.peers import Unavailable
+from fastloss.bench.report import size_label
+from fastloss.bench.timing import make_timed_case
 
 pytest.importorskip("pytest_benchmark")
 

@@ -7,8 +7,9 @@ Skipped (not errors) without CuPy or without a CUDA device, so CI's
 ``pytest tests bench --benchmark-disable`` passes on machines with no GPU. The implementations
 are those of ``bench/gpu.py`` (loaded by path: bench/ is not a package). pytest-benchmark times
 on the host, so each timed call ends with a synchronisation of its stream; at N >= 2^24 the
-kernels take tens of microseconds or more and the sync adds a few. extra_info: op, impl, dtype,
-n, bytes_moved (inputs read once, outputs written once) and, when timed, gbs.
+kernels take tens of microseconds or more and the sync adds a few. The inputs and builders are
+fastloss.bench's, on CuPy arrays. extra_info: op, impl, dtype, n, bytes_moved (inputs read
+once, outputs written once) and, when timed, gbs.
 
 Every result is asserted after its timing, as on the CPU (bench/result_checks.py, whose checks
 test_result_checks.py runs without a GPU): the loss against the exact mean of host copies of the
@@ -20,7 +21,11 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-from result_checks import GPU_SUMMATION, assert_result, expected_of, host_copy
+from result_checks import GPU_SUMMATION, assert_result, expected_of
+
+from fastloss.bench.cases import DEVICE_IMPLEMENTATIONS
+from fastloss.bench.inputs import Inputs
+from fastloss.bench.ops import OPS as OP_DEFS
 
 pytest.importorskip("pytest_benchmark")
 
@@ -74,28 +79,22 @@ class _LatestInputs:
 
     def __init__(self):
         self.inputs = None
-        self._exact, self._expected = {}, {}
+        self._expected = {}
 
     def get(self, n):
         if self.inputs is None or self.inputs.n != n:
             self.inputs = None  # frees the old arrays first
-            self._exact, self._expected = {}, {}
+            self._expected = {}
             CUPY.get_default_memory_pool().free_all_blocks()
-            self.inputs = gpu.DeviceInputs(CUPY, DTYPE, n)
+            self.inputs = Inputs(DTYPE, n, xp=CUPY)
         return self.inputs
 
     def expected(self, op):
-        from fastloss._bench import exact_mean
         if op.name not in self._expected:
-            arrays = self.inputs.arrays(op)
-            exact = None
-            if op.reduces:  # mse_loss and mse_loss_and_grad share one
-                key = op.reference.__name__
-                if key not in self._exact:
-                    self._exact[key] = exact_mean(op.reference,
-                                                  tuple(host_copy(a) for a in arrays))
-                exact = self._exact[key]
-            self._expected[op.name] = expected_of(op, arrays, exact)
+            # The exact loss from host copies, chunk by chunk; mse_loss and mse_loss_and_grad
+            # share one.
+            exact = self.inputs.exact_loss(op) if op.reduces else None
+            self._expected[op.name] = expected_of(op, self.inputs.arrays(op), exact)
         return self._expected[op.name]
 
 
@@ -108,9 +107,8 @@ def inputs_cache():
 
 @pytest.mark.parametrize("n", SIZES, ids=lambda n: f"2^{n.bit_length() - 1}")
 @pytest.mark.parametrize("op_name", OPS)
-@pytest.mark.parametrize("impl", gpu.IMPLS)
+@pytest.mark.parametrize("impl", DEVICE_IMPLEMENTATIONS)
 def test_bench_gpu(benchmark, impl, op_name, n, impls, inputs_cache):
-    from fastloss._bench import OPS as OP_DEFS
     if impl not in impls.names:
         pytest.skip(f"{impl}: {impls.missing.get(impl, 'unavailable')}")
     op = OP_DEFS[op_name]

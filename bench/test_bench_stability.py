@@ -21,9 +21,13 @@ import pytest
 from result_checks import (CPU_SUMMATION, assert_loss_close, crysx_definition_offset,
                            peer_loss_bound)
 
-from fastloss import _bench_stability as stability
-from fastloss._bench import (IMPLEMENTATIONS, OPS, Inputs, Unavailable, loss_value, make_case,
-                             size_label)
+from fastloss.bench import stability
+from fastloss.bench.cases import IMPLEMENTATIONS, make_case
+from fastloss.bench.errors import loss_value
+from fastloss.bench.inputs import Inputs
+from fastloss.bench.ops import OPS
+from fastloss.bench.peers import Unavailable
+from fastloss.bench.report import size_label
 
 pytest.importorskip("pytest_benchmark")
 

@@ -13,7 +13,8 @@ fastloss.reference on a fixed sample (bench/result_checks.py).
 import pytest
 from result_checks import CPU_SUMMATION, assert_result, expected_of
 
-from fastloss._bench import OPS, exact_mean
+from fastloss.bench.inputs import exact_mean
+from fastloss.bench.ops import OPS
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("pytest_benchmark")

@@ -16,7 +16,8 @@ import result_checks as checks
 
 import fastloss
 from fastloss import reference
-from fastloss._bench import OPS, exact_mean
+from fastloss.bench.inputs import exact_mean
+from fastloss.bench.ops import OPS
 
 LARGE_N = 300_007  # sampled (above checks.SAMPLE), and not a multiple of the 8192-element chunks
 

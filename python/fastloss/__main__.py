@@ -1,7 +1,8 @@
 """Command line: ``python -m fastloss info``, ``bench`` and ``train``.
 
 Also the ``fastloss`` console script (``main``). Neither command needs PyTorch, Numba, crysx_nn
-or CuPy: they are reported, and compared against, only when installed.
+or CuPy: they are reported, and compared against, only when installed. ``fastloss.bench`` is
+imported for the ``bench`` command alone (its options too), so ``info`` starts without it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 import numpy as np
 
 import fastloss
-from fastloss import _bench, _cpu, _train_cli
+from fastloss import _cpu, _machine, _train_cli
 
 
 def _cuda_status() -> str:
@@ -47,15 +48,15 @@ def info(args: argparse.Namespace) -> int:
         ("numpy", np.__version__),
         ("compiler", build["compiler"]),
         ("isa", f"{build['isa']} (chosen at run time for this CPU)"),
-        ("openmp", _bench.openmp_description(build)),
+        ("openmp", _machine.openmp_description(build)),
         ("max threads", f"{build['max_threads']} " + ("(a forked child: kernels run serially)"
                                                       if build["forked_child"]
                                                       else "(OMP_NUM_THREADS changes it)")),
         ("chunk size", f"{build['chunk_size']} elements (fixed: sums are the same bits "
                        "for any thread count)"),
         ("parallel from", f"{build['parallel_threshold']} elements"),
-        ("cpu", _bench.cpu_model()),
-        ("torch", _bench.package_version("torch") or "not installed"),
+        ("cpu", _machine.cpu_model()),
+        ("torch", _machine.package_version("torch") or "not installed"),
         ("cuda", _cuda_status()),
     ]
     width = max(len(name) for name, _ in fields)
@@ -65,14 +66,17 @@ def info(args: argparse.Namespace) -> int:
 
 
 def bench(args: argparse.Namespace) -> int:
-    return _bench.main(args)
+    from fastloss.bench import cli as bench_cli
+    return bench_cli.main(args)
 
 
 def train(args: argparse.Namespace) -> int:
     return _train_cli.run(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command; the options of ``bench`` only when ``command`` is "bench"
+    (they come from fastloss.bench, which the other commands do not import)."""
     # Named as it was run: the console script, or the module (whose argv[0] is __main__.py).
     run_as_module = os.path.basename(sys.argv[0]) == "__main__.py"
     parser = argparse.ArgumentParser(
@@ -96,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "grows and on 2^25 terms of 0.1, and its bits with 1 and 2 threads. "
                     "Progress goes to stderr, the report to stdout, the plot to a PNG.")
     bench_parser.set_defaults(handler=bench)
-    _bench.add_arguments(bench_parser)
+    if command == "bench":
+        from fastloss.bench import cli as bench_cli
+        bench_cli.add_arguments(bench_parser)
     train_parser = commands.add_parser(
         "train", help="train an MLP on a scikit-learn data set with fastloss.nn",
         description="Train a dense network with mini-batch SGD on breast_cancer (BCE) or "
@@ -108,7 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # The command is the first word that is no option: the top level has no option with a value.
+    command = next((word for word in argv if not word.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     return args.handler(args)
 
 

@@ -2,9 +2,9 @@
 grows, on the classic failure, and whether its bits depend on the thread count.
 
 Exact values are ``fastloss.reference``'s float64 per-element terms summed with math.fsum
-(``fastloss._bench.exact_mean``). Errors are relative and in ulps of float32 at the exact value.
-A float32 running sum loses about one ulp of the total per element once the total dwarfs the
-terms, so an error that grows with N is the accumulator's, not the formula's.
+(``fastloss.bench.inputs.exact_mean``). Errors are relative and in ulps of float32 at the exact
+value. A float32 running sum loses about one ulp of the total per element once the total dwarfs
+the terms, so an error that grows with N is the accumulator's, not the formula's.
 
 Used by ``python -m fastloss bench`` and ``bench/test_bench_stability.py``.
 """
@@ -21,8 +21,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastloss import _cpu, reference
-from fastloss._bench import (OPS, Inputs, Unavailable, loss_value, make_case, relative_error,
-                             runnable_cases, size_label, ulps)
+from fastloss.bench.cases import make_case, runnable_cases
+from fastloss.bench.errors import loss_value, relative_error, ulps
+from fastloss.bench.inputs import Inputs
+from fastloss.bench.ops import OPS
+from fastloss.bench.peers import Unavailable
+from fastloss.bench.report import grid, size_label
 
 DTYPE = "float32"
 # Ordered so that each op's arrays can be freed once no later op reads them.
@@ -138,7 +142,7 @@ class Determinism:
 
     def __init__(self, impls, n: int, thread_counts=THREAD_COUNTS):
         request = json.dumps({"impls": list(impls), "n": n})
-        code = "import sys; from fastloss._bench_stability import _child; _child(sys.argv[1])"
+        code = "import sys; from fastloss.bench.stability import _child; _child(sys.argv[1])"
         self._children = {}
         for count in thread_counts:
             env = {**os.environ, **{name: str(count) for name in THREAD_VARIABLES}}
@@ -177,17 +181,6 @@ def _format_ulps(value: float) -> str:
     return f"{value:.1f}" if value < 100 else f"{value:.2g}"
 
 
-def _grid(header, rows, left=3) -> list[str]:
-    """Aligned columns: the first ``left`` to the left, the numbers to the right."""
-    widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
-    lines = []
-    for row in [header] + rows:
-        lines.append("  ".join(cell.ljust(width) if i < left else cell.rjust(width)
-                               for i, (cell, width) in enumerate(zip(row, widths))).rstrip())
-    lines.insert(1, "-" * len(lines[0]))
-    return lines
-
-
 def format_stability(results) -> str:
     """Two grids, loss x data x N against impl: error in ulps, then relative error."""
     impls = list(dict.fromkeys(r.impl for r in results))
@@ -202,7 +195,7 @@ def format_stability(results) -> str:
                                              for impl in impls]
                 for op, data, n in sorted(keys, key=lambda key: (LOSSES.index(key[0]),
                                                                   key[1] == CLASSIC, key[2]))]
-        out += [f"{title}:"] + _grid(header, rows) + [""]
+        out += [f"{title}:"] + grid(header, rows) + [""]
     return "\n".join(out).rstrip()
 
 
@@ -216,6 +209,6 @@ def format_determinism(outcome: dict, n: int) -> str:
                         for k, libs in outcome["threads"].items())
     lines = [f"bits of each float32 mean with {counts} threads (N = {size_label(n)}, random "
              f"data; {'/'.join(THREAD_VARIABLES)} set per run):"]
-    lines += _grid(header, rows, left=1)
+    lines += grid(header, rows, left=1)
     lines.append(f"threads reported by the runs: {threads}")
     return "\n".join(lines)

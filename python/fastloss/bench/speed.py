@@ -1,0 +1,85 @@
+"""The speed track of ``python -m fastloss bench``: every (op, N, implementation) timed on the
+same inputs, as GB/s, share of the ceiling, speed-up on the best peer and error in ulps, and
+its table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastloss.bench.cases import runnable_cases
+from fastloss.bench.errors import loss_value, ulps
+from fastloss.bench.inputs import Inputs
+from fastloss.bench.ops import OPS
+from fastloss.bench.report import format_seconds, size_label
+from fastloss.bench.timing import make_timed_case, time_case
+
+# The quick run stays in the tens of seconds: at 1e7 the slowest peers take ~0.5 s a call.
+QUICK_SIZES = (10**3, 10**5, 10**6)
+FULL_SIZES = QUICK_SIZES + (10**7, 10**8)
+
+
+@dataclass
+class Row:
+    op: str
+    dtype: str
+    n: int
+    impl: str
+    seconds: float
+    gbs: float
+    ceiling_fraction: float
+    vs_best_peer: float | None  # the fastest peer's time / this time
+    error_ulps: float | None  # reductions only
+
+
+def run_benchmarks(ops, sizes, impls, dtype, ceilings, repeats=7, step=lambda message: None):
+    """Times every (op, size, impl); returns Rows and the implementations that were missing."""
+    rows, missing = [], {}
+    for n in sizes:
+        inputs = Inputs(dtype, n)  # once per size: every op and implementation reads the same
+        for op_name in ops:
+            op = OPS[op_name]
+            timed = {}
+            for impl, case in runnable_cases(impls, op, inputs, missing, make_timed_case):
+                seconds, result = time_case(case, repeats)
+                # Keep the loss only: the case and its result hold output buffers of size N.
+                timed[impl] = seconds, loss_value(result) if op.reduces else None
+                del case, result
+            exact = inputs.exact_loss(op) if op.reduces else None
+            peers = [seconds for impl, (seconds, _) in timed.items() if impl != "fastloss"]
+            for impl, (seconds, loss) in timed.items():
+                gbs = op.bytes_moved(n, inputs.dtype.itemsize) / seconds / 1e9
+                rows.append(Row(
+                    op_name, inputs.dtype.name, n, impl, seconds, gbs,
+                    gbs / ceilings[op.ceiling], min(peers) / seconds if peers else None,
+                    ulps(loss, exact, dtype) if op.reduces else None))
+            step(f"{op_name} {inputs.dtype.name} N={size_label(n)}: " + ", ".join(
+                f"{impl} {format_seconds(seconds)}" for impl, (seconds, _) in timed.items()))
+        del inputs
+    return rows, missing
+
+
+def format_table(rows) -> str:
+    header = ("op", "N", "impl", "time", "GB/s", "% ceil", "vs best peer", "err (ulp)")
+    lines = [header]
+    for row in rows:
+        lines.append((
+            row.op, size_label(row.n), row.impl, format_seconds(row.seconds),
+            f"{row.gbs:.2f}", f"{100 * row.ceiling_fraction:.0f}%",
+            f"{row.vs_best_peer:.2f}x" if row.vs_best_peer is not None else "-",
+            f"{row.error_ulps:.1f}" if row.error_ulps is not None else "-",
+        ))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    left_aligned = 3  # op, N, impl; numbers right-aligned
+    out = []
+    for index, line in enumerate(lines):
+        group = line[:2]
+        if index > 1 and group == lines[index - 1][:2]:
+            line = ("", "") + line[2:]  # op and N once per group: the table reads at a glance
+        elif index > 1:
+            out.append("")
+        cells = [cell.ljust(width) if i < left_aligned else cell.rjust(width)
+                 for i, (cell, width) in enumerate(zip(line, widths))]
+        out.append("  ".join(cells).rstrip())
+        if index == 0:
+            out.append("-" * len(out[-1]))
+    return "\n".join(out)
