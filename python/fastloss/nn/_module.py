@@ -58,6 +58,13 @@ class Module:
     def parameters(self) -> list[Parameter]:
         return [parameter for _, parameter in self.named_parameters()]
 
+    def zero_grad(self) -> None:
+        """Sets every parameter's ``.grad`` to zero. Training needs no call of it (``backward``
+        overwrites the gradients); it is there for loops written the PyTorch way, or to clear
+        gradients that were read and changed."""
+        for parameter in self.parameters():
+            parameter.grad[...] = 0
+
     def _buffer(self, slot: str, shape: tuple[int, ...], like: Array) -> Array:
         return _reusable_buffer(self._buffers, slot, shape, like)
 
