@@ -12,7 +12,7 @@ the builder, outside the callable.
     crysx_nn_calls   crysx_nn's loss and activation functions
 """
 
-INSTALL_HINT = "pip install 'fastloss[bench]'"
+INSTALL_HINT = 'pip install ".[bench]" in the fastloss source tree'
 
 
 class Unavailable(Exception):
