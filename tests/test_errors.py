@@ -644,9 +644,50 @@ def test_nan_and_inf_in_sigmoid_arguments(value, dtype):
     x[3] = value
     assert_elementwise_close(fastloss.sigmoid(x), R.sigmoid(x), dtype)
     s = fastloss.sigmoid(np.linspace(-3, 3, 7).astype(dtype))
-    for g, out in ((x, s), (s, x)):
-        assert_elementwise_close(fastloss.sigmoid_backward(g, out), R.sigmoid_backward(g, out),
-                                 dtype)
+    assert_elementwise_close(fastloss.sigmoid_backward(x, s), R.sigmoid_backward(x, s), dtype)
+    # as the output: NaN propagates; +-inf is no sigmoid output (test_sigmoid_backward_range)
+    output = s.copy()
+    output[3] = value
+    if np.isnan(value):
+        assert_elementwise_close(fastloss.sigmoid_backward(s, output),
+                                 R.sigmoid_backward(s, output), dtype)
+    else:
+        with pytest.raises(ValueError, match="^output must hold sigmoid outputs in"):
+            fastloss.sigmoid_backward(s, output)
+
+
+SIGMOID_OUTPUT_REFUSED = (r"^output must hold sigmoid outputs in \[0, 1\] \(sigmoid_backward\); "
+                          r"found values outside: pass the forward's output, sigmoid\(x\), "
+                          r"not its input x$")
+
+
+@pytest.mark.parametrize("n", [1, 7, 8192 * 5 + 3], ids=["one", "serial", "parallel"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_ids)
+@pytest.mark.parametrize("path", ["fast", "checked"])
+def test_sigmoid_backward_range(n, dtype, path):
+    """sigmoid_backward takes sigmoid's output: a value outside [0, 1] (the forward's input
+    passed by mistake) is a ValueError, found in the kernel's pass (the last element alone
+    below 0 or above 1 too, on the serial and the parallel path); 0, 1 and NaN are outputs."""
+    rng = np.random.default_rng(seed_for("sigmoid-range", n, np.dtype(dtype).name))
+    x = rng.standard_normal(n).astype(dtype)
+    s = fastloss.sigmoid(x)
+    s[:2] = [0.0, 1.0][:n]
+    g = rng.standard_normal(n).astype(dtype)
+
+    def call(output):
+        if path == "checked":  # through the dispatch's checks: a non-contiguous output
+            doubled = np.repeat(output, 2)
+            return fastloss.sigmoid_backward(g, doubled[::2])
+        return fastloss.sigmoid_backward(g, output)
+
+    assert_elementwise_close(call(s), R.sigmoid_backward(g, s), dtype)
+    with pytest.raises(ValueError, match=SIGMOID_OUTPUT_REFUSED):
+        call(x if n > 1 else np.full(1, -0.5, dtype))
+    for bad in (-np.finfo(dtype).smallest_subnormal, 1 + np.finfo(dtype).eps):
+        last = s.copy()
+        last[-1] = bad
+        with pytest.raises(ValueError, match=SIGMOID_OUTPUT_REFUSED):
+            call(last)
 
 
 @pytest.mark.parametrize("which", ["weight", "pos_weight", "grad_output"])

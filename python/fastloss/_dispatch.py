@@ -24,7 +24,8 @@ cannot read ``a``: CuPy faults on a misaligned array), ``contiguous(a, name)`` (
 the kernels read it, a copy or an error),
 ``loss_pass(op, outputs, mean, input, target, weight, pos_weight, grad_output, out)``,
 ``sigmoid(x, out)``, ``sigmoid_backward(grad_output, output, out)`` and
-``ProbabilityOutOfRange`` (what ``loss_pass`` raises for a probability outside [0, 1]).
+``ProbabilityOutOfRange`` (what ``loss_pass`` raises for a probability outside [0, 1], and
+``sigmoid_backward`` for an output there: both found inside the kernel's pass).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ from ._interop import adopt
 
 OUT_OF_RANGE = ("input must hold probabilities in [0, 1] (binary_cross_entropy); found values "
                 "outside; use binary_cross_entropy_with_logits for logits")
+SIGMOID_OUTPUT_OUT_OF_RANGE = ("output must hold sigmoid outputs in [0, 1] (sigmoid_backward); "
+                               "found values outside: pass the forward's output, sigmoid(x), "
+                               "not its input x")
 REDUCTIONS = ("mean", "sum", "none")
 # Weight buffers shorter than this are tiled up to it, so the kernels' contiguous runs stay long.
 MIN_PERIOD = 4096
@@ -111,7 +115,10 @@ def sigmoid(input, out=None):
 def sigmoid_backward(grad_output, output, out=None):
     if type(grad_output) is _ndarray and type(output) is _ndarray and (
             out is None or type(out) is _ndarray):
-        result = _cpu_sigmoid_backward(grad_output, output, out)
+        try:
+            result = _cpu_sigmoid_backward(grad_output, output, out)
+        except _CpuOutOfRange:
+            raise ValueError(SIGMOID_OUTPUT_OUT_OF_RANGE) from None
         if result is not None:
             return result
     grad_output, output = adopt(grad_output, "grad_output"), adopt(output, "output")
@@ -121,7 +128,10 @@ def sigmoid_backward(grad_output, output, out=None):
     with backend.on_device_of(grad_output):
         g, y = _prepared_pair(backend, grad_output, "grad_output", output, "output")
         out = _checked_out(backend, out, g, "grad_output", [(g, "grad_output"), (y, "output")])
-        return backend.sigmoid_backward(g, y, out)
+        try:
+            return backend.sigmoid_backward(g, y, out)
+        except backend.ProbabilityOutOfRange:
+            raise ValueError(SIGMOID_OUTPUT_OUT_OF_RANGE) from None
 
 
 # ---- the checked path ---------------------------------------------------------------------------
