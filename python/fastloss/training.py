@@ -6,13 +6,14 @@ from __future__ import annotations
 import math
 import numbers
 import sys
+import types
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from ._arrays import Array, array_module
+from ._arrays import Array, array_module as _array_module
 from .data import batch_count, batches
 # the modules of fastloss.nn, not the package: its __init__ re-exports fit and predict from here
 from .nn._module import Module
@@ -21,7 +22,7 @@ from .nn.losses import BCELoss, BCEWithLogitsLoss, _Loss
 
 __all__ = ["TrainStep", "fit", "predict", "evaluate"]
 
-NONFINITE_ACTIONS = ("raise", "warn", "ignore")
+_NONFINITE_ACTIONS = ("raise", "warn", "ignore")
 
 
 def _trained_layers(model: Module, loss: _Loss) -> tuple[list[Module], _Loss]:
@@ -72,7 +73,8 @@ class TrainStep:
 
 def _caller_stacklevel() -> int:
     """The stacklevel of a warning that names the first frame outside this module."""
-    level, frame = 1, sys._getframe(1)
+    level = 1
+    frame: types.FrameType | None = sys._getframe(1)
     while frame is not None and frame.f_globals.get("__name__") == __name__:
         level, frame = level + 1, frame.f_back
     return level
@@ -187,7 +189,7 @@ def _first_nonfinite(values: list[Any]) -> int | None:
     """The index of the first non-finite loss among 0-d device arrays (one copy back)."""
     if not values:
         return None
-    host = array_module(values[0]).stack(values).get()
+    host = _array_module(values[0]).stack(values).get()
     bad = np.flatnonzero(~np.isfinite(host))
     return int(bad[0]) if bad.size else None
 
@@ -243,7 +245,7 @@ def fit(model: Module, X: Array, Y: Array, *, loss: _Loss, optimizer: Any, epoch
     if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) \
             or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if on_nonfinite not in NONFINITE_ACTIONS:
+    if on_nonfinite not in _NONFINITE_ACTIONS:
         raise ValueError(f"on_nonfinite must be 'raise', 'warn' or 'ignore', got "
                          f"{on_nonfinite!r}")
     step = TrainStep(model, loss, optimizer)
@@ -254,7 +256,7 @@ def fit(model: Module, X: Array, Y: Array, *, loss: _Loss, optimizer: Any, epoch
                             f"{_type_name(validation_data)}")
         _check_data(model, step.layers, loss, *validation_data,
                     ("validation_data[0]", "validation_data[1]"))
-    on_host = array_module(X) is np
+    on_host = _array_module(X) is np
     checked = on_nonfinite  # becomes 'ignore' once a 'warn' has warned
     rng = np.random.default_rng(rng)
     history: dict[str, list[Any]] = {"epoch": [], "loss": []}
@@ -307,7 +309,7 @@ def fit(model: Module, X: Array, Y: Array, *, loss: _Loss, optimizer: Any, epoch
 
 def predict(model: Module, X: Array, *, batch_size: int | None = None) -> Array:
     """The model's output on X, as a fresh array (probabilities after a final Sigmoid)."""
-    xp = array_module(X)
+    xp = _array_module(X)
     if batch_size is None or len(X) <= batch_size:
         return model.forward(X).copy()
     return xp.concatenate([model.forward(X[start:start + batch_size]).copy()

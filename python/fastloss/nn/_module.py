@@ -43,6 +43,8 @@ class Module:
         self._buffers: dict[tuple[str, tuple[int, ...]], Array] = {}
 
     def forward(self, input: Array) -> Array:
+        """The module's output for ``input``; a buffer of the module's, overwritten by its next
+        call with the same batch shape (copy it to keep it)."""
         raise NotImplementedError
 
     def backward(self, grad_output: Array, *, need_input_grad: bool = True) -> Array | None:
@@ -53,9 +55,11 @@ class Module:
         return self.forward(input)
 
     def named_parameters(self) -> list[tuple[str, Parameter]]:
+        """(name, Parameter) pairs, named as ``torch.nn`` does ('weight', '0.bias', ...)."""
         return []
 
     def parameters(self) -> list[Parameter]:
+        """The Parameters, in the order of ``named_parameters`` (what SGD takes)."""
         return [parameter for _, parameter in self.named_parameters()]
 
     def zero_grad(self) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .. import functional as F
-from .._arrays import Array, array_module
+from .._arrays import Array, array_module as _array_module
 from . import _fused
 from ._module import Module, Parameter
 
@@ -195,23 +195,27 @@ class Sigmoid(_Activation):
 
 
 class Tanh(_Activation):
+    """Hyperbolic tangent (NumPy's or CuPy's), elementwise; backward from its output."""
+
     def _apply(self, input: Array, output: Array) -> Array:
-        return array_module(input).tanh(input, out=output)
+        return _array_module(input).tanh(input, out=output)
 
     def _derivative(self, grad_output: Array, output: Array, grad_input: Array) -> Array:
-        xp = array_module(output)
+        xp = _array_module(output)
         xp.multiply(output, output, out=grad_input)
         xp.subtract(1, grad_input, out=grad_input)
         return xp.multiply(grad_output, grad_input, out=grad_input)
 
 
 class ReLU(_Activation):
+    """max(input, 0), elementwise; after a Dense in a Sequential it runs fused with it."""
+
     def _apply(self, input: Array, output: Array) -> Array:
-        return array_module(input).maximum(input, 0, out=output)
+        return _array_module(input).maximum(input, 0, out=output)
 
     def _derivative(self, grad_output: Array, output: Array, grad_input: Array) -> Array:
         # Zero where the output is zero (input <= 0), as torch.nn.ReLU: 0 at the kink.
-        xp = array_module(output)
+        xp = _array_module(output)
         xp.sign(output, out=grad_input)
         return xp.multiply(grad_output, grad_input, out=grad_input)
 

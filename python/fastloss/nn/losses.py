@@ -48,6 +48,8 @@ class _Loss:
                             f"{name}.astype(np.{dtype.name})")
 
     def forward(self, input: Array, target: Array) -> Any:
+        """The loss of ``input`` against ``target`` (a NumPy scalar, 0-d CuPy array, or an
+        array for reduction='none'); the gradient, from the same pass, is ``backward()``'s."""
         out = _reusable_buffer(self._grad_buffers, "grad", input.shape, input)
         loss, self._grad = type(self)._and_grad(input, target, weight=self.weight,
                                                 reduction=self.reduction, out=out,
