@@ -94,7 +94,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     bench_parser = commands.add_parser(
         "bench", help="fastloss against its peers: speed, float32 error, determinism",
         description="Measure the machine's memory bandwidth, then time fastloss and each "
-                    "installed peer (NumPy as the seeds wrote it and at its best, Numba serial "
+                    "installed peer (NumPy as the seeds wrote it and at its fastest, Numba serial "
                     "and parallel, PyTorch, crysx_nn) on each op and size: time, GB/s, share "
                     "of the bandwidth ceiling, ratio to the best peer, error in ulps. Then the "
                     "stability track: each one's float32 error against the exact value as N "
