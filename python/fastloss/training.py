@@ -109,6 +109,9 @@ def _check_features(X: Array, name: str, like: Array | None, layers: list[Module
         raise TypeError(f"{name} must be a numpy.ndarray or a cupy.ndarray, got "
                         f"{_type_name(X)}; convert it with np.asarray({name}, "
                         f"dtype=np.float32)")
+    if X.ndim != 2:
+        hint = f": for one feature per sample use {name}.reshape(-1, 1)" if X.ndim == 1 else ""
+        raise ValueError(f"{name} has shape {X.shape}, expected (samples, features){hint}")
     if like is None:
         return
     if type(X) is not type(like):
@@ -117,9 +120,6 @@ def _check_features(X: Array, name: str, like: Array | None, layers: list[Module
                 f"cupy.asarray({name}) or the model with .to('cpu')")
         raise TypeError(f"{name} is a {_type_name(X)} but the model's parameters are "
                         f"{_type_name(like)} arrays; move the data with {move}")
-    if X.ndim != 2:
-        raise ValueError(f"{name} has shape {X.shape}, expected (samples, features): for one "
-                         f"feature per sample use {name}.reshape(-1, 1)")
     first = layers[0] if layers else None
     if isinstance(first, Dense) and X.shape[1] != first.in_features:
         raise ValueError(f"{name} has {X.shape[1]} features (shape {X.shape}) but the "
