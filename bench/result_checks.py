@@ -53,14 +53,14 @@ class Summation:
 SEQUENTIAL = Summation("sequential")
 # NumPy's np.sum and np.add.reduce: pairwise (numpy/_core/src/umath/loops_utils.h.src).
 PAIRWISE = Summation("pairwise")
-# numpy-best sums parts of each term that cancel (t * (log p - log q) + log q; max(z, 0) - z * t
+# numpy-out sums parts of each term that cancel (t * (log p - log q) + log q; max(z, 0) - z * t
 # + the softplus tail) with BLAS dot products, which run along lanes in float32: on the bench's
 # inputs the parts add to 1.7x (BCE) and 1.5x (logits) the terms.
-NUMPY_BEST = Summation("sequential", parts=3.0)
+NUMPY_OUT = Summation("sequential", parts=3.0)
 
 CPU_SUMMATION = {
     "numpy-naive": PAIRWISE,
-    "numpy-best": NUMPY_BEST,
+    "numpy-out": NUMPY_OUT,
     "numba": SEQUENTIAL,  # a running sum in the input dtype (fastmath may split it into lanes)
     "numba-parallel": SEQUENTIAL,  # one running sum per thread
     "torch": Summation("cascade"),  # aten/src/ATen/native/cpu/SumKernel.cpp

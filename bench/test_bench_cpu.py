@@ -5,7 +5,8 @@ PyTorch and crysx_nn on CPU, with pytest-benchmark.
     pytest bench --benchmark --full   also N = 1e8 (several GB, much longer)
     pytest bench --benchmark-disable  each case once, untimed (CI smoke run)
 
-A peer that is not installed (``pip install 'fastloss[bench]'``) is skipped with the reason.
+A peer that is not installed (``pip install ".[bench]"`` in the source tree) is skipped with the
+reason.
 Timed runs cycle through copies of inputs smaller than twice the last-level cache
 (``fastloss.bench.timing.make_timed_case``), so no call finds its inputs cached by the previous one.
 

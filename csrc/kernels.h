@@ -63,9 +63,10 @@ struct LossPassResult {
   LossPassResult run_loss_pass(LossOp op, PassOutputs outputs, const LossPass<double>& p); \
   void sigmoid(std::int64_t n, const float* x, float* out);                              \
   void sigmoid(std::int64_t n, const double* x, double* out);                            \
-  void sigmoid_backward(std::int64_t n, const float* grad_output, const float* output,   \
+  /* true if an output lies outside [0, 1] (no sigmoid output) */                        \
+  bool sigmoid_backward(std::int64_t n, const float* grad_output, const float* output,   \
                         float* out);                                                     \
-  void sigmoid_backward(std::int64_t n, const double* grad_output, const double* output, \
+  bool sigmoid_backward(std::int64_t n, const double* grad_output, const double* output, \
                         double* out);                                                    \
   }
 

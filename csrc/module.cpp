@@ -50,8 +50,8 @@ struct KernelSet {
   LossPassResult (*loss_f64)(LossOp, PassOutputs, const LossPass<double>&);
   void (*sigmoid_f32)(std::int64_t, const float*, float*);
   void (*sigmoid_f64)(std::int64_t, const double*, double*);
-  void (*sigmoid_backward_f32)(std::int64_t, const float*, const float*, float*);
-  void (*sigmoid_backward_f64)(std::int64_t, const double*, const double*, double*);
+  bool (*sigmoid_backward_f32)(std::int64_t, const float*, const float*, float*);
+  bool (*sigmoid_backward_f64)(std::int64_t, const double*, const double*, double*);
 };
 
 #define FASTLOSS_KERNEL_SET(isa)                                                                  \
@@ -87,11 +87,11 @@ LossPassResult run_loss_pass(LossOp op, PassOutputs o, const LossPass<double>& p
 }
 void sigmoid(std::int64_t n, const float* x, float* out) { kernels().sigmoid_f32(n, x, out); }
 void sigmoid(std::int64_t n, const double* x, double* out) { kernels().sigmoid_f64(n, x, out); }
-void sigmoid_backward(std::int64_t n, const float* g, const float* y, float* out) {
-  kernels().sigmoid_backward_f32(n, g, y, out);
+bool sigmoid_backward(std::int64_t n, const float* g, const float* y, float* out) {
+  return kernels().sigmoid_backward_f32(n, g, y, out);
 }
-void sigmoid_backward(std::int64_t n, const double* g, const double* y, double* out) {
-  kernels().sigmoid_backward_f64(n, g, y, out);
+bool sigmoid_backward(std::int64_t n, const double* g, const double* y, double* out) {
+  return kernels().sigmoid_backward_f64(n, g, y, out);
 }
 
 // ---- the entries: run what is safe, hand the rest back ------------------------------------
@@ -164,7 +164,7 @@ const T* ones_buffer() {
 }
 
 // Raised (a ValueError without a message) when binary_cross_entropy finds an input outside
-// [0, 1]; the dispatch words it.
+// [0, 1], or sigmoid_backward an output there; the dispatch words it for each.
 PyObject* probability_out_of_range = nullptr;
 
 bool wants_sum(PassOutputs o) { return o == PassOutputs::Sum || o == PassOutputs::SumAndGrad; }
@@ -287,13 +287,18 @@ py::object sigmoid_backward_entry(py::handle grad, py::handle output, py::handle
   }
   py::array result = out.is_none() ? new_array(grad_array, dtype) : borrow(out);
   const std::int64_t n = grad_array.size();
+  bool output_out_of_range = false;
   arrays::with_element_type(dtype, [&](auto zero) {
     using T = decltype(zero);
-    run_releasing_gil_if_large(n, [&] {
-      sigmoid_backward(n, static_cast<const T*>(grad_array.data()), static_cast<const T*>(borrow(output).data()),
-                       static_cast<T*>(result.mutable_data()));
+    output_out_of_range = run_releasing_gil_if_large(n, [&] {
+      return sigmoid_backward(n, static_cast<const T*>(grad_array.data()),
+                              static_cast<const T*>(borrow(output).data()), static_cast<T*>(result.mutable_data()));
     });
   });
+  if (output_out_of_range) {
+    PyErr_SetNone(probability_out_of_range);
+    throw py::error_already_set();
+  }
   return std::move(result);
 }
 

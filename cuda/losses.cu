@@ -280,14 +280,16 @@ sigmoid(long long n, const T* x, T* out) {
 }
 
 // out[i] = grad_output[i] * output[i] * (1 - output[i]) (from sigmoid's output, like PyTorch).
+// *out_of_range is set to 1 (never cleared) if an output lies outside [0, 1]: no sigmoid output.
 template <class T>
 __global__ void __launch_bounds__(kThreads)
-sigmoid_backward(long long n, const T* grad_output, const T* output, T* out) {
+sigmoid_backward(long long n, const T* grad_output, const T* output, T* out, int* out_of_range) {
   const int W = Vec<T>::kWidth;
   const long long groups = (n + W - 1) / W;
   const long long stride = static_cast<long long>(gridDim.x) * kThreads;
   const bool aligned =
       ((address_bits(grad_output) | address_bits(output) | address_bits(out)) & 15ull) == 0ull;
+  int bad = 0;
   for (long long g = static_cast<long long>(blockIdx.x) * kThreads + threadIdx.x; g < groups; g += stride) {
     const long long base = g * W;
     const bool whole = aligned & (base + W <= n);
@@ -297,11 +299,13 @@ sigmoid_backward(long long n, const T* grad_output, const T* output, T* out) {
 #pragma unroll
     for (int k = 0; k < W; ++k) {
       if (base + k < n) {
+        bad |= ew::outside_unit_interval(y[k]);
         r[k] = static_cast<T>(ew::sigmoid_backward(static_cast<double>(go[k]), static_cast<double>(y[k])));
       }
     }
     store_group(out, base, n, whole, r);
   }
+  if (__syncthreads_or(bad) && threadIdx.x == 0) atomicOr(out_of_range, 1);
 }
 
 }  // namespace gpu

@@ -897,6 +897,43 @@ def test_binary_cross_entropy_rejects_inputs_outside_unit_interval(cp, dtype):
     assert math.isnan(float(bce.call_loss(cp.asarray(x), cp.asarray(y))))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_ids)
+def test_sigmoid_backward_rejects_outputs_outside_unit_interval(cp, dtype):
+    """As on the CPU: an output outside [0, 1] is no sigmoid output (the kernel flags it);
+    0, 1 and NaN are outputs."""
+    g = np.ones(10_001, dtype=dtype)
+    s = np.full(10_001, 0.25, dtype=dtype)
+    for bad in (-1e-7, 1.0 + 1e-6, np.inf, -3.0):
+        s[7777] = bad
+        with pytest.raises(ValueError, match=r"^output must hold sigmoid outputs in \[0, 1\]"):
+            fastloss.sigmoid_backward(cp.asarray(g), cp.asarray(s))
+    s[7777], s[0], s[-1] = np.nan, 0.0, 1.0
+    b = _host(fastloss.sigmoid_backward(cp.asarray(g), cp.asarray(s)), cp, dtype)
+    assert_elementwise_close(b, R.sigmoid_backward(g, s), dtype, what="sigmoid_backward")
+
+
+def test_sigmoid_backward_reads_the_kernels_range_flag(fake_cupy, monkeypatch):
+    """The flag the kernel sets (here by a stand-in kernel that sets it) becomes the
+    dispatch's ValueError; it is allocated on the input's device like everything else."""
+    g, s = _to_fake_device(fake_cupy, 1, np.ones(50, np.float32), np.full(50, 0.5, np.float32))
+    fastloss.sigmoid_backward(g, s)
+    launch = fake_cupy.kernel
+
+    def flagging_kernel(family, dtype_name, name, device):
+        run = launch(family, dtype_name, name, device)
+
+        def flagged(grid, block, args):
+            run(grid, block, args)
+            args[-1][0] = 1  # the out_of_range flag: the kernel's last argument
+        return flagged
+
+    monkeypatch.setattr(_cuda, "_kernel", flagging_kernel)
+    fake_cupy.log.clear()
+    with pytest.raises(ValueError, match=r"^output must hold sigmoid outputs in \[0, 1\]"):
+        fastloss.sigmoid_backward(g, s)
+    assert _off_device(fake_cupy, 1) == []
+
+
 # ---- argument checks -----------------------------------------------------------------------
 
 LOSS_FUNCTIONS = [(f"{op.name}.{kind}", getattr(op, kind), op)

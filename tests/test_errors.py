@@ -73,6 +73,15 @@ BAD_DTYPES = ["int32", "int64", "float16", "complex64", "object", "bool"]
 SUPPORTED = "fastloss supports float32 and float64"
 
 
+def _conversion(bad, name, like_dtype=None, like_name=None):
+    """What the dtype message suggests: astype to float32 or to the call's first array's dtype
+    (nothing for complex, where astype would drop the imaginary part)."""
+    if np.dtype(bad).kind == "c":
+        return re.escape(" (real numbers)")
+    of_like = f", the dtype of {like_name}" if like_name else ""
+    return re.escape(f": convert it with {name}.astype(np.{like_dtype or 'float32'}){of_like}")
+
+
 def _array_of(dtype, shape=(4, 3)):
     return np.zeros(shape, dtype=dtype)
 
@@ -87,17 +96,22 @@ def test_unsupported_dtype(name, fn, op, bad, position):
     if position in ("target", "both"):
         y = _array_of(bad)
     named = "target" if position == "target" else "input"  # input is checked first
-    with pytest.raises(TypeError, match=f"^{named} has dtype {re.escape(bad)}; {SUPPORTED}$"):
+    fix = (_conversion(bad, "target", "float32", "input") if position == "target"
+           else _conversion(bad, "input"))
+    with pytest.raises(TypeError, match=f"^{named} has dtype {re.escape(bad)}; {SUPPORTED}"
+                                        f"{fix}$"):
         fn(x, y)
 
 
 @pytest.mark.parametrize("bad", BAD_DTYPES)
 def test_sigmoid_unsupported_dtype(bad):
-    with pytest.raises(TypeError, match=f"^input has dtype {re.escape(bad)}; {SUPPORTED}$"):
+    with pytest.raises(TypeError, match=f"^input has dtype {re.escape(bad)}; {SUPPORTED}"
+                                        f"{_conversion(bad, 'input')}$"):
         fastloss.sigmoid(_array_of(bad))
     with pytest.raises(TypeError, match=f"^grad_output has dtype {re.escape(bad)}; {SUPPORTED}"):
         fastloss.sigmoid_backward(_array_of(bad), _array_of(bad))
-    with pytest.raises(TypeError, match=f"^output has dtype {re.escape(bad)}; {SUPPORTED}$"):
+    with pytest.raises(TypeError, match=f"^output has dtype {re.escape(bad)}; {SUPPORTED}"
+                                        f"{_conversion(bad, 'output', 'float64', 'grad_output')}$"):
         fastloss.sigmoid_backward(np.zeros((4, 3)), _array_of(bad))
 
 
@@ -159,6 +173,41 @@ def test_non_numpy_arguments(name, fn, op, bad, which):
             fn(bad, y)
         else:
             fn(x, bad)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_ids)
+def test_lists_and_integer_arrays_are_told_how_to_convert(dtype):
+    """A list, a Python number or an integer array: the message names the conversion (to the
+    dtype of the call's first array for the later arguments), says that arrays of other
+    libraries are taken, and an out= that is no array is told to be a buffer."""
+    name = np.dtype(dtype).name
+    other = "float32" if name == "float64" else "float64"
+    x = np.full(3, 0.5, dtype)
+
+    def exactly(message):
+        return f"^{re.escape(message)}$"
+
+    taken = "or an array of another library that speaks DLPack or an array interface"
+    with pytest.raises(TypeError, match=exactly(
+            f"input must be a numpy.ndarray or a cupy.ndarray, {taken} (a torch.Tensor, a JAX "
+            "array); convert it with np.asarray(input, dtype=np.float32); got builtins.list")):
+        fastloss.mse_loss([0.5, 0.5, 0.5], x)
+    with pytest.raises(TypeError, match=exactly(
+            f"target must be a numpy.ndarray like the call's first array (all on the CPU), "
+            f"{taken} (a CPU torch.Tensor, a JAX array); convert it with np.asarray(target, "
+            f"dtype=np.{name}) (the dtype of input); got builtins.float")):
+        fastloss.binary_cross_entropy(x, 0.5)
+    with pytest.raises(TypeError, match=exactly(
+            f"target has dtype int64; {SUPPORTED}: convert it with target.astype(np.{name}), "
+            "the dtype of input")):
+        fastloss.binary_cross_entropy_with_logits(x, np.ones(3, np.int64))
+    with pytest.raises(TypeError, match=exactly(
+            f"target has dtype {other} but input has dtype {name}; convert one of them "
+            f"explicitly, e.g. target.astype(np.{name}) (fastloss never upcasts silently)")):
+        fastloss.mse_loss(x, x.astype(other))
+    with pytest.raises(TypeError, match=re.escape("pass a buffer such as np.empty_like(input); "
+                                                  "got builtins.list") + "$"):
+        fastloss.mse_loss_grad(x, x, out=[0.0, 0.0, 0.0])
 
 
 @pytest.mark.parametrize("bad", [[0.5, 0.25], 0.5, None])
@@ -249,7 +298,9 @@ def test_bad_out(name, fn, op, dtype):
     other_name, name = np.dtype(other).name, np.dtype(dtype).name
     with pytest.raises(TypeError, match=f"^out has dtype {other_name} but input has dtype {name}"):
         fn(x, y, out=np.empty_like(x, dtype=other))
-    with pytest.raises(TypeError, match=f"^out has dtype int32; {SUPPORTED}$"):
+    with pytest.raises(TypeError, match=f"^out has dtype int32; {SUPPORTED}: pass an out of "
+                                        rf"dtype {name}, the dtype of input \(np.empty_like"
+                                        rf"\(input\)\)$"):
         fn(x, y, out=np.empty((4, 3), dtype=np.int32))
     with pytest.raises(TypeError, match="^out must be a numpy.ndarray.*got builtins.list$"):
         fn(x, y, out=[[0.0] * 3] * 4)
@@ -300,7 +351,8 @@ def test_sigmoid_bad_out(dtype):
         fastloss.sigmoid(x, out=ro)
     with pytest.raises(ValueError, match=re.escape("out has shape (3, 2), expected (2, 3)")):
         fastloss.sigmoid(x, out=np.empty((3, 2), dtype=dtype))
-    with pytest.raises(TypeError, match=f"^out has dtype float16; {SUPPORTED}$"):
+    with pytest.raises(TypeError, match=f"^out has dtype float16; {SUPPORTED}: pass an out of "
+                                        r"dtype float\d\d, the dtype of input"):
         fastloss.sigmoid(x, out=np.empty((2, 3), dtype=np.float16))
     with pytest.raises(ValueError, match="^out must be C-contiguous"):
         fastloss.sigmoid(x, out=np.empty((3, 2), dtype=dtype).T)
@@ -644,9 +696,50 @@ def test_nan_and_inf_in_sigmoid_arguments(value, dtype):
     x[3] = value
     assert_elementwise_close(fastloss.sigmoid(x), R.sigmoid(x), dtype)
     s = fastloss.sigmoid(np.linspace(-3, 3, 7).astype(dtype))
-    for g, out in ((x, s), (s, x)):
-        assert_elementwise_close(fastloss.sigmoid_backward(g, out), R.sigmoid_backward(g, out),
-                                 dtype)
+    assert_elementwise_close(fastloss.sigmoid_backward(x, s), R.sigmoid_backward(x, s), dtype)
+    # as the output: NaN propagates; +-inf is no sigmoid output (test_sigmoid_backward_range)
+    output = s.copy()
+    output[3] = value
+    if np.isnan(value):
+        assert_elementwise_close(fastloss.sigmoid_backward(s, output),
+                                 R.sigmoid_backward(s, output), dtype)
+    else:
+        with pytest.raises(ValueError, match="^output must hold sigmoid outputs in"):
+            fastloss.sigmoid_backward(s, output)
+
+
+SIGMOID_OUTPUT_REFUSED = (r"^output must hold sigmoid outputs in \[0, 1\] \(sigmoid_backward\); "
+                          r"found values outside: pass the forward's output, sigmoid\(x\), "
+                          r"not its input x$")
+
+
+@pytest.mark.parametrize("n", [1, 7, 8192 * 5 + 3], ids=["one", "serial", "parallel"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_ids)
+@pytest.mark.parametrize("path", ["fast", "checked"])
+def test_sigmoid_backward_range(n, dtype, path):
+    """sigmoid_backward takes sigmoid's output: a value outside [0, 1] (the forward's input
+    passed by mistake) is a ValueError, found in the kernel's pass (the last element alone
+    below 0 or above 1 too, on the serial and the parallel path); 0, 1 and NaN are outputs."""
+    rng = np.random.default_rng(seed_for("sigmoid-range", n, np.dtype(dtype).name))
+    x = rng.standard_normal(n).astype(dtype)
+    s = fastloss.sigmoid(x)
+    s[:2] = [0.0, 1.0][:n]
+    g = rng.standard_normal(n).astype(dtype)
+
+    def call(output):
+        if path == "checked":  # through the dispatch's checks: a non-contiguous output
+            doubled = np.repeat(output, 2)
+            return fastloss.sigmoid_backward(g, doubled[::2])
+        return fastloss.sigmoid_backward(g, output)
+
+    assert_elementwise_close(call(s), R.sigmoid_backward(g, s), dtype)
+    with pytest.raises(ValueError, match=SIGMOID_OUTPUT_REFUSED):
+        call(x if n > 1 else np.full(1, -0.5, dtype))
+    for bad in (-np.finfo(dtype).smallest_subnormal, 1 + np.finfo(dtype).eps):
+        last = s.copy()
+        last[-1] = bad
+        with pytest.raises(ValueError, match=SIGMOID_OUTPUT_REFUSED):
+            call(last)
 
 
 @pytest.mark.parametrize("which", ["weight", "pos_weight", "grad_output"])

@@ -253,6 +253,16 @@ def test_loss_modules_pass_kernel_errors_through():
         nn.MSELoss().forward(np.zeros((2, 1)), np.zeros((2, 2)))
 
 
+def test_zero_grad_clears_every_parameter_gradient(rng):
+    model = _classifier(rng)
+    x = rng.standard_normal((4, 5))
+    model.forward(x)
+    model.backward(np.ones((4, 3)))
+    assert all(np.any(p.grad != 0) for p in model.parameters())
+    model.zero_grad()
+    assert all(np.all(p.grad == 0) for p in model.parameters())
+
+
 def test_repr_names_the_layers():
     text = repr(nn.Sequential(nn.Dense(3, 2), nn.ReLU()))
     assert "Dense(3, 2, bias=True, dtype=float32)" in text and "ReLU()" in text

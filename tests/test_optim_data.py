@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fastloss import data, nn
-from fastloss.optim import SGD, sgd_update
+from fastloss.optim import SGD, _sgd_update
 
 SETTINGS = [
     dict(lr=0.1),
@@ -62,7 +62,7 @@ def test_sgd_matches_the_reference_and_the_array_expression_path(dtype, settings
         if first:
             twin_optimizer._momentum_buffers = [np.empty_like(t.data) for t in twins]
         for index, twin in enumerate(twins):
-            sgd_update(twin.data, twin.grad, None if twin_optimizer._momentum_buffers is None
+            _sgd_update(twin.data, twin.grad, None if twin_optimizer._momentum_buffers is None
                        else twin_optimizer._momentum_buffers[index], twin_optimizer.lr,
                        twin_optimizer.momentum, twin_optimizer.dampening,
                        twin_optimizer.weight_decay, twin_optimizer.nesterov, first)

@@ -1,7 +1,9 @@
-"""The README's code blocks under "Use it in your training code" run as written (so they
-cannot go stale) and compute what they say: NumPy always, PyTorch when installed, CuPy when a GPU
-is there. Values are checked against fastloss.reference (NumPy, CuPy) and against the same loop
-with torch.nn's loss (PyTorch)."""
+"""Every Python block of the README runs as written (so none can go stale) and computes what it
+says: the five-line example under the title, "Use", the blocks of "Use it in your training
+code" (NumPy always, PyTorch when installed, CuPy when a GPU is there) and "Train a network"
+(with scikit-learn). Values are checked against fastloss.reference (NumPy, CuPy) and against
+the same loop with torch.nn's loss (PyTorch). The README's first lines are its two commands,
+and CI (.ci/run) runs the second one verbatim."""
 
 from __future__ import annotations
 
@@ -13,14 +15,116 @@ import numpy as np
 import pytest
 
 from fastloss import reference as R
+from _helpers import reduction_ulp_bound
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+CI = README.parent / ".ci" / "run"
+PYTHON_BLOCK = r"```python\n(.*?)```"
+
+
+def _section(heading):
+    """The README's text under ``heading`` (a '## ' line, or '# fastloss' for the part under
+    the title), up to the next '## ' heading."""
+    return README.read_text().split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def _section_blocks(heading):
+    return re.findall(PYTHON_BLOCK, _section(heading), flags=re.S)
+
+
 def _blocks():
-    text = README.read_text()
-    section = text.split("## Use it in your training code", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    return _section_blocks("## Use it in your training code")
+
+
+TESTED_SECTIONS = ("# fastloss", "## Use", "## Use it in your training code",
+                   "## Train a network")
+
+
+def test_every_python_block_is_run_by_a_test_here():
+    every = re.findall(PYTHON_BLOCK, README.read_text(), flags=re.S)
+    tested = [block for heading in TESTED_SECTIONS for block in _section_blocks(heading)]
+    assert sorted(every) == sorted(tested)
+
+
+def test_the_first_lines_are_the_two_commands_and_ci_runs_the_second_verbatim():
+    """Line 1 installs and runs the benchmark, line 2 installs the test extras and runs the
+    tests; both with the tested versions. .ci/run runs line 2 as it is."""
+    lines = README.read_text().splitlines()
+    assert lines[0] == "```bash" and lines[3] == "```"
+    main_job, tests = lines[1], lines[2]
+    assert main_job.endswith("&& python -m fastloss bench")
+    assert tests.endswith("&& python -m pytest tests bench --benchmark-disable")
+    for command in (main_job, tests):
+        assert command.startswith('pip install ".[') and "-c constraints.txt" in command
+    assert tests in CI.read_text().splitlines()
+    assert (README.parent / "constraints.txt").exists()
+
+
+def test_the_title_is_followed_by_pip_install_and_a_five_line_example():
+    under_title = _section("# fastloss")
+    assert under_title.lstrip().startswith("```bash\npip install .\n```")
+    (example,) = _section_blocks("# fastloss")
+    assert len(example.strip().splitlines()) == 5
+    namespace = _run(example)
+    p, y, loss, grad = (namespace[name] for name in ("p", "y", "loss", "grad"))
+    assert type(loss) is np.float32 and grad.dtype == np.float32 and grad.shape == (1000,)
+    exact = R.binary_cross_entropy(p, y)
+    bound = reduction_ulp_bound("bce", p.size) * float(np.spacing(np.float32(exact)))
+    assert abs(float(loss) - exact) <= bound
+    np.testing.assert_allclose(grad, R.binary_cross_entropy_grad(p, y), rtol=1e-5, atol=1e-9)
+
+
+def test_use_block_computes_what_its_comments_say():
+    """Its first loss (kept before the fused call replaces it), the fused MSE pass into the
+    buffer it keeps, and the per-element BCE with logits, against the reference."""
+    (block,) = _section_blocks("## Use")
+    losses = []
+
+    def keep_losses(statement, namespace):
+        if "loss" in namespace and not losses:
+            losses.append(namespace["loss"])
+
+    namespace = _run(block, keep_losses)
+    x, y = namespace["x"], namespace["y"]
+    (bce,) = losses
+    assert type(bce) is np.float32
+    exact = R.binary_cross_entropy(x, y)
+    bound = reduction_ulp_bound("bce", x.size) * float(np.spacing(np.float32(exact)))
+    assert abs(float(bce) - exact) <= bound
+    loss, grad = namespace["loss"], namespace["grad"]
+    assert type(loss) is np.float32 and grad.dtype == np.float32
+    exact = R.mse_loss(x, y)
+    bound = reduction_ulp_bound("mse", x.size) * float(np.spacing(np.float32(exact)))
+    assert abs(float(loss) - exact) <= bound
+    np.testing.assert_allclose(grad, R.mse_loss_grad(x, y), rtol=1e-6, atol=1e-14)
+    per_element = namespace["per_element"]
+    assert per_element.shape == x.shape and per_element.dtype == np.float32
+    np.testing.assert_allclose(per_element,
+                               R.binary_cross_entropy_with_logits(x, y, pos_weight=2.0,
+                                                                  reduction="none"),
+                               rtol=1e-5)
+
+
+def test_train_a_network_block_trains_a_classifier(tmp_path, monkeypatch, capsys):
+    """The block as written, in a scratch directory (it saves model.npz): 30 epochs on the
+    breast cancer data, a falling loss and a test accuracy of 95 % or more, the parameters
+    written, and the accuracy it prints is the one of its predictions."""
+    pytest.importorskip("sklearn")
+    (block,) = _section_blocks("## Train a network")
+    monkeypatch.chdir(tmp_path)
+    namespace = _run(block)
+    history, Y_test = namespace["history"], namespace["Y_test"]
+    assert history["epoch"] == list(range(1, 31)) and len(history["val_loss"]) == 30
+    assert history["loss"][-1] < 0.5 * history["loss"][0]
+    probabilities = namespace["probabilities"]
+    assert probabilities.shape == Y_test.shape == (114, 1)
+    accuracy = float(np.mean((probabilities > 0.5) == (Y_test > 0.5)))
+    assert accuracy >= 0.95
+    assert capsys.readouterr().out == f"test accuracy {accuracy:.3f}\n"
+    assert sorted(np.load(tmp_path / "model.npz").files) == [
+        "0.bias", "0.weight", "2.bias", "2.weight", "4.bias", "4.weight"]
 
 
 def _needs(block):

@@ -130,9 +130,131 @@ def test_fit_rejects_bad_arguments():
         nn.fit(lambda x: x, X, Y, loss=nn.BCELoss(), optimizer=optimizer, epochs=1)
     with pytest.raises(ValueError, match="X has 10 samples but Y has 9"):
         nn.fit(model, X, Y[:9], loss=nn.BCELoss(), optimizer=optimizer, epochs=1)
-    with pytest.raises(TypeError, match="input has dtype float32 but the parameters"):
-        nn.fit(model, X.astype(np.float32), Y.astype(np.float32), loss=nn.BCELoss(),
-               optimizer=optimizer, epochs=1)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        nn.fit(model, X, Y, loss=nn.BCELoss(), optimizer=optimizer, epochs=1, batch_size=0)
+    with pytest.raises(ValueError, match="on_nonfinite must be 'raise', 'warn' or 'ignore'"):
+        nn.fit(model, X, Y, loss=nn.BCELoss(), optimizer=optimizer, epochs=1,
+               on_nonfinite="stop")
+
+
+class _StepsTaken:
+    """An optimizer that counts its steps (and changes nothing)."""
+
+    def __init__(self):
+        self.steps = 0
+
+    def step(self):
+        self.steps += 1
+
+
+@pytest.mark.parametrize("bad, error, message", [
+    ("X float32", TypeError, r"^X has dtype float32 but the model's parameters are float64: "
+                             r"convert it with X\.astype\(np\.float64\)"),
+    ("X list", TypeError, r"^X must be a numpy.ndarray or a cupy.ndarray, got builtins.list; "
+                          r"convert it with np\.asarray\(X, dtype=np\.float32\)$"),
+    ("X 1-D", ValueError, r"^X has shape \(10,\), expected \(samples, features\)"),
+    ("X features", ValueError, r"^X has 5 features \(shape \(10, 5\)\) but the model's "
+                               r"first Dense layer takes 6$"),
+    ("Y 1-D", ValueError, r"^Y has shape \(10,\), but BCELoss needs the shape of the "
+                          r"model's output, \(10, 1\): one target per sample needs a column, "
+                          r"Y\.reshape\(-1, 1\)$"),
+    ("Y columns", ValueError, r"^Y has shape \(10, 2\), but BCELoss needs the shape of the "
+                              r"model's output, \(10, 1\)$"),
+    ("Y int", TypeError, r"^Y has dtype int64, but BCELoss needs the model's dtype, float64: "
+                         r"convert it with Y\.astype\(np\.float64\)$"),
+    ("Y samples", ValueError, r"^X has 10 samples but Y has 9; they must have one row per "
+                              r"sample"),
+    ("validation Y 1-D", ValueError, r"^validation_data\[1\] has shape \(10,\), but BCELoss "
+                                     r"needs .*validation_data\[1\]\.reshape\(-1, 1\)$"),
+    ("validation X float32", TypeError, r"^validation_data\[0\] has dtype float32"),
+    ("validation triple", TypeError, r"^validation_data must be a pair \(X_val, Y_val\), got "
+                                     r"builtins.tuple$"),
+])
+def test_fit_checks_its_data_before_the_first_step(bad, error, message):
+    """Each mistake is named at entry with its fix, before any step (no optimizer step is
+    taken, no layer's error from inside the first batch)."""
+    X, Y, model = _problem(n=10)
+    validation = (X, Y)
+    changed = {"X float32": lambda: (X.astype(np.float32), Y),
+               "X list": lambda: (X.tolist(), Y),
+               "X 1-D": lambda: (X[:, 0], Y),
+               "X features": lambda: (X[:, :5], Y),
+               "Y 1-D": lambda: (X, Y[:, 0]),
+               "Y columns": lambda: (X, np.hstack([Y, Y])),
+               "Y int": lambda: (X, Y.astype(np.int64)),
+               "Y samples": lambda: (X, Y[:9])}
+    if bad in changed:
+        X, Y = changed[bad]()
+    else:
+        validation = {"validation Y 1-D": (X, Y[:, 0]),
+                      "validation X float32": (X.astype(np.float32), Y),
+                      "validation triple": (X, Y, Y)}[bad]
+    optimizer = _StepsTaken()
+    with pytest.raises(error, match=message):
+        nn.fit(model, X, Y, loss=nn.BCELoss(), optimizer=optimizer, epochs=1,
+               validation_data=validation, progress=False)
+    assert optimizer.steps == 0
+
+
+def test_fit_target_checks_follow_the_loss():
+    """The target check is the loss's (check_target), against the width of the model's output:
+    MSELoss on a 3-output model wants (samples, 3)."""
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((12, 4))
+    model = nn.Sequential(nn.Dense(4, 3, dtype=np.float64, rng=rng), nn.Tanh())
+    with pytest.raises(ValueError, match=r"^Y has shape \(12, 1\), but MSELoss needs the shape "
+                                         r"of the model's output, \(12, 3\)$"):
+        nn.fit(model, X, np.zeros((12, 1)), loss=nn.MSELoss(), optimizer=_StepsTaken(),
+               epochs=1)
+    history = nn.fit(model, X, np.zeros((12, 3)), loss=nn.MSELoss(),
+                     optimizer=SGD(model.parameters(), lr=0.1), epochs=1, progress=False)
+    assert len(history["loss"]) == 1
+
+
+def _linear_problem(n=90):
+    """A linear model on MSE: a step far too large makes it diverge (nothing saturates)."""
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((n, 6))
+    return X, X @ rng.standard_normal((6, 1)), nn.Dense(6, 1, dtype=np.float64, rng=rng)
+
+
+@pytest.mark.parametrize("lr, where", [(float("inf"), "epoch 1, batch 2 of 3"),
+                                       (100.0, r"epoch \d+, batch \d of 3")])
+def test_a_diverging_loss_stops_fit_naming_the_epoch_and_the_batch(lr, where):
+    """lr = inf: the first step makes the weights infinite, so the second batch's loss is not
+    finite; lr = 100: the weights grow a hundredfold a step until they overflow."""
+    X, Y, model = _linear_problem()
+    with pytest.raises(FloatingPointError, match=f"^the training loss is (nan|inf) at {where}: "
+                                                 "training diverged"):
+        nn.fit(model, X, Y, loss=nn.MSELoss(), optimizer=SGD(model.parameters(), lr=lr),
+               epochs=100, batch_size=32, shuffle=False, progress=False)
+
+
+def test_a_diverging_loss_can_warn_once_or_be_ignored():
+    X, Y, model = _linear_problem()
+    state = {name: value.copy() for name, value in model.state_dict().items()}
+    settings = dict(loss=nn.MSELoss(), epochs=4, batch_size=32, progress=False)
+    with pytest.warns(RuntimeWarning, match="training diverged") as caught:
+        history = nn.fit(model, X, Y, optimizer=SGD(model.parameters(), lr=float("inf")),
+                         on_nonfinite="warn", **settings)
+    assert len(caught) == 1 and len(history["loss"]) == 4
+    assert caught[0].filename == __file__  # pointed at the call of fit
+    assert not np.isfinite(history["loss"][-1])
+    model.load_state_dict(state)
+    history = nn.fit(model, X, Y, optimizer=SGD(model.parameters(), lr=float("inf")),
+                     on_nonfinite="ignore", **settings)
+    assert len(history["loss"]) == 4
+
+
+def test_bce_with_logits_after_a_final_sigmoid_warns():
+    """A double sigmoid trains, badly: a warning says so (BCELoss there is trained through the
+    logits and does not warn)."""
+    X, Y, model = _problem(n=20)
+    with pytest.warns(UserWarning, match="ends in Sigmoid and BCEWithLogitsLoss applies a "
+                                         "sigmoid of its own") as caught:
+        nn.fit(model, X, Y, loss=nn.BCEWithLogitsLoss(), optimizer=_StepsTaken(), epochs=1)
+    assert caught[0].filename == __file__  # pointed at the call of fit
+    nn.fit(model, X, Y, loss=nn.BCELoss(), optimizer=_StepsTaken(), epochs=1)
 
 
 # ---- the train command and real data ----------------------------------------------------------

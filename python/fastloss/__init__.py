@@ -8,7 +8,7 @@ Functions mirror ``torch.nn.functional``: ``mse_loss``, ``binary_cross_entropy``
 dense networks with mini-batch SGD (``fastloss.nn.fit``).
 """
 
-from importlib.metadata import PackageNotFoundError, version as _version
+from importlib import metadata as _metadata
 
 from . import functional as _functional
 from . import data, nn, optim  # the training layer: small, NumPy-only imports
@@ -28,8 +28,8 @@ from .functional import (
 )
 
 try:
-    __version__ = _version("fastloss")
-except PackageNotFoundError:  # running from a source tree without an install
+    __version__ = _metadata.version("fastloss")
+except _metadata.PackageNotFoundError:  # running from a source tree without an install
     __version__ = "0+unknown"
 
 __all__ = list(_functional.__all__)

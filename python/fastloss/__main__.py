@@ -22,7 +22,7 @@ from fastloss import _cpu, _machine, _train_cli
 def _cuda_status() -> str:
     """One line on CuPy, CUDA and the device, from fastloss._cuda.describe()."""
     if importlib.util.find_spec("cupy") is None:
-        return "cupy not installed (pip install 'fastloss[cuda12]' or '[cuda13]' for GPUs)"
+        return f"cupy not installed (for GPUs: {_train_cli.INSTALL_CUDA})"
     try:
         from fastloss import _cuda
         facts = _cuda.describe()
@@ -83,6 +83,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         prog="python -m fastloss" if run_as_module else "fastloss",
         description="fastloss: build information, benchmarks against NumPy, Numba, PyTorch "
                     "and crysx_nn, and a small network trained with fastloss.nn.")
+    parser.add_argument("--version", action="version", version=f"fastloss {fastloss.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="{info,bench,train}",
                                      required=True)
     commands.add_parser(
@@ -93,7 +94,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     bench_parser = commands.add_parser(
         "bench", help="fastloss against its peers: speed, float32 error, determinism",
         description="Measure the machine's memory bandwidth, then time fastloss and each "
-                    "installed peer (NumPy as the seeds wrote it and at its best, Numba serial "
+                    "installed peer (NumPy as the seeds wrote it and at its fastest, Numba serial "
                     "and parallel, PyTorch, crysx_nn) on each op and size: time, GB/s, share "
                     "of the bandwidth ceiling, ratio to the best peer, error in ulps. Then the "
                     "stability track: each one's float32 error against the exact value as N "
@@ -117,8 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # The command is the first word that is no option: the top level has no option with a value.
     command = next((word for word in argv if not word.startswith("-")), None)
-    args = build_parser(command).parse_args(argv)
-    return args.handler(args)
+    parser = build_parser(command)
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except _train_cli.CommandError as error:  # worded for this line: no traceback
+        print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

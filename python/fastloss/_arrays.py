@@ -30,8 +30,9 @@ def module_for_device(device: str) -> ModuleType:
         try:
             import cupy
         except ImportError as error:
-            raise RuntimeError("device 'cuda' needs CuPy: pip install 'fastloss[cuda12]' "
-                               "or 'fastloss[cuda13]'") from error
+            raise RuntimeError("device 'cuda' needs CuPy: pip install cupy-cuda12x (or "
+                               "cupy-cuda13x), or \".[cuda12]\" in the fastloss source "
+                               "tree") from error
         return cupy
     raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
 

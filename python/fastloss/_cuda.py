@@ -398,7 +398,8 @@ MOVE_HINT = "move it with cupy.asarray"
 
 
 class ProbabilityOutOfRange(ValueError):
-    """binary_cross_entropy found an input outside [0, 1] (the dispatch words the error)."""
+    """binary_cross_entropy found an input outside [0, 1], or sigmoid_backward an output there
+    (the dispatch words the error)."""
 
 
 def _cupy():
@@ -526,6 +527,8 @@ def sigmoid(input, out):
 
 
 def sigmoid_backward(grad_output, output, out):
+    """The gradient into ``out`` or a new array; reads one int back (a synchronisation) to
+    raise ProbabilityOutOfRange for an output outside [0, 1], which the kernel flags."""
     cp = _cupy()
     out = cp.empty(grad_output.shape, dtype=grad_output.dtype) if out is None else out
     n = grad_output.size
@@ -534,7 +537,11 @@ def sigmoid_backward(grad_output, output, out):
         kernel = _kernel("sigmoid", dtype_name,
                          f"fastloss::gpu::sigmoid_backward<{_CTYPE[dtype_name]}>",
                          grad_output.device)
-        kernel((_grid(n, dtype_name),), (THREADS,), (np.int64(n), grad_output, output, out))
+        flag = cp.zeros((1,), dtype=cp.int32)
+        kernel((_grid(n, dtype_name),), (THREADS,), (np.int64(n), grad_output, output, out,
+                                                     flag))
+        if int(flag.get()[0]):
+            raise ProbabilityOutOfRange()
     return out
 
 

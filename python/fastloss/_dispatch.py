@@ -24,7 +24,8 @@ cannot read ``a``: CuPy faults on a misaligned array), ``contiguous(a, name)`` (
 the kernels read it, a copy or an error),
 ``loss_pass(op, outputs, mean, input, target, weight, pos_weight, grad_output, out)``,
 ``sigmoid(x, out)``, ``sigmoid_backward(grad_output, output, out)`` and
-``ProbabilityOutOfRange`` (what ``loss_pass`` raises for a probability outside [0, 1]).
+``ProbabilityOutOfRange`` (what ``loss_pass`` raises for a probability outside [0, 1], and
+``sigmoid_backward`` for an output there: both found inside the kernel's pass).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ from ._interop import adopt
 
 OUT_OF_RANGE = ("input must hold probabilities in [0, 1] (binary_cross_entropy); found values "
                 "outside; use binary_cross_entropy_with_logits for logits")
+SIGMOID_OUTPUT_OUT_OF_RANGE = ("output must hold sigmoid outputs in [0, 1] (sigmoid_backward); "
+                               "found values outside: pass the forward's output, sigmoid(x), "
+                               "not its input x")
 REDUCTIONS = ("mean", "sum", "none")
 # Weight buffers shorter than this are tiled up to it, so the kernels' contiguous runs stay long.
 MIN_PERIOD = 4096
@@ -111,17 +115,23 @@ def sigmoid(input, out=None):
 def sigmoid_backward(grad_output, output, out=None):
     if type(grad_output) is _ndarray and type(output) is _ndarray and (
             out is None or type(out) is _ndarray):
-        result = _cpu_sigmoid_backward(grad_output, output, out)
+        try:
+            result = _cpu_sigmoid_backward(grad_output, output, out)
+        except _CpuOutOfRange:
+            raise ValueError(SIGMOID_OUTPUT_OUT_OF_RANGE) from None
         if result is not None:
             return result
     grad_output, output = adopt(grad_output, "grad_output"), adopt(output, "output")
     out = adopt(out, "out")
     backend = _backend_of(grad_output, "grad_output")
-    _check_array(backend, output, "output")
+    _check_array(backend, output, "output", grad_output, "grad_output")
     with backend.on_device_of(grad_output):
         g, y = _prepared_pair(backend, grad_output, "grad_output", output, "output")
         out = _checked_out(backend, out, g, "grad_output", [(g, "grad_output"), (y, "output")])
-        return backend.sigmoid_backward(g, y, out)
+        try:
+            return backend.sigmoid_backward(g, y, out)
+        except backend.ProbabilityOutOfRange:
+            raise ValueError(SIGMOID_OUTPUT_OUT_OF_RANGE) from None
 
 
 # ---- the checked path ---------------------------------------------------------------------------
@@ -131,7 +141,7 @@ def _checked_loss(kind, input, target, weight, pos_weight, reduction, grad_outpu
         ((input, "input"), (target, "target"), (weight, "weight"), (pos_weight, "pos_weight"),
          (grad_output, "grad_output"), (out, "out")))
     backend = _backend_of(input, "input")
-    _check_array(backend, target, "target")
+    _check_array(backend, target, "target", input, "input")
     if not (isinstance(reduction, str) and reduction in REDUCTIONS):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     with backend.on_device_of(input):
@@ -181,6 +191,36 @@ def _type_name(obj):
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
+def _float_dtype_name(like):
+    """The dtype a converted argument should take: that of the call's ``like`` array when it
+    is one fastloss supports, float32 otherwise."""
+    dtype = getattr(like, "dtype", None)
+    if dtype is not None and dtype.kind == "f" and dtype.itemsize in (4, 8):
+        return dtype.name
+    return "float32"
+
+
+def _conversion_hint(value, name, like=None, like_name=None):
+    """How to turn ``value`` (not an array fastloss takes) into one ('; ...'), or '' where no
+    conversion makes sense (None, strings, bytes)."""
+    if name == "out":  # a converted copy would not be written: a new buffer is the fix
+        return f"; pass a buffer such as np.empty_like({like_name or 'input'})"
+    if value is None or isinstance(value, (str, bytes)):
+        return ""
+    of_like = f" (the dtype of {like_name})" if like is not None and like_name else ""
+    return (f"; convert it with np.asarray({name}, dtype=np.{_float_dtype_name(like)})"
+            f"{of_like}")
+
+
+def _must_be_an_array(value, name, family, examples, like=None, like_name=None):
+    """The TypeError for a value that is no array of the call's family (lists, scalars, ...);
+    arrays of other libraries never get here: _interop.adopt has taken them."""
+    return TypeError(f"{name} must be a {family}, or an array of another library that speaks "
+                     f"DLPack or an array interface ({examples})"
+                     f"{_conversion_hint(value, name, like, like_name)}; got "
+                     f"{_type_name(value)}")
+
+
 def _backend_of(array, name) -> ModuleType:
     """The backend for the family of a call's first array; TypeError if it is not an array."""
     if type(array).__module__.startswith("cupy"):
@@ -191,21 +231,24 @@ def _backend_of(array, name) -> ModuleType:
     if isinstance(array, np.ndarray):
         _check_array(_numpy_backend, array, name)
         return _numpy_backend
-    hint = ("; fastloss.torch takes torch tensors"
-            if type(array).__module__.startswith("torch") else "")
-    raise TypeError(f"{name} must be a numpy.ndarray or a cupy.ndarray, got "
-                    f"{_type_name(array)}{hint}")
+    raise _must_be_an_array(array, name, "numpy.ndarray or a cupy.ndarray",
+                            "a torch.Tensor, a JAX array")
 
 
-def _check_array(backend, value, name):
+def _check_array(backend, value, name, like=None, like_name=None):
+    """``value`` is an array of ``backend``'s family; ``like`` (the call's first array) names
+    the dtype a conversion should take."""
     if not backend.is_array(value):
         elsewhere = backend.elsewhere(value)
         if elsewhere is not None:
             raise TypeError(f"{name} is {elsewhere} but the call's first array is a "
                             f"{backend.ARRAY}; all arrays of one call must be on the same "
                             f"device ({backend.MOVE_HINT})")
-        raise TypeError(f"{name} must be a {backend.ARRAY} (all arrays of one call on "
-                        f"{backend.WHERE}), got {_type_name(value)}")
+        examples = ("a CPU torch.Tensor, a JAX array" if backend is _numpy_backend
+                    else "a CUDA torch.Tensor, a Numba device array")
+        raise _must_be_an_array(value, name, f"{backend.ARRAY} like the call's first array "
+                                             f"(all on {backend.WHERE})", examples, like,
+                                like_name)
     _reject_masked(value, name)
 
 
@@ -216,10 +259,22 @@ def _reject_masked(value, name):
                         f"pass a plain numpy.ndarray ({name}.filled(value) or {name}.data)")
 
 
-def _check_float_dtype(a, name):
+def _check_float_dtype(a, name, like=None, like_name=None):
+    """float32 or float64 in native byte order; the message says how to convert (to the dtype
+    of ``like``, the call's first array, when given)."""
     dtype = a.dtype
     if dtype.kind != "f" or dtype.itemsize not in (4, 8):
-        raise TypeError(f"{name} has dtype {dtype}; fastloss supports float32 and float64")
+        wanted = _float_dtype_name(like)
+        if name == "out":  # a converted copy would not be written: a new buffer is the fix
+            fix = (f": pass an out of dtype {wanted}, the dtype of {like_name} "
+                   f"(np.empty_like({like_name}))")
+        elif dtype.kind == "c":  # astype would drop the imaginary part without a word
+            fix = " (real numbers)"
+        else:
+            of_like = f", the dtype of {like_name}" if like is not None else ""
+            fix = f": convert it with {name}.astype(np.{wanted}){of_like}"
+        raise TypeError(f"{name} has dtype {dtype}; fastloss supports float32 and float64"
+                        f"{fix}")
     if not dtype.isnative:
         native = dtype.newbyteorder("=")
         raise TypeError(f"{name} has non-native byte order (dtype {dtype.str}); convert it "
@@ -229,7 +284,8 @@ def _check_float_dtype(a, name):
 def _check_same_dtype(a, name, like, like_name):
     if a.dtype != like.dtype:
         raise TypeError(f"{name} has dtype {a.dtype} but {like_name} has dtype {like.dtype}; "
-                        "convert one of them explicitly (fastloss never upcasts silently)")
+                        f"convert one of them explicitly, e.g. {name}.astype(np."
+                        f"{like.dtype.name}) (fastloss never upcasts silently)")
 
 
 def _check_same_device(backend, a, name, like, like_name):
@@ -253,7 +309,7 @@ def _prepared_input(backend, a, name):
 def _prepared_pair(backend, a, a_name, b, b_name):
     """Two arrays of one shape, dtype and device, as the kernels read them."""
     _check_float_dtype(a, a_name)
-    _check_float_dtype(b, b_name)
+    _check_float_dtype(b, b_name, a, a_name)
     _check_same_dtype(b, b_name, a, a_name)
     _check_same_device(backend, b, b_name, a, a_name)
     _check_same_shape(b, b_name, a, a_name)
@@ -266,8 +322,8 @@ def _checked_out(backend, out, like, like_name, reads):
     being read before it is written, but must not overlap any other."""
     if out is None:
         return None
-    _check_array(backend, out, "out")
-    _check_float_dtype(out, "out")
+    _check_array(backend, out, "out", like, like_name)
+    _check_float_dtype(out, "out", like, like_name)
     _check_same_dtype(out, "out", like, like_name)
     _check_same_device(backend, out, "out", like, like_name)
     _check_same_shape(out, "out", like, like_name)

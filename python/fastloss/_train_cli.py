@@ -1,9 +1,14 @@
 """``python -m fastloss train``: a small dense network on a data set that ships with
-scikit-learn, trained with fastloss.nn (breast_cancer: BCE; diabetes: MSE)."""
+scikit-learn, trained with fastloss.nn (breast_cancer: BCE; diabetes: MSE).
+
+What the command cannot do here (a package missing, no GPU, a loss that diverged) is a
+``CommandError``: ``python -m fastloss`` prints its message as one line, without a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 import numpy as np
@@ -11,6 +16,18 @@ import numpy as np
 from . import nn
 from ._arrays import as_module_array, module_for_device
 from .optim import SGD
+
+# fastloss is installed from its source tree (it is not on a package index): extras are named
+# as a pip command run there.
+INSTALL_TRAIN = ('pip install ".[train]" in the fastloss source tree (scikit-learn, matplotlib, '
+                 'tqdm)')
+INSTALL_CUDA = ('pip install ".[cuda12]" (CUDA 12) or ".[cuda13]" (CUDA 13) in the fastloss '
+                'source tree')
+
+
+class CommandError(RuntimeError):
+    """A reason the command cannot run, worded for the command line (no traceback)."""
+
 
 # name -> loader in sklearn.datasets, task, and the defaults of the command line. diabetes
 # (353 training samples) overfits a 64-64 MLP within a few epochs: one small layer and weight
@@ -31,8 +48,8 @@ def load_dataset(name, *, seed=0, dtype=np.float32, test_fraction=0.2):
         import sklearn.datasets
         from sklearn.model_selection import train_test_split
     except ImportError as error:
-        raise RuntimeError("the train command needs scikit-learn: "
-                           "pip install 'fastloss[train]'") from error
+        raise CommandError(f"the train command needs scikit-learn for its data sets: "
+                           f"{INSTALL_TRAIN}") from error
     loader, task = DATASETS[name]["loader"], DATASETS[name]["task"]
     X, y = getattr(sklearn.datasets, loader)(return_X_y=True)
     X_train, X_test, y_train, y_test = train_test_split(
@@ -75,7 +92,26 @@ def held_out_metrics(model, X_test, Y_test, *, classification, y_scale):
             "r2": float(1.0 - np.mean(residual ** 2) / variance)}
 
 
+def check_device(device):
+    """CommandError unless ``device`` can train here ('cuda': CuPy importable, a GPU seen)."""
+    if device == "cpu":
+        return
+    try:
+        import cupy
+    except ImportError:
+        raise CommandError(f"--device {device} needs CuPy: {INSTALL_CUDA}") from None
+    try:
+        available = bool(cupy.cuda.is_available())
+    except Exception as error:  # a broken driver install fails in many ways
+        raise CommandError(f"--device {device}: CuPy is installed but cannot reach a GPU "
+                           f"({type(error).__name__}: {error})") from None
+    if not available:
+        raise CommandError(f"--device {device}: CuPy {cupy.__version__} finds no usable GPU "
+                           "here; leave out --device to train on the CPU")
+
+
 def run(args):
+    check_device(args.device)
     defaults = DATASETS[args.dataset]
     hidden, epochs, lr, weight_decay = (
         defaults[name] if getattr(args, name) is None else getattr(args, name)
@@ -104,10 +140,18 @@ def run(args):
         extra = f"  val_loss {record['val_loss']:.6f}" if "val_loss" in record else ""
         print(f"epoch {epoch:4d}  loss {record['loss']:.6f}{extra}", flush=True)
 
-    history = nn.fit(model, X_train, Y_train, loss=loss, optimizer=optimizer, epochs=epochs,
-                     batch_size=args.batch_size, rng=args.seed,
-                     validation_data=(X_test, Y_test), progress=args.progress,
-                     callback=report)
+    try:
+        # fit reports a loss that stops being finite; NumPy's own overflow warnings from the
+        # products before it would only repeat that
+        with np.errstate(over="ignore", invalid="ignore"):
+            history = nn.fit(model, X_train, Y_train, loss=loss, optimizer=optimizer,
+                             epochs=epochs, batch_size=args.batch_size, rng=args.seed,
+                             validation_data=(X_test, Y_test), progress=args.progress,
+                             callback=report)
+    except FloatingPointError as error:  # fit names the epoch and the batch, then advises
+        where = str(error).split(": training diverged")[0]
+        raise CommandError(f"{where}: training diverged; try a smaller --lr than {lr}") \
+            from None
     metrics = held_out_metrics(model, X_test, Y_test, classification=classification,
                            y_scale=y_scale)
     print("test " + ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
@@ -125,7 +169,8 @@ def plot_history(history, path, *, title):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib is not installed: no plot written", file=sys.stderr)
+        print(f"matplotlib is not installed, so no plot was written: {INSTALL_TRAIN}",
+              file=sys.stderr)
         return
     figure, axes = plt.subplots(figsize=(6, 4))
     axes.plot(history["epoch"], history["loss"], label="training loss")
@@ -152,23 +197,56 @@ def _hidden_sizes(text):
     return sizes
 
 
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _real(text, *, positive):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        wanted = "a positive" if positive else "a non-negative"
+        raise argparse.ArgumentTypeError(f"expected {wanted} number, got {text}")
+    return value
+
+
+def _positive_real(text):
+    return _real(text, positive=True)
+
+
+def _non_negative_real(text):
+    return _real(text, positive=False)
+
+
 def add_arguments(parser):
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="breast_cancer",
                         help="breast_cancer (BCE, accuracy) or diabetes (MSE, RMSE and R^2)")
     parser.add_argument("--hidden", type=_hidden_sizes, default=None,
                         help="hidden layer sizes, comma separated (default: 64,64 for "
                              "breast_cancer, 32 for diabetes)")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help="default: 30 for breast_cancer, 60 for diabetes")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=None,
+    parser.add_argument("--epochs", type=_positive_int, default=None,
+                        help="passes over the training set (default: 30 for breast_cancer, "
+                             "60 for diabetes)")
+    parser.add_argument("--batch-size", type=_positive_int, default=32,
+                        help="samples per SGD step (default: %(default)s)")
+    parser.add_argument("--lr", type=_positive_real, default=None,
                         help="learning rate (default: 0.01 breast_cancer, 0.002 diabetes)")
-    parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--weight-decay", type=float, default=None,
+    parser.add_argument("--momentum", type=_non_negative_real, default=0.9,
+                        help="SGD momentum (default: %(default)s)")
+    parser.add_argument("--weight-decay", type=_non_negative_real, default=None,
                         help="default: 0 for breast_cancer, 0.05 for diabetes")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                        help="cuda trains on CuPy arrays (needs CuPy and a GPU)")
+                        help="cuda trains on CuPy arrays (needs CuPy and a GPU: "
+                             f"{INSTALL_CUDA})")
     parser.add_argument("--seed", type=int, default=0,
                         help="seeds the split, the initial weights and the batch order")
     parser.add_argument("--plot", metavar="PNG", help="write the loss curve (needs matplotlib)")

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ._arrays import Array, array_module
+from ._arrays import Array, array_module as _array_module
 
 __all__ = ["batches", "batch_count"]
 
@@ -31,8 +31,8 @@ def batches(X: Array, Y: Array, batch_size: int, *, shuffle: bool = True,
     Yields:
         Fresh arrays when shuffling (a gather), views of X and Y otherwise.
     """
-    xp = array_module(X)
-    if array_module(Y) is not xp:
+    xp = _array_module(X)
+    if _array_module(Y) is not xp:
         raise TypeError("X and Y must both be NumPy arrays or both CuPy arrays")
     if X.ndim == 0 or Y.ndim == 0:
         raise ValueError("X and Y must have a first (sample) axis; got a 0-d array")

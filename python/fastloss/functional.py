@@ -5,19 +5,20 @@ kernels (``fastloss._cpu``), CuPy arrays to the CUDA kernels (``fastloss._cuda``
 run time from the same per-element header). Every array of one call must be of the same kind,
 device and dtype. On the GPU, reduced losses are 0-d CuPy arrays (no host synchronisation) and
 non-contiguous arrays are a ValueError instead of being copied.
+
+The annotations say what a type checker can know: NumPy arrays in, NumPy scalars and arrays
+out (of the input's float type); any other array (CuPy, or one taken through DLPack or an
+array interface) gives an untyped result; anything that is no array (a list) is an error.
 """
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any, Literal, Protocol, TypeVar, Union, overload
+
+import numpy as np
+import numpy.typing as npt
 
 from . import _codes, _dispatch
-from ._dispatch import loss_kind
-
-# A numpy.ndarray or a cupy.ndarray, or any object these take without a copy (DLPack,
-# __array_interface__, __cuda_array_interface__; see fastloss._interop).
-Array = Any
-Weight = Union[Array, float, None]
 
 __all__ = [
     "mse_loss", "mse_loss_grad", "mse_loss_and_grad",
@@ -27,194 +28,445 @@ __all__ = [
     "sigmoid", "sigmoid_backward",
 ]
 
+
+class _ArrayLike(Protocol):
+    """What the functions take: a NumPy or CuPy array, or an array of another library that
+    speaks DLPack, ``__array_interface__`` or ``__cuda_array_interface__`` (a torch.Tensor, a
+    JAX or Numba array), taken without a copy (see fastloss._interop)."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def dtype(self) -> Any: ...
+
+
+_F = TypeVar("_F", bound=np.floating[Any])  # the float type of a NumPy input
+_Weight = Union[_ArrayLike, float, None]
+_Reduced = Literal["mean", "sum"]
+
 _loss = _dispatch.loss
 # (op, returns the loss, returns the gradient) of each public function
-_MSE_LOSS = loss_kind(_codes.SQUARED_ERROR, True, False)
-_MSE_GRAD = loss_kind(_codes.SQUARED_ERROR, False, True)
-_MSE_AND_GRAD = loss_kind(_codes.SQUARED_ERROR, True, True)
-_BCE_LOSS = loss_kind(_codes.BINARY_CROSS_ENTROPY, True, False)
-_BCE_GRAD = loss_kind(_codes.BINARY_CROSS_ENTROPY, False, True)
-_BCE_AND_GRAD = loss_kind(_codes.BINARY_CROSS_ENTROPY, True, True)
-_LOGITS_LOSS = loss_kind(_codes.BINARY_CROSS_ENTROPY_WITH_LOGITS, True, False)
-_LOGITS_GRAD = loss_kind(_codes.BINARY_CROSS_ENTROPY_WITH_LOGITS, False, True)
-_LOGITS_AND_GRAD = loss_kind(_codes.BINARY_CROSS_ENTROPY_WITH_LOGITS, True, True)
-
-
-_COMMON = """
-    Arrays: NumPy (or CuPy, on the GPU), float32 or float64, any shape; ``target`` has the
-    input's shape and dtype. Arrays of other libraries that speak DLPack,
-    ``__array_interface__`` or ``__cuda_array_interface__`` are taken without a copy (results
-    are NumPy or CuPy arrays; an ``out`` of theirs is written in place).
-    Inputs that are not C-contiguous are copied once; ``out`` must be C-contiguous, writeable,
-    of the input's shape and dtype, and may be the input itself (in-place).
-    ``weight`` rescales each element's loss and broadcasts against ``input`` like PyTorch's
-    (a scalar, a trailing block such as ``(C,)`` for ``(B, C)``, or the full shape; other
-    broadcasts are materialised once).
-
-    Reductions: 'mean' (sum / element count; NaN for an empty input), 'sum' (0 for an empty
-    input), 'none' (per-element array). Sums are accurate to about one ulp of the result and give
-    the same bits for any number of threads: every term is a double, chunks of fixed size are
-    summed with double accumulators and combined in a fixed tree. (The BCE losses evaluate
-    exp/log in float32 for float32 input, a few ulp per element like PyTorch; those errors
-    average out, so a float32 sum over many elements stays within about one ulp.)
-    A reduced loss is a NumPy scalar of the input's dtype (a 0-d CuPy array for CuPy input);
-    gradients are arrays of the input's kind.
-
-    NaN and inf are values, not errors: they propagate as in the reference (an infinite
-    ``pos_weight`` gives NaN or inf wherever it meets a non-zero target).
-
-    Raises:
-        TypeError: an argument is not an array (lists, buffers, ``__array__``-only objects,
-            a tensor that requires grad, GPU arrays in a call on NumPy arrays, ``numpy.ma``
-            masked arrays, whose mask would be ignored), has another dtype than
-            float32/float64, or the dtypes of the arrays differ (never upcast silently).
-        ValueError: shapes differ or do not broadcast, unknown reduction, bad ``out`` (read-only,
-            not C-contiguous, partly overlapping an input), a scalar beyond the float64 range.
-"""
-
-_GRAD = """
-    The gradient is d loss / d input times ``grad_output`` (a scalar; for reduction='none'
-    also an array broadcastable to the input, the upstream gradient of each element).
-"""
-
-
-def _doc(summary, extra=""):
-    def attach(function):
-        function.__doc__ = summary + extra + _COMMON
-        return function
-    return attach
+_MSE_LOSS = _dispatch.loss_kind(_codes.SQUARED_ERROR, True, False)
+_MSE_GRAD = _dispatch.loss_kind(_codes.SQUARED_ERROR, False, True)
+_MSE_AND_GRAD = _dispatch.loss_kind(_codes.SQUARED_ERROR, True, True)
+_BCE_LOSS = _dispatch.loss_kind(_codes.BINARY_CROSS_ENTROPY, True, False)
+_BCE_GRAD = _dispatch.loss_kind(_codes.BINARY_CROSS_ENTROPY, False, True)
+_BCE_AND_GRAD = _dispatch.loss_kind(_codes.BINARY_CROSS_ENTROPY, True, True)
+_LOGITS_LOSS = _dispatch.loss_kind(_codes.BINARY_CROSS_ENTROPY_WITH_LOGITS, True, False)
+_LOGITS_GRAD = _dispatch.loss_kind(_codes.BINARY_CROSS_ENTROPY_WITH_LOGITS, False, True)
+_LOGITS_AND_GRAD = _dispatch.loss_kind(_codes.BINARY_CROSS_ENTROPY_WITH_LOGITS, True, True)
 
 
 # ---- mean squared error ------------------------------------------------------------------------
-@_doc("""Mean squared error: reduce(weight * (input - target)**2).
+@overload
+def mse_loss(input: npt.NDArray[_F], target: _ArrayLike, *, weight: _Weight = ...,
+             reduction: _Reduced = ...) -> _F: ...
+@overload
+def mse_loss(input: npt.NDArray[_F], target: _ArrayLike, *, weight: _Weight = ...,
+             reduction: Literal["none"]) -> npt.NDArray[_F]: ...
+@overload
+def mse_loss(input: _ArrayLike, target: _ArrayLike, *, weight: _Weight = ...,
+             reduction: str = ...) -> Any: ...
 
-    Like ``torch.nn.functional.mse_loss`` (which has no weight).
-""")
-def mse_loss(input: Array, target: Array, *, weight: Weight = None,
+
+def mse_loss(input: _ArrayLike, target: _ArrayLike, *, weight: _Weight = None,
              reduction: str = "mean") -> Any:
+    """Mean squared error, like ``torch.nn.functional.mse_loss``:
+    ``reduce(weight * (input - target)**2)``.
+
+    Args:
+        input: float32 or float64 array, any shape (NumPy, CuPy, or another library's array
+            taken without a copy; a NumPy input that is not C-contiguous is copied once).
+        target: an array of the input's shape and dtype.
+        weight: optional, rescales each element's term (PyTorch's mse_loss has none): a real
+            number or an array of the input's dtype that broadcasts to the input's shape
+            (``(C,)`` against ``(B, C)``, a trailing block, or the full shape).
+        reduction: 'mean' (the sum over the element count; NaN for an empty input), 'sum'
+            (0 for an empty input) or 'none'.
+    Returns:
+        'mean'/'sum': a NumPy scalar of the input's dtype (a 0-d CuPy array for CuPy input),
+        within 1 float32 ulp of the exact value of the sum of the terms at any N for float32
+        (1e-13 relative for float64), the same bits for any thread count.
+        'none': an array of the input's shape and dtype.
+    Raises:
+        TypeError: an argument that is no array (the message says how to convert it), a dtype
+            other than float32/float64, or arrays of different dtypes (never upcast silently).
+        ValueError: target's shape differs from input's, weight does not broadcast, or an
+            unknown reduction.
+    """
     return _loss(_MSE_LOSS, input, target, weight, None, reduction)
 
 
-@_doc("""Gradient of ``mse_loss`` with respect to input: 2 * (input - target) * weight [/ N].
-""", _GRAD)
-def mse_loss_grad(input: Array, target: Array, *, weight: Weight = None,
-                  reduction: str = "mean", grad_output: Weight = 1.0,
-                  out: Array | None = None) -> Array:
+@overload
+def mse_loss_grad(input: npt.NDArray[_F], target: _ArrayLike, *, weight: _Weight = ...,
+                  reduction: str = ..., grad_output: _Weight = ...,
+                  out: _ArrayLike | None = ...) -> npt.NDArray[_F]: ...
+@overload
+def mse_loss_grad(input: _ArrayLike, target: _ArrayLike, *, weight: _Weight = ...,
+                  reduction: str = ..., grad_output: _Weight = ...,
+                  out: _ArrayLike | None = ...) -> Any: ...
+
+
+def mse_loss_grad(input: _ArrayLike, target: _ArrayLike, *, weight: _Weight = None,
+                  reduction: str = "mean", grad_output: _Weight = 1.0,
+                  out: _ArrayLike | None = None) -> Any:
+    """Gradient of ``mse_loss`` with respect to input:
+    ``2 * (input - target) * weight * grad_output``, divided by N for reduction='mean'.
+
+    Args:
+        input, target, weight, reduction: as in ``mse_loss``.
+        grad_output: the upstream gradient: a real number, or for reduction='none' also an
+            array of the input's dtype that broadcasts to the input's shape (one per element).
+        out: optional C-contiguous, writeable array of the input's shape and dtype to write
+            the gradient into; it may be input or target itself (each element is read before
+            it is written) but must not overlap any argument in part.
+    Returns:
+        The gradient, an array of the input's shape and dtype (``out`` when given).
+    Raises:
+        TypeError: as in ``mse_loss``; also for a grad_output that is no number or array.
+        ValueError: as in ``mse_loss``; also for a bad ``out`` (read-only, not C-contiguous,
+            partly overlapping an argument) or an array grad_output with a reducing reduction.
+    """
     return _loss(_MSE_GRAD, input, target, weight, None, reduction, grad_output, out)
 
 
-@_doc("""``(mse_loss(...), mse_loss_grad(...))`` computed in one pass over the inputs.
+@overload
+def mse_loss_and_grad(input: npt.NDArray[_F], target: _ArrayLike, *, weight: _Weight = ...,
+                      reduction: _Reduced = ..., grad_output: _Weight = ...,
+                      out: _ArrayLike | None = ...) -> tuple[_F, npt.NDArray[_F]]: ...
+@overload
+def mse_loss_and_grad(input: npt.NDArray[_F], target: _ArrayLike, *, weight: _Weight = ...,
+                      reduction: Literal["none"], grad_output: _Weight = ...,
+                      out: _ArrayLike | None = ...
+                      ) -> tuple[npt.NDArray[_F], npt.NDArray[_F]]: ...
+@overload
+def mse_loss_and_grad(input: _ArrayLike, target: _ArrayLike, *, weight: _Weight = ...,
+                      reduction: str = ..., grad_output: _Weight = ...,
+                      out: _ArrayLike | None = ...) -> tuple[Any, Any]: ...
 
-    Reads input and target once and writes the gradient once (12 bytes per float32 element),
-    instead of the ~28 bytes of a separate forward, reduction and backward.
-""", _GRAD)
-def mse_loss_and_grad(input: Array, target: Array, *, weight: Weight = None,
-                      reduction: str = "mean", grad_output: Weight = 1.0,
-                      out: Array | None = None) -> tuple[Any, Array]:
+
+def mse_loss_and_grad(input: _ArrayLike, target: _ArrayLike, *, weight: _Weight = None,
+                      reduction: str = "mean", grad_output: _Weight = 1.0,
+                      out: _ArrayLike | None = None) -> tuple[Any, Any]:
+    """``(mse_loss(...), mse_loss_grad(...))`` in one pass over the inputs: input and target
+    are read once and the gradient written once (12 bytes per float32 element, against about
+    28 for a forward, a reduction and a backward).
+
+    Args:
+        input, target, weight, reduction: as in ``mse_loss``.
+        grad_output, out: as in ``mse_loss_grad`` (grad_output scales the gradient only).
+    Returns:
+        ``(loss, grad)``: the loss as ``mse_loss`` returns it, the gradient as
+        ``mse_loss_grad`` does.
+    Raises:
+        TypeError, ValueError: as ``mse_loss_grad``.
+    """
     return _loss(_MSE_AND_GRAD, input, target, weight, None, reduction, grad_output, out)
 
 
-# ---- binary cross-entropy on probabilities ---------------------------------------------------------
-@_doc("""Binary cross-entropy on probabilities, like ``torch.nn.functional.binary_cross_entropy``.
+# ---- binary cross-entropy on probabilities -----------------------------------------------------
+@overload
+def binary_cross_entropy(input: npt.NDArray[_F], target: _ArrayLike, *,
+                         weight: _Weight = ..., reduction: _Reduced = ...) -> _F: ...
+@overload
+def binary_cross_entropy(input: npt.NDArray[_F], target: _ArrayLike, *,
+                         weight: _Weight = ..., reduction: Literal["none"]
+                         ) -> npt.NDArray[_F]: ...
+@overload
+def binary_cross_entropy(input: _ArrayLike, target: _ArrayLike, *, weight: _Weight = ...,
+                         reduction: str = ...) -> Any: ...
 
-    loss = -weight * (target * log(input) + (1 - target) * log(1 - input)), each log clamped
-    at -100, so input exactly 0 or 1 gives a finite loss (PyTorch's values), never inf/NaN.
-    An input outside [0, 1] raises ValueError (as in PyTorch); NaN propagates. For logits use
-    ``binary_cross_entropy_with_logits``, which cannot saturate.
-""")
-def binary_cross_entropy(input: Array, target: Array, *, weight: Weight = None,
+
+def binary_cross_entropy(input: _ArrayLike, target: _ArrayLike, *, weight: _Weight = None,
                          reduction: str = "mean") -> Any:
+    """Binary cross-entropy on probabilities, like ``torch.nn.functional.binary_cross_entropy``:
+    ``reduce(-weight * (target * log(input) + (1 - target) * log(1 - input)))``, each log
+    clamped at -100 as PyTorch does, so an input of exactly 0 or 1 gives a finite loss.
+
+    Args:
+        input: probabilities in [0, 1], float32 or float64, any shape (NumPy, CuPy, or another
+            library's array). NaN propagates. For logits use
+            ``binary_cross_entropy_with_logits``, which cannot saturate.
+        target: an array of the input's shape and dtype (usually 0 or 1; not range-checked).
+        weight: optional, rescales each element's loss: a real number or an array of the
+            input's dtype that broadcasts to the input's shape (``(C,)`` against ``(B, C)``).
+        reduction: 'mean' (NaN for an empty input), 'sum' (0 for an empty input) or 'none'.
+    Returns:
+        'mean'/'sum': a NumPy scalar of the input's dtype (a 0-d CuPy array for CuPy input),
+        the same bits for any thread count; float32: within 4 float32 ulps of the exact sum of
+        the terms below 1e5 elements and within 1 ulp from 1e5 on, where the rounding errors
+        of the float32 logs average out (random data; equal terms share one error: within 4);
+        float64: 1e-13 relative. 'none': an array of the input's shape and dtype.
+    Raises:
+        ValueError: an input outside [0, 1] (found inside the kernel's pass), target's shape
+            differs from input's, weight does not broadcast, or an unknown reduction.
+        TypeError: an argument that is no array (the message says how to convert it), a dtype
+            other than float32/float64, or arrays of different dtypes.
+    """
     return _loss(_BCE_LOSS, input, target, weight, None, reduction)
 
 
-@_doc("""Gradient of ``binary_cross_entropy``: (input - target) / max(input*(1-input), 1e-12).
+@overload
+def binary_cross_entropy_grad(input: npt.NDArray[_F], target: _ArrayLike, *,
+                              weight: _Weight = ..., reduction: str = ...,
+                              grad_output: _Weight = ..., out: _ArrayLike | None = ...
+                              ) -> npt.NDArray[_F]: ...
+@overload
+def binary_cross_entropy_grad(input: _ArrayLike, target: _ArrayLike, *, weight: _Weight = ...,
+                              reduction: str = ..., grad_output: _Weight = ...,
+                              out: _ArrayLike | None = ...) -> Any: ...
 
-    The denominator is clamped at 1e-12 like PyTorch's. Input outside [0, 1]: ValueError.
-""", _GRAD)
-def binary_cross_entropy_grad(input: Array, target: Array, *, weight: Weight = None,
-                              reduction: str = "mean", grad_output: Weight = 1.0,
-                              out: Array | None = None) -> Array:
+
+def binary_cross_entropy_grad(input: _ArrayLike, target: _ArrayLike, *, weight: _Weight = None,
+                              reduction: str = "mean", grad_output: _Weight = 1.0,
+                              out: _ArrayLike | None = None) -> Any:
+    """Gradient of ``binary_cross_entropy`` with respect to input:
+    ``(input - target) / max(input * (1 - input), 1e-12) * weight * grad_output``, divided by
+    N for reduction='mean' (the denominator clamped at 1e-12 as PyTorch does).
+
+    Args:
+        input, target, weight, reduction: as in ``binary_cross_entropy``.
+        grad_output: the upstream gradient: a real number, or for reduction='none' also an
+            array of the input's dtype that broadcasts to the input's shape.
+        out: optional C-contiguous, writeable array of the input's shape and dtype for the
+            gradient; it may be input or target itself but must not overlap any argument in
+            part.
+    Returns:
+        The gradient, an array of the input's shape and dtype (``out`` when given).
+    Raises:
+        ValueError: as in ``binary_cross_entropy`` (an input outside [0, 1] included); also a
+            bad ``out`` or an array grad_output with a reducing reduction.
+        TypeError: as in ``binary_cross_entropy``; also a grad_output that is no number or
+            array.
+    """
     return _loss(_BCE_GRAD, input, target, weight, None, reduction, grad_output, out)
 
 
-@_doc("""``(binary_cross_entropy(...), binary_cross_entropy_grad(...))`` in one pass.
-""", _GRAD)
-def binary_cross_entropy_and_grad(input: Array, target: Array, *, weight: Weight = None,
-                                  reduction: str = "mean", grad_output: Weight = 1.0,
-                                  out: Array | None = None) -> tuple[Any, Array]:
+@overload
+def binary_cross_entropy_and_grad(input: npt.NDArray[_F], target: _ArrayLike, *,
+                                  weight: _Weight = ..., reduction: _Reduced = ...,
+                                  grad_output: _Weight = ..., out: _ArrayLike | None = ...
+                                  ) -> tuple[_F, npt.NDArray[_F]]: ...
+@overload
+def binary_cross_entropy_and_grad(input: npt.NDArray[_F], target: _ArrayLike, *,
+                                  weight: _Weight = ..., reduction: Literal["none"],
+                                  grad_output: _Weight = ..., out: _ArrayLike | None = ...
+                                  ) -> tuple[npt.NDArray[_F], npt.NDArray[_F]]: ...
+@overload
+def binary_cross_entropy_and_grad(input: _ArrayLike, target: _ArrayLike, *,
+                                  weight: _Weight = ..., reduction: str = ...,
+                                  grad_output: _Weight = ..., out: _ArrayLike | None = ...
+                                  ) -> tuple[Any, Any]: ...
+
+
+def binary_cross_entropy_and_grad(input: _ArrayLike, target: _ArrayLike, *,
+                                  weight: _Weight = None, reduction: str = "mean",
+                                  grad_output: _Weight = 1.0,
+                                  out: _ArrayLike | None = None) -> tuple[Any, Any]:
+    """``(binary_cross_entropy(...), binary_cross_entropy_grad(...))`` in one pass over the
+    inputs (each read once, the gradient written once).
+
+    Args:
+        input, target, weight, reduction: as in ``binary_cross_entropy``.
+        grad_output, out: as in ``binary_cross_entropy_grad`` (grad_output scales the gradient
+            only).
+    Returns:
+        ``(loss, grad)``: the loss as ``binary_cross_entropy`` returns it, the gradient as
+        ``binary_cross_entropy_grad`` does.
+    Raises:
+        ValueError, TypeError: as ``binary_cross_entropy_grad``.
+    """
     return _loss(_BCE_AND_GRAD, input, target, weight, None, reduction, grad_output, out)
 
 
-# ---- binary cross-entropy on logits ----------------------------------------------------------------
-_LOGITS = """
-    loss = pos_weight * target * softplus(-z) + (1 - target) * softplus(z), z = input, the
-    same value as ``torch.nn.functional.binary_cross_entropy_with_logits``, computed without
-    overflow for every finite z (z = +-FLT_MAX included). ``pos_weight`` broadcasts like
-    ``weight`` (typically shape ``(C,)`` for input ``(B, C)``).
-    At z = +inf the loss is 0 where target == 1 and +inf otherwise; at z = -inf it is 0 where
-    target == 0 and +inf otherwise (the mathematical limits; PyTorch returns NaN). The gradient
-    is (pos_weight*target + 1 - target) * sigmoid(z) - pos_weight*target: 1 - target at +inf,
-    -pos_weight*target at -inf, times weight.
-"""
+# ---- binary cross-entropy on logits ------------------------------------------------------------
+@overload
+def binary_cross_entropy_with_logits(input: npt.NDArray[_F], target: _ArrayLike, *,
+                                     weight: _Weight = ..., pos_weight: _Weight = ...,
+                                     reduction: _Reduced = ...) -> _F: ...
+@overload
+def binary_cross_entropy_with_logits(input: npt.NDArray[_F], target: _ArrayLike, *,
+                                     weight: _Weight = ..., pos_weight: _Weight = ...,
+                                     reduction: Literal["none"]) -> npt.NDArray[_F]: ...
+@overload
+def binary_cross_entropy_with_logits(input: _ArrayLike, target: _ArrayLike, *,
+                                     weight: _Weight = ..., pos_weight: _Weight = ...,
+                                     reduction: str = ...) -> Any: ...
 
 
-@_doc("""Binary cross-entropy on logits (the sigmoid is applied inside, stably).
-""", _LOGITS)
-def binary_cross_entropy_with_logits(input: Array, target: Array, *, weight: Weight = None,
-                                     pos_weight: Weight = None, reduction: str = "mean") -> Any:
+def binary_cross_entropy_with_logits(input: _ArrayLike, target: _ArrayLike, *,
+                                     weight: _Weight = None, pos_weight: _Weight = None,
+                                     reduction: str = "mean") -> Any:
+    """Binary cross-entropy on logits (the sigmoid applied inside, stably), the value of
+    ``torch.nn.functional.binary_cross_entropy_with_logits``:
+    ``reduce(weight * (pos_weight * target * softplus(-z) + (1 - target) * softplus(z)))``
+    with z = input, computed without overflow for every finite z. At z = +inf the loss is 0
+    where target == 1 and +inf elsewhere; at z = -inf, 0 where target == 0 and +inf elsewhere
+    (the mathematical limits; PyTorch returns NaN).
+
+    Args:
+        input: logits, float32 or float64, any shape (NumPy, CuPy, or another library's array).
+        target: an array of the input's shape and dtype (usually 0 or 1).
+        weight: optional, rescales each element's loss: a real number or an array of the
+            input's dtype that broadcasts to the input's shape.
+        pos_weight: optional, rescales the positive term (target * softplus(-z)); broadcasts
+            like weight, typically shape ``(C,)`` for an input ``(B, C)``. An infinite
+            pos_weight gives NaN or inf wherever it meets a non-zero target.
+        reduction: 'mean' (NaN for an empty input), 'sum' (0 for an empty input) or 'none'.
+    Returns:
+        'mean'/'sum': a NumPy scalar of the input's dtype (a 0-d CuPy array for CuPy input),
+        the same bits for any thread count; float32: within 4 float32 ulps of the exact sum of
+        the terms below 1e5 elements and within 1 ulp from 1e5 on, where the rounding errors
+        of the float32 exp/log average out (random data; equal terms share one error: within
+        4); float64: 1e-13 relative. 'none': an array of the input's shape and dtype.
+    Raises:
+        TypeError: an argument that is no array (the message says how to convert it), a dtype
+            other than float32/float64, or arrays of different dtypes.
+        ValueError: target's shape differs from input's, a weight does not broadcast, or an
+            unknown reduction.
+    """
     return _loss(_LOGITS_LOSS, input, target, weight, pos_weight, reduction)
 
 
-@_doc("""Gradient of ``binary_cross_entropy_with_logits`` with respect to the logits.
-""", _LOGITS + _GRAD)
-def binary_cross_entropy_with_logits_grad(input: Array, target: Array, *, weight: Weight = None,
-                                          pos_weight: Weight = None, reduction: str = "mean",
-                                          grad_output: Weight = 1.0, out: Array | None = None
-                                          ) -> Array:
+@overload
+def binary_cross_entropy_with_logits_grad(input: npt.NDArray[_F], target: _ArrayLike, *,
+                                          weight: _Weight = ..., pos_weight: _Weight = ...,
+                                          reduction: str = ..., grad_output: _Weight = ...,
+                                          out: _ArrayLike | None = ...) -> npt.NDArray[_F]: ...
+@overload
+def binary_cross_entropy_with_logits_grad(input: _ArrayLike, target: _ArrayLike, *,
+                                          weight: _Weight = ..., pos_weight: _Weight = ...,
+                                          reduction: str = ..., grad_output: _Weight = ...,
+                                          out: _ArrayLike | None = ...) -> Any: ...
+
+
+def binary_cross_entropy_with_logits_grad(input: _ArrayLike, target: _ArrayLike, *,
+                                          weight: _Weight = None, pos_weight: _Weight = None,
+                                          reduction: str = "mean", grad_output: _Weight = 1.0,
+                                          out: _ArrayLike | None = None) -> Any:
+    """Gradient of ``binary_cross_entropy_with_logits`` with respect to the logits:
+    ``((pos_weight * target + 1 - target) * sigmoid(z) - pos_weight * target) * weight *
+    grad_output``, divided by N for reduction='mean'; at z = +inf it is (1 - target), at
+    z = -inf -pos_weight * target (times the same factors).
+
+    Args:
+        input, target, weight, pos_weight, reduction: as in
+            ``binary_cross_entropy_with_logits``.
+        grad_output: the upstream gradient: a real number, or for reduction='none' also an
+            array of the input's dtype that broadcasts to the input's shape.
+        out: optional C-contiguous, writeable array of the input's shape and dtype for the
+            gradient; it may be input or target itself but must not overlap any argument in
+            part.
+    Returns:
+        The gradient, an array of the input's shape and dtype (``out`` when given).
+    Raises:
+        TypeError: as in ``binary_cross_entropy_with_logits``; also a grad_output that is no
+            number or array.
+        ValueError: as in ``binary_cross_entropy_with_logits``; also a bad ``out`` or an array
+            grad_output with a reducing reduction.
+    """
     return _loss(_LOGITS_GRAD, input, target, weight, pos_weight, reduction, grad_output, out)
 
 
-@_doc("""Loss and gradient of ``binary_cross_entropy_with_logits`` in one pass (one exp).
-""", _LOGITS + _GRAD)
-def binary_cross_entropy_with_logits_and_grad(input: Array, target: Array, *,
-                                              weight: Weight = None, pos_weight: Weight = None,
+@overload
+def binary_cross_entropy_with_logits_and_grad(
+        input: npt.NDArray[_F], target: _ArrayLike, *, weight: _Weight = ...,
+        pos_weight: _Weight = ..., reduction: _Reduced = ..., grad_output: _Weight = ...,
+        out: _ArrayLike | None = ...) -> tuple[_F, npt.NDArray[_F]]: ...
+@overload
+def binary_cross_entropy_with_logits_and_grad(
+        input: npt.NDArray[_F], target: _ArrayLike, *, weight: _Weight = ...,
+        pos_weight: _Weight = ..., reduction: Literal["none"], grad_output: _Weight = ...,
+        out: _ArrayLike | None = ...) -> tuple[npt.NDArray[_F], npt.NDArray[_F]]: ...
+@overload
+def binary_cross_entropy_with_logits_and_grad(
+        input: _ArrayLike, target: _ArrayLike, *, weight: _Weight = ...,
+        pos_weight: _Weight = ..., reduction: str = ..., grad_output: _Weight = ...,
+        out: _ArrayLike | None = ...) -> tuple[Any, Any]: ...
+
+
+def binary_cross_entropy_with_logits_and_grad(input: _ArrayLike, target: _ArrayLike, *,
+                                              weight: _Weight = None,
+                                              pos_weight: _Weight = None,
                                               reduction: str = "mean",
-                                              grad_output: Weight = 1.0,
-                                              out: Array | None = None) -> tuple[Any, Array]:
+                                              grad_output: _Weight = 1.0,
+                                              out: _ArrayLike | None = None
+                                              ) -> tuple[Any, Any]:
+    """Loss and gradient of ``binary_cross_entropy_with_logits`` in one pass over the inputs,
+    with one exp per element for both.
+
+    Args:
+        input, target, weight, pos_weight, reduction: as in
+            ``binary_cross_entropy_with_logits``.
+        grad_output, out: as in ``binary_cross_entropy_with_logits_grad`` (grad_output scales
+            the gradient only).
+    Returns:
+        ``(loss, grad)``: the loss as ``binary_cross_entropy_with_logits`` returns it, the
+        gradient as ``binary_cross_entropy_with_logits_grad`` does.
+    Raises:
+        TypeError, ValueError: as ``binary_cross_entropy_with_logits_grad``.
+    """
     return _loss(_LOGITS_AND_GRAD, input, target, weight, pos_weight, reduction, grad_output,
                  out)
 
 
-# ---- sigmoid ---------------------------------------------------------------------------------------
-def sigmoid(input: Array, *, out: Array | None = None) -> Array:
-    """Logistic sigmoid 1 / (1 + exp(-input)), elementwise, like ``torch.sigmoid``.
+# ---- sigmoid -----------------------------------------------------------------------------------
+@overload
+def sigmoid(input: npt.NDArray[_F], *, out: _ArrayLike | None = ...) -> npt.NDArray[_F]: ...
+@overload
+def sigmoid(input: _ArrayLike, *, out: _ArrayLike | None = ...) -> Any: ...
+
+
+def sigmoid(input: _ArrayLike, *, out: _ArrayLike | None = None) -> Any:
+    """Logistic sigmoid ``1 / (1 + exp(-input))``, elementwise, like ``torch.sigmoid``.
 
     Evaluated in double: float32 results are correctly rounded but for rare ties (within 1
-    ulp everywhere), exactly 0 and 1 at saturation, never NaN unless the input is NaN.
+    ulp everywhere), exactly 0 and 1 at saturation, subnormal results kept, never NaN unless
+    the input is NaN.
 
     Args:
-        input: NumPy array, float32 or float64, any shape (copied once if not C-contiguous).
-        out: optional C-contiguous writeable array of the same shape and dtype; may be input.
+        input: float32 or float64 array, any shape (NumPy, CuPy, or another library's array;
+            a NumPy input that is not C-contiguous is copied once).
+        out: optional C-contiguous, writeable array of the input's shape and dtype; it may be
+            input itself (in place) but must not overlap it in part.
     Returns:
-        An array of input's shape and dtype (``out`` if given).
+        An array of the input's shape and dtype (``out`` when given).
     Raises:
-        TypeError: not a NumPy float32/float64 array (masked arrays included).
-        ValueError: bad ``out``.
+        TypeError: input is no array (the message says how to convert it), a masked array, or
+            of a dtype other than float32/float64; ``out`` of another dtype.
+        ValueError: a bad ``out`` (shape, read-only, not C-contiguous, partly overlapping).
     """
     return _dispatch.sigmoid(input, out)
 
 
-def sigmoid_backward(grad_output: Array, output: Array, *, out: Array | None = None) -> Array:
-    """Gradient of sigmoid from its output: grad_output * output * (1 - output).
+@overload
+def sigmoid_backward(grad_output: npt.NDArray[_F], output: _ArrayLike, *,
+                     out: _ArrayLike | None = ...) -> npt.NDArray[_F]: ...
+@overload
+def sigmoid_backward(grad_output: _ArrayLike, output: _ArrayLike, *,
+                     out: _ArrayLike | None = ...) -> Any: ...
 
-    Like PyTorch's ``sigmoid_backward``: takes the forward *output*, not its input.
+
+def sigmoid_backward(grad_output: _ArrayLike, output: _ArrayLike, *,
+                     out: _ArrayLike | None = None) -> Any:
+    """Gradient of ``sigmoid`` from its output: ``grad_output * output * (1 - output)``.
+
+    Like PyTorch's ``sigmoid_backward``, it takes the forward's *output* (``sigmoid(x)``), not
+    its input ``x``; an output outside [0, 1], which no sigmoid gives, is refused.
 
     Args:
-        grad_output, output: NumPy arrays of one shape and dtype (float32 or float64).
-        out: optional C-contiguous writeable array of that shape and dtype; may alias an input.
+        grad_output: the upstream gradient, float32 or float64, any shape.
+        output: ``sigmoid``'s result, of grad_output's shape and dtype; values in [0, 1]
+            (NaN propagates).
+        out: optional C-contiguous, writeable array of that shape and dtype; it may be
+            grad_output or output itself but must not overlap either in part.
     Returns:
-        An array of that shape and dtype (``out`` if given).
+        An array of grad_output's shape and dtype (``out`` when given).
     Raises:
-        TypeError: bad array kind or dtype, or dtypes differ. ValueError: shapes differ, bad out.
+        ValueError: an output outside [0, 1] (found inside the kernel's pass: ``out``, if
+            given, may have been written), shapes that differ, or a bad ``out``.
+        TypeError: an argument that is no array, a dtype other than float32/float64, or
+            dtypes that differ.
     """
     return _dispatch.sigmoid_backward(grad_output, output, out)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from . import _cpu
-from ._arrays import Array, array_module
+from ._arrays import Array, array_module as _array_module
 
 __all__ = ["SGD"]
 
@@ -62,7 +62,7 @@ class SGD:
         params = self.params
         first_step = False
         if self.momentum != 0 and self._momentum_buffers is None:
-            self._momentum_buffers = [array_module(p.data).empty_like(p.data) for p in params]
+            self._momentum_buffers = [_array_module(p.data).empty_like(p.data) for p in params]
             first_step = True
         buffers = self._momentum_buffers
         if type(params[0].data) is np.ndarray:
@@ -71,17 +71,17 @@ class SGD:
                           self.weight_decay, self.nesterov, first_step)
             return
         for index, parameter in enumerate(params):
-            sgd_update(parameter.data, parameter.grad,
+            _sgd_update(parameter.data, parameter.grad,
                        None if buffers is None else buffers[index], self.lr, self.momentum,
                        self.dampening, self.weight_decay, self.nesterov, first_step)
 
 
-def sgd_update(param: Array, grad: Array, momentum_buffer: Array | None, lr: float,
+def _sgd_update(param: Array, grad: Array, momentum_buffer: Array | None, lr: float,
                momentum: float, dampening: float, weight_decay: float, nesterov: bool,
                first_step: bool) -> None:
     """One parameter's SGD update with array expressions (any array library); the same
     arithmetic as the C++ kernel, in the parameter's dtype."""
-    xp = array_module(param)
+    xp = _array_module(param)
     if weight_decay != 0:
         grad = grad + param.dtype.type(weight_decay) * param
     if momentum != 0:

@@ -18,7 +18,7 @@ __all__ = [
     "binary_cross_entropy", "binary_cross_entropy_grad", "binary_cross_entropy_and_grad",
     "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_grad",
     "binary_cross_entropy_with_logits_and_grad",
-    "sigmoid", "sigmoid_backward", "reduce", "exact_sum",
+    "sigmoid", "sigmoid_backward", "reduce", "exact_sum", "LOG_CLAMP", "GRAD_EPS",
 ]
 
 LOG_CLAMP = -100.0  # PyTorch clamps each log of binary_cross_entropy here
@@ -62,6 +62,7 @@ def _weighted_grad(g, weight, reduction, grad_output):
 
 
 def sigmoid(x):
+    """1 / (1 + exp(-x)), from exp(-|x|) so that nothing overflows."""
     x = _f64(x)
     with np.errstate(over="ignore"):
         e = np.exp(-np.abs(x))
@@ -69,28 +70,34 @@ def sigmoid(x):
 
 
 def sigmoid_backward(grad_output, output):
+    """grad_output * output * (1 - output), from sigmoid's output (no range check here)."""
     y = _f64(output)
     return _f64(grad_output) * (y * (1.0 - y))
 
 
 # ---- mean squared error ----------------------------------------------------------------------
 def mse_loss(input, target, weight=None, reduction="mean"):
+    """reduce(weight * (input - target)**2)."""
     x, y = _f64(input), _f64(target)
     return reduce(_weight(weight, x.shape) * (x - y) ** 2, reduction)
 
 
 def mse_loss_grad(input, target, weight=None, reduction="mean", grad_output=1.0):
+    """2 * (input - target) * weight * grad_output, / N for 'mean'."""
     x, y = _f64(input), _f64(target)
     return _weighted_grad(2.0 * (x - y), weight, reduction, grad_output)
 
 
 def mse_loss_and_grad(input, target, weight=None, reduction="mean", grad_output=1.0):
+    """(mse_loss(...), mse_loss_grad(...))."""
     return (mse_loss(input, target, weight, reduction),
             mse_loss_grad(input, target, weight, reduction, grad_output))
 
 
 # ---- binary cross-entropy on probabilities ------------------------------------------------------
 def binary_cross_entropy(input, target, weight=None, reduction="mean"):
+    """reduce(-weight * (target * log(input) + (1 - target) * log(1 - input))), each log
+    clamped at LOG_CLAMP (-100) like PyTorch."""
     p, y = _f64(input), _f64(target)
     with np.errstate(divide="ignore"):
         log_p = np.maximum(np.log(p), LOG_CLAMP)
@@ -99,12 +106,15 @@ def binary_cross_entropy(input, target, weight=None, reduction="mean"):
 
 
 def binary_cross_entropy_grad(input, target, weight=None, reduction="mean", grad_output=1.0):
+    """(input - target) / max(input * (1 - input), GRAD_EPS) * weight * grad_output, / N for
+    'mean'."""
     p, y = _f64(input), _f64(target)
     g = (p - y) / np.maximum(p * (1.0 - p), GRAD_EPS)
     return _weighted_grad(g, weight, reduction, grad_output)
 
 
 def binary_cross_entropy_and_grad(input, target, weight=None, reduction="mean", grad_output=1.0):
+    """(binary_cross_entropy(...), binary_cross_entropy_grad(...))."""
     return (binary_cross_entropy(input, target, weight, reduction),
             binary_cross_entropy_grad(input, target, weight, reduction, grad_output))
 
@@ -141,6 +151,7 @@ def binary_cross_entropy_with_logits_grad(input, target, weight=None, pos_weight
 
 def binary_cross_entropy_with_logits_and_grad(input, target, weight=None, pos_weight=None,
                                               reduction="mean", grad_output=1.0):
+    """(binary_cross_entropy_with_logits(...), binary_cross_entropy_with_logits_grad(...))."""
     return (binary_cross_entropy_with_logits(input, target, weight, pos_weight, reduction),
             binary_cross_entropy_with_logits_grad(input, target, weight, pos_weight, reduction,
                                                   grad_output))

@@ -20,7 +20,6 @@ import contextlib
 
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
 
 from . import functional as F
 
@@ -116,7 +115,7 @@ class _FusedLoss(torch.autograd.Function):
         return loss
 
     @staticmethod
-    @once_differentiable
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
         (grad,) = ctx.saved_tensors
         if ctx.reduction != "none" and grad_output.device.type == "cpu" \
@@ -165,7 +164,7 @@ class _Sigmoid(torch.autograd.Function):
         return output
 
     @staticmethod
-    @once_differentiable
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
         (output,) = ctx.saved_tensors
         with _stream_of(output):

@@ -3,20 +3,26 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import sys
+import types
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from ._arrays import Array, array_module
+from ._arrays import Array, array_module as _array_module
 from .data import batch_count, batches
 # the modules of fastloss.nn, not the package: its __init__ re-exports fit and predict from here
 from .nn._module import Module
-from .nn.layers import Sequential, Sigmoid, fused_stages, run_backward, run_forward
+from .nn.layers import Dense, Sequential, Sigmoid, _fused_stages, _run_backward, _run_forward
 from .nn.losses import BCELoss, BCEWithLogitsLoss, _Loss
 
 __all__ = ["TrainStep", "fit", "predict", "evaluate"]
+
+_NONFINITE_ACTIONS = ("raise", "warn", "ignore")
 
 
 def _trained_layers(model: Module, loss: _Loss) -> tuple[list[Module], _Loss]:
@@ -49,13 +55,100 @@ class TrainStep:
             raise TypeError(f"optimizer must have a step() method, got {optimizer!r}")
         self.model, self.optimizer = model, optimizer
         self.layers, self.loss = _trained_layers(model, loss)
-        self.stages = fused_stages(self.layers)
+        self.stages = _fused_stages(self.layers)
+        if isinstance(loss, BCEWithLogitsLoss) and self.layers and isinstance(
+                self.layers[-1], Sigmoid):
+            warnings.warn(
+                "the model ends in Sigmoid and BCEWithLogitsLoss applies a sigmoid of its own, "
+                "so the loss sees sigmoid(sigmoid(z)); use BCELoss after a final Sigmoid (it "
+                "is trained through the logits), or drop the Sigmoid", UserWarning,
+                stacklevel=_caller_stacklevel())
 
     def __call__(self, X: Array, Y: Array) -> Any:
-        value = self.loss.forward(run_forward(self.stages, X), Y)
-        run_backward(self.stages, self.loss.backward(), need_input_grad=False)
+        value = self.loss.forward(_run_forward(self.stages, X), Y)
+        _run_backward(self.stages, self.loss.backward(), need_input_grad=False)
         self.optimizer.step()
         return value.mean() if self.loss.reduction == "none" else value
+
+
+def _caller_stacklevel() -> int:
+    """The stacklevel of a warning that names the first frame outside this module."""
+    level = 1
+    frame: types.FrameType | None = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        level, frame = level + 1, frame.f_back
+    return level
+
+
+def _type_name(value: Any) -> str:
+    return f"{type(value).__module__}.{type(value).__qualname__}"
+
+
+def _model_arrays(model: Module) -> Array | None:
+    """A parameter array of the model (its dtype and array library), None if it has none."""
+    parameters = model.parameters()
+    return parameters[0].data if parameters else None
+
+
+def _output_shape(layers: list[Module], samples: int) -> tuple[int, ...] | None:
+    """The shape of the trained layers' output for ``samples`` rows, where the layers say it:
+    the last Dense sets the width and the activations after it keep it; None when a module
+    of another kind could change it."""
+    width = None
+    for layer in layers:
+        if isinstance(layer, Dense):
+            width = layer.out_features
+        elif isinstance(layer, Sequential) or layer.parameters():
+            return None
+    return None if width is None else (samples, width)
+
+
+def _check_features(X: Array, name: str, like: Array | None, layers: list[Module]) -> None:
+    """``X`` as the model's first layer takes it: a 2-D array of its dtype and library."""
+    if not (isinstance(X, np.ndarray) or type(X).__module__.startswith("cupy")):
+        raise TypeError(f"{name} must be a numpy.ndarray or a cupy.ndarray, got "
+                        f"{_type_name(X)}; convert it with np.asarray({name}, "
+                        f"dtype=np.float32)")
+    if X.ndim != 2:
+        hint = f": for one feature per sample use {name}.reshape(-1, 1)" if X.ndim == 1 else ""
+        raise ValueError(f"{name} has shape {X.shape}, expected (samples, features){hint}")
+    if like is None:
+        return
+    if type(X) is not type(like):
+        move = (f"cupy.asnumpy({name}) or the model with .to('cuda')"
+                if isinstance(like, np.ndarray) else
+                f"cupy.asarray({name}) or the model with .to('cpu')")
+        raise TypeError(f"{name} is a {_type_name(X)} but the model's parameters are "
+                        f"{_type_name(like)} arrays; move the data with {move}")
+    first = layers[0] if layers else None
+    if isinstance(first, Dense) and X.shape[1] != first.in_features:
+        raise ValueError(f"{name} has {X.shape[1]} features (shape {X.shape}) but the "
+                         f"model's first Dense layer takes {first.in_features}")
+    if X.dtype != like.dtype:
+        raise TypeError(f"{name} has dtype {X.dtype} but the model's parameters are "
+                        f"{like.dtype}: convert it with {name}.astype(np.{like.dtype.name}) "
+                        f"(or build the model with dtype=np.{X.dtype.name})")
+
+
+def _check_data(model: Module, layers: list[Module], loss: _Loss, X: Array, Y: Array,
+                names: tuple[str, str]) -> None:
+    """X and Y checked against the model and the loss before the first step, each error
+    saying how to fix it (instead of a layer's error deep inside the first batch)."""
+    like = _model_arrays(model)
+    _check_features(X, names[0], like, layers)
+    if not (isinstance(Y, np.ndarray) or type(Y).__module__.startswith("cupy")):
+        raise TypeError(f"{names[1]} must be a numpy.ndarray or a cupy.ndarray, got "
+                        f"{_type_name(Y)}; convert it with np.asarray({names[1]}, "
+                        f"dtype=np.float32)")
+    if type(Y) is not type(X):
+        raise TypeError(f"{names[0]} is a {_type_name(X)} but {names[1]} is a "
+                        f"{_type_name(Y)}; both must be NumPy arrays or both CuPy arrays")
+    if Y.ndim == 0 or len(X) != len(Y):
+        count = "a 0-d array" if Y.ndim == 0 else f"{len(Y)}"
+        raise ValueError(f"{names[0]} has {len(X)} samples but {names[1]} has {count}; "
+                         "they must have one row per sample, in the same order")
+    dtype = X.dtype if like is None else like.dtype
+    loss.check_target(Y, _output_shape(layers, len(X)), dtype, names[1])
 
 
 def _progress_bar(total: int, enabled: bool | None, description: str) -> Any:
@@ -92,20 +185,42 @@ def _epoch_loss(total: Any, count: int) -> float:
     return float(total) / count if count else float("nan")
 
 
+def _first_nonfinite(values: list[Any]) -> int | None:
+    """The index of the first non-finite loss among 0-d device arrays (one copy back)."""
+    if not values:
+        return None
+    host = _array_module(values[0]).stack(values).get()
+    bad = np.flatnonzero(~np.isfinite(host))
+    return int(bad[0]) if bad.size else None
+
+
+def _report_nonfinite(action: str, value: float, epoch: int, batch: int,
+                      n_batches: int) -> None:
+    """A non-finite batch loss: raises for 'raise', warns for 'warn'."""
+    message = (f"the training loss is {value} at epoch {epoch}, batch {batch} of {n_batches}: "
+               "training diverged (a smaller learning rate usually helps; or check the data "
+               "for NaN and inf); fit(..., on_nonfinite='ignore') keeps going")
+    if action == "raise":
+        raise FloatingPointError(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=_caller_stacklevel())
+
+
 def fit(model: Module, X: Array, Y: Array, *, loss: _Loss, optimizer: Any, epochs: int,
         batch_size: int = 32, shuffle: bool = True,
         rng: int | np.random.Generator | None = None,
         validation_data: tuple[Array, Array] | None = None, progress: bool | None = None,
         callback: Callable[[int, dict[str, float]], Any] | None = None,
-        ) -> dict[str, list[Any]]:
+        on_nonfinite: str = "raise") -> dict[str, list[Any]]:
     """Trains ``model`` in place with mini-batch SGD and returns the per-epoch history.
 
     Args:
         model: a ``fastloss.nn`` module (usually ``Sequential``) whose parameters are in the
             array library of X and Y (NumPy, or CuPy after ``model.to('cuda')``).
-        X, Y: ``(samples, features)`` and ``(samples, outputs)`` arrays of the model's dtype.
+        X, Y: ``(samples, features)`` and ``(samples, outputs)`` arrays of the model's dtype
+            (``Y`` as the loss needs it: ``loss.check_target``; a 1-D ``Y`` of one target per
+            sample is ``Y.reshape(-1, 1)``).
         loss: ``MSELoss``, ``BCELoss`` or ``BCEWithLogitsLoss`` (BCELoss after a final Sigmoid
-            trains through the logits, see ``TrainStep``).
+            trains through the logits, see ``TrainStep``; BCEWithLogitsLoss after one warns).
         optimizer: ``fastloss.optim.SGD`` over ``model.parameters()``.
         epochs, batch_size: counts; the last, smaller batch of an epoch is kept.
         shuffle, rng: a new order every epoch from ``rng`` (a seed or Generator).
@@ -114,16 +229,35 @@ def fit(model: Module, X: Array, Y: Array, *, loss: _Loss, optimizer: Any, epoch
             stderr is a terminal.
         callback: called as ``callback(epoch, record)`` after every epoch, with the record
             added to the history (e.g. to print it).
+        on_nonfinite: what a NaN or infinite batch loss does: 'raise' (a FloatingPointError
+            naming the epoch and the batch; on the GPU at the end of that epoch, as the losses
+            are read back once an epoch), 'warn' (once, then keep going) or 'ignore'.
     Returns:
         ``{'epoch': [...], 'loss': [...]}`` (plus ``'val_loss'``), the loss of an epoch being the
         mean of its batch losses weighted by batch size (the sum for reduction='sum').
+    Raises:
+        TypeError, ValueError: before the first step, for X, Y or validation_data that do not
+            fit the model and the loss (the message says how to fix it), or bad settings.
+        FloatingPointError: a non-finite loss with ``on_nonfinite='raise'``.
     """
-    if not isinstance(epochs, int) or epochs < 0:
+    if not isinstance(epochs, numbers.Integral) or isinstance(epochs, bool) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
-    if array_module(X) is not array_module(Y):
-        raise TypeError("X and Y must both be NumPy arrays or both CuPy arrays")
+    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) \
+            or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if on_nonfinite not in _NONFINITE_ACTIONS:
+        raise ValueError(f"on_nonfinite must be 'raise', 'warn' or 'ignore', got "
+                         f"{on_nonfinite!r}")
     step = TrainStep(model, loss, optimizer)
-    on_host = array_module(X) is np
+    _check_data(model, step.layers, loss, X, Y, ("X", "Y"))
+    if validation_data is not None:
+        if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
+            raise TypeError("validation_data must be a pair (X_val, Y_val), got "
+                            f"{_type_name(validation_data)}")
+        _check_data(model, step.layers, loss, *validation_data,
+                    ("validation_data[0]", "validation_data[1]"))
+    on_host = _array_module(X) is np
+    checked = on_nonfinite  # becomes 'ignore' once a 'warn' has warned
     rng = np.random.default_rng(rng)
     history: dict[str, list[Any]] = {"epoch": [], "loss": []}
     if validation_data is not None:
@@ -132,18 +266,33 @@ def fit(model: Module, X: Array, Y: Array, *, loss: _Loss, optimizer: Any, epoch
     bar = _progress_bar(epochs * n_batches, progress, "training")
     try:
         for epoch in range(1, epochs + 1):
-            total = 0.0
-            for X_batch, Y_batch in batches(X, Y, batch_size, shuffle=shuffle, rng=rng):
+            total: Any = 0.0
+            device_values = []
+            for batch, (X_batch, Y_batch) in enumerate(
+                    batches(X, Y, batch_size, shuffle=shuffle, rng=rng), start=1):
                 value = step(X_batch, Y_batch)
                 weight = 1 if loss.reduction == "sum" else len(X_batch)
                 # Summed in double; on the GPU kept there: one synchronisation per epoch.
-                total = (total + float(value) * weight if on_host
-                         else total + value.astype("float64") * weight)
+                if on_host:
+                    value = float(value)
+                    if not (math.isfinite(value) or checked == "ignore"):
+                        _report_nonfinite(checked, value, epoch, batch, n_batches)
+                        checked = "ignore"  # warned once
+                    total += value * weight
+                else:
+                    device_values.append(value.astype("float64"))
+                    total = total + device_values[-1] * weight
                 if bar is not None:
                     bar.update(1)
+            total = float(total)  # on the GPU: the epoch's one synchronisation
+            if not (on_host or math.isfinite(total) or checked == "ignore"):
+                first = _first_nonfinite(device_values)
+                if first is not None:
+                    _report_nonfinite(checked, float(device_values[first]), epoch, first + 1,
+                                      n_batches)
+                    checked = "ignore"
             record = {"epoch": epoch,
-                      "loss": float(total) if loss.reduction == "sum"
-                      else _epoch_loss(total, len(X))}
+                      "loss": total if loss.reduction == "sum" else _epoch_loss(total, len(X))}
             if validation_data is not None:
                 record["val_loss"] = evaluate(model, *validation_data, loss=loss)
             for key, value in record.items():
@@ -160,7 +309,7 @@ def fit(model: Module, X: Array, Y: Array, *, loss: _Loss, optimizer: Any, epoch
 
 def predict(model: Module, X: Array, *, batch_size: int | None = None) -> Array:
     """The model's output on X, as a fresh array (probabilities after a final Sigmoid)."""
-    xp = array_module(X)
+    xp = _array_module(X)
     if batch_size is None or len(X) <= batch_size:
         return model.forward(X).copy()
     return xp.concatenate([model.forward(X[start:start + batch_size]).copy()
@@ -173,5 +322,5 @@ def evaluate(model: Module, X: Array, Y: Array, *, loss: _Loss) -> float:
     evaluation = type(loss)(weight=loss.weight, reduction=loss.reduction,
                             **({"pos_weight": loss.pos_weight}
                                if isinstance(loss, BCEWithLogitsLoss) else {}))
-    value = evaluation.forward(run_forward(fused_stages(layers), X), Y)
+    value = evaluation.forward(_run_forward(_fused_stages(layers), X), Y)
     return float(value.mean() if evaluation.reduction == "none" else value)

@@ -46,14 +46,14 @@ FASTLOSS = {
 _BUILDERS: dict[str, Callable[[], dict]] = {
     "fastloss": lambda: FASTLOSS,
     "numpy-naive": lambda: numpy_formulas.NAIVE,
-    "numpy-best": lambda: numpy_formulas.BEST,
+    "numpy-out": lambda: numpy_formulas.FASTEST,
     "numba": lambda: numba_loops.builders(False),
     "numba-parallel": lambda: numba_loops.builders(True),
     "torch": torch_calls.builders,
     "crysx_nn": lambda: crysx_nn_calls.BUILDERS,
     "cupy": lambda: numpy_formulas.NAIVE,
 }
-IMPLEMENTATIONS = ("fastloss", "numpy-naive", "numpy-best", "numba", "numba-parallel", "torch",
+IMPLEMENTATIONS = ("fastloss", "numpy-naive", "numpy-out", "numba", "numba-parallel", "torch",
                    "crysx_nn")
 PEERS = IMPLEMENTATIONS[1:]
 DEVICE_IMPLEMENTATIONS = ("fastloss", "cupy", "torch")

@@ -64,12 +64,17 @@ def format_header(dtypes, ceilings, stream_n, sizes, repeats, other_load=None) -
         "GB/s:      bytes of an ideal pass (each input read once, each output written once) "
         "/ time",
         "% ceil:    share of the read ceiling (losses) or of the copy ceiling (ops writing an "
-        "array)",
+        "array); * above 100 %, see under the table",
         f"inputs:    below {rotation_bytes() / 2**20:.0f} MiB per call (2x the last-level "
         "cache) the calls cycle through copies, so no call",
         "           finds its inputs cached by the previous one",
         "vs best peer: the fastest peer's time / time (fastloss's row: its speed-up on the best "
         "peer)",
+        "peers:     numpy-naive the seeds' NumPy formulas; numpy-out NumPy at its fastest (out= "
+        "buffers, BLAS dot",
+        "           products for the sums, which add in float32: their error grows with N); "
+        "numba one thread,",
+        "           numba-parallel prange; torch PyTorch CPU; crysx_nn its loss functions",
         "err (ulp): |loss - exact| in ulps of the exact loss rounded to the dtype;",
         "           exact: fastloss.reference (float64 terms, math.fsum)",
     ])

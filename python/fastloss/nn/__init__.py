@@ -10,7 +10,8 @@ Buffers: a layer writes its output and its input gradient into buffers it owns, 
 shape, and reuses them on the next call, so a training step allocates nothing. An array a
 layer returns is therefore overwritten by that layer's next call with the same batch shape:
 copy it to keep it. ``predict`` returns fresh arrays. ``backward`` overwrites each
-parameter's ``.grad`` (it does not accumulate), so no ``zero_grad`` is needed.
+parameter's ``.grad`` (it does not accumulate), so no ``zero_grad`` is needed
+(``Module.zero_grad()`` is there for loops written the PyTorch way).
 """
 
 from __future__ import annotations

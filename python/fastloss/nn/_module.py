@@ -43,6 +43,8 @@ class Module:
         self._buffers: dict[tuple[str, tuple[int, ...]], Array] = {}
 
     def forward(self, input: Array) -> Array:
+        """The module's output for ``input``; a buffer of the module's, overwritten by its next
+        call with the same batch shape (copy it to keep it)."""
         raise NotImplementedError
 
     def backward(self, grad_output: Array, *, need_input_grad: bool = True) -> Array | None:
@@ -53,10 +55,19 @@ class Module:
         return self.forward(input)
 
     def named_parameters(self) -> list[tuple[str, Parameter]]:
+        """(name, Parameter) pairs, named as ``torch.nn`` does ('weight', '0.bias', ...)."""
         return []
 
     def parameters(self) -> list[Parameter]:
+        """The Parameters, in the order of ``named_parameters`` (what SGD takes)."""
         return [parameter for _, parameter in self.named_parameters()]
+
+    def zero_grad(self) -> None:
+        """Sets every parameter's ``.grad`` to zero. Training needs no call of it (``backward``
+        overwrites the gradients); it is there for loops written the PyTorch way, or to clear
+        gradients that were read and changed."""
+        for parameter in self.parameters():
+            parameter.grad[...] = 0
 
     def _buffer(self, slot: str, shape: tuple[int, ...], like: Array) -> Array:
         return _reusable_buffer(self._buffers, slot, shape, like)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .. import functional as F
-from .._arrays import Array, array_module
+from .._arrays import Array, array_module as _array_module
 from . import _fused
 from ._module import Module, Parameter
 
@@ -92,9 +92,34 @@ class Dense(Module):
         return named + [("bias", self.bias)] if self.bias is not None else named
 
     def forward(self, input: Array) -> Array:
+        """``input @ weight.T + bias``.
+
+        Args:
+            input: ``(batch, in_features)``, the dtype and array library (NumPy, CuPy) of
+                the parameters.
+        Returns:
+            ``(batch, out_features)``: a buffer of the layer's, overwritten by its next
+            ``forward`` with the same batch size (copy it to keep it).
+        Raises:
+            TypeError: input of another array library or dtype than the parameters.
+            ValueError: input not of shape ``(batch, in_features)``.
+        """
         return self._forward(input, False)
 
     def backward(self, grad_output: Array, *, need_input_grad: bool = True) -> Array | None:
+        """From d loss / d output, writes ``weight.grad`` (``(out_features, in_features)``:
+        ``grad_output.T @ input``) and ``bias.grad`` (``(out_features,)``: column sums) over
+        their previous values, and returns d loss / d input.
+
+        Args:
+            grad_output: ``(batch, out_features)``, for the input of the last ``forward``.
+            need_input_grad: False skips the input gradient (the first layer of a network).
+        Returns:
+            ``(batch, in_features)`` (``grad_output @ weight``), a buffer of the layer's like
+            ``forward``'s output; None when ``need_input_grad`` is False.
+        Raises:
+            RuntimeError: called before ``forward``.
+        """
         return self._backward(grad_output, False, need_input_grad)
 
     # relu=True: this layer followed by ReLU, as Sequential runs the pair (fused, see _fused).
@@ -170,28 +195,32 @@ class Sigmoid(_Activation):
 
 
 class Tanh(_Activation):
+    """Hyperbolic tangent (NumPy's or CuPy's), elementwise; backward from its output."""
+
     def _apply(self, input: Array, output: Array) -> Array:
-        return array_module(input).tanh(input, out=output)
+        return _array_module(input).tanh(input, out=output)
 
     def _derivative(self, grad_output: Array, output: Array, grad_input: Array) -> Array:
-        xp = array_module(output)
+        xp = _array_module(output)
         xp.multiply(output, output, out=grad_input)
         xp.subtract(1, grad_input, out=grad_input)
         return xp.multiply(grad_output, grad_input, out=grad_input)
 
 
 class ReLU(_Activation):
+    """max(input, 0), elementwise; after a Dense in a Sequential it runs fused with it."""
+
     def _apply(self, input: Array, output: Array) -> Array:
-        return array_module(input).maximum(input, 0, out=output)
+        return _array_module(input).maximum(input, 0, out=output)
 
     def _derivative(self, grad_output: Array, output: Array, grad_input: Array) -> Array:
         # Zero where the output is zero (input <= 0), as torch.nn.ReLU: 0 at the kink.
-        xp = array_module(output)
+        xp = _array_module(output)
         xp.sign(output, out=grad_input)
         return xp.multiply(grad_output, grad_input, out=grad_input)
 
 
-def fused_stages(layers: list[Module]) -> list[tuple[Any, bool]]:
+def _fused_stages(layers: list[Module]) -> list[tuple[Any, bool]]:
     """(layer, fused_relu) pairs: a Dense followed by a ReLU runs as one fused stage (the
     ReLU instance is then not called; the results are the same). Training computes them once
     per TrainStep; Sequential, whose layer list may change, on every call."""
@@ -204,16 +233,16 @@ def fused_stages(layers: list[Module]) -> list[tuple[Any, bool]]:
     return stages
 
 
-def run_forward(stages: list[tuple[Any, bool]], input: Array) -> Array:
-    """The stages of ``fused_stages`` applied in order."""
+def _run_forward(stages: list[tuple[Any, bool]], input: Array) -> Array:
+    """The stages of ``_fused_stages`` applied in order."""
     for layer, fused in stages:
         input = layer._forward(input, True) if fused else layer.forward(input)
     return input
 
 
-def run_backward(stages: list[tuple[Any, bool]], grad_output: Array, *,
+def _run_backward(stages: list[tuple[Any, bool]], grad_output: Array, *,
                  need_input_grad: bool = True) -> Array | None:
-    """Backward through the stages after ``run_forward``; the first one's input gradient
+    """Backward through the stages after ``_run_forward``; the first one's input gradient
     only if need_input_grad."""
     for index in range(len(stages) - 1, -1, -1):
         layer, fused = stages[index]
@@ -234,10 +263,10 @@ class Sequential(Module):
         self.layers = list(layers)
 
     def forward(self, input: Array) -> Array:
-        return run_forward(fused_stages(self.layers), input)
+        return _run_forward(_fused_stages(self.layers), input)
 
     def backward(self, grad_output: Array, *, need_input_grad: bool = True) -> Array | None:
-        return run_backward(fused_stages(self.layers), grad_output,
+        return _run_backward(_fused_stages(self.layers), grad_output,
                             need_input_grad=need_input_grad)
 
     def named_parameters(self):

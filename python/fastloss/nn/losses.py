@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import numpy as np
+
 from .. import functional as F
 from .._arrays import Array
 from ._module import _reusable_buffer
@@ -27,7 +29,27 @@ class _Loss:
     def _extra(self) -> dict[str, Any]:
         return {}
 
+    def check_target(self, target: Array, output_shape: tuple[int, ...] | None, dtype: Any,
+                     name: str = "target") -> None:
+        """Raises, saying how to fix it, unless ``target`` is what this loss needs for a model
+        output of ``output_shape`` (None: not known) and ``dtype``: here an array of that
+        shape and dtype, one value per output. ``fit`` calls it before the first step; a loss
+        whose targets look otherwise (class indices) overrides it."""
+        dtype = np.dtype(dtype)
+        if output_shape is not None and tuple(target.shape) != tuple(output_shape):
+            hint = ""
+            if target.shape == output_shape[:1] and output_shape[1:] == (1,):
+                hint = f": one target per sample needs a column, {name}.reshape(-1, 1)"
+            raise ValueError(f"{name} has shape {target.shape}, but {type(self).__name__} "
+                             f"needs the shape of the model's output, {output_shape}{hint}")
+        if target.dtype != dtype:
+            raise TypeError(f"{name} has dtype {target.dtype}, but {type(self).__name__} "
+                            f"needs the model's dtype, {dtype}: convert it with "
+                            f"{name}.astype(np.{dtype.name})")
+
     def forward(self, input: Array, target: Array) -> Any:
+        """The loss of ``input`` against ``target`` (a NumPy scalar, 0-d CuPy array, or an
+        array for reduction='none'); the gradient, from the same pass, is ``backward()``'s."""
         out = _reusable_buffer(self._grad_buffers, "grad", input.shape, input)
         loss, self._grad = type(self)._and_grad(input, target, weight=self.weight,
                                                 reduction=self.reduction, out=out,

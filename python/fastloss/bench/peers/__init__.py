@@ -6,13 +6,13 @@ A builder takes the op's input arrays and returns a zero-argument callable that 
 once. Anything that need not be timed (output buffers, tensors wrapping the arrays) is made by
 the builder, outside the callable.
 
-    numpy_formulas   the seeds' NumPy formulas (also on CuPy arrays), and NumPy at its best
+    numpy_formulas   the seeds' NumPy formulas (also on CuPy arrays), and NumPy at its fastest
     numba_loops      the seeds' formulas in Numba loops, serial and parallel
     torch_calls      PyTorch's functions and backward kernels, on CPU or CUDA tensors
     crysx_nn_calls   crysx_nn's loss and activation functions
 """
 
-INSTALL_HINT = "pip install 'fastloss[bench]'"
+INSTALL_HINT = 'pip install ".[bench]" in the fastloss source tree'
 
 
 class Unavailable(Exception):

@@ -108,5 +108,6 @@ def builders() -> dict:
     """op name -> build(*arrays) -> run(); Unavailable when PyTorch is not installed."""
     table = _builders()
     if table is None:
-        raise Unavailable("PyTorch is not installed (pip install 'fastloss[torch]')")
+        raise Unavailable('PyTorch is not installed (pip install ".[torch]" in the fastloss '
+                          'source tree)')
     return table
