@@ -1,0 +1,108 @@
+// The per-row math of softmax, log_softmax and cross-entropy, written once for the C++ kernels
+// (csrc/multiclass.cpp) and the CUDA kernels (cuda/multiclass.cu). A row is the run of
+// `classes` elements along the class axis; the kernels add only how they walk it (blocks of a
+// row in an L1 tile, or the threads of a warp or block) and how its partial results merge.
+//
+// Online softmax: a row is read once for its max m and s = sum exp(x - m). Partial results
+// (m1, s1), (m2, s2) of two parts of a row merge as m = max(m1, m2),
+// s = s1 exp(m1 - m) + s2 exp(m2 - m), so any part may be absorbed before the row's max is
+// known. Everything is double (float32 inputs are widened): x - m of two floats is then exact,
+// and each exp and log is within a few double ulps, so a float32 log_softmax is the correctly
+// rounded value but for rare ties, and a row's loss is exact to ~1e-15 relative: a float32
+// mean over equal rows (where per-row errors cannot average out) is still within 1 ulp.
+//
+// Cross-entropy of one row, for both kinds of target, is -sum_c a_c log_softmax(x)_c with
+//   class index y:   a_c = weight_c ((1 - eps) [c == y] + eps / C)   (0 for ignored rows)
+//   probabilities p: a_c = weight_c ((1 - eps) p_c + eps / C)
+// (eps = label_smoothing). With A = sum_c a_c and log_softmax_c = (x_c - m) - log s:
+//   loss = sum_c a_c (m - x_c) + A log s,  d loss / d x_c = A softmax_c - a_c.
+// Both terms of the loss are sums of non-negative parts for non-negative a (no cancellation):
+// sum_c a_c (m - x_c) is kept against the running max (when the max grows by d, the sum so
+// far grows by d times the coefficients so far), never formed as m A - sum a_c x_c.
+//
+// (Header rules as for scalar_math.h: NVRTC compiles it too, so it includes no standard header.)
+#pragma once
+
+#include "fastloss/scalar_math.h"
+
+namespace fastloss {
+namespace rows {
+
+FASTLOSS_HD double negative_infinity() { return -math::infinity(); }
+
+// max(a, b) where a NaN in either wins (the row's result is then NaN, as in PyTorch).
+FASTLOSS_HD double max_propagating_nan(double a, double b) {
+  return b != b ? b : (b > a ? b : a);
+}
+
+// The factor exp(old_max - new_max) that brings a sum of exps to a new max: 1 when the max
+// did not change (also at +-inf, where the difference would be NaN), 0 from an empty part.
+FASTLOSS_HD double rescale(double old_max, double new_max) {
+  return old_max == new_max ? 1.0 : math::exp(old_max - new_max);
+}
+
+// The sum of a_c (m - x_c) of a part, brought from its max to a larger one: it grows by the
+// difference times the part's coefficients (none yet: nothing to move, also from -inf).
+FASTLOSS_HD double shift_offsets(double offsets, double coefficients, double old_max,
+                                 double new_max) {
+  return coefficients == 0.0 || old_max == new_max ? offsets
+                                                   : offsets + (new_max - old_max) * coefficients;
+}
+
+// Merges part 2 into part 1 (the state of an online softmax row scan; offsets and
+// coefficients are the cross-entropy sums, 0 where unused).
+FASTLOSS_HD void merge(double& max, double& sum, double& offsets, double& coefficients,
+                       double max2, double sum2, double offsets2, double coefficients2) {
+  const double merged = max_propagating_nan(max, max2);
+  sum = sum * rescale(max, merged) + sum2 * rescale(max2, merged);
+  offsets = shift_offsets(offsets, coefficients, max, merged) +
+            shift_offsets(offsets2, coefficients2, max2, merged);
+  coefficients += coefficients2;
+  max = merged;
+}
+
+// ---- per element ------------------------------------------------------------------------------
+FASTLOSS_HD double exp_shifted(double x, double max) { return math::exp(x - max); }
+
+FASTLOSS_HD double log_softmax_element(double x, double max, double log_sum) {
+  return (x - max) - log_sum;
+}
+
+FASTLOSS_HD double softmax_element(double x, double max, double inverse_sum) {
+  return math::exp(x - max) * inverse_sum;
+}
+
+// From the forward output y: softmax's y (g - sum_c g_c y_c), log_softmax's g - exp(y) sum_c g_c
+// (PyTorch's _softmax_backward_data and _log_softmax_backward_data).
+FASTLOSS_HD double softmax_backward_element(double g, double y, double dot) { return y * (g - dot); }
+FASTLOSS_HD double log_softmax_backward_element(double g, double y, double sum) {
+  return g - math::exp(y) * sum;
+}
+
+// ---- cross-entropy ---------------------------------------------------------------------------
+// A class's coefficient a_c without the (1 - eps) [c == y] part of a class index, which the
+// kernels add for the one class y: weight_c ((1 - eps) p_c + eps / C) for probabilities
+// (target_c = p_c), weight_c eps / C for class indices (target_c = 0).
+FASTLOSS_HD double coefficient(double weight, double target, double keep, double spread) {
+  return weight * (keep * target + spread);
+}
+
+FASTLOSS_HD double row_loss(double offsets, double coefficients, double log_sum) {
+  return offsets + coefficients * log_sum;
+}
+
+// d loss / d x_c times the row's upstream scale, from e = exp(x_c - m): A scale e / s - scale a_c,
+// with k = A scale / s computed once per row. Where a_c is 0 (every class but y of an
+// unsmoothed class index) it is k e, without cancellation.
+FASTLOSS_HD double grad_element(double e, double k, double scaled_coefficient) {
+  return e * k - scaled_coefficient;
+}
+
+// The gradient of the target class y of an unsmoothed class index, scale a_y (p_y - 1), as
+// -scale a_y (s - e_y) / s: p_y - 1 would cancel where p_y is near 1.
+FASTLOSS_HD double target_grad(double e_target, double sum, double scaled_weight) {
+  return -scaled_weight * ((sum - e_target) / sum);
+}
+
+}  // namespace rows
+}  // namespace fastloss

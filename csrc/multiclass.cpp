@@ -1,0 +1,464 @@
+// The row kernels of softmax, log_softmax, their backward passes and cross-entropy (CPU).
+// Compiled once per instruction set with -DFASTLOSS_ISA=<namespace>, like kernels.cpp; the
+// per-row math is fastloss/softmax.h's. This file adds how a row is walked (blocks of kBlock
+// elements, each loaded once into an L1 tile of doubles: the block's max, the rescale of the
+// running sum, its exps, all from the tile) and the chunks and threads over the rows.
+// Never -ffast-math: the row scans and the sums depend on the order of every addition.
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#ifdef FASTLOSS_PLANTED_FAULT_CE_THREAD_DEPENDENT_CHUNKS
+#include <omp.h>
+#endif
+
+#include "fastloss/loss_pass.h"
+#include "fastloss/softmax.h"
+#include "kernels.h"
+#include "multiclass.h"
+
+#ifndef FASTLOSS_ISA
+#error "compile with -DFASTLOSS_ISA=<namespace>"
+#endif
+
+namespace fastloss {
+namespace FASTLOSS_ISA {
+namespace {
+
+namespace rw = fastloss::rows;
+
+constexpr int kBlock = 256;  // the elements of a row held in one L1 tile
+constexpr int kLanes = 8;    // independent accumulators of a tile's sum and max
+
+// Sums values[0..count) in a fixed pairwise tree, in place. The shape depends on count only.
+double pairwise_sum(double* values, std::int64_t count) {
+  if (count == 0) return 0.0;
+  for (std::int64_t width = 1; width < count; width *= 2) {
+    for (std::int64_t i = 0; i + width < count; i += 2 * width) values[i] += values[i + width];
+  }
+  return values[0];
+}
+
+double tile_sum(const double* tile, int count) {
+  double lane[kLanes] = {};
+  int j = 0;
+  for (; j + kLanes <= count; j += kLanes) {
+    for (int k = 0; k < kLanes; ++k) lane[k] += tile[j + k];
+  }
+  for (int k = 0; j < count; ++j, ++k) lane[k] += tile[j];
+  return pairwise_sum(lane, kLanes);
+}
+
+double tile_max(const double* tile, int count) {
+  double lane[kLanes];
+  for (int k = 0; k < kLanes; ++k) lane[k] = rw::negative_infinity();
+  int j = 0;
+  for (; j + kLanes <= count; j += kLanes) {
+    for (int k = 0; k < kLanes; ++k) lane[k] = rw::max_propagating_nan(lane[k], tile[j + k]);
+  }
+  for (int k = 0; j < count; ++j, ++k) lane[k] = rw::max_propagating_nan(lane[k], tile[j]);
+  double m = lane[0];
+  for (int k = 1; k < kLanes; ++k) m = rw::max_propagating_nan(m, lane[k]);
+  return m;
+}
+
+// Elements c0 .. c0 + count of a row, `stride` apart, widened into the tile.
+template <class T>
+void load(const T* row, std::int64_t stride, std::int64_t c0, int count, double* tile) {
+  if (stride == 1) {
+    for (int j = 0; j < count; ++j) tile[j] = static_cast<double>(row[c0 + j]);
+  } else {
+    for (int j = 0; j < count; ++j) tile[j] = static_cast<double>(row[(c0 + j) * stride]);
+  }
+}
+
+template <class T>
+void store(T* row, std::int64_t stride, std::int64_t c0, int count, const double* tile) {
+  if (stride == 1) {
+    for (int j = 0; j < count; ++j) row[c0 + j] = static_cast<T>(tile[j]);
+  } else {
+    for (int j = 0; j < count; ++j) row[(c0 + j) * stride] = static_cast<T>(tile[j]);
+  }
+}
+
+struct Tiles {
+  alignas(64) double x[kBlock];
+  alignas(64) double a[kBlock];
+  alignas(64) double t[kBlock];
+};
+
+// The online scan of one row: its max, sum of exps and, with coefficients, the cross-entropy
+// sums of fastloss/softmax.h (sum_c a_c (m - x_c), sum_c a_c).
+struct Scan {
+  double max = rw::negative_infinity();
+  double sum = 0.0;
+  double offsets = 0.0;
+  double coefficients = 0.0;
+};
+
+// Where a row's coefficients a_c come from: weight_c ((1 - eps) target_c + eps / C), target_c
+// from a probability row (or 0 for class indices, whose one class y the caller adds).
+template <class T>
+struct Coefficients {
+  const T* weight = nullptr;   // classes weights or nullptr (1)
+  const T* target = nullptr;   // probability row (stride as the input's) or nullptr (0)
+  double keep = 1.0;           // 1 - eps
+  double spread = 0.0;         // eps / C
+
+  void fill(std::int64_t stride, std::int64_t c0, int count, double* a) const {
+    for (int j = 0; j < count; ++j) {
+      const double w = weight != nullptr ? static_cast<double>(weight[c0 + j]) : 1.0;
+      const double t = target != nullptr ? static_cast<double>(target[(c0 + j) * stride]) : 0.0;
+      a[j] = rw::coefficient(w, t, keep, spread);
+    }
+  }
+};
+
+template <class T, bool kCoefficients>
+Scan scan_row(const T* row, std::int64_t stride, std::int64_t classes, const Coefficients<T>& coef,
+              Tiles& tiles) {
+  Scan s;
+  for (std::int64_t c0 = 0; c0 < classes; c0 += kBlock) {
+    const int count = static_cast<int>(std::min<std::int64_t>(kBlock, classes - c0));
+    load(row, stride, c0, count, tiles.x);
+    const double block_max = rw::max_propagating_nan(s.max, tile_max(tiles.x, count));
+    s.sum *= rw::rescale(s.max, block_max);
+    if (kCoefficients) s.offsets = rw::shift_offsets(s.offsets, s.coefficients, s.max, block_max);
+    s.max = block_max;
+    if (kCoefficients) {
+      coef.fill(stride, c0, count, tiles.a);
+      for (int j = 0; j < count; ++j) {
+        // a class of coefficient 0 adds 0, also at x = -inf (where 0 * inf would be NaN)
+        tiles.t[j] = tiles.a[j] == 0.0 ? 0.0 : tiles.a[j] * (block_max - tiles.x[j]);
+      }
+      s.offsets += tile_sum(tiles.t, count);
+      s.coefficients += tile_sum(tiles.a, count);
+    }
+    for (int j = 0; j < count; ++j) tiles.x[j] = rw::exp_shifted(tiles.x[j], block_max);
+#ifdef FASTLOSS_PLANTED_FAULT_SOFTMAX_BLOCK_RESCALE_DROPPED
+    if (c0 > 0) s.sum = 0.0;
+#endif
+    s.sum += tile_sum(tiles.x, count);
+  }
+  return s;
+}
+
+// Calls chunk(index, begin_row, end_row) for every chunk of `rows_per_chunk` rows: serially for
+// small arrays or in a forked child, else over the OpenMP threads. The chunks depend on the
+// shape only. Returns nothing: each chunk writes its own results.
+template <class ChunkFn>
+void for_each_row_chunk(std::int64_t rows, std::int64_t rows_per_chunk, std::int64_t elements,
+                        ChunkFn chunk) {
+  const std::int64_t chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;
+  if (elements < kParallelThreshold || !openmp_usable() || chunks < 2) {
+    for (std::int64_t c = 0; c < chunks; ++c) {
+      chunk(c, c * rows_per_chunk, std::min(rows, (c + 1) * rows_per_chunk));
+    }
+    return;
+  }
+#pragma omp parallel for schedule(static)
+  for (std::int64_t c = 0; c < chunks; ++c) {
+    chunk(c, c * rows_per_chunk, std::min(rows, (c + 1) * rows_per_chunk));
+  }
+}
+
+std::int64_t rows_per_chunk(std::int64_t classes) {
+  const std::int64_t per_chunk = std::max<std::int64_t>(1, kChunkSize / std::max<std::int64_t>(classes, 1));
+#ifdef FASTLOSS_PLANTED_FAULT_CE_THREAD_DEPENDENT_CHUNKS
+  return per_chunk * omp_get_max_threads();
+#endif
+  return per_chunk;
+}
+
+// The first element of row r of a (outer, classes, inner) array.
+std::int64_t row_start(const RowShape& shape, std::int64_t r) {
+  const std::int64_t o = r / shape.inner;
+  const std::int64_t i = r - o * shape.inner;
+  return o * shape.classes * shape.inner + i;
+}
+
+// Kahan-compensated lanes for the row losses (and the divisor's weights).
+struct CompensatedLanes {
+  double sum[kLanes] = {};
+  double compensation[kLanes] = {};
+  void add(std::int64_t index, double term) {
+    const int k = static_cast<int>(index % kLanes);
+    pass::compensated_add(sum[k], compensation[k], term);
+  }
+  double total() {
+    double lane[kLanes];
+    for (int k = 0; k < kLanes; ++k) lane[k] = sum[k] - compensation[k];
+    return pairwise_sum(lane, kLanes);
+  }
+};
+
+// ---- softmax family ----------------------------------------------------------------------------
+template <class T>
+void softmax_forward_row(RowOp op, const T* x, T* out, std::int64_t stride, std::int64_t classes, Tiles& tiles) {
+  const Scan s = scan_row<T, false>(x, stride, classes, Coefficients<T>{}, tiles);
+  const double log_sum = math::log(s.sum);
+  const double inverse_sum = 1.0 / s.sum;
+  for (std::int64_t c0 = 0; c0 < classes; c0 += kBlock) {
+    const int count = static_cast<int>(std::min<std::int64_t>(kBlock, classes - c0));
+    load(x, stride, c0, count, tiles.x);
+    if (op == RowOp::LogSoftmax) {
+      for (int j = 0; j < count; ++j) tiles.x[j] = rw::log_softmax_element(tiles.x[j], s.max, log_sum);
+    } else {
+      for (int j = 0; j < count; ++j) tiles.x[j] = rw::softmax_element(tiles.x[j], s.max, inverse_sum);
+    }
+    store(out, stride, c0, count, tiles.x);
+  }
+}
+
+template <class T>
+void softmax_backward_row(RowOp op, const T* g, const T* y, T* out, std::int64_t stride, std::int64_t classes,
+                          Tiles& tiles) {
+  // the row's sum of g * y (softmax) or of g (log_softmax), block by block in a fixed order
+  double total = 0.0;
+  for (std::int64_t c0 = 0; c0 < classes; c0 += kBlock) {
+    const int count = static_cast<int>(std::min<std::int64_t>(kBlock, classes - c0));
+    load(g, stride, c0, count, tiles.x);
+    if (op == RowOp::SoftmaxBackward) {
+      load(y, stride, c0, count, tiles.a);
+      for (int j = 0; j < count; ++j) tiles.x[j] *= tiles.a[j];
+    }
+    total += tile_sum(tiles.x, count);
+  }
+  for (std::int64_t c0 = 0; c0 < classes; c0 += kBlock) {
+    const int count = static_cast<int>(std::min<std::int64_t>(kBlock, classes - c0));
+    load(g, stride, c0, count, tiles.x);
+    load(y, stride, c0, count, tiles.a);
+    if (op == RowOp::SoftmaxBackward) {
+      for (int j = 0; j < count; ++j) tiles.x[j] = rw::softmax_backward_element(tiles.x[j], tiles.a[j], total);
+    } else {
+      for (int j = 0; j < count; ++j) tiles.x[j] = rw::log_softmax_backward_element(tiles.x[j], tiles.a[j], total);
+    }
+    store(out, stride, c0, count, tiles.x);
+  }
+}
+
+template <class T>
+void run_row_op_impl(RowOp op, const RowPass<T>& p) {
+  const RowShape shape = p.shape;
+  const std::int64_t stride = shape.inner;
+  for_each_row_chunk(shape.rows(), rows_per_chunk(shape.classes), shape.elements(),
+                     [&](std::int64_t, std::int64_t begin, std::int64_t end) {
+                       Tiles tiles;
+                       for (std::int64_t r = begin; r < end; ++r) {
+                         const std::int64_t start = row_start(shape, r);
+                         if (op == RowOp::Softmax || op == RowOp::LogSoftmax) {
+                           softmax_forward_row(op, p.first + start, p.out + start, stride, shape.classes, tiles);
+                         } else {
+                           softmax_backward_row(op, p.first + start, p.second + start, p.out + start, stride,
+                                                shape.classes, tiles);
+                         }
+                       }
+                     });
+}
+
+// ---- cross-entropy ---------------------------------------------------------------------------
+template <class Index>
+struct ClassIndexTargets {
+  static constexpr bool kIndices = true;
+  const Index* index;
+  std::int64_t at(std::int64_t r) const { return static_cast<std::int64_t>(index[r]); }
+};
+
+// The targets' pass before any output is written: every class index in range (or
+// ignore_index), and the mean's divisor, the summed weights of the non-ignored targets.
+template <class T, class Index>
+CrossEntropyResult check_class_indices(const CrossEntropyPass<T>& p, const Index* index) {
+  const std::int64_t rows = p.shape.rows();
+  const std::int64_t chunks = num_chunks(rows);
+  std::vector<double> sums(static_cast<std::size_t>(chunks));
+  std::vector<std::int64_t> bad(static_cast<std::size_t>(chunks), -1);
+  for_each_row_chunk(rows, kChunkSize, rows, [&](std::int64_t c, std::int64_t begin, std::int64_t end) {
+    CompensatedLanes lanes;
+    for (std::int64_t r = begin; r < end; ++r) {
+      const std::int64_t y = static_cast<std::int64_t>(index[r]);
+      if (y == p.ignore_index) continue;
+      if (y < 0 || y >= p.shape.classes) {
+        if (bad[c] < 0) bad[c] = r;
+        continue;
+      }
+      lanes.add(r - begin, p.class_weight != nullptr ? static_cast<double>(p.class_weight[y]) : 1.0);
+    }
+    sums[c] = lanes.total();
+  });
+  CrossEntropyResult result;
+  result.divisor = pairwise_sum(sums.data(), chunks);
+  for (std::int64_t c = 0; c < chunks; ++c) {
+    if (bad[c] >= 0) {
+      result.bad_row = bad[c];
+      result.bad_class = static_cast<std::int64_t>(index[bad[c]]);
+      break;
+    }
+  }
+  return result;
+}
+
+template <class T, bool kSum, bool kElementwise, bool kGrad>
+struct CrossEntropyKernel {
+  const CrossEntropyPass<T>& p;
+  double divisor;
+  double* chunk_sums;
+
+  // One row: its loss (returned), its gradient written. y < 0: probability targets.
+  template <bool kCoefficients>
+  double row(std::int64_t r, std::int64_t y, Tiles& tiles) const {
+    const RowShape& shape = p.shape;
+    const std::int64_t stride = shape.inner;
+    const std::int64_t start = row_start(shape, r);
+    const T* x = p.input + start;
+    T* grad = kGrad ? p.grad_out + start : nullptr;
+    const double eps = p.label_smoothing;
+    Coefficients<T> coef;
+    coef.weight = p.class_weight;
+    coef.keep = 1.0 - eps;
+    coef.spread = eps / static_cast<double>(shape.classes);
+    const bool probabilities = y < 0;
+    if (probabilities) coef.target = static_cast<const T*>(p.target) + start;
+    // read before the gradient overwrites it (out may be the input)
+    const double x_target = probabilities ? 0.0 : static_cast<double>(x[y * stride]);
+    const double w_target =
+        probabilities ? 0.0 : (p.class_weight != nullptr ? static_cast<double>(p.class_weight[y]) : 1.0);
+
+    Scan s = scan_row<T, kCoefficients>(x, stride, shape.classes, coef, tiles);
+    if (!probabilities) {  // the (1 - eps) weight_y [c == y] part of a class index's coefficients
+      const double a = coef.keep * w_target;
+      s.offsets += a == 0.0 ? 0.0 : a * (s.max - x_target);
+      s.coefficients += a;
+    }
+    const double log_sum = math::log(s.sum);
+    // a row whose coefficients are all 0 (a zero weight, a zero probability row) adds 0
+    const double loss = s.coefficients == 0.0 ? 0.0 : rw::row_loss(s.offsets, s.coefficients, log_sum);
+    if (kGrad) {
+      double scale = p.grad_output != nullptr ? static_cast<double>(p.grad_output[r]) : p.grad_scale;
+      if (p.mean) scale = scale / divisor;
+#ifdef FASTLOSS_PLANTED_FAULT_CE_GRAD_IGNORES_WEIGHT
+      if (!probabilities && w_target != 0.0) scale /= w_target;
+#endif
+      if (s.coefficients == 0.0) {
+        zero_row(grad, stride, shape.classes, tiles);
+        return loss;
+      }
+      const double k = s.coefficients * scale / s.sum;
+      for (std::int64_t c0 = 0; c0 < shape.classes; c0 += kBlock) {
+        const int count = static_cast<int>(std::min<std::int64_t>(kBlock, shape.classes - c0));
+        load(x, stride, c0, count, tiles.x);
+        if (kCoefficients) {
+          coef.fill(stride, c0, count, tiles.a);
+          for (int j = 0; j < count; ++j) {
+            tiles.x[j] = rw::grad_element(rw::exp_shifted(tiles.x[j], s.max), k, scale * tiles.a[j]);
+          }
+        } else {
+          for (int j = 0; j < count; ++j) tiles.x[j] = rw::exp_shifted(tiles.x[j], s.max) * k;
+        }
+        store(grad, stride, c0, count, tiles.x);
+      }
+      if (!probabilities) {
+        const double e_target = rw::exp_shifted(x_target, s.max);
+        const double g = kCoefficients
+                             ? rw::grad_element(e_target, k, scale * (coef.keep * w_target + coef.spread * w_target))
+                             : rw::target_grad(e_target, s.sum, scale * w_target);
+        grad[y * stride] = static_cast<T>(g);
+      }
+    }
+    return loss;
+  }
+
+  static void zero_row(T* grad, std::int64_t stride, std::int64_t classes, Tiles&) {
+    for (std::int64_t c = 0; c < classes; ++c) grad[c * stride] = T(0);
+  }
+
+  template <class Targets>
+  void chunk(const Targets& targets, std::int64_t index, std::int64_t begin, std::int64_t end) const {
+    Tiles tiles;
+    CompensatedLanes lanes;
+    const bool smoothing = p.label_smoothing != 0.0;
+    for (std::int64_t r = begin; r < end; ++r) {
+      double loss = 0.0;
+      if constexpr (Targets::kIndices) {
+        const std::int64_t y = targets.at(r);
+        if (y == p.ignore_index) {
+          if (kGrad) zero_row(p.grad_out + row_start(p.shape, r), p.shape.inner, p.shape.classes, tiles);
+        } else {
+          loss = smoothing ? row<true>(r, y, tiles) : row<false>(r, y, tiles);
+        }
+      } else {
+        loss = row<true>(r, -1, tiles);
+      }
+      if (kElementwise) p.loss_out[r] = static_cast<T>(loss);
+      if (kSum) lanes.add(r - begin, loss);
+    }
+    if (kSum) chunk_sums[index] = lanes.total();
+  }
+
+  template <class Targets>
+  double run(const Targets& targets) const {
+    const std::int64_t rows = p.shape.rows();
+    const std::int64_t per_chunk = rows_per_chunk(p.shape.classes);
+    for_each_row_chunk(rows, per_chunk, p.shape.elements(),
+                       [&](std::int64_t c, std::int64_t begin, std::int64_t end) { chunk(targets, c, begin, end); });
+    return kSum ? pairwise_sum(chunk_sums, (rows + per_chunk - 1) / per_chunk) : 0.0;
+  }
+};
+
+struct ProbabilityTargets {
+  static constexpr bool kIndices = false;
+};
+
+template <class T, bool kSum, bool kElementwise, bool kGrad>
+CrossEntropyResult run_outputs(const CrossEntropyPass<T>& p) {
+  CrossEntropyResult result;
+  const std::int64_t rows = p.shape.rows();
+  if (p.target_kind == TargetKind::Probabilities) {
+    result.divisor = static_cast<double>(rows);
+  } else {
+    result = p.target_kind == TargetKind::ClassIndex64
+                 ? check_class_indices(p, static_cast<const std::int64_t*>(p.target))
+                 : check_class_indices(p, static_cast<const std::int32_t*>(p.target));
+    if (result.bad_row >= 0) return result;
+  }
+  const std::int64_t per_chunk = rows_per_chunk(p.shape.classes);
+  std::vector<double> chunk_sums(kSum ? static_cast<std::size_t>((rows + per_chunk - 1) / per_chunk) : 0);
+  const CrossEntropyKernel<T, kSum, kElementwise, kGrad> kernel{p, result.divisor, chunk_sums.data()};
+  switch (p.target_kind) {
+    case TargetKind::ClassIndex64:
+      result.sum = kernel.run(ClassIndexTargets<std::int64_t>{static_cast<const std::int64_t*>(p.target)});
+      break;
+    case TargetKind::ClassIndex32:
+      result.sum = kernel.run(ClassIndexTargets<std::int32_t>{static_cast<const std::int32_t*>(p.target)});
+      break;
+    case TargetKind::Probabilities:
+      result.sum = kernel.run(ProbabilityTargets{});
+      break;
+  }
+  return result;
+}
+
+template <class T>
+CrossEntropyResult run_cross_entropy_impl(PassOutputs outputs, const CrossEntropyPass<T>& p) {
+  switch (outputs) {
+    case PassOutputs::Sum: return run_outputs<T, true, false, false>(p);
+    case PassOutputs::SumAndGrad: return run_outputs<T, true, false, true>(p);
+    case PassOutputs::Elementwise: return run_outputs<T, false, true, false>(p);
+    case PassOutputs::ElementwiseAndGrad: return run_outputs<T, false, true, true>(p);
+    case PassOutputs::Grad: return run_outputs<T, false, false, true>(p);
+  }
+  return CrossEntropyResult{};
+}
+
+}  // namespace
+
+void run_row_op(RowOp op, const RowPass<float>& p) { run_row_op_impl(op, p); }
+void run_row_op(RowOp op, const RowPass<double>& p) { run_row_op_impl(op, p); }
+CrossEntropyResult run_cross_entropy(PassOutputs outputs, const CrossEntropyPass<float>& p) {
+  return run_cross_entropy_impl(outputs, p);
+}
+CrossEntropyResult run_cross_entropy(PassOutputs outputs, const CrossEntropyPass<double>& p) {
+  return run_cross_entropy_impl(outputs, p);
+}
+
+}  // namespace FASTLOSS_ISA
+}  // namespace fastloss
