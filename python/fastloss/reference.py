@@ -160,7 +160,7 @@ def log_softmax(input, dim=-1):
     axis = _axis(x, dim)
     if x.ndim == 0:
         x, axis = x.reshape(1), 0
-    with np.errstate(invalid="ignore", over="ignore"):
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         m = np.max(x, axis=axis, keepdims=True) if x.size else x
         shifted = x - m
         result = shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
