@@ -349,3 +349,119 @@ print(json.dumps({"isa": fastloss._cpu.multiclass_isa, "loss": float(loss),
     assert abs(got["loss"] - got["exact"]) <= float(np.spacing(np.float32(got["exact"])))
     assert got["grad_error"] < 1e-9
     assert got["log_softmax_ulps"] <= 1.0 and got["tanh_ulps"] <= 1.0
+
+
+# ---- bad input: clear errors naming the argument ------------------------------------------------
+def _valid_ce(dtype=np.float32):
+    rng = np.random.default_rng(11)
+    return make_logits_and_target((4, 3), "int64", dtype, rng)
+
+
+CE_FUNCTIONS = [fastloss.cross_entropy, fastloss.cross_entropy_grad,
+                fastloss.cross_entropy_and_grad]
+CE_IDS = [f.__name__ for f in CE_FUNCTIONS]
+
+
+@pytest.mark.parametrize("function", CE_FUNCTIONS, ids=CE_IDS)
+@pytest.mark.parametrize("index", [3, 7, -1, -101])
+def test_class_index_out_of_range_names_the_index_and_c(function, index):
+    x, t = _valid_ce()
+    t[2] = index
+    with pytest.raises(ValueError) as info:
+        function(x, t)
+    message = str(info.value)
+    assert f"class index {index}" in message and "C = 3" in message and "(2,)" in message
+    # nothing written into a caller's out= when the targets are refused
+    if function is not fastloss.cross_entropy:
+        out = np.full_like(x, 7.0)
+        with pytest.raises(ValueError):
+            function(x, t, out=out)
+        assert (out == 7.0).all()
+    with pytest.raises(ValueError, match="class index"):  # the checked path words it too
+        function(x, t, weight=np.ones(3, np.float32))
+
+
+@pytest.mark.parametrize("function", CE_FUNCTIONS, ids=CE_IDS)
+@pytest.mark.parametrize("bad, error, words", [
+    ({"target": np.zeros((4, 2), np.float32)}, ValueError, ["target", "(4, 3)", "(4, 2)"]),
+    ({"target": np.zeros(4, np.float32)}, ValueError, ["target", "(4, 3)", "probabilities"]),
+    ({"target": np.zeros((4, 3), np.int64)}, ValueError, ["target", "class indices", "(4,)"]),
+    ({"target": np.zeros(5, np.int64)}, ValueError, ["target", "(5,)", "(4,)"]),
+    ({"target": np.zeros(4, np.int16)}, TypeError, ["target", "int16", "int64"]),
+    ({"target": np.zeros(4, np.bool_)}, TypeError, ["target", "bool"]),
+    ({"target": np.zeros((4, 3), np.float64)}, TypeError, ["target", "float64", "float32"]),
+    ({"target": [0, 1, 2, 0]}, TypeError, ["target", "list"]),
+    ({"input": np.zeros((4, 0), np.float32)}, ValueError, ["input", "(4, 0)", "classes"]),
+    ({"input": np.zeros((), np.float32), "target": np.zeros((), np.int64)}, ValueError,
+     ["input", "()"]),
+    ({"input": np.zeros((4, 3), np.int64)}, TypeError, ["input", "int64"]),
+    ({"weight": np.ones(4, np.float32)}, ValueError, ["weight", "(4,)", "(3,)"]),
+    ({"weight": np.ones((1, 3), np.float32)}, ValueError, ["weight", "(1, 3)", "(3,)"]),
+    ({"weight": np.ones(3, np.float64)}, TypeError, ["weight", "float64"]),
+    ({"weight": 2.0}, TypeError, ["weight", "float"]),
+    ({"label_smoothing": 1.5}, ValueError, ["label_smoothing", "[0, 1]", "1.5"]),
+    ({"label_smoothing": -0.1}, ValueError, ["label_smoothing", "[0, 1]"]),
+    ({"label_smoothing": float("nan")}, ValueError, ["label_smoothing"]),
+    ({"label_smoothing": "0.1"}, TypeError, ["label_smoothing"]),
+    ({"ignore_index": 1.0}, TypeError, ["ignore_index", "int"]),
+    ({"ignore_index": 2**64}, ValueError, ["ignore_index", "int64"]),
+    ({"reduction": "avg"}, ValueError, ["reduction", "avg"]),
+], ids=str)
+def test_bad_arguments(function, bad, error, words):
+    x, t = _valid_ce()
+    kw = {"input": x, "target": t}
+    kw.update(bad)
+    with pytest.raises(error) as info:
+        function(kw.pop("input"), kw.pop("target"), **kw)
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+
+
+@pytest.mark.parametrize("function", CE_FUNCTIONS[1:], ids=CE_IDS[1:])
+def test_bad_grad_output_and_out(function):
+    x, t = _valid_ce()
+    with pytest.raises(ValueError, match="scalar"):
+        function(x, t, grad_output=np.ones(4, np.float32))
+    with pytest.raises(ValueError, match="loss shape"):
+        function(x, t, reduction="none", grad_output=np.ones(3, np.float32))
+    with pytest.raises(ValueError, match=r"out has shape \(4,\)"):
+        function(x, t, out=np.empty(4, np.float32))
+    both = np.empty(13, np.float32)
+    both[:12] = x.reshape(-1)
+    with pytest.raises(ValueError, match="out overlaps input"):
+        function(both[:12].reshape(4, 3), t, out=both[1:].reshape(4, 3))
+    with pytest.raises(ValueError, match="read-only"):
+        read_only = np.empty_like(x)
+        read_only.flags.writeable = False
+        function(x, t, out=read_only)
+
+
+@pytest.mark.parametrize("function", [fastloss.softmax, fastloss.log_softmax])
+def test_softmax_bad_arguments(function):
+    x = np.zeros((4, 3), np.float32)
+    for dim in (2, -3, 10):
+        with pytest.raises(ValueError, match=rf"dim must be in \[-2, 1\].*got {dim}"):
+            function(x, dim)
+    with pytest.raises(TypeError, match="dim must be an int"):
+        function(x, 1.0)
+    with pytest.raises(TypeError, match="dim must be an int"):
+        function(x, True)
+    with pytest.raises(TypeError, match="int32"):
+        function(np.zeros(3, np.int32))
+    with pytest.raises(TypeError, match="list"):
+        function([1.0, 2.0])
+    with pytest.raises(ValueError, match="out"):
+        function(x, out=np.empty((3, 4), np.float32))
+    assert function(np.zeros((3, 0), np.float32)).shape == (3, 0)
+
+
+@pytest.mark.parametrize("function", [fastloss.softmax_backward, fastloss.log_softmax_backward,
+                                      fastloss.tanh_backward, fastloss.relu_backward])
+def test_backward_bad_arguments(function):
+    g = np.ones((4, 3), np.float32)
+    with pytest.raises(ValueError, match=r"\(4, 3\)"):
+        function(g, np.ones((3, 4), np.float32))
+    with pytest.raises(TypeError, match="float64"):
+        function(g, np.ones((4, 3), np.float64))
+    with pytest.raises(TypeError, match="output"):
+        function(g, "y")
