@@ -1,5 +1,5 @@
-"""The loss modules: ``MSELoss``, ``BCELoss``, ``BCEWithLogitsLoss``, each computing the loss
-and its gradient in one fused kernel call."""
+"""The loss modules: ``MSELoss``, ``BCELoss``, ``BCEWithLogitsLoss``, ``CrossEntropyLoss``,
+each computing the loss and its gradient in one fused kernel call."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from .. import functional as F
 from .._arrays import Array
 from ._module import _reusable_buffer
 
-__all__ = ["MSELoss", "BCELoss", "BCEWithLogitsLoss"]
+__all__ = ["MSELoss", "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss"]
 
 
 class _Loss:
@@ -26,6 +26,10 @@ class _Loss:
 
     def _extra(self) -> dict[str, Any]:
         return {}
+
+    def fresh(self) -> _Loss:
+        """A loss module of the same kind and settings, with buffers of its own."""
+        return type(self)(weight=self.weight, reduction=self.reduction, **self._extra())
 
     def forward(self, input: Array, target: Array) -> Any:
         out = _reusable_buffer(self._grad_buffers, "grad", input.shape, input)
@@ -67,3 +71,20 @@ class BCEWithLogitsLoss(_Loss):
 
     def _extra(self) -> dict[str, Any]:
         return {"pos_weight": self.pos_weight}
+
+
+class CrossEntropyLoss(_Loss):
+    """Cross-entropy of logits (``torch.nn.CrossEntropyLoss``): targets are class indices
+    (int64 or int32, shape (batch,)) or class probabilities (the input's shape); ``weight``
+    per class, ``ignore_index``, ``label_smoothing``. After a final ``Softmax`` in a
+    ``Sequential``, training applies it to the Softmax's input (see ``fit``)."""
+    _and_grad = staticmethod(F.cross_entropy_and_grad)
+
+    def __init__(self, *, weight: Array | None = None, reduction: str = "mean",
+                 ignore_index: int = -100, label_smoothing: float = 0.0) -> None:
+        super().__init__(weight=weight, reduction=reduction)
+        self.ignore_index = ignore_index
+        self.label_smoothing = label_smoothing
+
+    def _extra(self) -> dict[str, Any]:
+        return {"ignore_index": self.ignore_index, "label_smoothing": self.label_smoothing}
