@@ -29,6 +29,10 @@ namespace rw = fastloss::rows;
 
 constexpr int kBlock = 256;  // the elements of a row held in one L1 tile
 constexpr int kLanes = 8;    // independent accumulators of a tile's sum and max
+// Rows of up to kShortRow classes (contiguous) share tiles of kShortTile elements in the
+// cross-entropy loss (CrossEntropyKernel::short_rows).
+constexpr int kShortRow = 64;
+constexpr int kShortTile = 1024;
 
 // Sums values[0..count) in a fixed pairwise tree, in place. The shape depends on count only.
 double pairwise_sum(double* values, std::int64_t count) {
@@ -49,17 +53,38 @@ double tile_sum(const double* tile, int count) {
   return pairwise_sum(lane, kLanes);
 }
 
+// The max of a tile; NaN if it holds a NaN. Written with GCC's vector types: GCC 12 vectorises
+// no select-based max of doubles by itself (it may not assume -0.0 and NaN away), and a scalar
+// max was a third of the short-row kernel's time. Two vectors of 4 lanes take the elements
+// round-robin; a NaN is remembered in a select of its own.
+typedef double Double4 __attribute__((vector_size(32)));
+
 double tile_max(const double* tile, int count) {
-  double lane[kLanes];
-  for (int k = 0; k < kLanes; ++k) lane[k] = rw::negative_infinity();
+  const double low = rw::negative_infinity();
+  Double4 max_a = {low, low, low, low}, max_b = max_a;
+  Double4 nan_a = {0.0, 0.0, 0.0, 0.0}, nan_b = nan_a;
   int j = 0;
-  for (; j + kLanes <= count; j += kLanes) {
-    for (int k = 0; k < kLanes; ++k) lane[k] = rw::max_propagating_nan(lane[k], tile[j + k]);
+  for (; j + 8 <= count; j += 8) {
+    Double4 a, b;
+    __builtin_memcpy(&a, tile + j, sizeof a);
+    __builtin_memcpy(&b, tile + j + 4, sizeof b);
+    max_a = a > max_a ? a : max_a;
+    max_b = b > max_b ? b : max_b;
+    nan_a = a != a ? a : nan_a;
+    nan_b = b != b ? b : nan_b;
   }
-  for (int k = 0; j < count; ++j, ++k) lane[k] = rw::max_propagating_nan(lane[k], tile[j]);
-  double m = lane[0];
-  for (int k = 1; k < kLanes; ++k) m = rw::max_propagating_nan(m, lane[k]);
-  return m;
+  double m = low, nan = 0.0;
+  for (int k = 0; k < 4; ++k) {
+    m = max_a[k] > m ? max_a[k] : m;
+    m = max_b[k] > m ? max_b[k] : m;
+    nan = nan_a[k] != nan_a[k] ? nan_a[k] : nan;
+    nan = nan_b[k] != nan_b[k] ? nan_b[k] : nan;
+  }
+  for (; j < count; ++j) {
+    m = tile[j] > m ? tile[j] : m;
+    nan = tile[j] != tile[j] ? tile[j] : nan;
+  }
+  return nan != nan ? nan : m;
 }
 
 // Elements c0 .. c0 + count of a row, `stride` apart, widened into the tile.
@@ -114,9 +139,27 @@ struct Coefficients {
   }
 };
 
+// The exps of a row's scan, kept for its second pass (the gradient, softmax's output) so that
+// it reads them instead of computing them again: values[c] = exp(x_c - block_max[c / kBlock]).
+struct KeptExps {
+  double* values = nullptr;
+  double* block_max = nullptr;
+};
+
+// This thread's buffers for the kept exps of a row of `classes` (reused from call to call).
+KeptExps kept_exps(std::int64_t classes) {
+  thread_local std::vector<double> values, block_max;
+  const std::size_t blocks = static_cast<std::size_t>((classes + kBlock - 1) / kBlock);
+  if (values.size() < static_cast<std::size_t>(classes)) values.resize(static_cast<std::size_t>(classes));
+  if (block_max.size() < blocks) block_max.resize(blocks);
+  return KeptExps{values.data(), block_max.data()};
+}
+
+// The scan of fastloss/softmax.h over a row, block by block; with `kept`, each block's exps and
+// its max are stored there.
 template <class T, bool kCoefficients>
 Scan scan_row(const T* row, std::int64_t stride, std::int64_t classes, const Coefficients<T>& coef,
-              Tiles& tiles) {
+              Tiles& tiles, const KeptExps* kept = nullptr) {
   Scan s;
   for (std::int64_t c0 = 0; c0 < classes; c0 += kBlock) {
     const int count = static_cast<int>(std::min<std::int64_t>(kBlock, classes - c0));
@@ -134,7 +177,11 @@ Scan scan_row(const T* row, std::int64_t stride, std::int64_t classes, const Coe
       s.offsets += tile_sum(tiles.t, count);
       s.coefficients += tile_sum(tiles.a, count);
     }
-    for (int j = 0; j < count; ++j) tiles.x[j] = rw::exp_shifted(tiles.x[j], block_max);
+    for (int j = 0; j < count; ++j) tiles.x[j] = rw::row_exp(tiles.x[j], block_max, T());
+    if (kept != nullptr) {
+      std::copy(tiles.x, tiles.x + count, kept->values + c0);
+      kept->block_max[c0 / kBlock] = block_max;
+    }
 #ifdef FASTLOSS_PLANTED_FAULT_SOFTMAX_BLOCK_RESCALE_DROPPED
     if (c0 > 0) s.sum = 0.0;
 #endif
@@ -195,16 +242,21 @@ struct CompensatedLanes {
 // ---- softmax family ----------------------------------------------------------------------------
 template <class T>
 void softmax_forward_row(RowOp op, const T* x, T* out, std::int64_t stride, std::int64_t classes, Tiles& tiles) {
-  const Scan s = scan_row<T, false>(x, stride, classes, Coefficients<T>{}, tiles);
+  // softmax's output is the kept exps rescaled; log_softmax's needs only x again
+  const KeptExps kept = op == RowOp::Softmax ? kept_exps(classes) : KeptExps{};
+  const Scan s = scan_row<T, false>(x, stride, classes, Coefficients<T>{}, tiles,
+                                    op == RowOp::Softmax ? &kept : nullptr);
   const double log_sum = math::log(s.sum);
   const double inverse_sum = 1.0 / s.sum;
   for (std::int64_t c0 = 0; c0 < classes; c0 += kBlock) {
     const int count = static_cast<int>(std::min<std::int64_t>(kBlock, classes - c0));
-    load(x, stride, c0, count, tiles.x);
     if (op == RowOp::LogSoftmax) {
+      load(x, stride, c0, count, tiles.x);
       for (int j = 0; j < count; ++j) tiles.x[j] = rw::log_softmax_element(tiles.x[j], s.max, log_sum);
     } else {
-      for (int j = 0; j < count; ++j) tiles.x[j] = rw::softmax_element(tiles.x[j], s.max, inverse_sum);
+      const double* e = kept.values + c0;
+      const double factor = rw::rescale(kept.block_max[c0 / kBlock], s.max) * inverse_sum;
+      for (int j = 0; j < count; ++j) tiles.x[j] = e[j] * factor;
     }
     store(out, stride, c0, count, tiles.x);
   }
@@ -323,7 +375,8 @@ struct CrossEntropyKernel {
     const double w_target =
         probabilities ? 0.0 : (p.class_weight != nullptr ? static_cast<double>(p.class_weight[y]) : 1.0);
 
-    Scan s = scan_row<T, kCoefficients>(x, stride, shape.classes, coef, tiles);
+    const KeptExps kept = kGrad ? kept_exps(shape.classes) : KeptExps{};
+    Scan s = scan_row<T, kCoefficients>(x, stride, shape.classes, coef, tiles, kGrad ? &kept : nullptr);
     if (!probabilities) {  // the (1 - eps) weight_y [c == y] part of a class index's coefficients
       const double a = coef.keep * w_target;
       s.offsets += a == 0.0 ? 0.0 : a * (s.max - x_target);
@@ -333,8 +386,7 @@ struct CrossEntropyKernel {
     // a row whose coefficients are all 0 (a zero weight, a zero probability row) adds 0
     const double loss = s.coefficients == 0.0 ? 0.0 : rw::row_loss(s.offsets, s.coefficients, log_sum);
     if (kGrad) {
-      double scale = p.grad_output != nullptr ? static_cast<double>(p.grad_output[r]) : p.grad_scale;
-      if (p.mean) scale = scale / divisor;
+      double scale = row_scale(r);
 #ifdef FASTLOSS_PLANTED_FAULT_CE_GRAD_IGNORES_WEIGHT
       if (!probabilities && w_target != 0.0) scale /= w_target;
 #endif
@@ -345,19 +397,19 @@ struct CrossEntropyKernel {
       const double k = s.coefficients * scale / s.sum;
       for (std::int64_t c0 = 0; c0 < shape.classes; c0 += kBlock) {
         const int count = static_cast<int>(std::min<std::int64_t>(kBlock, shape.classes - c0));
-        load(x, stride, c0, count, tiles.x);
+        // the kept exps, from their block's max to the row's: e = exp(x - m) k
+        const double* e = kept.values + c0;
+        const double block_k = rw::rescale(kept.block_max[c0 / kBlock], s.max) * k;
         if (kCoefficients) {
           coef.fill(stride, c0, count, tiles.a);
-          for (int j = 0; j < count; ++j) {
-            tiles.x[j] = rw::grad_element(rw::exp_shifted(tiles.x[j], s.max), k, scale * tiles.a[j]);
-          }
+          for (int j = 0; j < count; ++j) tiles.x[j] = rw::grad_element(e[j], block_k, scale * tiles.a[j]);
         } else {
-          for (int j = 0; j < count; ++j) tiles.x[j] = rw::exp_shifted(tiles.x[j], s.max) * k;
+          for (int j = 0; j < count; ++j) tiles.x[j] = e[j] * block_k;
         }
         store(grad, stride, c0, count, tiles.x);
       }
       if (!probabilities) {
-        const double e_target = rw::exp_shifted(x_target, s.max);
+        const double e_target = rw::row_exp(x_target, s.max, T());
         const double g = kCoefficients
                              ? rw::grad_element(e_target, k, scale * (coef.keep * w_target + coef.spread * w_target))
                              : rw::target_grad(e_target, s.sum, scale * w_target);
@@ -371,11 +423,102 @@ struct CrossEntropyKernel {
     for (std::int64_t c = 0; c < classes; ++c) grad[c * stride] = T(0);
   }
 
+  // The loss (and gradient) of short rows (unsmoothed class indices): a group of rows shares one
+  // flat tile, whose exps are taken in one vectorised loop against the group's max M; a row's
+  // loss is then w_y log(1 + sum_{c != y} e_c / e_y) (fastloss/softmax.h), which needs no row
+  // max. A row whose target's exp is below 2^-92 against M (its logits far below the group's:
+  // e_y would lose relative accuracy, or underflow), and every row of a group whose max is NaN
+  // or infinite, take the general row scan instead. losses[r - begin] for each row. The
+  // gradient is w_y scale (e_c / s - [c == y]), s = sum_c e_c, its target class as
+  // -w_y scale (sum_{c != y} e_c) / s (no cancellation).
+  // The upstream gradient of row r, divided by the mean's divisor for reduction='mean'.
+  double row_scale(std::int64_t r) const {
+    const double scale = p.grad_output != nullptr ? static_cast<double>(p.grad_output[r]) : p.grad_scale;
+    return p.mean ? scale / divisor : scale;
+  }
+
+  template <class Targets>
+  void short_rows(const Targets& targets, std::int64_t begin, std::int64_t end, double* losses,
+                  Tiles& tiles) const {
+    const std::int64_t classes = p.shape.classes;
+    const int group_rows = static_cast<int>(kShortTile / classes);
+    alignas(64) double e[kShortTile];
+    alignas(64) double ratio[kShortTile];
+    alignas(64) double others_of[kShortTile];
+    alignas(64) double target_exp[kShortTile];
+    for (std::int64_t g = begin; g < end; g += group_rows) {
+      const int rows = static_cast<int>(std::min<std::int64_t>(group_rows, end - g));
+      const int count = static_cast<int>(rows * classes);
+      load(p.input + g * classes, 1, 0, count, e);
+      const double group_max = tile_max(e, count);
+      const bool usable = group_max - group_max == 0.0;  // finite (not NaN, not +-inf)
+      for (int j = 0; j < count; ++j) e[j] = rw::row_exp(e[j], group_max, T());
+      for (int r = 0; r < rows; ++r) {
+        const std::int64_t y = targets.at(g + r);
+        others_of[r] = 0.0;
+        target_exp[r] = 1.0;
+        if (y == p.ignore_index || y < 0 || !usable) continue;
+        double* row = e + r * classes;
+        // the target's exp out of the row while it is summed (no branch, no cancellation), two
+        // chains so that the adds are not one latency-bound chain; put back for the gradient
+        target_exp[r] = row[y];
+        row[y] = 0.0;
+        double even = 0.0, odd = 0.0;
+        std::int64_t c = 0;
+        for (; c + 1 < classes; c += 2) {
+          even += row[c];
+          odd += row[c + 1];
+        }
+        if (c < classes) even += row[c];
+        others_of[r] = even + odd;
+        row[y] = target_exp[r];
+      }
+      // -1: the general scan (the target's exp too small against the group's max)
+      for (int r = 0; r < rows; ++r) {
+        ratio[r] = target_exp[r] >= 0x1p-92 ? rw::class_index_loss(others_of[r], target_exp[r]) : -1.0;
+      }
+      for (int r = 0; r < rows; ++r) {
+        const std::int64_t y = targets.at(g + r);
+        double loss = 0.0;
+        T* grad = kGrad ? p.grad_out + (g + r) * classes : nullptr;
+        if (y == p.ignore_index) {
+          if (kGrad) zero_row(grad, 1, classes, tiles);
+        } else if (!usable || ratio[r] < 0.0) {
+          loss = row<false>(g + r, y, tiles);
+        } else {
+          const double w = p.class_weight != nullptr ? static_cast<double>(p.class_weight[y]) : 1.0;
+          loss = w == 0.0 ? 0.0 : w * ratio[r];
+          if (kGrad) {
+            const double* row = e + r * classes;
+            const double sum = others_of[r] + row[y];
+            const double scaled_weight = w == 0.0 ? 0.0 : row_scale(g + r) * w;
+            const double k = scaled_weight / sum;
+            for (std::int64_t c = 0; c < classes; ++c) grad[c] = static_cast<T>(row[c] * k);
+            grad[y] = static_cast<T>(-scaled_weight * (others_of[r] / sum));
+          }
+        }
+        losses[g + r - begin] = loss;
+      }
+    }
+  }
+
   template <class Targets>
   void chunk(const Targets& targets, std::int64_t index, std::int64_t begin, std::int64_t end) const {
     Tiles tiles;
     CompensatedLanes lanes;
     const bool smoothing = p.label_smoothing != 0.0;
+    if constexpr (Targets::kIndices) {
+      if (!smoothing && p.shape.inner == 1 && p.shape.classes <= kShortRow) {
+        std::vector<double> losses(static_cast<std::size_t>(end - begin));
+        short_rows(targets, begin, end, losses.data(), tiles);
+        for (std::int64_t r = begin; r < end; ++r) {
+          if (kElementwise) p.loss_out[r] = static_cast<T>(losses[r - begin]);
+          if (kSum) lanes.add(r - begin, losses[r - begin]);
+        }
+        if (kSum) chunk_sums[index] = lanes.total();
+        return;
+      }
+    }
     for (std::int64_t r = begin; r < end; ++r) {
       double loss = 0.0;
       if constexpr (Targets::kIndices) {

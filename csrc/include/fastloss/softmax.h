@@ -64,6 +64,35 @@ FASTLOSS_HD void merge(double& max, double& sum, double& offsets, double& coeffi
 // ---- per element ------------------------------------------------------------------------------
 FASTLOSS_HD double exp_shifted(double x, double max) { return math::exp(x - max); }
 
+// exp(d) for d <= 0 (or NaN) to ~1e-11 relative, for rows of float32 inputs: a float32 result
+// or loss needs no more (a row's loss is still exact to ~1e-11, far below a float32 ulp), and
+// the degree-9 polynomial costs 60 % of math::exp's degree 13 (the scans are bound by their
+// exps). Cody-Waite reduction as math::exp, Taylor to r^9/9! on |r| <= ln2/2 (truncation
+// 6.6e-12 relative). Below d = -708 the result is exp(-708) = 3.3e-308 instead of smaller: far
+// below anything a float32 result or a row sum of at least 1 can show (no subnormal scale).
+FASTLOSS_HD double exp_for_float_rows(double d) {
+  d = d < -708.0 ? -708.0 : d;
+  const double round_shift = 0x1.8p52;
+  const double shifted = d * 0x1.71547652b82fep0 + round_shift;
+  const double n = shifted - round_shift;
+  double r = d - n * 0x1.62e42fee00000p-1;
+  r = r - n * 0x1.a39ef35793c76p-33;
+  const double r2 = r * r;
+  const double r4 = r2 * r2;
+  const double c01 = 1.0 + r;
+  const double c23 = 0.5 + r * 0.16666666666666666;
+  const double c45 = 0.041666666666666664 + r * 0.008333333333333333;
+  const double c67 = 0.001388888888888889 + r * 0.0001984126984126984;
+  const double c89 = 2.48015873015873e-05 + r * 2.7557319223985893e-06;
+  const double p = (c01 + r2 * c23) + r4 * ((c45 + r2 * c67) + r4 * c89);
+  return p * math::from_bits((math::to_bits(shifted) + 1023ull) << 52);
+}
+
+// exp(x - max) at the accuracy a row of the input type needs (the third argument: a T()):
+// float32 rows take exp_for_float_rows, float64 rows math::exp.
+FASTLOSS_HD double row_exp(double x, double max, float) { return exp_for_float_rows(x - max); }
+FASTLOSS_HD double row_exp(double x, double max, double) { return math::exp(x - max); }
+
 FASTLOSS_HD double log_softmax_element(double x, double max, double log_sum) {
   return (x - max) - log_sum;
 }
@@ -85,6 +114,20 @@ FASTLOSS_HD double log_softmax_backward_element(double g, double y, double sum) 
 // (target_c = p_c), weight_c eps / C for class indices (target_c = 0).
 FASTLOSS_HD double coefficient(double weight, double target, double keep, double spread) {
   return weight * (keep * target + spread);
+}
+
+// log(1 + t) for t >= 0 (or NaN): log(u) + (t - (u - 1)) / u with u = 1 + t; the bracket is
+// u's rounding error (exact by Fast2Sum), so tiny t keep their relative accuracy.
+FASTLOSS_HD double log1p_nonnegative(double t) {
+  const double u = 1.0 + t;
+  return math::log(u) + (t - (u - 1.0)) / u;
+}
+
+// The loss of an unsmoothed class index y, -log softmax_y = log(1 + sum_{c != y} e_c / e_y),
+// from exps e against any shift (the short-row kernels take one shift for many rows): no
+// cancellation, however close to 1 softmax_y is.
+FASTLOSS_HD double class_index_loss(double others, double e_target) {
+  return log1p_nonnegative(others / e_target);
 }
 
 FASTLOSS_HD double row_loss(double offsets, double coefficients, double log_sum) {
