@@ -465,3 +465,21 @@ def test_backward_bad_arguments(function):
         function(g, np.ones((4, 3), np.float64))
     with pytest.raises(TypeError, match="output"):
         function(g, "y")
+
+
+# ---- the README's example ------------------------------------------------------------------------
+def test_readme_multiclass_example_runs_and_computes_what_it_says():
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## Multi-class", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    x, y, w = namespace["logits"], namespace["labels"], namespace["weight"]
+    check_cross_entropy_loss(namespace["loss"], x, y, weight=w)
+    check_cross_entropy_grad(namespace["grad"], x, y, weight=w)
+    assert_elementwise_close(namespace["probabilities"], R.softmax(x, 1), np.float32)
+    assert_elementwise_close(namespace["log_probabilities"], R.log_softmax(x), np.float32)
+    check_cross_entropy_loss(namespace["per_row"], x, namespace["soft_targets"], reduction="none")
+    assert namespace["per_row"].shape == (512,)
