@@ -8,7 +8,7 @@
 #include <cstdint>
 #include <vector>
 
-#ifdef FASTLOSS_PLANTED_FAULT_CE_THREAD_DEPENDENT_CHUNKS
+#if defined(FASTLOSS_PLANTED_FAULT_CE_THREAD_DEPENDENT_CHUNKS)
 #include <omp.h>
 #endif
 

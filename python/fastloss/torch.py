@@ -246,7 +246,7 @@ class _CrossEntropy(torch.autograd.Function):
         if ctx.reduction != "none":
             if grad_output.device.type == "cpu" and grad_output.item() == 1.0:
                 return grad, None, None, None, None, None
-            return grad * grad_output, None, None, None, None, None
+            return grad_output * grad, None, None, None, None, None
         # one upstream gradient per row: broadcast along the class dimension (1; 0 for (C,))
         per_row = grad_output.unsqueeze(1) if grad.dim() >= 2 else grad_output
         return grad * per_row, None, None, None, None, None
