@@ -122,9 +122,12 @@ def test_cross_entropy(shape, kind, option, dtype):
         check_cross_entropy_loss(loss, x, t, reduction=reduction, **kw)
         grad = fastloss.cross_entropy_grad(x, t, reduction=reduction, **kw)
         check_cross_entropy_grad(grad, x, t, reduction=reduction, **kw)
+        # the fused pass against the reference too, not against the separate calls' bits: the
+        # instantiations of a kernel may contract multiply-adds into FMAs differently (the
+        # sanitizer build does), which moves a last bit
         fused_loss, fused_grad = fastloss.cross_entropy_and_grad(x, t, reduction=reduction, **kw)
-        assert_same_bits(fused_loss, loss, what="fused loss")
-        assert_same_bits(fused_grad, grad, what="fused grad")
+        check_cross_entropy_loss(fused_loss, x, t, reduction=reduction, what="fused loss", **kw)
+        check_cross_entropy_grad(fused_grad, x, t, reduction=reduction, what="fused grad", **kw)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_ids)
