@@ -177,15 +177,14 @@ Scan scan_row(const T* row, std::int64_t stride, std::int64_t classes, const Coe
       s.offsets += tile_sum(tiles.t, count);
       s.coefficients += tile_sum(tiles.a, count);
     }
-    for (int j = 0; j < count; ++j) tiles.x[j] = rw::row_exp(tiles.x[j], block_max, T());
-    if (kept != nullptr) {
-      std::copy(tiles.x, tiles.x + count, kept->values + c0);
-      kept->block_max[c0 / kBlock] = block_max;
-    }
+    // the exps go straight where they are kept (the tile otherwise)
+    double* exps = kept != nullptr ? kept->values + c0 : tiles.x;
+    for (int j = 0; j < count; ++j) exps[j] = rw::row_exp(tiles.x[j], block_max, T());
+    if (kept != nullptr) kept->block_max[c0 / kBlock] = block_max;
 #ifdef FASTLOSS_PLANTED_FAULT_SOFTMAX_BLOCK_RESCALE_DROPPED
     if (c0 > 0) s.sum = 0.0;
 #endif
-    s.sum += tile_sum(tiles.x, count);
+    s.sum += tile_sum(exps, count);
   }
   return s;
 }

@@ -26,7 +26,7 @@ struct RowShape {
 // Deterministic row sums, the why: rows are cut into chunks of a fixed number of rows
 // (max(1, kChunkSize / classes): the shape decides it, never the thread count); a chunk sums its
 // row losses in 8 Kahan-compensated double lanes, taken round-robin, and the chunk sums are
-// combined in a fixed pairwise tree. Each row loss is a double exact to ~1e-15 relative
+// combined in a fixed pairwise tree. Each row loss is a double exact to ~1e-10 relative
 // (fastloss/softmax.h), so a float32 mean is the exact mean correctly rounded but for
 // vanishingly rare cases, with the same bits for any OMP_NUM_THREADS.
 
