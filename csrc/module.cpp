@@ -27,6 +27,7 @@
 
 #include "arrays.h"
 #include "kernels.h"
+#include "multiclass_module.h"
 #include "training.h"
 
 namespace py = pybind11;
@@ -389,4 +390,5 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("stream_copy", &stream_copy, py::arg("src"), py::arg("dst"),
         "Copy float32 src into dst with all threads: a copy-bandwidth probe for bench/.");
   register_training(m);
+  register_multiclass(m);
 }

@@ -501,3 +501,87 @@ def loss_case(op_name, shape, dtype, reduction, wkind, pkind, soft=None):
     label = (f"{op_name}-{np.dtype(dtype).name}-{reduction}-{'x'.join(map(str, shape))}"
              f"-w{wkind}-pw{pkind}{'-soft' if soft else ''}")
     return pytest.param(*values, id=label)
+
+
+# ---- multi-class: cross-entropy and the softmax family --------------------------------------
+def cross_entropy_grad_term_size(x, target, weight=None, ignore_index=-100, reduction="mean",
+                                 label_smoothing=0.0, grad_output=1.0):
+    """Per element, the size of the two terms of a cross-entropy gradient, |scale| (|A| p_c +
+    |a_c|) (A p_c - a_c being the gradient, a_c the class's coefficient, A their row sum, scale
+    the row's upstream gradient [/ the mean's divisor]): where the two cancel (p_c near a_c / A)
+    the kernel's rounding is a few ulps of this size, not of the result."""
+    with np.errstate(all="ignore"):
+        logp, a, divisor = R._class_coefficients(x, target, weight, ignore_index,
+                                                 label_smoothing)
+        p = np.exp(logp)
+        scale = np.asarray(grad_output, dtype=np.float64)
+        if reduction == "mean":
+            scale = scale / R.exact_sum(divisor)
+        scale = np.broadcast_to(scale, logp.shape[:-1])[..., None]
+        size = np.abs(scale) * (np.abs(np.sum(a, axis=-1, keepdims=True)) * p + np.abs(a))
+    size = np.moveaxis(np.where(np.isfinite(size), size, 0.0), -1, 1)
+    return size[0] if np.ndim(x) == 1 else size
+
+
+def check_cross_entropy_loss(loss, x, target, weight=None, ignore_index=-100, reduction="mean",
+                             label_smoothing=0.0, what="cross_entropy loss"):
+    """A cross-entropy loss against the reference: reduced within 1 float32 ulp (float64: rtol
+    1e-13) of the exact value, for any number of rows (each row's loss is exact to ~1e-15 in
+    the kernels, fastloss/softmax.h); 'none' per element."""
+    dtype = np.asarray(x).dtype
+    with np.errstate(all="ignore"):
+        ref = R.cross_entropy(x, target, weight, ignore_index, reduction, label_smoothing)
+    if reduction == "none":
+        if np.ndim(ref) == 0:
+            assert isinstance(loss, np.ndarray) and loss.shape == (), (what, type(loss))
+        assert_elementwise_close(np.asarray(loss) if np.ndim(ref) == 0 else loss,
+                                 np.asarray(ref), dtype, what=what)
+    else:
+        assert_reduction_close(loss, ref, dtype, what=what, max_ulps=1)
+
+
+def check_cross_entropy_grad(grad, x, target, weight=None, ignore_index=-100, reduction="mean",
+                             label_smoothing=0.0, grad_output=1.0, what="cross_entropy grad"):
+    """A cross-entropy gradient against the reference, element by element: RTOL, plus ATOL
+    times ``cross_entropy_grad_term_size`` (where the two terms cancel)."""
+    dtype = np.asarray(x).dtype
+    with np.errstate(all="ignore"):
+        ref = R.cross_entropy_grad(x, target, weight, ignore_index, reduction, label_smoothing,
+                                   grad_output)
+    atol = ATOL[dtype] * cross_entropy_grad_term_size(x, target, weight, ignore_index,
+                                                       reduction, label_smoothing, grad_output)
+    assert_elementwise_close(grad, ref, dtype, atol=atol, what=what)
+
+
+def softmax_backward_term_size(grad_output, output, dim=-1, log=False):
+    """Per element, the size of the terms of softmax's (log_softmax's) backward pass, whose
+    difference cancels: |y| (|g| + |sum g y|) (|g| + exp(y) |sum g|)."""
+    g = np.asarray(grad_output, dtype=np.float64)
+    y = np.asarray(output, dtype=np.float64)
+    axis = dim if y.ndim else None
+    with np.errstate(all="ignore"):
+        if log:
+            size = np.abs(g) + np.exp(y) * np.abs(np.sum(g, axis=axis, keepdims=True))
+        else:
+            size = np.abs(y) * (np.abs(g) + np.abs(np.sum(g * y, axis=axis, keepdims=True)))
+    return np.where(np.isfinite(size), size, 0.0)
+
+
+def make_logits_and_target(shape, kind, dtype, rng, ignore_index=-100, scale=3.0):
+    """Logits of ``shape`` (classes along dimension 1, 0 for (C,)) and a target: 'int64' or
+    'int32' class indices (with one ignored row, when there are two or more), 'probabilities'
+    (rows summing to 1)."""
+    x = np.asarray(rng.standard_normal(shape) * scale, dtype=dtype)
+    axis = 1 if len(shape) >= 2 else 0
+    classes = shape[axis]
+    row_shape = shape[:1] + shape[2:] if len(shape) >= 2 else ()
+    if kind == "probabilities":
+        t = rng.random(shape)
+        with np.errstate(invalid="ignore"):
+            t = t / np.sum(t, axis=axis, keepdims=True)
+        return x, np.asarray(t, dtype=dtype)
+    t = rng.integers(0, max(classes, 1), size=row_shape).astype(kind)
+    flat = t.reshape(-1)
+    if flat.size >= 2:
+        flat[1] = ignore_index
+    return x, t

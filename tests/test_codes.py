@@ -13,7 +13,16 @@ HEADER_NAMES = {
                "BinaryCrossEntropyWithLogits": "BINARY_CROSS_ENTROPY_WITH_LOGITS"},
     "PassOutputs": {"Sum": "SUM", "SumAndGrad": "SUM_AND_GRAD", "Elementwise": "ELEMENTWISE",
                     "ElementwiseAndGrad": "ELEMENTWISE_AND_GRAD", "Grad": "GRAD"},
+    "RowOp": {"Softmax": "SOFTMAX", "LogSoftmax": "LOG_SOFTMAX",
+              "SoftmaxBackward": "SOFTMAX_BACKWARD", "LogSoftmaxBackward": "LOG_SOFTMAX_BACKWARD"},
+    "TargetKind": {"ClassIndex64": "CLASS_INDEX_64", "ClassIndex32": "CLASS_INDEX_32",
+                   "Probabilities": "PROBABILITIES"},
+    "Activation": {"Tanh": "TANH", "TanhBackward": "TANH_BACKWARD", "Relu": "RELU",
+                   "ReluBackward": "RELU_BACKWARD"},
 }
+# each enum's tuple of every code in _codes and in the compiled module
+ALL_CODES = {"LossOp": "LOSS_OPS", "PassOutputs": "PASS_OUTPUTS", "RowOp": "ROW_OPS",
+             "TargetKind": "TARGET_KINDS", "Activation": "ACTIVATIONS"}
 
 
 def _header_enums():
@@ -32,13 +41,13 @@ def test_python_codes_are_the_headers():
         assert set(enums[enum]) == set(names), enum
         for cpp_name, python_name in names.items():
             assert getattr(_codes, python_name) == enums[enum][cpp_name], (enum, cpp_name)
-    assert _codes.LOSS_OPS == tuple(sorted(enums["LossOp"].values()))
-    assert _codes.PASS_OUTPUTS == tuple(sorted(enums["PassOutputs"].values()))
+    for enum, all_codes in ALL_CODES.items():
+        assert getattr(_codes, all_codes) == tuple(sorted(enums[enum].values())), enum
 
 
 def test_the_compiled_module_has_the_same_codes():
-    assert fastloss._cpu.LOSS_OPS == _codes.LOSS_OPS
-    assert fastloss._cpu.PASS_OUTPUTS == _codes.PASS_OUTPUTS
+    for all_codes in ALL_CODES.values():
+        assert getattr(fastloss._cpu, all_codes) == getattr(_codes, all_codes), all_codes
 
 
 def test_the_cuda_kernels_take_the_headers_codes():
@@ -54,3 +63,21 @@ def test_the_cuda_kernels_take_the_headers_codes():
         if match:
             passes.add((int(match[1]), int(match[2])))
     assert passes == {(op, outputs) for op in _codes.LOSS_OPS for outputs in _codes.PASS_OUTPUTS}
+
+
+def test_the_multiclass_cuda_kernels_take_the_headers_codes():
+    source, _, names = _cuda.kernel_sources_and_options("multiclass.cu")
+    for cast in ("static_cast<RowOp>(kOp)", "static_cast<TargetKind>(kTargetKind)",
+                 "static_cast<Activation>(kOp)", "static_cast<PassOutputs>(kOutputs)"):
+        assert cast in source, cast
+    row_ops, kinds, activations = set(), set(), set()
+    for name in names:
+        if match := re.fullmatch(r"fastloss::gpu::row_pass<\w+, (\d), \d+>", name):
+            row_ops.add(int(match[1]))
+        if match := re.fullmatch(r"fastloss::gpu::cross_entropy<\w+, (\d), (\d), \d+>", name):
+            kinds.add((int(match[1]), int(match[2])))
+        if match := re.fullmatch(r"fastloss::gpu::activation<\w+, (\d)>", name):
+            activations.add(int(match[1]))
+    assert row_ops == set(_codes.ROW_OPS)
+    assert kinds == {(o, k) for o in _codes.PASS_OUTPUTS for k in _codes.TARGET_KINDS}
+    assert activations == set(_codes.ACTIVATIONS)

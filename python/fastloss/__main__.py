@@ -106,9 +106,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         bench_cli.add_arguments(bench_parser)
     train_parser = commands.add_parser(
         "train", help="train an MLP on a scikit-learn data set with fastloss.nn",
-        description="Train a dense network with mini-batch SGD on breast_cancer (BCE) or "
-                    "diabetes (MSE) from scikit-learn: the loss of every epoch, then the test "
-                    "metric; optionally a loss-curve PNG.")
+        description="Train a dense network with mini-batch SGD on breast_cancer (BCE), "
+                    "diabetes (MSE) or digits (softmax cross-entropy, 10 classes) from "
+                    "scikit-learn: the loss of every epoch, then the test metric; optionally "
+                    "a loss-curve PNG.")
     train_parser.set_defaults(handler=train)
     _train_cli.add_arguments(train_parser)
     return parser

@@ -1,4 +1,5 @@
-"""The CuPy backend: CUDA kernels compiled at run time from the installed ``cuda/losses.cu``,
+"""The CuPy backend: CUDA kernels compiled at run time from the installed ``cuda/losses.cu``
+(and ``cuda/multiclass.cu``, the multi-class family),
 behind the interface ``fastloss._dispatch`` expects of a backend (which validates everything
 but the memory). Nothing is ever copied silently: an array that is not C-contiguous is a
 ``ValueError`` (make it contiguous with ``cupy.ascontiguousarray``), and every array of a call
@@ -67,9 +68,43 @@ def _loss_pass_name(dtype_name, op, outputs, weighted):
             f"{'true' if weighted else 'false'}>")
 
 
+# Rows of up to this many classes are taken by a warp each, longer ones by a whole block
+# (cuda/multiclass.cu): a warp-wide row of 1024 classes is 32 elements per thread.
+WARP_ROWS_UP_TO = 1024
+_GROUPS = (32, THREADS)  # the kGroup instantiations: a warp, a block
+
+# The modules compiled from cuda/multiclass.cu; every other family is from cuda/losses.cu.
+_MULTICLASS_FAMILIES = ("rows", "cross_entropy", "activations")
+
+
+def _multiclass_names(family, ctype):
+    if family == "rows":
+        return [f"fastloss::gpu::row_pass<{ctype}, {op}, {group}>"
+                for op in _codes.ROW_OPS for group in _GROUPS]
+    if family == "activations":
+        return [f"fastloss::gpu::activation<{ctype}, {op}>" for op in _codes.ACTIVATIONS]
+    return ([f"fastloss::gpu::check_targets<{ctype}, long long>",
+             f"fastloss::gpu::check_targets<{ctype}, int>",
+             f"fastloss::gpu::sum_partials<{ctype}>"]
+            + [_cross_entropy_name(ctype, outputs, kind, group)
+               for outputs in _codes.PASS_OUTPUTS for kind in _codes.TARGET_KINDS
+               for group in _GROUPS])
+
+
+def _cross_entropy_name(ctype, outputs, kind, group):
+    return f"fastloss::gpu::cross_entropy<{ctype}, {outputs}, {kind}, {group}>"
+
+
+def _source_name(family):
+    return "multiclass.cu" if family in _MULTICLASS_FAMILIES else "losses.cu"
+
+
 def _module_names(family, dtype_name):
-    """The name expressions of one run-time module: family 'loss<op>' or 'sigmoid'."""
+    """The name expressions of one run-time module: family 'loss<op>' or 'sigmoid' (from
+    losses.cu), or 'rows', 'cross_entropy', 'activations' (from multiclass.cu)."""
     ctype = _CTYPE[dtype_name]
+    if family in _MULTICLASS_FAMILIES:
+        return _multiclass_names(family, ctype)
     if family == "sigmoid":
         return [f"fastloss::gpu::sigmoid<{ctype}>", f"fastloss::gpu::sigmoid_backward<{ctype}>"]
     op = int(family[len("loss"):])
@@ -80,6 +115,7 @@ def _module_names(family, dtype_name):
 
 
 _FAMILIES = tuple(f"loss{op}" for op in _codes.LOSS_OPS) + ("sigmoid",)
+_ALL_FAMILIES = _FAMILIES + _MULTICLASS_FAMILIES
 
 
 def _source_tree_root():
@@ -96,16 +132,17 @@ def _installed_path(*parts):
     return path if path.exists() else None
 
 
-def cuda_source_path() -> Path:
-    """``losses.cu``: installed as ``fastloss/cuda/losses.cu``, else the checkout's ``cuda/``."""
-    installed = _installed_path("cuda", "losses.cu")
+def cuda_source_path(name: str = "losses.cu") -> Path:
+    """``name`` (losses.cu, multiclass.cu): installed as ``fastloss/cuda/<name>``, else the
+    checkout's ``cuda/``."""
+    installed = _installed_path("cuda", name)
     if installed is not None:
         return installed
-    checkout = _source_tree_root() / "cuda" / "losses.cu"
+    checkout = _source_tree_root() / "cuda" / name
     if checkout.is_file():
         return checkout
     raise FileNotFoundError(
-        "fastloss CUDA sources not found: expected fastloss/cuda/losses.cu in the installed "
+        f"fastloss CUDA sources not found: expected fastloss/cuda/{name} in the installed "
         f"package or {checkout} in a source checkout")
 
 
@@ -122,16 +159,17 @@ def include_dir() -> Path:
         f"installed package or {checkout}/fastloss/elementwise.h in a source checkout")
 
 
-def kernel_sources_and_options():
+def kernel_sources_and_options(name: str = "losses.cu"):
     """``(source, options, name_expressions)`` exactly as the run-time compile uses them.
 
-    ``source`` is the text of ``losses.cu``; ``options`` the NVRTC options (also valid for
+    ``source`` is the text of ``name`` (``losses.cu``, or ``multiclass.cu``: the same options,
+    the name expressions of its own modules); ``options`` the NVRTC options (also valid for
     ``nvcc``), to which the run-time path adds only the target architecture
     (``--gpu-architecture=sm_XY`` or ``compute_XY``); ``name_expressions`` every kernel
     instantiation any run-time module asks for (each module compiles a subset of them, from
     the same source with the same options). Needs no CuPy and no GPU.
     """
-    source = cuda_source_path().read_text(encoding="utf-8")
+    source = cuda_source_path(name).read_text(encoding="utf-8")
     options = (
         "-std=c++17",
         "-I" + str(include_dir()),
@@ -150,10 +188,12 @@ def kernel_sources_and_options():
     )
     names = []
     for dtype_name in ("float32", "float64"):
-        for family in _FAMILIES:
-            for name in _module_names(family, dtype_name):
-                if name not in names:
-                    names.append(name)
+        for family in _ALL_FAMILIES:
+            if _source_name(family) != name:
+                continue
+            for expression in _module_names(family, dtype_name):
+                if expression not in names:
+                    names.append(expression)
     return source, options, names
 
 
@@ -178,7 +218,7 @@ def _nvrtc_target(arch):
     return f"--gpu-architecture=compute_{max(older) if older else arch}", "ptx"
 
 
-def nvrtc_compile(source, options, name_expressions, arch, kind=None):
+def nvrtc_compile(source, options, name_expressions, arch, kind=None, file_name="losses.cu"):
     """Compiles with NVRTC (via ``cupy.cuda.nvrtc``; works without a GPU).
 
     ``arch`` is a compute capability as an int (90 for sm_90); ``kind`` None picks what the
@@ -194,7 +234,7 @@ def nvrtc_compile(source, options, name_expressions, arch, kind=None):
         target, kind = _nvrtc_target(int(arch))
     else:
         raise ValueError(f"kind must be None or 'ptx', got {kind!r}")
-    program = nvrtc.createProgram(source, "losses.cu", [], [])
+    program = nvrtc.createProgram(source, file_name, [], [])
     try:
         for name in name_expressions:
             nvrtc.addNameExpression(program, name)
@@ -202,7 +242,7 @@ def nvrtc_compile(source, options, name_expressions, arch, kind=None):
             nvrtc.compileProgram(program, list(options) + [target])
         except nvrtc.NVRTCError as error:
             log = nvrtc.getProgramLog(program)
-            raise CompileError(f"NVRTC failed to compile cuda/losses.cu ({error}) with options "
+            raise CompileError(f"NVRTC failed to compile cuda/{file_name} ({error}) with options "
                                f"{list(options) + [target]}:\n{log}") from None
         binary = None
         if kind == "cubin":
@@ -324,7 +364,7 @@ def _module_file(family, dtype_name, arch):
     it unless the disk cache already has it."""
     global _private_dir
     from cupy.cuda import nvrtc
-    source, options, _ = kernel_sources_and_options()
+    source, options, _ = kernel_sources_and_options(_source_name(family))
     names = _module_names(family, dtype_name)
     target, _ = _nvrtc_target(int(arch))
     key = hashlib.sha256(json.dumps([
@@ -342,7 +382,8 @@ def _module_file(family, dtype_name, arch):
                     return path, lowered
     except (OSError, ValueError):
         pass
-    binary, kind, lowered = nvrtc_compile(source, options, names, arch)
+    binary, kind, lowered = nvrtc_compile(source, options, names, arch,
+                                          file_name=_source_name(family))
     binary_name = f"{key}.{kind}"
     for directory in (cache, None):
         if directory is None:  # the cache is not writable: a private directory for this process
@@ -542,6 +583,109 @@ def sigmoid_backward(grad_output, output, out):
                                                      flag))
         if int(flag.get()[0]):
             raise ProbabilityOutOfRange()
+    return out
+
+
+# ---- the multi-class family (cuda/multiclass.cu) ---------------------------------------------------
+
+class ClassIndexOutOfRange(ValueError):
+    """cross_entropy found a class index outside [0, C) (args: row, index; the dispatch words
+    it). Raised before the loss pass runs: nothing is written."""
+
+
+def _row_grid(rows, group):
+    """Blocks for ``rows`` rows, a warp or a block each: a function of the row count only."""
+    per_block = THREADS // group
+    return max(1, min(MAX_BLOCKS, -(-rows // per_block)))
+
+
+def _group(classes):
+    return 32 if classes <= WARP_ROWS_UP_TO else THREADS
+
+
+def row_pass(op, first, second, shape, out):
+    cp = _cupy()
+    out = cp.empty(first.shape, dtype=first.dtype) if out is None else out
+    outer, classes, inner = shape
+    rows = outer * inner
+    if rows and classes:
+        dtype_name = first.dtype.name
+        group = _group(classes)
+        kernel = _kernel("rows", dtype_name,
+                         f"fastloss::gpu::row_pass<{_CTYPE[dtype_name]}, {op}, {group}>",
+                         first.device)
+        kernel((_row_grid(rows, group),), (THREADS,),
+               (np.int64(rows), np.int64(classes), np.int64(inner), first, second, out))
+    return out
+
+
+def cross_entropy_pass(outputs, target_kind, mean, input, target, weight, ignore_index,
+                       label_smoothing, grad_output, out, shape, loss_shape):
+    """One cross-entropy pass on the device (called under ``on_device_of(input)``): as the
+    CPU's, the loss a 0-d array (Sum*, divided on the device by the mean's divisor when
+    ``mean``) or an array of ``loss_shape``, the gradient, or both. Class indices are checked
+    first on the device; reading that check back is this call's one host synchronisation."""
+    cp = _cupy()
+    dtype_name = input.dtype.name
+    ctype = _CTYPE[dtype_name]
+    device = input.device
+    outer, classes, inner = shape
+    rows = outer * inner
+    want_sum = outputs in (_codes.SUM, _codes.SUM_AND_GRAD)
+    loss_out = (cp.empty(tuple(loss_shape), dtype=input.dtype)
+                if outputs in (_codes.ELEMENTWISE, _codes.ELEMENTWISE_AND_GRAD) else None)
+    grad_out = None
+    if outputs in (_codes.SUM_AND_GRAD, _codes.ELEMENTWISE_AND_GRAD, _codes.GRAD):
+        grad_out = cp.empty(input.shape, dtype=input.dtype) if out is None else out
+    finish = _kernel("cross_entropy", dtype_name, f"fastloss::gpu::sum_partials<{ctype}>", device)
+    divisor = cp.zeros((1,), dtype=cp.float64)
+    if target_kind == _codes.PROBABILITIES:
+        divisor.fill(float(rows))
+    elif rows:
+        index_type = "long long" if target_kind == _codes.CLASS_INDEX_64 else "int"
+        blocks = max(1, min(MAX_BLOCKS, -(-rows // THREADS)))
+        sums = cp.empty((blocks,), dtype=cp.float64)
+        bad = cp.full((1,), rows, dtype=np.uint64)
+        check = _kernel("cross_entropy", dtype_name,
+                        f"fastloss::gpu::check_targets<{ctype}, {index_type}>", device)
+        check((blocks,), (THREADS,), (np.int64(rows), np.int64(classes), target, weight,
+                                      np.int64(ignore_index), sums, bad))
+        finish((1,), (THREADS,), (sums, np.int64(blocks), None, None, divisor))
+        bad_row = int(bad.get()[0])  # the one host synchronisation
+        if bad_row < rows:
+            raise ClassIndexOutOfRange(bad_row, int(target.reshape(-1)[bad_row].get()))
+    per_row = not isinstance(grad_output, float)
+    group = _group(classes)
+    blocks = _row_grid(rows, group)
+    block_sums = cp.empty((blocks,), dtype=cp.float64) if want_sum else None
+    if rows:
+        kernel = _kernel("cross_entropy", dtype_name,
+                         _cross_entropy_name(ctype, outputs, target_kind, group), device)
+        kernel((blocks,), (THREADS,), (
+            np.int64(rows), np.int64(classes), np.int64(inner), input, target, weight,
+            np.int64(ignore_index), np.float64(label_smoothing),
+            grad_output if per_row else None, np.float64(0.0 if per_row else grad_output),
+            divisor if mean else None, loss_out, grad_out, block_sums))
+    loss = loss_out
+    if want_sum:
+        loss = cp.empty((), dtype=input.dtype)
+        finish((1,), (THREADS,), (block_sums if rows else divisor, np.int64(blocks if rows else 0),
+                                  divisor if mean else None, loss, None))
+    if grad_out is None:
+        return loss
+    return grad_out if loss is None else (loss, grad_out)
+
+
+def activation(op, x, y, out):
+    cp = _cupy()
+    out = cp.empty(x.shape, dtype=x.dtype) if out is None else out
+    n = x.size
+    if n:
+        dtype_name = x.dtype.name
+        kernel = _kernel("activations", dtype_name,
+                         f"fastloss::gpu::activation<{_CTYPE[dtype_name]}, {op}>", x.device)
+        kernel((max(1, min(MAX_BLOCKS, -(-n // THREADS))),), (THREADS,),
+               (np.int64(n), x, y, out))
     return out
 
 

@@ -26,10 +26,25 @@ the kernels read it, a copy or an error),
 ``sigmoid(x, out)``, ``sigmoid_backward(grad_output, output, out)`` and
 ``ProbabilityOutOfRange`` (what ``loss_pass`` raises for a probability outside [0, 1], and
 ``sigmoid_backward`` for an output there: both found inside the kernel's pass).
+``ProbabilityOutOfRange`` (what ``loss_pass`` raises for a probability outside [0, 1]).
+
+The multi-class functions see an array as ``(outer, classes, inner)`` along its class axis
+(``shape``, a tuple of three ints: element (o, c, i) at (o * classes + c) * inner + i; a row is
+one (o, i), rows numbered o * inner + i). For them a backend also provides
+``row_pass(op, first, second, shape, out)`` (softmax, log_softmax of ``first``; their backward
+passes of grad_output ``first`` and the forward output ``second``),
+``cross_entropy_pass(outputs, target_kind, mean, input, target, weight, ignore_index,
+label_smoothing, grad_output, out, shape, loss_shape)`` (``target`` one class index per row or
+probabilities of the input's shape; ``weight`` None or ``classes`` weights; ``grad_output`` a
+float or one value per row; 'mean' divides by the summed weights of the non-ignored targets,
+which the pass computes), ``activation(op, x, y, out)`` (tanh, relu and their backward passes
+from grad_output ``x`` and the forward output ``y``) and ``ClassIndexOutOfRange`` (what
+``cross_entropy_pass`` raises, with args (row, class index), before it writes anything).
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 from types import ModuleType
 from typing import Any, NamedTuple
@@ -53,6 +68,10 @@ _cpu_loss_pass = _numpy_backend.loss_pass_or_none
 _cpu_sigmoid = _numpy_backend.sigmoid_or_none
 _cpu_sigmoid_backward = _numpy_backend.sigmoid_backward_or_none
 _CpuOutOfRange = _numpy_backend.ProbabilityOutOfRange
+_cpu_row_pass = _numpy_backend.row_pass_or_none
+_cpu_cross_entropy_pass = _numpy_backend.cross_entropy_pass_or_none
+_cpu_activation = _numpy_backend.activation_or_none
+_CpuClassIndexOutOfRange = _numpy_backend.ClassIndexOutOfRange
 
 
 # ---- what each public loss function computes ---------------------------------------------------
@@ -449,3 +468,287 @@ def _times_weight(backend, weight, grad_array, input) -> Any:
         return grad_array
     w = _checked_weight(backend, weight, input, "weight")
     return backend.array_module().multiply(w, grad_array, dtype=input.dtype)
+
+
+# ---- multi-class: softmax family, cross-entropy, activations ------------------------------------
+def cross_entropy_kind(want_loss, want_grad):
+    """The passes of a public cross-entropy function (op -1: its pass is the row scan of the
+    multi-class kernels, not a LossOp)."""
+    return loss_kind(-1, want_loss, want_grad)
+
+
+def _row_shape(shape, axis):
+    """(outer, classes, inner) of an array of ``shape`` along ``axis``."""
+    return (math.prod(shape[:axis]), shape[axis] if shape else 1, math.prod(shape[axis + 1:]))
+
+
+def _checked_dim(dim, ndim, name="dim"):
+    if not isinstance(dim, numbers.Integral) or isinstance(dim, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an int, got {_type_name(dim)}")
+    low, high = -max(ndim, 1), max(ndim, 1) - 1
+    if not low <= dim <= high:
+        raise ValueError(f"{name} must be in [{low}, {high}] for an input of {ndim} "
+                         f"dimension{'s' if ndim != 1 else ''}, got {dim}")
+    return int(dim) % max(ndim, 1)
+
+
+def softmax_forward(op, input, dim, out=None):
+    """softmax (op SOFTMAX) or log_softmax (LOG_SOFTMAX) of ``input`` along ``dim``."""
+    if type(input) is _ndarray and type(dim) is int and (out is None or type(out) is _ndarray):
+        ndim = input.ndim
+        if -ndim <= dim < ndim and input.shape[dim]:
+            axis = dim % ndim
+            shape = input.shape
+            result = _cpu_row_pass(op, input, None, math.prod(shape[:axis]), shape[axis],
+                                   math.prod(shape[axis + 1:]), out)
+            if result is not None:
+                return result
+    input, out = adopt(input, "input"), adopt(out, "out")
+    backend = _backend_of(input, "input")
+    axis = _checked_dim(dim, input.ndim)
+    with backend.on_device_of(input):
+        x = _prepared_input(backend, input, "input")
+        out = _checked_out(backend, out, x, "input", [(x, "input")])
+        shape = _row_shape(x.shape, axis)
+        if shape[1] == 0:  # no classes: nothing to compute
+            return backend.array_module().empty_like(x) if out is None else out
+        return backend.row_pass(op, x, None, shape, out)
+
+
+def softmax_backward(op, grad_output, output, dim, out=None):
+    """The backward pass of softmax (op SOFTMAX_BACKWARD) or log_softmax
+    (LOG_SOFTMAX_BACKWARD) from grad_output and the forward output, along ``dim``."""
+    if (type(grad_output) is _ndarray and type(output) is _ndarray and type(dim) is int
+            and (out is None or type(out) is _ndarray) and grad_output.shape == output.shape):
+        ndim = output.ndim
+        if -ndim <= dim < ndim and output.shape[dim]:
+            axis = dim % ndim
+            shape = output.shape
+            result = _cpu_row_pass(op, grad_output, output, math.prod(shape[:axis]),
+                                   shape[axis], math.prod(shape[axis + 1:]), out)
+            if result is not None:
+                return result
+    grad_output, output = adopt(grad_output, "grad_output"), adopt(output, "output")
+    out = adopt(out, "out")
+    backend = _backend_of(grad_output, "grad_output")
+    _check_array(backend, output, "output")
+    axis = _checked_dim(dim, grad_output.ndim)
+    with backend.on_device_of(grad_output):
+        g, y = _prepared_pair(backend, grad_output, "grad_output", output, "output")
+        out = _checked_out(backend, out, g, "grad_output", [(g, "grad_output"), (y, "output")])
+        shape = _row_shape(g.shape, axis)
+        if shape[1] == 0:
+            return backend.array_module().empty_like(g) if out is None else out
+        return backend.row_pass(op, g, y, shape, out)
+
+
+def activation(op, input, out=None):
+    """tanh (op TANH) or relu (RELU) of ``input``, element by element."""
+    if type(input) is _ndarray and (out is None or type(out) is _ndarray):
+        result = _cpu_activation(op, input, None, out)
+        if result is not None:
+            return result
+    input, out = adopt(input, "input"), adopt(out, "out")
+    backend = _backend_of(input, "input")
+    with backend.on_device_of(input):
+        x = _prepared_input(backend, input, "input")
+        out = _checked_out(backend, out, x, "input", [(x, "input")])
+        return backend.activation(op, x, None, out)
+
+
+def activation_backward(op, grad_output, output, out=None):
+    """The backward pass of tanh (TANH_BACKWARD) or relu (RELU_BACKWARD) from grad_output and
+    the forward output."""
+    if type(grad_output) is _ndarray and type(output) is _ndarray and (
+            out is None or type(out) is _ndarray):
+        result = _cpu_activation(op, grad_output, output, out)
+        if result is not None:
+            return result
+    grad_output, output = adopt(grad_output, "grad_output"), adopt(output, "output")
+    out = adopt(out, "out")
+    backend = _backend_of(grad_output, "grad_output")
+    _check_array(backend, output, "output")
+    with backend.on_device_of(grad_output):
+        g, y = _prepared_pair(backend, grad_output, "grad_output", output, "output")
+        out = _checked_out(backend, out, g, "grad_output", [(g, "grad_output"), (y, "output")])
+        return backend.activation(op, g, y, out)
+
+
+_INDEX_KINDS = {np.dtype(np.int64): _codes.CLASS_INDEX_64, np.dtype(np.int32): _codes.CLASS_INDEX_32}
+
+
+def cross_entropy(kind, input, target, weight=None, ignore_index=-100, reduction="mean",
+                  label_smoothing=0.0, grad_output=1.0, out=None):
+    if (type(input) is _ndarray and type(target) is _ndarray and weight is None
+            and type(grad_output) is float and type(reduction) is str
+            and type(ignore_index) is int and type(label_smoothing) is float
+            and (out is None or type(out) is _ndarray) and input.ndim >= 2):
+        plan = kind.passes.get(reduction)
+        shape = input.shape
+        loss_shape = shape[:1] + shape[2:]
+        target_kind = _INDEX_KINDS.get(target.dtype)
+        if target_kind is None and target.dtype == input.dtype:
+            target_kind, wanted = _codes.PROBABILITIES, shape
+        else:
+            wanted = loss_shape
+        if (plan is not None and target_kind is not None and target.shape == wanted
+                and -2**63 <= ignore_index < 2**63 and shape[1]):
+            try:
+                result = _cpu_cross_entropy_pass(
+                    plan.outputs, target_kind, plan.mean, input, target, None, ignore_index,
+                    label_smoothing, grad_output, out, shape[0], shape[1],
+                    math.prod(shape[2:]), loss_shape)
+            except _CpuClassIndexOutOfRange as error:
+                raise _class_index_error(error, loss_shape, shape[1], ignore_index) from None
+            if result is not None:
+                return result
+    return _checked_cross_entropy(kind, input, target, weight, ignore_index, reduction,
+                                  label_smoothing, grad_output, out)
+
+
+def _class_index_error(error, loss_shape, classes, ignore_index):
+    row, value = error.args
+    where = tuple(int(i) for i in np.unravel_index(row, loss_shape)) if loss_shape else ()
+    return ValueError(f"target holds the class index {value} at {where}, outside [0, {classes}) "
+                      f"for an input of C = {classes} classes (and not ignore_index="
+                      f"{ignore_index})")
+
+
+def _checked_cross_entropy(kind, input, target, weight, ignore_index, reduction,
+                           label_smoothing, grad_output, out):
+    input, target, weight, grad_output, out = (
+        adopt(value, name) for value, name in
+        ((input, "input"), (target, "target"), (weight, "weight"), (grad_output, "grad_output"),
+         (out, "out")))
+    backend = _backend_of(input, "input")
+    _check_array(backend, target, "target")
+    if not (isinstance(reduction, str) and reduction in REDUCTIONS):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if not isinstance(ignore_index, numbers.Integral) or isinstance(ignore_index,
+                                                                    (bool, np.bool_)):
+        raise TypeError(f"ignore_index must be an int, got {_type_name(ignore_index)}")
+    if not -2**63 <= ignore_index < 2**63:
+        raise ValueError(f"ignore_index must fit in an int64, got {ignore_index}")
+    if not _is_real_scalar(label_smoothing):
+        raise TypeError(f"label_smoothing must be a real number, got {_type_name(label_smoothing)}")
+    smoothing = _as_float(label_smoothing, "label_smoothing")
+    if not 0.0 <= smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+    with backend.on_device_of(input):
+        return _cross_entropy_on_device(backend, kind, input, target, weight, int(ignore_index),
+                                        reduction, smoothing, grad_output, out)
+
+
+def _cross_entropy_on_device(backend, kind, input, target, weight, ignore_index, reduction,
+                             label_smoothing, grad_output, out):
+    _check_float_dtype(input, "input")
+    if input.ndim == 0:
+        raise ValueError("input has shape (); cross_entropy expects (C,), (N, C) or "
+                         "(N, C, d1, ...) with the classes along dimension 1 (0 for (C,))")
+    class_axis = 1 if input.ndim >= 2 else 0
+    classes = input.shape[class_axis]
+    if classes == 0:
+        raise ValueError(f"input has shape {input.shape}: no classes along dimension "
+                         f"{class_axis}; expected C >= 1")
+    loss_shape = input.shape[:1] + input.shape[2:] if input.ndim >= 2 else ()
+    target_kind = _cross_entropy_target_kind(backend, target, input, loss_shape)
+    x = backend.contiguous(input, "input")
+    t = backend.contiguous(target, "target")
+    weights = None
+    if weight is not None:
+        if not backend.is_array(weight):
+            raise _not_an_array_or_none(backend, weight, "weight")
+        _check_array(backend, weight, "weight")
+        _check_same_dtype(weight, "weight", input, "input")
+        _check_same_device(backend, weight, "weight", input, "input")
+        if weight.shape != (classes,):
+            raise ValueError(f"weight has shape {weight.shape}, expected ({classes},) (one "
+                             f"weight per class, C = {classes})")
+        weights = backend.contiguous(weight, "weight")
+    scale, grad_array = 1.0, None
+    if kind.want_grad:
+        scale, grad_array = _split_row_grad_output(backend, grad_output, input, loss_shape,
+                                                   reduction)
+    reads = [(x, "input"), (t, "target"), (weights, "weight"), (grad_array, "grad_output")]
+    if kind.want_grad:
+        out = _checked_out(backend, out, x, "input",
+                           [(a, name) for a, name in reads if a is not None])
+    plan = kind.passes[reduction]
+    shape = _row_shape(x.shape, class_axis)
+    try:
+        return backend.cross_entropy_pass(plan.outputs, target_kind, plan.mean, x, t, weights,
+                                          ignore_index, label_smoothing,
+                                          scale if grad_array is None else grad_array, out,
+                                          shape, loss_shape)
+    except backend.ClassIndexOutOfRange as error:
+        raise _class_index_error(error, loss_shape, classes, ignore_index) from None
+
+
+def _not_an_array_or_none(backend, value, name):
+    return TypeError(f"{name} must be None or a {backend.ARRAY} of one weight per class, got "
+                     f"{_type_name(value)}")
+
+
+def _cross_entropy_target_kind(backend, target, input, loss_shape):
+    """CLASS_INDEX_64/32 for integer targets of ``loss_shape``, PROBABILITIES for float targets
+    of the input's shape; the errors name what was expected."""
+    _check_same_device(backend, target, "target", input, "input")
+    dtype = target.dtype
+    if dtype.kind in "iu":
+        if target.shape == input.shape and input.shape != loss_shape:
+            raise ValueError(f"target holds class indices (dtype {dtype}) but has the input's "
+                             f"shape {input.shape}; class indices have shape {loss_shape} (the "
+                             "input's without the class dimension); for class probabilities "
+                             f"pass a target of dtype {input.dtype}")
+        if dtype not in _INDEX_KINDS or not dtype.isnative:
+            raise TypeError(f"target has dtype {dtype.str if not dtype.isnative else dtype}; "
+                            "class indices must be int64 or int32 (native byte order)")
+        if target.shape != loss_shape:
+            raise ValueError(f"target has shape {target.shape}, expected {loss_shape} (one "
+                             f"class index per row of the input {input.shape}, which has its "
+                             "classes along dimension 1)")
+        return _INDEX_KINDS[dtype]
+    if dtype.kind != "f":
+        raise TypeError(f"target has dtype {dtype}; expected int64 or int32 class indices or "
+                        f"class probabilities of dtype {input.dtype}")
+    _check_float_dtype(target, "target")
+    _check_same_dtype(target, "target", input, "input")
+    if target.shape != input.shape:
+        raise ValueError(f"target holds class probabilities (dtype {dtype}) and must have the "
+                         f"input's shape {input.shape}, got {target.shape}; class indices "
+                         "must be int64 or int32")
+    return _codes.PROBABILITIES
+
+
+def _split_row_grad_output(backend, grad_output, input, loss_shape, reduction):
+    """grad_output of cross_entropy as (float scale, None) or, for an array with
+    reduction='none', (1.0, one value per row in the input's dtype)."""
+    if isinstance(grad_output, float):
+        return grad_output, None
+    if _is_real_scalar(grad_output):
+        return _as_float(grad_output, "grad_output"), None
+    if (isinstance(grad_output, np.ndarray) or backend.is_array(grad_output)) and (
+            grad_output.ndim == 0):
+        _reject_masked(grad_output, "grad_output")
+        if grad_output.dtype.kind not in "fiu":
+            raise TypeError(f"grad_output has dtype {grad_output.dtype}; expected a real number")
+        return float(grad_output), None
+    if not backend.is_array(grad_output):
+        raise _not_an_array_or_number(backend, grad_output, "grad_output")
+    _check_array(backend, grad_output, "grad_output")
+    if reduction != "none":
+        raise ValueError(f"grad_output must be a scalar for reduction={reduction!r} "
+                         f"(the loss is a scalar); got shape {grad_output.shape}")
+    _check_same_dtype(grad_output, "grad_output", input, "input")
+    _check_same_device(backend, grad_output, "grad_output", input, "input")
+    try:
+        shape = np.broadcast_shapes(grad_output.shape, loss_shape)
+    except ValueError:
+        shape = None
+    if shape != tuple(loss_shape):
+        raise ValueError(f"grad_output has shape {grad_output.shape}, which does not broadcast "
+                         f"to the loss shape {tuple(loss_shape)}")
+    backend.readable(grad_output, "grad_output")
+    xp = backend.array_module()
+    rows = xp.ascontiguousarray(xp.broadcast_to(grad_output, loss_shape)).reshape(-1)
+    return 1.0, backend.contiguous(rows, "grad_output")

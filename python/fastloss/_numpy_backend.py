@@ -22,6 +22,10 @@ ProbabilityOutOfRange = _cpu.ProbabilityOutOfRange
 loss_pass_or_none = _cpu.loss_pass
 sigmoid_or_none = _cpu.sigmoid
 sigmoid_backward_or_none = _cpu.sigmoid_backward
+row_pass_or_none = _cpu.row_pass
+cross_entropy_pass_or_none = _cpu.cross_entropy_pass
+activation_or_none = _cpu.activation
+ClassIndexOutOfRange = _cpu.ClassIndexOutOfRange
 
 _NO_DEVICE = contextlib.nullcontext()
 
@@ -88,3 +92,18 @@ def sigmoid(input, out):
 
 def sigmoid_backward(grad_output, output, out):
     return _checked(_cpu.sigmoid_backward(grad_output, output, out))
+
+
+def row_pass(op, first, second, shape, out):
+    return _checked(_cpu.row_pass(op, first, second, *shape, out))
+
+
+def cross_entropy_pass(outputs, target_kind, mean, input, target, weight, ignore_index,
+                       label_smoothing, grad_output, out, shape, loss_shape):
+    return _checked(_cpu.cross_entropy_pass(outputs, target_kind, mean, input, target, weight,
+                                            ignore_index, label_smoothing, grad_output, out,
+                                            *shape, tuple(loss_shape)))
+
+
+def activation(op, x, y, out):
+    return _checked(_cpu.activation(op, x, y, out))

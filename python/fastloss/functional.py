@@ -26,6 +26,9 @@ __all__ = [
     "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_grad",
     "binary_cross_entropy_with_logits_and_grad",
     "sigmoid", "sigmoid_backward",
+    "softmax", "log_softmax", "softmax_backward", "log_softmax_backward",
+    "cross_entropy", "cross_entropy_grad", "cross_entropy_and_grad",
+    "tanh", "tanh_backward", "relu", "relu_backward",
 ]
 
 
@@ -470,3 +473,169 @@ def sigmoid_backward(grad_output: _ArrayLike, output: _ArrayLike, *,
             dtypes that differ.
     """
     return _dispatch.sigmoid_backward(grad_output, output, out)
+
+
+# ---- multi-class ---------------------------------------------------------------------------------
+_ROWS = """
+    Arrays: NumPy (or CuPy), float32 or float64, any shape; the rows are taken along ``dim``
+    (negative counts from the end). One read of each row gives its max and its sum of exps
+    (an online softmax, in double: float32 results are correctly rounded but for rare ties);
+    NaN in a row makes the row NaN. ``out`` may be the input itself; other arguments as for
+    ``sigmoid``.
+
+    Raises:
+        TypeError: not an array of the family, dtype not float32/float64, ``dim`` not an int.
+        ValueError: ``dim`` out of range, shapes differ, bad ``out``.
+"""
+
+
+def _rows_doc(summary):
+    def attach(function):
+        function.__doc__ = summary + _ROWS
+        return function
+    return attach
+
+
+@_rows_doc("""softmax(input)_c = exp(x_c - max) / sum(exp(x - max)) along ``dim``, like
+    ``torch.softmax``.
+""")
+def softmax(input: Array, dim: int = -1, *, out: Array | None = None) -> Array:
+    return _dispatch.softmax_forward(_codes.SOFTMAX, input, dim, out)
+
+
+@_rows_doc("""log_softmax(input)_c = (x_c - max) - log(sum(exp(x - max))) along ``dim``, like
+    ``torch.log_softmax``: within 1 ulp (float32: 0.5 ulp but for rare ties).
+""")
+def log_softmax(input: Array, dim: int = -1, *, out: Array | None = None) -> Array:
+    return _dispatch.softmax_forward(_codes.LOG_SOFTMAX, input, dim, out)
+
+
+@_rows_doc("""Gradient of ``softmax`` from its output y: y * (grad_output - sum(grad_output * y))
+    along ``dim`` (PyTorch's ``_softmax_backward_data``).
+""")
+def softmax_backward(grad_output: Array, output: Array, dim: int = -1, *,
+                     out: Array | None = None) -> Array:
+    return _dispatch.softmax_backward(_codes.SOFTMAX_BACKWARD, grad_output, output, dim, out)
+
+
+@_rows_doc("""Gradient of ``log_softmax`` from its output y: grad_output - exp(y) *
+    sum(grad_output) along ``dim`` (PyTorch's ``_log_softmax_backward_data``).
+""")
+def log_softmax_backward(grad_output: Array, output: Array, dim: int = -1, *,
+                         out: Array | None = None) -> Array:
+    return _dispatch.softmax_backward(_codes.LOG_SOFTMAX_BACKWARD, grad_output, output, dim,
+                                      out)
+
+
+_CE_LOSS = _dispatch.cross_entropy_kind(True, False)
+_CE_GRAD = _dispatch.cross_entropy_kind(False, True)
+_CE_AND_GRAD = _dispatch.cross_entropy_kind(True, True)
+
+_CROSS_ENTROPY = """
+    ``input`` holds logits: shape (C,), (N, C) or (N, C, d1, ...), classes along dimension 1
+    (0 for (C,)), float32 or float64. ``target`` is either class indices (int64 or int32, the
+    input's shape without the class dimension: (), (N,), (N, d1, ...)) or class probabilities
+    (the input's shape and dtype). Per row, with eps = ``label_smoothing`` in [0, 1]:
+      class index y: loss = -(1 - eps) w_y log p_y - (eps / C) sum_c w_c log p_c, 0 where
+          y == ignore_index;
+      probabilities q: loss = -sum_c w_c ((1 - eps) q_c + eps / C) log p_c;
+    p = softmax(input), w = ``weight`` (C,) or 1. 'mean' divides the sum by the summed weights
+    w_y of the non-ignored targets (class indices; NaN when all are ignored) or by the row
+    count (probabilities), exactly as ``torch.nn.functional.cross_entropy``; 'sum' sums;
+    'none' returns one loss per row (the target's shape for class indices).
+
+    One read of each row of logits gives its max, its sum of exps and its loss (online
+    softmax, in double); the gradient is written in one more pass over the row, from cache. No
+    (N, C) temporary. The sum over rows is exact to about one ulp and the same bits for any
+    thread count (fixed chunks of rows, Kahan-compensated lanes, a fixed tree). NaN logits
+    propagate; a class of coefficient 0 contributes 0 even where its logit is -inf.
+
+    Raises:
+        TypeError: not arrays of one family, wrong dtypes (input not float32/float64, class
+            indices not int64/int32, probabilities not of the input's dtype), ``ignore_index``
+            not an int, ``weight`` not an array.
+        ValueError: a class index outside [0, C) that is not ``ignore_index`` (the message
+            names it and C; nothing is written), a target of the wrong shape (class indices of
+            the input's shape, probabilities of another), C = 0, ``weight`` not of shape (C,),
+            ``label_smoothing`` outside [0, 1], unknown reduction, bad ``out``.
+"""
+
+_CE_GRAD_DOC = """
+    The gradient is d loss / d input: (sum_c a_c) softmax - a per row (a_c the coefficients
+    of -log p_c above), times ``grad_output`` (a scalar; for reduction='none' also an array of
+    the loss's shape, one upstream gradient per row) [/ the mean's divisor]; 0 on ignored rows.
+    ``out`` (input's shape and dtype, C-contiguous) may be the input itself.
+"""
+
+
+def _ce_doc(summary, extra=""):
+    def attach(function):
+        function.__doc__ = summary + _CROSS_ENTROPY + extra
+        return function
+    return attach
+
+
+@_ce_doc("""Cross-entropy of logits and a target, like ``torch.nn.functional.cross_entropy``.
+""")
+def cross_entropy(input: Array, target: Array, *, weight: Array | None = None,
+                  ignore_index: int = -100, reduction: str = "mean",
+                  label_smoothing: float = 0.0) -> Any:
+    return _dispatch.cross_entropy(_CE_LOSS, input, target, weight, ignore_index, reduction,
+                                   label_smoothing)
+
+
+@_ce_doc("""Gradient of ``cross_entropy`` with respect to the logits.
+""", _CE_GRAD_DOC)
+def cross_entropy_grad(input: Array, target: Array, *, weight: Array | None = None,
+                       ignore_index: int = -100, reduction: str = "mean",
+                       label_smoothing: float = 0.0, grad_output: Weight = 1.0,
+                       out: Array | None = None) -> Array:
+    return _dispatch.cross_entropy(_CE_GRAD, input, target, weight, ignore_index, reduction,
+                                   label_smoothing, grad_output, out)
+
+
+@_ce_doc("""``(cross_entropy(...), cross_entropy_grad(...))`` in one pass over the logits.
+""", _CE_GRAD_DOC)
+def cross_entropy_and_grad(input: Array, target: Array, *, weight: Array | None = None,
+                           ignore_index: int = -100, reduction: str = "mean",
+                           label_smoothing: float = 0.0, grad_output: Weight = 1.0,
+                           out: Array | None = None) -> tuple[Any, Array]:
+    return _dispatch.cross_entropy(_CE_AND_GRAD, input, target, weight, ignore_index,
+                                   reduction, label_smoothing, grad_output, out)
+
+
+# ---- tanh and relu ---------------------------------------------------------------------------------
+_ACTIVATION = """
+    Arrays: NumPy (or CuPy), float32 or float64, any shape; ``out`` may be the input itself
+    (as for ``sigmoid``). The backward passes take the forward *output*, like PyTorch's.
+"""
+
+
+def tanh(input: Array, *, out: Array | None = None) -> Array:
+    return _dispatch.activation(_codes.TANH, input, out)
+
+
+def tanh_backward(grad_output: Array, output: Array, *, out: Array | None = None) -> Array:
+    return _dispatch.activation_backward(_codes.TANH_BACKWARD, grad_output, output, out)
+
+
+def relu(input: Array, *, out: Array | None = None) -> Array:
+    return _dispatch.activation(_codes.RELU, input, out)
+
+
+def relu_backward(grad_output: Array, output: Array, *, out: Array | None = None) -> Array:
+    return _dispatch.activation_backward(_codes.RELU_BACKWARD, grad_output, output, out)
+
+
+tanh.__doc__ = """tanh(input), like ``torch.tanh``: in double, float32 results correctly rounded
+    but for rare ties, +-1 exactly at saturation.
+""" + _ACTIVATION
+tanh_backward.__doc__ = """Gradient of tanh from its output y: grad_output * (1 - y**2)
+    (PyTorch's ``tanh_backward``).
+""" + _ACTIVATION
+relu.__doc__ = """relu(input) = 0 where input < 0, else input (NaN and -0.0 pass through, as in
+    ``torch.relu``).
+""" + _ACTIVATION
+relu_backward.__doc__ = """Gradient of relu from its output y: grad_output where y > 0 (or NaN), else 0
+    (PyTorch's ``threshold_backward``; 0 at the kink).
+""" + _ACTIVATION

@@ -18,7 +18,10 @@ __all__ = [
     "binary_cross_entropy", "binary_cross_entropy_grad", "binary_cross_entropy_and_grad",
     "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_grad",
     "binary_cross_entropy_with_logits_and_grad",
-    "sigmoid", "sigmoid_backward", "reduce", "exact_sum", "LOG_CLAMP", "GRAD_EPS",
+    "sigmoid", "sigmoid_backward", "reduce", "exact_sum",
+    "softmax", "log_softmax", "softmax_backward", "log_softmax_backward",
+    "cross_entropy", "cross_entropy_grad", "cross_entropy_and_grad",
+    "tanh", "tanh_backward", "relu", "relu_backward",
 ]
 
 LOG_CLAMP = -100.0  # PyTorch clamps each log of binary_cross_entropy here
@@ -155,3 +158,135 @@ def binary_cross_entropy_with_logits_and_grad(input, target, weight=None, pos_we
     return (binary_cross_entropy_with_logits(input, target, weight, pos_weight, reduction),
             binary_cross_entropy_with_logits_grad(input, target, weight, pos_weight, reduction,
                                                   grad_output))
+
+
+# ---- multi-class: softmax, log_softmax, cross-entropy ----------------------------------------
+def _axis(x, dim):
+    return dim % max(x.ndim, 1)  # a 0-d array is one row of one class
+
+
+def log_softmax(input, dim=-1):
+    """x - max - log(sum(exp(x - max))) along ``dim`` (NaN rows stay NaN, like PyTorch)."""
+    x = _f64(input)
+    axis = _axis(x, dim)
+    if x.ndim == 0:
+        x, axis = x.reshape(1), 0
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        m = np.max(x, axis=axis, keepdims=True) if x.size else x
+        shifted = x - m
+        result = shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+    return result.reshape(np.shape(input))
+
+
+def softmax(input, dim=-1):
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.exp(log_softmax(input, dim))
+
+
+def softmax_backward(grad_output, output, dim=-1):
+    """d softmax from its output y: y * (g - sum(g * y)) along ``dim`` (PyTorch's)."""
+    g, y = _f64(grad_output), _f64(output)
+    axis = _axis(y, dim) if y.ndim else None
+    return y * (g - np.sum(g * y, axis=axis, keepdims=True))
+
+
+def log_softmax_backward(grad_output, output, dim=-1):
+    """d log_softmax from its output y: g - exp(y) * sum(g) along ``dim`` (PyTorch's)."""
+    g, y = _f64(grad_output), _f64(output)
+    axis = _axis(y, dim) if y.ndim else None
+    return g - np.exp(y) * np.sum(g, axis=axis, keepdims=True)
+
+
+def _class_coefficients(input, target, weight, ignore_index, label_smoothing):
+    """(log-probabilities with the classes last, a, row divisor weights) of cross_entropy: the
+    loss of a row is -sum_c a_c * logp_c; the 'mean' divides the sum by the divisor weights'
+    sum (the weights of the non-ignored class indices; 1 per row for probabilities)."""
+    x = _f64(input)
+    if x.ndim == 1:
+        x = x[None]
+        target = np.asarray(target)[None]
+    classes = x.shape[1]
+    logp = np.moveaxis(log_softmax(x, 1), 1, -1)  # (N, d1, ..., C)
+    w = np.ones(classes) if weight is None else _f64(weight)
+    eps = float(label_smoothing)
+    target = np.asarray(target)
+    if target.dtype.kind in "iu":
+        index = target.astype(np.int64)
+        ignored = index == ignore_index
+        safe = np.where(ignored, 0, index)
+        one_hot = np.zeros(logp.shape)
+        np.put_along_axis(one_hot, safe[..., None], 1.0, axis=-1)
+        a = w * ((1.0 - eps) * one_hot + eps / classes)
+        a = np.where(ignored[..., None], 0.0, a)
+        divisor = np.where(ignored, 0.0, w[safe])
+    else:
+        probabilities = np.moveaxis(_f64(target), 1, -1)
+        a = w * ((1.0 - eps) * probabilities + eps / classes)
+        divisor = np.ones(logp.shape[:-1])
+    return logp, a, divisor
+
+
+def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
+                  label_smoothing=0.0):
+    """PyTorch's cross_entropy: class indices (int) or probabilities (input's shape) as
+    target, class weights, ignore_index, label_smoothing; 'mean' divides by the summed weights
+    of the non-ignored targets (by the row count for probability targets)."""
+    logp, a, divisor = _class_coefficients(input, target, weight, ignore_index, label_smoothing)
+    with np.errstate(invalid="ignore"):
+        terms = -np.sum(np.where(a == 0, 0.0, a * logp), axis=-1)
+    if np.ndim(input) == 1:
+        terms = terms[0]
+    if reduction == "mean":
+        total = exact_sum(terms)
+        count = exact_sum(divisor)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return float(np.float64(total) / np.float64(count))
+    return reduce(np.asarray(terms), reduction)
+
+
+def cross_entropy_grad(input, target, weight=None, ignore_index=-100, reduction="mean",
+                       label_smoothing=0.0, grad_output=1.0):
+    """d cross_entropy / d input: (sum_c a_c) * softmax - a per row, times grad_output (per
+    row for reduction='none') [/ the mean's divisor]."""
+    logp, a, divisor = _class_coefficients(input, target, weight, ignore_index, label_smoothing)
+    p = np.exp(logp)
+    scale = _f64(grad_output)
+    if reduction == "mean":
+        with np.errstate(divide="ignore"):
+            scale = scale / exact_sum(divisor)
+    scale = np.broadcast_to(scale, logp.shape[:-1])  # a 0-d scale, or one per row
+    total = np.sum(a, axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        # an ignored row's gradient is 0, also where the mean's divisor is 0 (all ignored)
+        g = np.where(total == 0, 0.0, (total * p - a) * scale[..., None])
+    g = np.moveaxis(g, -1, 1)
+    return g[0] if np.ndim(input) == 1 else g
+
+
+def cross_entropy_and_grad(input, target, weight=None, ignore_index=-100, reduction="mean",
+                           label_smoothing=0.0, grad_output=1.0):
+    return (cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing),
+            cross_entropy_grad(input, target, weight, ignore_index, reduction, label_smoothing,
+                               grad_output))
+
+
+# ---- activations -------------------------------------------------------------------------------
+def tanh(x):
+    return np.tanh(_f64(x))
+
+
+def tanh_backward(grad_output, output):
+    y = _f64(output)
+    return _f64(grad_output) * (1.0 - y * y)
+
+
+def relu(x):
+    """0 where x < 0, else x (NaN and -0.0 pass through, as in PyTorch)."""
+    x = _f64(x)
+    return np.where(x < 0, 0.0, x)
+
+
+def relu_backward(grad_output, output):
+    """grad_output where the output is positive (or NaN), else 0: PyTorch's threshold_backward."""
+    y = _f64(output)
+    return np.where(y <= 0, 0.0, _f64(grad_output))

@@ -17,8 +17,8 @@ from ._arrays import Array, array_module as _array_module
 from .data import batch_count, batches
 # the modules of fastloss.nn, not the package: its __init__ re-exports fit and predict from here
 from .nn._module import Module
-from .nn.layers import Dense, Sequential, Sigmoid, _fused_stages, _run_backward, _run_forward
-from .nn.losses import BCELoss, BCEWithLogitsLoss, _Loss
+from .nn.layers import Dense, Sequential, Sigmoid, Softmax, _fused_stages, _run_backward, _run_forward
+from .nn.losses import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, _Loss
 
 __all__ = ["TrainStep", "fit", "predict", "evaluate"]
 
@@ -30,11 +30,16 @@ def _trained_layers(model: Module, loss: _Loss) -> tuple[list[Module], _Loss]:
 
     A Sequential ending in Sigmoid, trained with BCELoss, is trained on its logits with
     BCEWithLogitsLoss: the same loss where the sigmoid does not saturate, and finite
-    (instead of clamped at 100) where it does.
+    (instead of clamped at 100) where it does. A Sequential ending in Softmax (over the
+    classes, its last axis), trained with CrossEntropyLoss, is trained on the Softmax's input:
+    the cross-entropy of its probabilities, from the logits in one fused pass.
     """
     layers = list(model.layers) if isinstance(model, Sequential) else [model]
     if type(loss) is BCELoss and layers and isinstance(layers[-1], Sigmoid):
         return layers[:-1], BCEWithLogitsLoss(weight=loss.weight, reduction=loss.reduction)
+    if (type(loss) is CrossEntropyLoss and layers and isinstance(layers[-1], Softmax)
+            and layers[-1].dim in (-1, 1)):
+        return layers[:-1], loss
     return layers, loss
 
 
@@ -50,7 +55,7 @@ class TrainStep:
             raise TypeError(f"model must be a fastloss.nn.Module, got {model!r}")
         if not isinstance(loss, _Loss):
             raise TypeError(f"loss must be a fastloss.nn loss module (MSELoss, BCELoss, "
-                            f"BCEWithLogitsLoss), got {loss!r}")
+                            f"BCEWithLogitsLoss, CrossEntropyLoss), got {loss!r}")
         if not hasattr(optimizer, "step"):
             raise TypeError(f"optimizer must have a step() method, got {optimizer!r}")
         self.model, self.optimizer = model, optimizer
@@ -218,9 +223,11 @@ def fit(model: Module, X: Array, Y: Array, *, loss: _Loss, optimizer: Any, epoch
             array library of X and Y (NumPy, or CuPy after ``model.to('cuda')``).
         X, Y: ``(samples, features)`` and ``(samples, outputs)`` arrays of the model's dtype
             (``Y`` as the loss needs it: ``loss.check_target``; a 1-D ``Y`` of one target per
-            sample is ``Y.reshape(-1, 1)``).
-        loss: ``MSELoss``, ``BCELoss`` or ``BCEWithLogitsLoss`` (BCELoss after a final Sigmoid
-            trains through the logits, see ``TrainStep``; BCEWithLogitsLoss after one warns).
+            sample is ``Y.reshape(-1, 1)``; for CrossEntropyLoss, ``(samples,)`` int64 class
+            indices or probabilities of the output's shape).
+        loss: ``MSELoss``, ``BCELoss``, ``BCEWithLogitsLoss`` or ``CrossEntropyLoss`` (BCELoss
+            after a final Sigmoid and CrossEntropyLoss after a final Softmax train through the
+            logits, see ``TrainStep``; BCEWithLogitsLoss after a Sigmoid warns).
         optimizer: ``fastloss.optim.SGD`` over ``model.parameters()``.
         epochs, batch_size: counts; the last, smaller batch of an epoch is kept.
         shuffle, rng: a new order every epoch from ``rng`` (a seed or Generator).
@@ -308,7 +315,8 @@ def fit(model: Module, X: Array, Y: Array, *, loss: _Loss, optimizer: Any, epoch
 
 
 def predict(model: Module, X: Array, *, batch_size: int | None = None) -> Array:
-    """The model's output on X, as a fresh array (probabilities after a final Sigmoid)."""
+    """The model's output on X, as a fresh array (probabilities after a final Sigmoid or
+    Softmax)."""
     xp = _array_module(X)
     if batch_size is None or len(X) <= batch_size:
         return model.forward(X).copy()
@@ -319,8 +327,6 @@ def predict(model: Module, X: Array, *, batch_size: int | None = None) -> Array:
 def evaluate(model: Module, X: Array, Y: Array, *, loss: _Loss) -> float:
     """The loss of ``model`` on (X, Y) as a float (no parameter changes)."""
     layers, loss = _trained_layers(model, loss)
-    evaluation = type(loss)(weight=loss.weight, reduction=loss.reduction,
-                            **({"pos_weight": loss.pos_weight}
-                               if isinstance(loss, BCEWithLogitsLoss) else {}))
+    evaluation = loss.fresh()
     value = evaluation.forward(_run_forward(_fused_stages(layers), X), Y)
     return float(value.mean() if evaluation.reduction == "none" else value)

@@ -17,4 +17,22 @@ enum class PassOutputs : int {
   Grad = 4,                // the gradient only
 };
 
+// A pass over the rows of a (outer, classes, inner) array along its class axis.
+enum class RowOp : int {
+  Softmax = 0,
+  LogSoftmax = 1,
+  SoftmaxBackward = 2,     // from grad_output and softmax's output
+  LogSoftmaxBackward = 3,  // from grad_output and log_softmax's output
+};
+
+// What the target of cross_entropy holds (PassOutputs says what the pass produces).
+enum class TargetKind : int {
+  ClassIndex64 = 0,    // int64 class indices, one per row
+  ClassIndex32 = 1,    // int32 class indices
+  Probabilities = 2,   // class probabilities, the input's shape
+};
+
+// Element-wise activations and their backward passes (from the forward output, like PyTorch).
+enum class Activation : int { Tanh = 0, TanhBackward = 1, Relu = 2, ReluBackward = 3 };
+
 }  // namespace fastloss

@@ -50,6 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write no plot")
     parser.add_argument("--markdown", metavar="PATH",
                         help="also write the report as a markdown results file")
+    parser.add_argument("--multiclass", action="store_true",
+                        help="run the multi-class track instead: softmax cross-entropy at "
+                             "(4096, 1000), (1e6, 10), (64, 1e5) float32 against PyTorch, JAX "
+                             "and NumPy, and its stability row (fastloss.bench.multiclass)")
     parser.set_defaults(scale="quick")
 
 
@@ -106,7 +110,36 @@ def command_line(args) -> str:
     return " ".join(words)
 
 
+def multiclass_main(args: argparse.Namespace) -> int:
+    """The multi-class track alone: its ceilings, its table and its stability row."""
+    from fastloss.bench import multiclass
+    other_load = OtherLoad()
+    ceilings = measure_bandwidth(STREAM_N, 7)
+    shapes = multiclass.SHAPES if not args.sizes else tuple((n, 10) for n in args.sizes)
+    rows, missing = multiclass.run(shapes, ceilings=ceilings,
+                                   step=lambda message: print(message, file=sys.stderr))
+    header = format_header(("float32",), ceilings, STREAM_N, (), 5, other_load).splitlines()
+    warning = [other_load.warning()] if other_load.warning() else []
+    sections = ["\n".join(warning + [line for line in header
+                                      if line.startswith(("machine:", "versions:", "ceilings:"))]),
+                "\n".join(f"note: {impl} skipped: {reason}" for impl, reason in missing.items()),
+                "multi-class track: softmax cross-entropy, int64 class indices, the minimum of 5 "
+                "interleaved rounds; bytes: logits + targets read once (+ the gradient written "
+                "once)\n\n" + multiclass.format_table(rows),
+                "stability: float32 mean over equal rows\n\n"
+                + multiclass.format_stability(multiclass.stability(
+                    row_counts=(1000,) if args.sizes else multiclass.STABILITY_ROWS))]
+    report = "\n\n".join(section for section in sections if section)
+    print(report)
+    if args.markdown:
+        write_markdown(args.markdown, report, "python -m fastloss bench --multiclass", None)
+        print(f"results written to {args.markdown}")
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
+    if getattr(args, "multiclass", False):
+        return multiclass_main(args)
     unknown = sorted(set(args.impls) - set(IMPLEMENTATIONS))
     if unknown:
         print(f"unknown implementation(s) {', '.join(unknown)}; known: "

@@ -19,11 +19,11 @@ from __future__ import annotations
 from typing import Any
 
 from ._module import Module, Parameter
-from .layers import Dense, ReLU, Sequential, Sigmoid, Tanh
-from .losses import BCELoss, BCEWithLogitsLoss, MSELoss
+from .layers import Dense, ReLU, Sequential, Sigmoid, Softmax, Tanh
+from .losses import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 
-__all__ = ["Parameter", "Module", "Dense", "Sigmoid", "Tanh", "ReLU", "Sequential",
-           "MSELoss", "BCELoss", "BCEWithLogitsLoss", "fit", "predict"]
+__all__ = ["Parameter", "Module", "Dense", "Sigmoid", "Tanh", "ReLU", "Softmax", "Sequential",
+           "MSELoss", "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "fit", "predict"]
 
 
 def __getattr__(name: str) -> Any:

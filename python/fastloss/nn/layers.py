@@ -1,5 +1,6 @@
-"""The layers: ``Dense``, the activations ``Sigmoid``, ``Tanh``, ``ReLU``, and ``Sequential``
-(which runs a Dense followed by a ReLU as one fused stage)."""
+"""The layers: ``Dense``, the activations ``Sigmoid``, ``Tanh``, ``ReLU``, ``Softmax`` (each on
+the fastloss kernels), and ``Sequential`` (which runs a Dense followed by a ReLU as one fused
+stage)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from .._arrays import Array, array_module as _array_module
 from . import _fused
 from ._module import Module, Parameter
 
-__all__ = ["Dense", "Sigmoid", "Tanh", "ReLU", "Sequential"]
+__all__ = ["Dense", "Sigmoid", "Tanh", "ReLU", "Softmax", "Sequential"]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -195,29 +196,45 @@ class Sigmoid(_Activation):
 
 
 class Tanh(_Activation):
-    """Hyperbolic tangent (NumPy's or CuPy's), elementwise; backward from its output."""
+    """tanh through the fastloss kernels (in double; backward from the output)."""
 
     def _apply(self, input: Array, output: Array) -> Array:
-        return _array_module(input).tanh(input, out=output)
+        return F.tanh(input, out=output)
 
     def _derivative(self, grad_output: Array, output: Array, grad_input: Array) -> Array:
-        xp = _array_module(output)
-        xp.multiply(output, output, out=grad_input)
-        xp.subtract(1, grad_input, out=grad_input)
-        return xp.multiply(grad_output, grad_input, out=grad_input)
+        return F.tanh_backward(grad_output, output, out=grad_input)
 
 
 class ReLU(_Activation):
-    """max(input, 0), elementwise; after a Dense in a Sequential it runs fused with it."""
+    """max(input, 0) through the fastloss kernels. After a Dense in a ``Sequential`` the two
+    run as one fused stage instead."""
 
     def _apply(self, input: Array, output: Array) -> Array:
-        return _array_module(input).maximum(input, 0, out=output)
+        return F.relu(input, out=output)
 
     def _derivative(self, grad_output: Array, output: Array, grad_input: Array) -> Array:
         # Zero where the output is zero (input <= 0), as torch.nn.ReLU: 0 at the kink.
-        xp = _array_module(output)
-        xp.sign(output, out=grad_input)
-        return xp.multiply(grad_output, grad_input, out=grad_input)
+        return F.relu_backward(grad_output, output, out=grad_input)
+
+
+class Softmax(_Activation):
+    """softmax along ``dim`` (default the last: the classes of a (batch, classes) array)
+    through the fastloss kernels. Last in a ``Sequential`` trained with ``CrossEntropyLoss``,
+    training skips it and applies the loss to its input, the logits (see ``fit``); ``predict``
+    still returns probabilities."""
+
+    def __init__(self, dim: int = -1) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def _apply(self, input: Array, output: Array) -> Array:
+        return F.softmax(input, self.dim, out=output)
+
+    def _derivative(self, grad_output: Array, output: Array, grad_input: Array) -> Array:
+        return F.softmax_backward(grad_output, output, self.dim, out=grad_input)
+
+    def __repr__(self):
+        return f"Softmax(dim={self.dim})"
 
 
 def _fused_stages(layers: list[Module]) -> list[tuple[Any, bool]]:

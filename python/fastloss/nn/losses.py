@@ -1,5 +1,5 @@
-"""The loss modules: ``MSELoss``, ``BCELoss``, ``BCEWithLogitsLoss``, each computing the loss
-and its gradient in one fused kernel call."""
+"""The loss modules: ``MSELoss``, ``BCELoss``, ``BCEWithLogitsLoss``, ``CrossEntropyLoss``,
+each computing the loss and its gradient in one fused kernel call."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from .. import functional as F
 from .._arrays import Array
 from ._module import _reusable_buffer
 
-__all__ = ["MSELoss", "BCELoss", "BCEWithLogitsLoss"]
+__all__ = ["MSELoss", "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss"]
 
 
 class _Loss:
@@ -46,6 +46,9 @@ class _Loss:
             raise TypeError(f"{name} has dtype {target.dtype}, but {type(self).__name__} "
                             f"needs the model's dtype, {dtype}: convert it with "
                             f"{name}.astype(np.{dtype.name})")
+    def fresh(self) -> _Loss:
+        """A loss module of the same kind and settings, with buffers of its own."""
+        return type(self)(weight=self.weight, reduction=self.reduction, **self._extra())
 
     def forward(self, input: Array, target: Array) -> Any:
         """The loss of ``input`` against ``target`` (a NumPy scalar, 0-d CuPy array, or an
@@ -89,3 +92,35 @@ class BCEWithLogitsLoss(_Loss):
 
     def _extra(self) -> dict[str, Any]:
         return {"pos_weight": self.pos_weight}
+
+
+class CrossEntropyLoss(_Loss):
+    """Cross-entropy of logits (``torch.nn.CrossEntropyLoss``): targets are class indices
+    (int64 or int32, shape (batch,)) or class probabilities (the input's shape); ``weight``
+    per class, ``ignore_index``, ``label_smoothing``. After a final ``Softmax`` in a
+    ``Sequential``, training applies it to the Softmax's input (see ``fit``)."""
+    _and_grad = staticmethod(F.cross_entropy_and_grad)
+
+    def __init__(self, *, weight: Array | None = None, reduction: str = "mean",
+                 ignore_index: int = -100, label_smoothing: float = 0.0) -> None:
+        super().__init__(weight=weight, reduction=reduction)
+        self.ignore_index = ignore_index
+        self.label_smoothing = label_smoothing
+
+    def _extra(self) -> dict[str, Any]:
+        return {"ignore_index": self.ignore_index, "label_smoothing": self.label_smoothing}
+
+    def check_target(self, target: Array, output_shape: tuple[int, ...] | None, dtype: Any,
+                     name: str = "target") -> None:
+        """Class indices: int64 or int32 of shape (samples,); otherwise probabilities, checked
+        as every loss checks its target (the output's shape and dtype)."""
+        if target.dtype.kind not in "iu":
+            super().check_target(target, output_shape, dtype, name)
+            return
+        if target.dtype not in (np.int64, np.int32):
+            raise TypeError(f"{name} has dtype {target.dtype}, but CrossEntropyLoss needs class "
+                            f"indices as int64 or int32: convert it with {name}.astype(np.int64)")
+        if output_shape is not None and tuple(target.shape) != tuple(output_shape[:1]):
+            raise ValueError(f"{name} has shape {target.shape}, but CrossEntropyLoss needs one "
+                             f"class index per sample, shape {tuple(output_shape[:1])}, or "
+                             f"probabilities of the model's output shape {output_shape}")

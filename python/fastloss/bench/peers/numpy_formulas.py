@@ -214,3 +214,31 @@ FASTEST = {
     "sigmoid": _fastest_sigmoid,
     "sigmoid_backward": _fastest_sigmoid_backward,
 }
+
+
+# ---- multi-class: cross-entropy of (N, C) logits and int64 class indices ----------------------
+# As a NumPy user writes it: log-softmax by the max-shifted log-sum-exp, the mean of the target
+# entries; the gradient softmax - one_hot over N. One (N, C) temporary per step.
+def _numpy_cross_entropy(x, y):
+    shifted = x - x.max(axis=1, keepdims=True)
+    log_sum = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    picked = np.take_along_axis(shifted, y[:, None], axis=1)
+    return np.mean(log_sum - picked)
+
+
+def _numpy_cross_entropy_and_grad(x, y):
+    shifted = x - x.max(axis=1, keepdims=True)
+    e = np.exp(shifted)
+    total = e.sum(axis=1, keepdims=True)
+    picked = np.take_along_axis(shifted, y[:, None], axis=1)
+    loss = np.mean(np.log(total) - picked)
+    grad = e / total
+    grad[np.arange(len(y)), y] -= 1
+    grad /= len(y)
+    return loss, grad
+
+
+MULTICLASS = {
+    "cross_entropy": lambda x, y: functools.partial(_numpy_cross_entropy, x, y),
+    "cross_entropy_and_grad": lambda x, y: functools.partial(_numpy_cross_entropy_and_grad, x, y),
+}

@@ -111,3 +111,24 @@ def builders() -> dict:
         raise Unavailable('PyTorch is not installed (pip install ".[torch]" in the fastloss '
                           'source tree)')
     return table
+
+
+def multiclass_builders() -> dict:
+    """op name -> build(logits, labels) -> run() of the multi-class track (fastloss.bench
+    .multiclass): ``F.cross_entropy`` forward, and forward + backward through autograd as in
+    training. Unavailable when PyTorch is not installed."""
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        raise Unavailable("PyTorch is not installed (pip install 'fastloss[torch]')") from None
+
+    def loss_only(x, y):
+        x, y = to_tensor(x), to_tensor(y)
+
+        def run():
+            with torch.no_grad():
+                return F.cross_entropy(x, y)
+        return run
+
+    return {"cross_entropy": loss_only, "cross_entropy_and_grad": autograd_builder(F.cross_entropy)}

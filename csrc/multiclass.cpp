@@ -1,0 +1,606 @@
+// The row kernels of softmax, log_softmax, their backward passes and cross-entropy (CPU).
+// Compiled once per instruction set with -DFASTLOSS_ISA=<namespace>, like kernels.cpp; the
+// per-row math is fastloss/softmax.h's. This file adds how a row is walked (blocks of kBlock
+// elements, each loaded once into an L1 tile of doubles: the block's max, the rescale of the
+// running sum, its exps, all from the tile) and the chunks and threads over the rows.
+// Never -ffast-math: the row scans and the sums depend on the order of every addition.
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#if defined(FASTLOSS_PLANTED_FAULT_CE_THREAD_DEPENDENT_CHUNKS)
+#include <omp.h>
+#endif
+
+#include "fastloss/loss_pass.h"
+#include "fastloss/softmax.h"
+#include "kernels.h"
+#include "multiclass.h"
+
+#ifndef FASTLOSS_ISA
+#error "compile with -DFASTLOSS_ISA=<namespace>"
+#endif
+
+namespace fastloss {
+namespace FASTLOSS_ISA {
+namespace {
+
+namespace rw = fastloss::rows;
+
+constexpr int kBlock = 256;  // the elements of a row held in one L1 tile
+constexpr int kLanes = 8;    // independent accumulators of a tile's sum and max
+// Rows of up to kShortRow classes (contiguous) share tiles of kShortTile elements in the
+// cross-entropy loss (CrossEntropyKernel::short_rows).
+constexpr int kShortRow = 64;
+constexpr int kShortTile = 1024;
+
+// Sums values[0..count) in a fixed pairwise tree, in place. The shape depends on count only.
+double pairwise_sum(double* values, std::int64_t count) {
+  if (count == 0) return 0.0;
+  for (std::int64_t width = 1; width < count; width *= 2) {
+    for (std::int64_t i = 0; i + width < count; i += 2 * width) values[i] += values[i + width];
+  }
+  return values[0];
+}
+
+double tile_sum(const double* tile, int count) {
+  double lane[kLanes] = {};
+  int j = 0;
+  for (; j + kLanes <= count; j += kLanes) {
+    for (int k = 0; k < kLanes; ++k) lane[k] += tile[j + k];
+  }
+  for (int k = 0; j < count; ++j, ++k) lane[k] += tile[j];
+  return pairwise_sum(lane, kLanes);
+}
+
+// The max of a tile; NaN if it holds a NaN. Written with GCC's vector types: GCC 12 vectorises
+// no select-based max of doubles by itself (it may not assume -0.0 and NaN away), and a scalar
+// max was a third of the short-row kernel's time. Two vectors of 4 lanes take the elements
+// round-robin; a NaN is remembered in a select of its own.
+typedef double Double4 __attribute__((vector_size(32)));
+
+double tile_max(const double* tile, int count) {
+  const double low = rw::negative_infinity();
+  Double4 max_a = {low, low, low, low}, max_b = max_a;
+  Double4 nan_a = {0.0, 0.0, 0.0, 0.0}, nan_b = nan_a;
+  int j = 0;
+  for (; j + 8 <= count; j += 8) {
+    Double4 a, b;
+    __builtin_memcpy(&a, tile + j, sizeof a);
+    __builtin_memcpy(&b, tile + j + 4, sizeof b);
+    max_a = a > max_a ? a : max_a;
+    max_b = b > max_b ? b : max_b;
+    nan_a = a != a ? a : nan_a;
+    nan_b = b != b ? b : nan_b;
+  }
+  double m = low, nan = 0.0;
+  for (int k = 0; k < 4; ++k) {
+    m = max_a[k] > m ? max_a[k] : m;
+    m = max_b[k] > m ? max_b[k] : m;
+    nan = nan_a[k] != nan_a[k] ? nan_a[k] : nan;
+    nan = nan_b[k] != nan_b[k] ? nan_b[k] : nan;
+  }
+  for (; j < count; ++j) {
+    m = tile[j] > m ? tile[j] : m;
+    nan = tile[j] != tile[j] ? tile[j] : nan;
+  }
+  return nan != nan ? nan : m;
+}
+
+// Elements c0 .. c0 + count of a row, `stride` apart, widened into the tile.
+template <class T>
+void load(const T* row, std::int64_t stride, std::int64_t c0, int count, double* tile) {
+  if (stride == 1) {
+    for (int j = 0; j < count; ++j) tile[j] = static_cast<double>(row[c0 + j]);
+  } else {
+    for (int j = 0; j < count; ++j) tile[j] = static_cast<double>(row[(c0 + j) * stride]);
+  }
+}
+
+template <class T>
+void store(T* row, std::int64_t stride, std::int64_t c0, int count, const double* tile) {
+  if (stride == 1) {
+    for (int j = 0; j < count; ++j) row[c0 + j] = static_cast<T>(tile[j]);
+  } else {
+    for (int j = 0; j < count; ++j) row[(c0 + j) * stride] = static_cast<T>(tile[j]);
+  }
+}
+
+struct Tiles {
+  alignas(64) double x[kBlock];
+  alignas(64) double a[kBlock];
+  alignas(64) double t[kBlock];
+};
+
+// The online scan of one row: its max, sum of exps and, with coefficients, the cross-entropy
+// sums of fastloss/softmax.h (sum_c a_c (m - x_c), sum_c a_c).
+struct Scan {
+  double max = rw::negative_infinity();
+  double sum = 0.0;
+  double offsets = 0.0;
+  double coefficients = 0.0;
+};
+
+// Where a row's coefficients a_c come from: weight_c ((1 - eps) target_c + eps / C), target_c
+// from a probability row (or 0 for class indices, whose one class y the caller adds).
+template <class T>
+struct Coefficients {
+  const T* weight = nullptr;   // classes weights or nullptr (1)
+  const T* target = nullptr;   // probability row (stride as the input's) or nullptr (0)
+  double keep = 1.0;           // 1 - eps
+  double spread = 0.0;         // eps / C
+
+  void fill(std::int64_t stride, std::int64_t c0, int count, double* a) const {
+    for (int j = 0; j < count; ++j) {
+      const double w = weight != nullptr ? static_cast<double>(weight[c0 + j]) : 1.0;
+      const double t = target != nullptr ? static_cast<double>(target[(c0 + j) * stride]) : 0.0;
+      a[j] = rw::coefficient(w, t, keep, spread);
+    }
+  }
+};
+
+// The exps of a row's scan, kept for its second pass (the gradient, softmax's output) so that
+// it reads them instead of computing them again: values[c] = exp(x_c - block_max[c / kBlock]).
+struct KeptExps {
+  double* values = nullptr;
+  double* block_max = nullptr;
+};
+
+// This thread's buffers for the kept exps of a row of `classes` (reused from call to call).
+KeptExps kept_exps(std::int64_t classes) {
+  thread_local std::vector<double> values, block_max;
+  const std::size_t blocks = static_cast<std::size_t>((classes + kBlock - 1) / kBlock);
+  if (values.size() < static_cast<std::size_t>(classes)) values.resize(static_cast<std::size_t>(classes));
+  if (block_max.size() < blocks) block_max.resize(blocks);
+  return KeptExps{values.data(), block_max.data()};
+}
+
+// The scan of fastloss/softmax.h over a row, block by block; with `kept`, each block's exps and
+// its max are stored there.
+template <class T, bool kCoefficients>
+Scan scan_row(const T* row, std::int64_t stride, std::int64_t classes, const Coefficients<T>& coef,
+              Tiles& tiles, const KeptExps* kept = nullptr) {
+  Scan s;
+  for (std::int64_t c0 = 0; c0 < classes; c0 += kBlock) {
+    const int count = static_cast<int>(std::min<std::int64_t>(kBlock, classes - c0));
+    load(row, stride, c0, count, tiles.x);
+    const double block_max = rw::max_propagating_nan(s.max, tile_max(tiles.x, count));
+    s.sum *= rw::rescale(s.max, block_max);
+    if (kCoefficients) s.offsets = rw::shift_offsets(s.offsets, s.coefficients, s.max, block_max);
+    s.max = block_max;
+    if (kCoefficients) {
+      coef.fill(stride, c0, count, tiles.a);
+      for (int j = 0; j < count; ++j) {
+        // a class of coefficient 0 adds 0, also at x = -inf (where 0 * inf would be NaN)
+        tiles.t[j] = tiles.a[j] == 0.0 ? 0.0 : tiles.a[j] * (block_max - tiles.x[j]);
+      }
+      s.offsets += tile_sum(tiles.t, count);
+      s.coefficients += tile_sum(tiles.a, count);
+    }
+    // the exps go straight where they are kept (the tile otherwise)
+    double* exps = kept != nullptr ? kept->values + c0 : tiles.x;
+    for (int j = 0; j < count; ++j) exps[j] = rw::row_exp(tiles.x[j], block_max, T());
+    if (kept != nullptr) kept->block_max[c0 / kBlock] = block_max;
+#ifdef FASTLOSS_PLANTED_FAULT_SOFTMAX_BLOCK_RESCALE_DROPPED
+    if (c0 > 0) s.sum = 0.0;
+#endif
+    s.sum += tile_sum(exps, count);
+  }
+  return s;
+}
+
+// Calls chunk(index, begin_row, end_row) for every chunk of `rows_per_chunk` rows: serially for
+// small arrays or in a forked child, else over the OpenMP threads. The chunks depend on the
+// shape only. Returns nothing: each chunk writes its own results.
+template <class ChunkFn>
+void for_each_row_chunk(std::int64_t rows, std::int64_t rows_per_chunk, std::int64_t elements,
+                        ChunkFn chunk) {
+  const std::int64_t chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;
+  if (elements < kParallelThreshold || !openmp_usable() || chunks < 2) {
+    for (std::int64_t c = 0; c < chunks; ++c) {
+      chunk(c, c * rows_per_chunk, std::min(rows, (c + 1) * rows_per_chunk));
+    }
+    return;
+  }
+#pragma omp parallel for schedule(static)
+  for (std::int64_t c = 0; c < chunks; ++c) {
+    chunk(c, c * rows_per_chunk, std::min(rows, (c + 1) * rows_per_chunk));
+  }
+}
+
+std::int64_t rows_per_chunk(std::int64_t classes) {
+  const std::int64_t per_chunk = std::max<std::int64_t>(1, kChunkSize / std::max<std::int64_t>(classes, 1));
+#ifdef FASTLOSS_PLANTED_FAULT_CE_THREAD_DEPENDENT_CHUNKS
+  return per_chunk * omp_get_max_threads();
+#endif
+  return per_chunk;
+}
+
+// The first element of row r of a (outer, classes, inner) array.
+std::int64_t row_start(const RowShape& shape, std::int64_t r) {
+  const std::int64_t o = r / shape.inner;
+  const std::int64_t i = r - o * shape.inner;
+  return o * shape.classes * shape.inner + i;
+}
+
+// Kahan-compensated lanes for the row losses (and the divisor's weights).
+struct CompensatedLanes {
+  double sum[kLanes] = {};
+  double compensation[kLanes] = {};
+  void add(std::int64_t index, double term) {
+    const int k = static_cast<int>(index % kLanes);
+    pass::compensated_add(sum[k], compensation[k], term);
+  }
+  double total() {
+    double lane[kLanes];
+    for (int k = 0; k < kLanes; ++k) lane[k] = sum[k] - compensation[k];
+    return pairwise_sum(lane, kLanes);
+  }
+};
+
+// ---- softmax family ----------------------------------------------------------------------------
+template <class T>
+void softmax_forward_row(RowOp op, const T* x, T* out, std::int64_t stride, std::int64_t classes, Tiles& tiles) {
+  // softmax's output is the kept exps rescaled; log_softmax's needs only x again
+  const KeptExps kept = op == RowOp::Softmax ? kept_exps(classes) : KeptExps{};
+  const Scan s = scan_row<T, false>(x, stride, classes, Coefficients<T>{}, tiles,
+                                    op == RowOp::Softmax ? &kept : nullptr);
+  const double log_sum = math::log(s.sum);
+  const double inverse_sum = 1.0 / s.sum;
+  for (std::int64_t c0 = 0; c0 < classes; c0 += kBlock) {
+    const int count = static_cast<int>(std::min<std::int64_t>(kBlock, classes - c0));
+    if (op == RowOp::LogSoftmax) {
+      load(x, stride, c0, count, tiles.x);
+      for (int j = 0; j < count; ++j) tiles.x[j] = rw::log_softmax_element(tiles.x[j], s.max, log_sum);
+    } else {
+      const double* e = kept.values + c0;
+      const double factor = rw::rescale(kept.block_max[c0 / kBlock], s.max) * inverse_sum;
+      for (int j = 0; j < count; ++j) tiles.x[j] = e[j] * factor;
+    }
+    store(out, stride, c0, count, tiles.x);
+  }
+}
+
+template <class T>
+void softmax_backward_row(RowOp op, const T* g, const T* y, T* out, std::int64_t stride, std::int64_t classes,
+                          Tiles& tiles) {
+  // the row's sum of g * y (softmax) or of g (log_softmax), block by block in a fixed order
+  double total = 0.0;
+  for (std::int64_t c0 = 0; c0 < classes; c0 += kBlock) {
+    const int count = static_cast<int>(std::min<std::int64_t>(kBlock, classes - c0));
+    load(g, stride, c0, count, tiles.x);
+    if (op == RowOp::SoftmaxBackward) {
+      load(y, stride, c0, count, tiles.a);
+      for (int j = 0; j < count; ++j) tiles.x[j] *= tiles.a[j];
+    }
+    total += tile_sum(tiles.x, count);
+  }
+  for (std::int64_t c0 = 0; c0 < classes; c0 += kBlock) {
+    const int count = static_cast<int>(std::min<std::int64_t>(kBlock, classes - c0));
+    load(g, stride, c0, count, tiles.x);
+    load(y, stride, c0, count, tiles.a);
+    if (op == RowOp::SoftmaxBackward) {
+      for (int j = 0; j < count; ++j) tiles.x[j] = rw::softmax_backward_element(tiles.x[j], tiles.a[j], total);
+    } else {
+      for (int j = 0; j < count; ++j) tiles.x[j] = rw::log_softmax_backward_element(tiles.x[j], tiles.a[j], total);
+    }
+    store(out, stride, c0, count, tiles.x);
+  }
+}
+
+template <class T>
+void run_row_op_impl(RowOp op, const RowPass<T>& p) {
+  const RowShape shape = p.shape;
+  const std::int64_t stride = shape.inner;
+  for_each_row_chunk(shape.rows(), rows_per_chunk(shape.classes), shape.elements(),
+                     [&](std::int64_t, std::int64_t begin, std::int64_t end) {
+                       Tiles tiles;
+                       for (std::int64_t r = begin; r < end; ++r) {
+                         const std::int64_t start = row_start(shape, r);
+                         if (op == RowOp::Softmax || op == RowOp::LogSoftmax) {
+                           softmax_forward_row(op, p.first + start, p.out + start, stride, shape.classes, tiles);
+                         } else {
+                           softmax_backward_row(op, p.first + start, p.second + start, p.out + start, stride,
+                                                shape.classes, tiles);
+                         }
+                       }
+                     });
+}
+
+// ---- cross-entropy ---------------------------------------------------------------------------
+template <class Index>
+struct ClassIndexTargets {
+  static constexpr bool kIndices = true;
+  const Index* index;
+  std::int64_t at(std::int64_t r) const { return static_cast<std::int64_t>(index[r]); }
+};
+
+// The targets' pass before any output is written: every class index in range (or
+// ignore_index), and the mean's divisor, the summed weights of the non-ignored targets.
+template <class T, class Index>
+CrossEntropyResult check_class_indices(const CrossEntropyPass<T>& p, const Index* index) {
+  const std::int64_t rows = p.shape.rows();
+  const std::int64_t chunks = num_chunks(rows);
+  std::vector<double> sums(static_cast<std::size_t>(chunks));
+  std::vector<std::int64_t> bad(static_cast<std::size_t>(chunks), -1);
+  for_each_row_chunk(rows, kChunkSize, rows, [&](std::int64_t c, std::int64_t begin, std::int64_t end) {
+    CompensatedLanes lanes;
+    for (std::int64_t r = begin; r < end; ++r) {
+      const std::int64_t y = static_cast<std::int64_t>(index[r]);
+      if (y == p.ignore_index) continue;
+      if (y < 0 || y >= p.shape.classes) {
+        if (bad[c] < 0) bad[c] = r;
+        continue;
+      }
+      lanes.add(r - begin, p.class_weight != nullptr ? static_cast<double>(p.class_weight[y]) : 1.0);
+    }
+    sums[c] = lanes.total();
+  });
+  CrossEntropyResult result;
+  result.divisor = pairwise_sum(sums.data(), chunks);
+  for (std::int64_t c = 0; c < chunks; ++c) {
+    if (bad[c] >= 0) {
+      result.bad_row = bad[c];
+      result.bad_class = static_cast<std::int64_t>(index[bad[c]]);
+      break;
+    }
+  }
+  return result;
+}
+
+template <class T, bool kSum, bool kElementwise, bool kGrad>
+struct CrossEntropyKernel {
+  const CrossEntropyPass<T>& p;
+  double divisor;
+  double* chunk_sums;
+
+  // One row: its loss (returned), its gradient written. y < 0: probability targets.
+  template <bool kCoefficients>
+  double row(std::int64_t r, std::int64_t y, Tiles& tiles) const {
+    const RowShape& shape = p.shape;
+    const std::int64_t stride = shape.inner;
+    const std::int64_t start = row_start(shape, r);
+    const T* x = p.input + start;
+    T* grad = kGrad ? p.grad_out + start : nullptr;
+    const double eps = p.label_smoothing;
+    Coefficients<T> coef;
+    coef.weight = p.class_weight;
+    coef.keep = 1.0 - eps;
+    coef.spread = eps / static_cast<double>(shape.classes);
+    const bool probabilities = y < 0;
+    if (probabilities) coef.target = static_cast<const T*>(p.target) + start;
+    // read before the gradient overwrites it (out may be the input)
+    const double x_target = probabilities ? 0.0 : static_cast<double>(x[y * stride]);
+    const double w_target =
+        probabilities ? 0.0 : (p.class_weight != nullptr ? static_cast<double>(p.class_weight[y]) : 1.0);
+
+    const KeptExps kept = kGrad ? kept_exps(shape.classes) : KeptExps{};
+    Scan s = scan_row<T, kCoefficients>(x, stride, shape.classes, coef, tiles, kGrad ? &kept : nullptr);
+    if (!probabilities) {  // the (1 - eps) weight_y [c == y] part of a class index's coefficients
+      const double a = coef.keep * w_target;
+      s.offsets += a == 0.0 ? 0.0 : a * (s.max - x_target);
+      s.coefficients += a;
+    }
+    const double log_sum = math::log(s.sum);
+    // a row whose coefficients are all 0 (a zero weight, a zero probability row) adds 0
+    const double loss = s.coefficients == 0.0 ? 0.0 : rw::row_loss(s.offsets, s.coefficients, log_sum);
+    if (kGrad) {
+      double scale = row_scale(r);
+#ifdef FASTLOSS_PLANTED_FAULT_CE_GRAD_IGNORES_WEIGHT
+      if (!probabilities && w_target != 0.0) scale /= w_target;
+#endif
+      if (s.coefficients == 0.0) {
+        zero_row(grad, stride, shape.classes, tiles);
+        return loss;
+      }
+      const double k = s.coefficients * scale / s.sum;
+      for (std::int64_t c0 = 0; c0 < shape.classes; c0 += kBlock) {
+        const int count = static_cast<int>(std::min<std::int64_t>(kBlock, shape.classes - c0));
+        // the kept exps, from their block's max to the row's: e = exp(x - m) k
+        const double* e = kept.values + c0;
+        const double block_k = rw::rescale(kept.block_max[c0 / kBlock], s.max) * k;
+        if (kCoefficients) {
+          coef.fill(stride, c0, count, tiles.a);
+          for (int j = 0; j < count; ++j) tiles.x[j] = rw::grad_element(e[j], block_k, scale * tiles.a[j]);
+        } else {
+          for (int j = 0; j < count; ++j) tiles.x[j] = e[j] * block_k;
+        }
+        store(grad, stride, c0, count, tiles.x);
+      }
+      if (!probabilities) {
+        const double e_target = rw::row_exp(x_target, s.max, T());
+        const double g = kCoefficients
+                             ? rw::grad_element(e_target, k, scale * (coef.keep * w_target + coef.spread * w_target))
+                             : rw::target_grad(e_target, s.sum, scale * w_target);
+        grad[y * stride] = static_cast<T>(g);
+      }
+    }
+    return loss;
+  }
+
+  static void zero_row(T* grad, std::int64_t stride, std::int64_t classes, Tiles&) {
+    for (std::int64_t c = 0; c < classes; ++c) grad[c * stride] = T(0);
+  }
+
+  // The loss (and gradient) of short rows (unsmoothed class indices): a group of rows shares one
+  // flat tile, whose exps are taken in one vectorised loop against the group's max M; a row's
+  // loss is then w_y log(1 + sum_{c != y} e_c / e_y) (fastloss/softmax.h), which needs no row
+  // max. A row whose target's exp is below 2^-92 against M (its logits far below the group's:
+  // e_y would lose relative accuracy, or underflow), and every row of a group whose max is NaN
+  // or infinite, take the general row scan instead. losses[r - begin] for each row. The
+  // gradient is w_y scale (e_c / s - [c == y]), s = sum_c e_c, its target class as
+  // -w_y scale (sum_{c != y} e_c) / s (no cancellation).
+  // The upstream gradient of row r, divided by the mean's divisor for reduction='mean'.
+  double row_scale(std::int64_t r) const {
+    const double scale = p.grad_output != nullptr ? static_cast<double>(p.grad_output[r]) : p.grad_scale;
+    return p.mean ? scale / divisor : scale;
+  }
+
+  template <class Targets>
+  void short_rows(const Targets& targets, std::int64_t begin, std::int64_t end, double* losses,
+                  Tiles& tiles) const {
+    const std::int64_t classes = p.shape.classes;
+    const int group_rows = static_cast<int>(kShortTile / classes);
+    alignas(64) double e[kShortTile];
+    alignas(64) double ratio[kShortTile];
+    alignas(64) double others_of[kShortTile];
+    alignas(64) double target_exp[kShortTile];
+    for (std::int64_t g = begin; g < end; g += group_rows) {
+      const int rows = static_cast<int>(std::min<std::int64_t>(group_rows, end - g));
+      const int count = static_cast<int>(rows * classes);
+      load(p.input + g * classes, 1, 0, count, e);
+      const double group_max = tile_max(e, count);
+      const bool usable = group_max - group_max == 0.0;  // finite (not NaN, not +-inf)
+      for (int j = 0; j < count; ++j) e[j] = rw::row_exp(e[j], group_max, T());
+      for (int r = 0; r < rows; ++r) {
+        const std::int64_t y = targets.at(g + r);
+        others_of[r] = 0.0;
+        target_exp[r] = 1.0;
+        if (y == p.ignore_index || y < 0 || !usable) continue;
+        double* row = e + r * classes;
+        // the target's exp out of the row while it is summed (no branch, no cancellation), two
+        // chains so that the adds are not one latency-bound chain; put back for the gradient
+        target_exp[r] = row[y];
+        row[y] = 0.0;
+        double even = 0.0, odd = 0.0;
+        std::int64_t c = 0;
+        for (; c + 1 < classes; c += 2) {
+          even += row[c];
+          odd += row[c + 1];
+        }
+        if (c < classes) even += row[c];
+        others_of[r] = even + odd;
+        row[y] = target_exp[r];
+      }
+      // -1: the general scan (the target's exp too small against the group's max)
+      for (int r = 0; r < rows; ++r) {
+        ratio[r] = target_exp[r] >= 0x1p-92 ? rw::class_index_loss(others_of[r], target_exp[r]) : -1.0;
+      }
+      for (int r = 0; r < rows; ++r) {
+        const std::int64_t y = targets.at(g + r);
+        double loss = 0.0;
+        T* grad = kGrad ? p.grad_out + (g + r) * classes : nullptr;
+        if (y == p.ignore_index) {
+          if (kGrad) zero_row(grad, 1, classes, tiles);
+        } else if (!usable || ratio[r] < 0.0) {
+          loss = row<false>(g + r, y, tiles);
+        } else {
+          const double w = p.class_weight != nullptr ? static_cast<double>(p.class_weight[y]) : 1.0;
+          loss = w == 0.0 ? 0.0 : w * ratio[r];
+          if (kGrad) {
+            const double* row = e + r * classes;
+            const double sum = others_of[r] + row[y];
+            const double scaled_weight = w == 0.0 ? 0.0 : row_scale(g + r) * w;
+            const double k = scaled_weight / sum;
+            for (std::int64_t c = 0; c < classes; ++c) grad[c] = static_cast<T>(row[c] * k);
+            grad[y] = static_cast<T>(-scaled_weight * (others_of[r] / sum));
+          }
+        }
+        losses[g + r - begin] = loss;
+      }
+    }
+  }
+
+  template <class Targets>
+  void chunk(const Targets& targets, std::int64_t index, std::int64_t begin, std::int64_t end) const {
+    Tiles tiles;
+    CompensatedLanes lanes;
+    const bool smoothing = p.label_smoothing != 0.0;
+    if constexpr (Targets::kIndices) {
+      if (!smoothing && p.shape.inner == 1 && p.shape.classes <= kShortRow) {
+        std::vector<double> losses(static_cast<std::size_t>(end - begin));
+        short_rows(targets, begin, end, losses.data(), tiles);
+        for (std::int64_t r = begin; r < end; ++r) {
+          if (kElementwise) p.loss_out[r] = static_cast<T>(losses[r - begin]);
+          if (kSum) lanes.add(r - begin, losses[r - begin]);
+        }
+        if (kSum) chunk_sums[index] = lanes.total();
+        return;
+      }
+    }
+    for (std::int64_t r = begin; r < end; ++r) {
+      double loss = 0.0;
+      if constexpr (Targets::kIndices) {
+        const std::int64_t y = targets.at(r);
+        if (y == p.ignore_index) {
+          if (kGrad) zero_row(p.grad_out + row_start(p.shape, r), p.shape.inner, p.shape.classes, tiles);
+        } else {
+          loss = smoothing ? row<true>(r, y, tiles) : row<false>(r, y, tiles);
+        }
+      } else {
+        loss = row<true>(r, -1, tiles);
+      }
+      if (kElementwise) p.loss_out[r] = static_cast<T>(loss);
+      if (kSum) lanes.add(r - begin, loss);
+    }
+    if (kSum) chunk_sums[index] = lanes.total();
+  }
+
+  template <class Targets>
+  double run(const Targets& targets) const {
+    const std::int64_t rows = p.shape.rows();
+    const std::int64_t per_chunk = rows_per_chunk(p.shape.classes);
+    for_each_row_chunk(rows, per_chunk, p.shape.elements(),
+                       [&](std::int64_t c, std::int64_t begin, std::int64_t end) { chunk(targets, c, begin, end); });
+    return kSum ? pairwise_sum(chunk_sums, (rows + per_chunk - 1) / per_chunk) : 0.0;
+  }
+};
+
+struct ProbabilityTargets {
+  static constexpr bool kIndices = false;
+};
+
+template <class T, bool kSum, bool kElementwise, bool kGrad>
+CrossEntropyResult run_outputs(const CrossEntropyPass<T>& p) {
+  CrossEntropyResult result;
+  const std::int64_t rows = p.shape.rows();
+  if (p.target_kind == TargetKind::Probabilities) {
+    result.divisor = static_cast<double>(rows);
+  } else {
+    result = p.target_kind == TargetKind::ClassIndex64
+                 ? check_class_indices(p, static_cast<const std::int64_t*>(p.target))
+                 : check_class_indices(p, static_cast<const std::int32_t*>(p.target));
+    if (result.bad_row >= 0) return result;
+  }
+  const std::int64_t per_chunk = rows_per_chunk(p.shape.classes);
+  std::vector<double> chunk_sums(kSum ? static_cast<std::size_t>((rows + per_chunk - 1) / per_chunk) : 0);
+  const CrossEntropyKernel<T, kSum, kElementwise, kGrad> kernel{p, result.divisor, chunk_sums.data()};
+  switch (p.target_kind) {
+    case TargetKind::ClassIndex64:
+      result.sum = kernel.run(ClassIndexTargets<std::int64_t>{static_cast<const std::int64_t*>(p.target)});
+      break;
+    case TargetKind::ClassIndex32:
+      result.sum = kernel.run(ClassIndexTargets<std::int32_t>{static_cast<const std::int32_t*>(p.target)});
+      break;
+    case TargetKind::Probabilities:
+      result.sum = kernel.run(ProbabilityTargets{});
+      break;
+  }
+  return result;
+}
+
+template <class T>
+CrossEntropyResult run_cross_entropy_impl(PassOutputs outputs, const CrossEntropyPass<T>& p) {
+  switch (outputs) {
+    case PassOutputs::Sum: return run_outputs<T, true, false, false>(p);
+    case PassOutputs::SumAndGrad: return run_outputs<T, true, false, true>(p);
+    case PassOutputs::Elementwise: return run_outputs<T, false, true, false>(p);
+    case PassOutputs::ElementwiseAndGrad: return run_outputs<T, false, true, true>(p);
+    case PassOutputs::Grad: return run_outputs<T, false, false, true>(p);
+  }
+  return CrossEntropyResult{};
+}
+
+}  // namespace
+
+void run_row_op(RowOp op, const RowPass<float>& p) { run_row_op_impl(op, p); }
+void run_row_op(RowOp op, const RowPass<double>& p) { run_row_op_impl(op, p); }
+CrossEntropyResult run_cross_entropy(PassOutputs outputs, const CrossEntropyPass<float>& p) {
+  return run_cross_entropy_impl(outputs, p);
+}
+CrossEntropyResult run_cross_entropy(PassOutputs outputs, const CrossEntropyPass<double>& p) {
+  return run_cross_entropy_impl(outputs, p);
+}
+
+}  // namespace FASTLOSS_ISA
+}  // namespace fastloss

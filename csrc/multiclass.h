@@ -1,0 +1,82 @@
+// The contract between the pybind11 entries (multiclass_module.cpp) and the row kernels
+// (multiclass.cpp): softmax, log_softmax, their backward passes and cross-entropy.
+//
+// multiclass.cpp is compiled once per instruction set like kernels.cpp (kernels.h), each build
+// in its own namespace. Raw pointers and sizes only: the memory checks, allocation and the GIL
+// live in multiclass_module.cpp, validation in fastloss/_dispatch.py.
+#pragma once
+
+#include <cstdint>
+
+#include "fastloss/codes.h"
+
+namespace fastloss {
+
+// A C-contiguous array seen as (outer, classes, inner): element (o, c, i) at
+// (o * classes + c) * inner + i. A row is the `classes` elements of one (o, i), `inner` apart;
+// rows are numbered o * inner + i (the order of the target of cross_entropy).
+struct RowShape {
+  std::int64_t outer = 0;
+  std::int64_t classes = 0;
+  std::int64_t inner = 1;
+  std::int64_t rows() const { return outer * inner; }
+  std::int64_t elements() const { return outer * classes * inner; }
+};
+
+// Deterministic row sums, the why: rows are cut into chunks of a fixed number of rows
+// (max(1, kChunkSize / classes): the shape decides it, never the thread count); a chunk sums its
+// row losses in 8 Kahan-compensated double lanes, taken round-robin, and the chunk sums are
+// combined in a fixed pairwise tree. Each row loss is a double exact to ~1e-10 relative
+// (fastloss/softmax.h), so a float32 mean is the exact mean correctly rounded but for
+// vanishingly rare cases, with the same bits for any OMP_NUM_THREADS.
+
+// Softmax family: RowOp::Softmax and LogSoftmax read `first` (the input); the backward ops
+// read `first` (grad_output) and `second` (the forward output). `out` may be any of them.
+template <class T>
+struct RowPass {
+  RowShape shape;
+  const T* first = nullptr;
+  const T* second = nullptr;
+  T* out = nullptr;
+};
+
+template <class T>
+struct CrossEntropyPass {
+  RowShape shape;
+  const T* input = nullptr;
+  TargetKind target_kind = TargetKind::ClassIndex64;
+  const void* target = nullptr;  // rows() int64/int32 class indices, or probabilities (input's shape)
+  const T* class_weight = nullptr;  // `classes` weights, or nullptr
+  std::int64_t ignore_index = -100;  // class indices only
+  double label_smoothing = 0.0;
+  const T* grad_output = nullptr;  // one upstream gradient per row (reduction='none'), or nullptr
+  double grad_scale = 1.0;         // the scalar upstream gradient
+  bool mean = false;               // the gradient is divided by the mean's divisor
+  T* loss_out = nullptr;           // Elementwise*: rows() losses
+  T* grad_out = nullptr;           // *Grad: the input's shape; may be the input itself
+};
+
+struct CrossEntropyResult {
+  double sum = 0.0;      // Sum*: the exact-to-rounding sum of the row losses
+  double divisor = 0.0;  // the mean's divisor: the summed weights of the non-ignored targets
+                         // (the row count for probabilities)
+  std::int64_t bad_row = -1;  // the first row whose class index is outside [0, classes) and not
+  std::int64_t bad_class = 0;  // ignore_index, and that index; nothing was written then
+};
+
+#define FASTLOSS_DECLARE_MULTICLASS_KERNELS(isa)                                                     \
+  namespace isa {                                                                                    \
+  void run_row_op(RowOp op, const RowPass<float>& p);                                                \
+  void run_row_op(RowOp op, const RowPass<double>& p);                                               \
+  CrossEntropyResult run_cross_entropy(PassOutputs outputs, const CrossEntropyPass<float>& p);       \
+  CrossEntropyResult run_cross_entropy(PassOutputs outputs, const CrossEntropyPass<double>& p);      \
+  void run_activation(Activation op, std::int64_t n, const float* x, const float* y, float* out);    \
+  void run_activation(Activation op, std::int64_t n, const double* x, const double* y, double* out); \
+  }
+
+FASTLOSS_DECLARE_MULTICLASS_KERNELS(baseline)
+#if defined(__x86_64__)
+FASTLOSS_DECLARE_MULTICLASS_KERNELS(x86_64_v3)
+#endif
+
+}  // namespace fastloss
