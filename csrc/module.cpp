@@ -60,17 +60,19 @@ struct KernelSet {
         isa::sigmoid_backward                                                                     \
   }
 
-// FASTLOSS_ISA=baseline forces the portable build (tests use it to check both).
+// The widest build this CPU runs. FASTLOSS_ISA=baseline (or x86_64_v3) caps it: the tests
+// use it to check every build on one machine. An unknown value caps nothing.
 KernelSet choose_kernels() {
   const char* forced = std::getenv("FASTLOSS_ISA");
-  const bool want_baseline = forced != nullptr && std::strcmp(forced, "baseline") == 0;
+  const std::string cap = forced != nullptr ? forced : "";
 #if defined(__x86_64__)
   __builtin_cpu_init();
-  if (!want_baseline && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-    return FASTLOSS_KERNEL_SET(x86_64_v3);
-  }
+  const bool v3_allowed = cap != "baseline";
+  const bool v4_allowed = v3_allowed && cap != "x86_64_v3";
+  if (v4_allowed && __builtin_cpu_supports("x86-64-v4")) return FASTLOSS_KERNEL_SET(x86_64_v4);
+  if (v3_allowed && __builtin_cpu_supports("x86-64-v3")) return FASTLOSS_KERNEL_SET(x86_64_v3);
 #endif
-  (void)want_baseline;
+  (void)cap;
   return FASTLOSS_KERNEL_SET(baseline);
 }
 

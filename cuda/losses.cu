@@ -199,13 +199,14 @@ loss_pass(long long n, const T* input, const T* target, const T* weight, long lo
     for (int k = 0; k < W; ++k) {
       if (base + k < n) {
         double wk = 1.0;
-        T pwk = T(1);
+        double pwk = 1.0;
         if (kWeighted) {
           wk = static_cast<double>(weight[wrap(w_offset + k, weight_period)]);
-          pwk = pos_weight[wrap(pw_offset + k, pos_weight_period)];
+          pwk = static_cast<double>(pos_weight[wrap(pw_offset + k, pos_weight_period)]);
         }
         double loss, grad;
-        pass::element<Op, kPass, kWeighted>(x[k], y[k], wk, pwk, grad_scale, loss, grad, bad);
+        pass::element<T, Op, kPass, kWeighted>(static_cast<double>(x[k]), static_cast<double>(y[k]), wk, pwk,
+                                               grad_scale, loss, grad, bad);
         if constexpr (kWantSum) acc.add(loss);
         if constexpr (kWantElementwise) loss_values[k] = static_cast<T>(loss);
         if constexpr (kWantGrad) grad_values[k] = static_cast<T>(grad);
@@ -258,7 +259,8 @@ finish_sum(const double* partials, long long count, double divisor, T* out) {
 }
 
 // ---- sigmoid ----------------------------------------------------------------------------------
-// out[i] = sigmoid(x[i]), evaluated in double (the header's definition). out may be x.
+// out[i] = sigmoid(x[i]), evaluated in double at the grade of T (the header's definition).
+// out may be x.
 template <class T>
 __global__ void __launch_bounds__(kThreads)
 sigmoid(long long n, const T* x, T* out) {
@@ -273,7 +275,7 @@ sigmoid(long long n, const T* x, T* out) {
     load_group(x, base, n, whole, v);
 #pragma unroll
     for (int k = 0; k < W; ++k) {
-      if (base + k < n) r[k] = static_cast<T>(ew::sigmoid(static_cast<double>(v[k])));
+      if (base + k < n) r[k] = static_cast<T>(ew::sigmoid<T>(static_cast<double>(v[k])));
     }
     store_group(out, base, n, whole, r);
   }
