@@ -22,7 +22,14 @@ namespace elementwise {
 using lanes::select;
 using lanes::splat;
 
-// The transcendental functions and the division of each input dtype (see scalar_math.h).
+// |a| by clearing the sign bit (one instruction; NaN stays NaN).
+template <class V>
+FASTLOSS_HD V absolute(V a) {
+  return lanes::bits_as<V>(lanes::to_bits(a) & 0x7fffffffffffffffull);
+}
+
+// The transcendental functions, the division and the sigmoid of each input dtype (see
+// scalar_math.h).
 template <class T> struct MathFor;
 
 template <>
@@ -33,6 +40,12 @@ struct MathFor<float> {
   template <class V> FASTLOSS_HD V log(V p) { return math::log_for_float32(p); }
   template <class V> FASTLOSS_HD V log1m(V p) { return math::log1m_for_float32(p); }
   template <class V> FASTLOSS_HD V divide(V a, V b) { return lanes::divide_for_float32(a, b); }
+  // 1 / (1 + e^-x), x clamped to [-120, 120] (the result rounds to the same float32): no
+  // select of the numerator, no multiply by it.
+  template <class V> FASTLOSS_HD V sigmoid(V x) {
+    x = lanes::select(x < -120.0, lanes::splat<V>(-120.0), x);
+    return lanes::divide_for_float32(lanes::splat<V>(1.0), 1.0 + math::exp_neg_for_float32(x));
+  }
 };
 
 template <>
@@ -52,6 +65,12 @@ struct MathFor<double> {
     return math::log(u) + ((-p) - (u - 1.0));
   }
   template <class V> FASTLOSS_HD V divide(V a, V b) { return a / b; }
+  // 1 / (1 + e) for x >= 0, e / (1 + e) below, e = exp(-|x|) in [0, 1]: no overflow, and the
+  // subnormal tail of e is kept.
+  template <class V> FASTLOSS_HD V sigmoid(V x) {
+    const V e = math::exp(-absolute(x));
+    return lanes::select(x >= 0.0, lanes::splat<V>(1.0), e) / (1.0 + e);
+  }
 };
 
 // A branch-free max that propagates NaN (a NaN `a` compares false and is returned).
@@ -60,16 +79,14 @@ FASTLOSS_HD V at_least(V a, double floor) {
   return select(a < floor, splat<V>(floor), a);
 }
 
-template <class V>
-FASTLOSS_HD V absolute(V a) {
-  return select(a < 0.0, -a, a);
-}
-
 // ---- mean squared error: (x - y)^2 ----------------------------------------------------------
 // x - y of two floats is exact in double but for a difference beyond 2^29 of their
 // magnitudes, so a float32 term is exact to 1 double rounding.
+// grad() returns x - y, and kGradFactor = 2 joins the gradient's scale (loss_pass.h): one
+// multiply per element fewer, and the same bits (a product with 2 is exact).
 struct SquaredError {
   static const bool kInputIsProbability = false;
+  static constexpr double kGradFactor = 2.0;
   template <class T, class V>
   FASTLOSS_HD V loss(V x, V y, V) {
     const V d = x - y;
@@ -78,15 +95,15 @@ struct SquaredError {
   template <class T, class V>
   FASTLOSS_HD V grad(V x, V y, V) {
 #ifdef FASTLOSS_PLANTED_FAULT_MSE_GRAD_SIGN
-    return 2.0 * (y - x);
+    return y - x;
 #endif
-    return 2.0 * (x - y);
+    return x - y;
   }
   template <class T, class V>
   FASTLOSS_HD void loss_and_grad(V x, V y, V, V& loss, V& grad) {
     const V d = x - y;
     loss = d * d;
-    grad = 2.0 * d;
+    grad = d;
   }
 };
 
@@ -96,6 +113,7 @@ struct SquaredError {
 // stays accurate for tiny p.
 struct BinaryCrossEntropy {
   static const bool kInputIsProbability = true;
+  static constexpr double kGradFactor = 1.0;
   template <class T, class V>
   FASTLOSS_HD V loss(V p, V y, V) {
     typedef MathFor<T> M;
@@ -133,6 +151,7 @@ FASTLOSS_HD auto outside_unit_interval(V p) -> decltype(p < 0.0) {
 // the infinite max(+-z, 0) is zeroed before it is multiplied.
 struct BinaryCrossEntropyWithLogits {
   static const bool kInputIsProbability = false;
+  static constexpr double kGradFactor = 1.0;
   template <class V>
   FASTLOSS_HD V loss_from_parts(V z, V y, V pos_weight, V log1p_e) {
     V neg_part = at_least(-z, 0.0);  // max(-z, 0), zero where pos_weight*y == 0
@@ -175,14 +194,11 @@ struct BinaryCrossEntropyWithLogits {
 };
 
 // ---- sigmoid ------------------------------------------------------------------------------
-// 1 / (1 + e) for x >= 0, e / (1 + e) below, e = exp(-|x|) in [0, 1]: a float32 result is
-// within 0.56 ulp (float32 grade), a float64 one within a few ulps; exactly 0 and 1 at
-// saturation, the subnormal tail kept, never NaN for a non-NaN input.
+// A float32 result is within 0.56 ulp (float32 grade), a float64 one within a few ulps;
+// exactly 0 and 1 at saturation, the subnormal tail kept, never NaN for a non-NaN input.
 template <class T, class V>
 FASTLOSS_HD V sigmoid(V x) {
-  typedef MathFor<T> M;
-  const V e = M::exp_neg(absolute(x));
-  V result = M::divide(select(x >= 0.0, splat<V>(1.0), e), 1.0 + e);
+  V result = MathFor<T>::sigmoid(x);
 #ifdef FASTLOSS_PLANTED_FAULT_SIGMOID_FLUSHES_TAIL
   result = select(x < -80.0, splat<V>(0.0), result);
 #endif

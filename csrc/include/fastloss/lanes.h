@@ -129,5 +129,20 @@ FASTLOSS_HD V divide_for_float32(V a, V b) {
   return a / b;
 }
 
+// p * 2^n for an integer-valued n in [-1022, 1023] (a NaN p stays NaN), given also
+// shifted = 1.5 * 2^52 + n, whose low bits hold n. With AVX-512 it is one vscalefpd;
+// elsewhere 2^n is built from the bits of shifted and multiplied (three instructions).
+template <class V>
+FASTLOSS_HD V times_power_of_two(V p, V n, V shifted) {
+#if !FASTLOSS_DEVICE_COMPILER && defined(__AVX512F__)
+  if constexpr (sizeof(V) == 64) {
+    // _mm512_scalef_pd(p, n), spelled as the builtin <immintrin.h> expands it to
+    return __builtin_ia32_scalefpd512_mask(p, n, V{}, static_cast<unsigned char>(0xff), 4);
+  }
+#endif
+  (void)n;
+  return p * bits_as<V>((to_bits(shifted) + 1023ull) << 52);
+}
+
 }  // namespace lanes
 }  // namespace fastloss

@@ -58,10 +58,11 @@ FASTLOSS_HD void element(V x, V y, V w, V pw, double grad_scale, V& loss, V& gra
 #else
   if (kWeighted) loss = loss * w;
 #endif
+  const double scale = Op::kGradFactor * grad_scale;
   if (kWeighted) {
-    grad = grad * (w * grad_scale);
+    grad = grad * (w * scale);
   } else {
-    grad = grad * grad_scale;
+    grad = grad * scale;
   }
 }
 

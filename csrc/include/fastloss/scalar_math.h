@@ -128,16 +128,25 @@ FASTLOSS_HD V log_one_to_two(V u) {
 }
 
 // ---- float32 grade ---------------------------------------------------------------------------
-// Minimax polynomials (Remez, relative error), evaluated by Horner's rule: these loops are
-// bound by the throughput of the FMA pipes, not their latency (the out-of-order window holds
-// several elements' chains), and Horner's rule has the fewest operations.
+// Minimax polynomials (Remez, relative error), evaluated by Estrin's scheme: a third of the
+// dependency depth of Horner's rule for two or three more operations. These loops are bound by
+// how far the out-of-order core can overlap elements, and Horner's 10-deep chains left the FMA
+// pipes half idle (bench/NOTES.md).
 
-// exp(-t) for t >= 0 within 4.1e-11 relative (NaN propagates, +inf gives e^-120). t is
-// clamped at 120: e^-120 = 7.7e-53, and everything a float32 kernel computes from a smaller
-// value rounds to the same float32 (0 for a sigmoid, no change to a loss of 1 + e or e*c).
-// Reduction t = n*ln2 - r, |r| <= ln2/2, with ln2 rounded once: n <= 174, so the product's
-// error is below 2e-14 absolute. Then degree 7 for e^r and the scale 2^-n from the rounding
-// constant's bits (multiplied, not added to the bits, so that NaN stays NaN).
+// c0 + c1 x + ... + c7 x^7, given x^2 and x^4.
+template <class V>
+FASTLOSS_HD V estrin7(V x, V x2, V x4, double c0, double c1, double c2, double c3, double c4,
+                      double c5, double c6, double c7) {
+  const V low = (c0 + c1 * x) + x2 * (c2 + c3 * x);
+  const V high = (c4 + c5 * x) + x2 * (c6 + c7 * x);
+  return low + x4 * high;
+}
+
+// exp(-t) for t <= 120 within 4.1e-11 relative (NaN propagates). t is clamped at 120:
+// e^-120 = 7.7e-53, and everything a float32 kernel computes from a smaller value rounds to
+// the same float32 (0 for a sigmoid, no change to a loss of 1 + e or e*c); the callers keep
+// t >= -120. Reduction t = n*ln2 - r, |r| <= ln2/2, with ln2 rounded once: |n| <= 174, so the
+// product's error is below 2e-14 absolute. Then degree 7 for e^r, times 2^-n.
 template <class V>
 FASTLOSS_HD V exp_neg_for_float32(V t) {
   t = select(t > 120.0, splat<V>(120.0), t);
@@ -145,32 +154,24 @@ FASTLOSS_HD V exp_neg_for_float32(V t) {
   const V shifted = round_shift - t * 0x1.71547652b82fep0;  // low bits: -round(t log2(e))
   const V minus_n = shifted - round_shift;
   const V r = -t - minus_n * 0x1.62e42fefa39efp-1;  // n ln2 - t, in [-ln2/2, ln2/2]
-  V p = 0x1.6da4ac7ac6b53p-10 + r * 0x1.9eb726c71680cp-13;
-  p = 0x1.1112fa2a3035fp-7 + r * p;
-  p = 0x1.55546871a0af4p-5 + r * p;
-  p = 0x1.555553440456cp-3 + r * p;
-  p = 0x1.00000059cbbebp-1 + r * p;
-  p = 0x1.000000010b490p+0 + r * p;
-  p = 0x1.ffffffffabbcep-1 + r * p;
-  const V scale = bits_as<V>((lanes::to_bits(shifted) + 1023ull) << 52);  // 2^-n
-  return p * scale;
+  const V r2 = r * r;
+  const V p = estrin7(r, r2, r2 * r2, 0x1.ffffffffabbcep-1, 0x1.000000010b490p+0, 0x1.00000059cbbebp-1,
+                      0x1.555553440456cp-3, 0x1.55546871a0af4p-5, 0x1.1112fa2a3035fp-7,
+                      0x1.6da4ac7ac6b53p-10, 0x1.9eb726c71680cp-13);
+  return lanes::times_power_of_two(p, minus_n, shifted);
 }
 
 // log1p(e) for e in [0, 1] (NaN propagates) within 7.5e-10 relative: e times a degree-10
 // polynomial, no range reduction, no division, relative accuracy down to e = 0.
 template <class V>
 FASTLOSS_HD V log1p_unit_for_float32(V e) {
-  V q = -0x1.b75684f7894f5p-7 + e * 0x1.0a1b998bf01e0p-9;
-  q = 0x1.53ca265cff24ap-5 + e * q;
-  q = -0x1.51ae71e1ecfedp-4 + e * q;
-  q = 0x1.fca8bdd5885bbp-4 + e * q;
-  q = -0x1.49d8354f70d10p-3 + e * q;
-  q = 0x1.975ccdae8e3bbp-3 + e * q;
-  q = -0x1.ffbd433ec4560p-3 + e * q;
-  q = 0x1.55534e1b2723fp-2 + e * q;
-  q = -0x1.fffff38a50abep-2 + e * q;
-  q = 0x1.fffffff99dbd6p-1 + e * q;
-  return e * q;
+  const V e2 = e * e;
+  const V e4 = e2 * e2;
+  const V low = estrin7(e, e2, e4, 0x1.fffffff99dbd6p-1, -0x1.fffff38a50abep-2, 0x1.55534e1b2723fp-2,
+                        -0x1.ffbd433ec4560p-3, 0x1.975ccdae8e3bbp-3, -0x1.49d8354f70d10p-3,
+                        0x1.fca8bdd5885bbp-4, -0x1.51ae71e1ecfedp-4);
+  const V high = (0x1.53ca265cff24ap-5 + e * -0x1.b75684f7894f5p-7) + e2 * 0x1.0a1b998bf01e0p-9;
+  return e * (low + (e4 * e4) * high);
 }
 
 // log(x) for x = 0 or a normal double, the range of float32 values (NaN propagates), within
@@ -186,17 +187,13 @@ FASTLOSS_HD V log_for_float32(V x) {
   k = select(m > 0x1.6a09e667f3bcdp0, k + 1.0, k);
   m = select(m > 0x1.6a09e667f3bcdp0, m * 0.5, m);
   const V f = m - 1.0;
-  V q = -0x1.dffe2a2a6a7b4p-4 + f * 0x1.137dd7f62976fp-4;
-  q = 0x1.e87deddf5f9d5p-4 + f * q;
-  q = -0x1.fbf1fce68e9b0p-4 + f * q;
-  q = 0x1.2312994074957p-3 + f * q;
-  q = -0x1.555be32429d8dp-3 + f * q;
-  q = 0x1.99a71b2b19d76p-3 + f * q;
-  q = -0x1.0000121986c25p-2 + f * q;
-  q = 0x1.5555400a58d7ap-2 + f * q;
-  q = -0x1.ffffffc706a2cp-2 + f * q;
-  q = 0x1.00000002b60bap+0 + f * q;
-  const V result = k * 0x1.62e42fefa39efp-1 + f * q;
+  const V f2 = f * f;
+  const V f4 = f2 * f2;
+  const V low = estrin7(f, f2, f4, 0x1.00000002b60bap+0, -0x1.ffffffc706a2cp-2, 0x1.5555400a58d7ap-2,
+                        -0x1.0000121986c25p-2, 0x1.99a71b2b19d76p-3, -0x1.555be32429d8dp-3,
+                        0x1.2312994074957p-3, -0x1.fbf1fce68e9b0p-4);
+  const V high = (0x1.e87deddf5f9d5p-4 + f * -0x1.dffe2a2a6a7b4p-4) + f2 * 0x1.137dd7f62976fp-4;
+  const V result = k * 0x1.62e42fefa39efp-1 + f * (low + (f4 * f4) * high);
   return select(x != x, x, result);
 }
 
