@@ -149,7 +149,7 @@ def jax_step(seed=0):
         state["params"], state["opt_state"], loss = update(state["params"], state["opt_state"],
                                                            inputs, targets)
         return loss
-    step.finish = lambda: jax.block_until_ready(state["params"])  # type: ignore[attr-defined]
+    step.finish = lambda: jax.block_until_ready(state["params"])
     return _with_parameters(step, lambda: state["params"])
 
 

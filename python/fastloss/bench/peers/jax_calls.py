@@ -16,7 +16,7 @@ import functools
 
 from fastloss.bench.peers import Unavailable
 
-INSTALL_HINT = "pip install jax jaxlib optax"
+INSTALL_HINT = "pip install 'fastloss[jax]'"
 
 
 @functools.cache
