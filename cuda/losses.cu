@@ -3,7 +3,10 @@
 //
 // The per-element math and the body of a loss pass are the shared headers' (csrc/include/
 // fastloss/elementwise.h and loss_pass.h, installed as fastloss/include/fastloss/): this file
-// only adds the parallel structure, loads and stores. The launch geometry comes from _cuda.py
+// only adds the parallel structure, loads and stores. The math runs on one double per thread
+// (the lane type of fastloss/lanes.h) for float32 inputs too, as on the CPU: on the data-centre
+// GPUs it targets FP64 runs at half the FP32 rate, ~40 double operations an element stay far
+// below what HBM delivers; on a GPU with 1/64-rate FP64 the BCE kernels would be compute-bound. The launch geometry comes from _cuda.py
 // as -D options: FASTLOSS_CUDA_THREADS (threads per block) and FASTLOSS_CUDA_GROUP_BYTES.
 //
 // Rules for this file:
