@@ -12,7 +12,7 @@ that run fails its tests (pytest exit status 1); the check fails unless every fa
 A control run first builds without any fault and runs every subset: all of them must pass, so a
 broken harness can never look like a caught fault.
 
-    python .ci/planted_faults.py                 every fault (about 6 minutes on 2 Zen 5 cores)
+    python .ci/planted_faults.py                 every fault (about 9 minutes on 2 Zen 5 cores)
     python .ci/planted_faults.py --ci            CI's selection: every Python fault, 4 C++ ones
     python .ci/planted_faults.py --list          the faults and their subsets
     python .ci/planted_faults.py --only NAME...  some of them (after the control run)

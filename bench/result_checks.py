@@ -64,6 +64,7 @@ CPU_SUMMATION = {
     "numba": SEQUENTIAL,  # a running sum in the input dtype (fastmath may split it into lanes)
     "numba-parallel": SEQUENTIAL,  # one running sum per thread
     "torch": Summation("cascade"),  # aten/src/ATen/native/cpu/SumKernel.cpp
+    "jax": SEQUENTIAL,  # XLA's CPU reduction: a loop in the input dtype, vectorised
     "crysx_nn": Summation("sequential", accumulator="float64"),  # `loss = 0.0` under prange
 }
 # On the GPU each thread adds a strided run of elements before a tree combines the threads'

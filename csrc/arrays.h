@@ -7,6 +7,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cstddef>
 #include <cstdint>
 
 namespace fastloss {
@@ -41,20 +42,30 @@ inline bool same_shape(const py::array& a, const py::array& b) {
   return true;
 }
 
-// Whether a and b share a byte (empty arrays share none).
+// Whether the byte ranges [a, a + a_bytes) and [b, b + b_bytes) share a byte (empty ones
+// share none).
+inline bool overlaps(const void* a, std::size_t a_bytes, const void* b, std::size_t b_bytes) {
+  const char* p = static_cast<const char*>(a);
+  const char* q = static_cast<const char*>(b);
+  return a_bytes > 0 && b_bytes > 0 && p < q + b_bytes && q < p + a_bytes;
+}
+
 inline bool overlaps(const py::array& a, const py::array& b) {
-  const char* p = static_cast<const char*>(a.data());
-  const char* q = static_cast<const char*>(b.data());
-  return a.nbytes() > 0 && b.nbytes() > 0 && p < q + b.nbytes() && q < p + a.nbytes();
+  return overlaps(a.data(), static_cast<std::size_t>(a.nbytes()), b.data(), static_cast<std::size_t>(b.nbytes()));
 }
 
 // An output may be exactly one of the arrays a kernel reads (an in-place update: each element
 // is read before it is written) but no other array sharing memory with it.
-inline bool partially_overlaps(const py::array& out, const py::array& in) {
+inline bool partially_overlaps(const void* out, std::size_t out_bytes, const void* in, std::size_t in_bytes) {
 #ifdef FASTLOSS_PLANTED_FAULT_OVERLAP_CHECK_SKIPPED
   return false;
 #endif
-  return overlaps(out, in) && !(out.data() == in.data() && out.nbytes() == in.nbytes());
+  return overlaps(out, out_bytes, in, in_bytes) && !(out == in && out_bytes == in_bytes);
+}
+
+inline bool partially_overlaps(const py::array& out, const py::array& in) {
+  return partially_overlaps(out.data(), static_cast<std::size_t>(out.nbytes()), in.data(),
+                            static_cast<std::size_t>(in.nbytes()));
 }
 
 // Runs body(T{}) with T the C++ type of a float32 or float64 dtype.

@@ -2,7 +2,14 @@
 // CMakeLists.txt); everything here is in that namespace or file-local, so the builds never mix.
 // Never build this file with -ffast-math: the reduction's error bound (kernels.h) relies on the
 // compiler keeping the order of every addition, and Kahan compensation would be optimised away.
+//
+// The loops run on explicit vectors of doubles (fastloss/lanes.h), the widest the build's
+// instruction set has: 2 (SSE2), 4 (AVX2) or 8 (AVX-512) lanes. float32 inputs are widened on
+// load and rounded back on store; a run's last, partial vector goes through a zero-padded copy.
+#include <immintrin.h>
+
 #include <algorithm>
+#include <cstring>
 #include <type_traits>
 
 #if defined(FASTLOSS_PLANTED_FAULT_BCE_GRAD_PARALLEL) || defined(FASTLOSS_PLANTED_FAULT_THREAD_DEPENDENT_CHUNKS)
@@ -21,10 +28,71 @@ namespace FASTLOSS_ISA {
 namespace {
 
 namespace ew = fastloss::elementwise;
+using lanes::select;
 using pass::Wants;
 
-constexpr int kTileSize = 256;  // per-element terms are staged in an L1 tile, then accumulated
+#if defined(__AVX512F__)
+typedef lanes::Double8 V;
+#elif defined(__AVX__)
+typedef lanes::Double4 V;
+#else
+typedef lanes::Double2 V;
+#endif
+constexpr int kWidth = lanes::Traits<V>::kWidth;
+typedef lanes::Traits<V>::Mask Mask;
 
+// ---- loads and stores: kWidth elements of T as double lanes -------------------------------
+V load(const double* p) {
+  V v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+V load(const float* p) {
+#if defined(__AVX512F__)
+  return (V)_mm512_cvtps_pd(_mm256_loadu_ps(p));
+#elif defined(__AVX__)
+  return (V)_mm256_cvtps_pd(_mm_loadu_ps(p));
+#else
+  return (V)_mm_cvtps_pd(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p))));
+#endif
+}
+
+void store(double* p, V v) { std::memcpy(p, &v, sizeof v); }
+
+void store(float* p, V v) {
+#if defined(__AVX512F__)
+  _mm256_storeu_ps(p, _mm512_cvtpd_ps((__m512d)v));
+#elif defined(__AVX__)
+  _mm_storeu_ps(p, _mm256_cvtpd_ps((__m256d)v));
+#else
+  _mm_store_sd(reinterpret_cast<double*>(p), _mm_castps_pd(_mm_cvtpd_ps((__m128d)v)));
+#endif
+}
+
+// The first `count` < kWidth elements, the other lanes 0.
+template <class T>
+V load_partial(const T* p, int count) {
+  T padded[kWidth] = {};
+  std::memcpy(padded, p, sizeof(T) * count);
+  return load(padded);
+}
+
+template <class T>
+void store_partial(T* p, V v, int count) {
+  T padded[kWidth];
+  store(padded, v);
+  std::memcpy(p, padded, sizeof(T) * count);
+}
+
+// Lanes [0, count) of a vector: the elements of a partial vector.
+Mask first_lanes(int count) {
+  V index;
+  for (int k = 0; k < kWidth; ++k) index[k] = k;
+  return index < static_cast<double>(count);
+}
+
+// ---- the reduction -------------------------------------------------------------------------
 // Sums values[0..count) in a fixed pairwise tree, in place. The shape depends on count only.
 double pairwise_sum(double* values, std::int64_t count) {
   if (count == 0) return 0.0;
@@ -34,16 +102,16 @@ double pairwise_sum(double* values, std::int64_t count) {
   return values[0];
 }
 
-// kCount round-robin double accumulators; with kCompensated, each lane is a Kahan sum. 8 plain
-// lanes fill two AVX2 registers; a Kahan update is a 5-deep dependency chain, so compensated
-// sums get 16 lanes to keep enough updates in flight (float64 MSE 1.64 -> 0.84 ns/element).
+// kCount vectors of double accumulators taking the terms round-robin; with kCompensated, each
+// lane is a Kahan sum. A Kahan update is a 4-deep dependency chain, so compensated sums get
+// twice the accumulators to keep enough updates in flight.
 template <bool kCompensated>
 struct LaneSums {
-  static constexpr int kCount = kCompensated ? 16 : 8;
-  double sum[kCount] = {};
-  double compensation[kCount] = {};
+  static constexpr int kCount = kCompensated ? 8 : 4;
+  V sum[kCount] = {};
+  V compensation[kCount] = {};
 
-  void add(int k, double term) {
+  void add(int k, V term) {
     if (kCompensated) {
       pass::compensated_add(sum[k], compensation[k], term);
     } else {
@@ -51,18 +119,17 @@ struct LaneSums {
     }
   }
 
-  void add_tile(const double* tile, int count) {
-    int j = 0;
-    for (; j + kCount <= count; j += kCount) {
-      for (int k = 0; k < kCount; ++k) add(k, tile[j + k]);
-    }
-    for (int k = 0; j < count; ++j, ++k) add(k, tile[j]);
-  }
-
+  // The lanes in a fixed pairwise tree: the vectors first (whole-register adds), then the
+  // lanes of the last one; a scalar tree over 32 lanes cost a 16-element call ~30 ns.
   double total() const {
-    double lane[kCount];
-    for (int k = 0; k < kCount; ++k) lane[k] = sum[k] - compensation[k];
-    return pairwise_sum(lane, kCount);
+    V level[kCount];
+    for (int k = 0; k < kCount; ++k) level[k] = sum[k] - compensation[k];
+    for (int width = kCount / 2; width >= 1; width /= 2) {
+      for (int k = 0; k < width; ++k) level[k] = level[2 * k] + level[2 * k + 1];
+    }
+    double lane[kWidth];
+    for (int j = 0; j < kWidth; ++j) lane[j] = level[0][j];
+    return pairwise_sum(lane, kWidth);
   }
 };
 
@@ -93,75 +160,95 @@ int for_each_chunk(std::int64_t n, ChunkFn chunk) {
   return flags;
 }
 
+// ---- the loss pass -------------------------------------------------------------------------
 template <class T, class Op, PassOutputs kOutputs, bool kWeighted>
 struct LossPassKernel {
   static constexpr bool kSum = Wants<kOutputs>::kSum;
   static constexpr bool kElementwise = Wants<kOutputs>::kElementwise;
   static constexpr bool kGrad = Wants<kOutputs>::kGrad;
-
-  // Squared error is a handful of instructions per element: its sums are accumulated straight
-  // into the lanes (27 % faster than staging them through the tile, measured). The BCE loops
-  // are too large for GCC to vectorise in that shape, so they keep the tile.
-  static constexpr bool kDirectLanes = kSum && std::is_same<Op, ew::SquaredError>::value;
+  typedef LaneSums<std::is_same<T, double>::value> Lanes;
 
   const LossPass<T>& p;
 
-  // One contiguous run of elements (weights contiguous over it too). The loop body is
-  // branch-free so the compiler vectorises it; returns nonzero if an input was out of range.
-  template <class Lanes>
-  int map(std::int64_t begin, int count, const T* w, const T* pw, double* tile, Lanes& lanes) const {
-    int out_of_range = 0;
-    if constexpr (kDirectLanes) {
-      int j = 0;
-      for (; j + Lanes::kCount <= count; j += Lanes::kCount) {
-        for (int k = 0; k < Lanes::kCount; ++k) lanes.add(k, element(begin, j + k, w, pw, out_of_range));
-      }
-      for (int k = 0; j < count; ++j, ++k) {
-        const double term = element(begin, j, w, pw, out_of_range);
-#ifdef FASTLOSS_PLANTED_FAULT_SUM_TAIL_DROPPED
-        if (j + 1 == count) break;
-#endif
-        lanes.add(k, term);
-      }
-    } else {
-      for (int j = 0; j < count; ++j) {
-        const double loss = element(begin, j, w, pw, out_of_range);
-        if constexpr (kSum) tile[j] = loss;
-      }
-      if constexpr (kSum) lanes.add_tile(tile, count);
+  // The arrays and the scale, as values: the stores go through may-alias vector types, after
+  // which the compiler would reload every field of `p` (measured: +3 instructions a vector).
+  struct Streams {
+    const T* input;
+    const T* target;
+    T* loss_out;
+    T* grad_out;
+    double grad_scale;
+  };
+
+  // The vector of elements i .. i + kWidth (kWhole), or its first `count` (weights w and pw
+  // at the same offsets): writes its elementwise outputs, returns its weighted losses (0 in
+  // the lanes past count). Everything is read before anything is written: out may be the input.
+  template <bool kWhole>
+  static V step(Streams s, std::int64_t i, const T* w, const T* pw, int count, Mask& out_of_range) {
+    const auto read = [count](const T* a) { return kWhole ? load(a) : load_partial(a, count); };
+    const V x = read(s.input + i);
+    const V y = read(s.target + i);
+    const V one = lanes::splat<V>(1.0);
+    const V wv = kWeighted ? read(w) : one;
+    const V pwv = kWeighted ? read(pw) : one;
+    V loss, grad;
+    pass::element<T, Op, kOutputs, kWeighted>(x, y, wv, pwv, s.grad_scale, loss, grad, out_of_range);
+#ifdef FASTLOSS_PLANTED_FAULT_BCE_GRAD_PARALLEL
+    if (std::is_same<Op, ew::BinaryCrossEntropy>::value && std::is_same<T, float>::value && omp_in_parallel()) {
+      grad = select((x > 0.01) & (x < 0.99), grad * 1.5, grad);
     }
-    return out_of_range;
+#endif
+    if (kWhole) {
+      if constexpr (kElementwise) store(s.loss_out + i, loss);
+      if constexpr (kGrad) store(s.grad_out + i, grad);
+      return loss;
+    }
+    if constexpr (kElementwise) store_partial(s.loss_out + i, loss, count);
+    if constexpr (kGrad) store_partial(s.grad_out + i, grad, count);
+#ifdef FASTLOSS_PLANTED_FAULT_SUM_TAIL_DROPPED
+    count -= 1;
+#endif
+    return select(first_lanes(count), loss, V{});
   }
 
-  // Element begin + j: writes its elementwise outputs, returns its weighted loss (kSum).
-  // The input is read once, before any write: out may be the input itself.
-  double element(std::int64_t begin, int j, const T* w, const T* pw, int& out_of_range) const {
-    const T xj = p.input[begin + j];
-    const T yj = p.target[begin + j];
-    double loss, grad;
-    pass::element<Op, kOutputs, kWeighted>(xj, yj, kWeighted ? static_cast<double>(w[j]) : 1.0,
-                                           kWeighted ? pw[j] : T(1), p.grad_scale, loss, grad,
-                                           out_of_range);
-#ifdef FASTLOSS_PLANTED_FAULT_BCE_GRAD_PARALLEL
-    if (std::is_same<Op, ew::BinaryCrossEntropy>::value && std::is_same<T, float>::value &&
-        omp_in_parallel() && xj > T(0.01) && xj < T(0.99)) {
-      grad *= 1.5;
+  // Elements [i, end) of one contiguous run (weights contiguous over it too, from w and pw).
+  static void run(Streams s, std::int64_t i, std::int64_t end, const T* w, const T* pw, Lanes& lanes,
+                  Mask& out_of_range) {
+    constexpr int kBlock = Lanes::kCount * kWidth;
+    for (; i + kBlock <= end; i += kBlock) {
+      for (int k = 0; k < Lanes::kCount; ++k) {
+        // (no offset on the null pointers of an unweighted pass: UBSan rightly objects)
+        const V loss = kWeighted ? step<true>(s, i + k * kWidth, w + k * kWidth, pw + k * kWidth, kWidth, out_of_range)
+                                 : step<true>(s, i + k * kWidth, w, pw, kWidth, out_of_range);
+        if constexpr (kSum) lanes.add(k, loss);
+      }
+      if constexpr (kWeighted) {
+        w += kBlock;
+        pw += kBlock;
+      }
     }
-#endif
-    if constexpr (kElementwise) p.loss_out[begin + j] = static_cast<T>(loss);
-    if constexpr (kGrad) p.grad_out[begin + j] = static_cast<T>(grad);
-    return loss;
+    int k = 0;
+    for (; i < end; i += kWidth, ++k) {
+      const int count = static_cast<int>(std::min<std::int64_t>(kWidth, end - i));
+      const V loss = count == kWidth ? step<true>(s, i, w, pw, kWidth, out_of_range)
+                                     : step<false>(s, i, w, pw, count, out_of_range);
+      if constexpr (kSum) lanes.add(k, loss);
+      if constexpr (kWeighted) {
+        w += kWidth;
+        pw += kWidth;
+      }
+    }
   }
 
   // Processes [begin, end); stores the chunk's sum when reducing.
   int chunk(std::int64_t index, std::int64_t begin, std::int64_t end) const {
-    LaneSums<std::is_same<T, double>::value> lanes;
-    alignas(64) double tile[kTileSize];
-    int out_of_range = 0;
+    Lanes lanes;
+    Mask out_of_range = {};
+    const Streams streams{p.input, p.target, p.loss_out, p.grad_out, p.grad_scale};
     std::int64_t i = begin;
     while (i < end) {
-      // A segment ends where the input range or a weight's period does.
-      std::int64_t segment_end = end;
+      // A run ends where the input range or a weight's period does.
+      std::int64_t run_end = end;
       const T* w = nullptr;
       const T* pw = nullptr;
       if constexpr (kWeighted) {
@@ -171,22 +258,15 @@ struct LossPassKernel {
         const std::int64_t w_offset = i % p.weight_period;
 #endif
         const std::int64_t pw_offset = i % p.pos_weight_period;
-        segment_end = std::min({end, i + (p.weight_period - w_offset), i + (p.pos_weight_period - pw_offset)});
+        run_end = std::min({end, i + (p.weight_period - w_offset), i + (p.pos_weight_period - pw_offset)});
         w = p.weight + w_offset;
         pw = p.pos_weight + pw_offset;
       }
-      while (i < segment_end) {
-        const int count = static_cast<int>(std::min<std::int64_t>(kTileSize, segment_end - i));
-        out_of_range |= map(i, count, w, pw, tile, lanes);
-        i += count;
-        if constexpr (kWeighted) {
-          w += count;
-          pw += count;
-        }
-      }
+      run(streams, i, run_end, w, pw, lanes, out_of_range);
+      i = run_end;
     }
     if constexpr (kSum) p.chunk_sums[index] = lanes.total();
-    return out_of_range;
+    return lanes::any(out_of_range) ? 1 : 0;
   }
 
   LossPassResult run() const {
@@ -229,15 +309,38 @@ LossPassResult run_loss_pass_impl(LossOp op, PassOutputs outputs, const LossPass
   return LossPassResult{0.0, false};
 }
 
+// ---- elementwise maps ------------------------------------------------------------------------
+// out[i] = f(a[i]) over [begin, end), a vector at a time (out may be a).
+template <class T, class F>
+void map_chunk(std::int64_t begin, std::int64_t end, T* out, F f, const T* a) {
+  std::int64_t i = begin;
+  for (; i + kWidth <= end; i += kWidth) store(out + i, f(load(a + i)));
+  if (i < end) {
+    const int count = static_cast<int>(end - i);
+    store_partial(out + i, f(load_partial(a + i, count)), count);
+  }
+}
+
+// out[i] = f(a[i], b[i]) over [begin, end) (out may be a or b).
+template <class T, class F>
+void map_chunk(std::int64_t begin, std::int64_t end, T* out, F f, const T* a, const T* b) {
+  std::int64_t i = begin;
+  for (; i + kWidth <= end; i += kWidth) store(out + i, f(load(a + i), load(b + i)));
+  if (i < end) {
+    const int count = static_cast<int>(end - i);
+    store_partial(out + i, f(load_partial(a + i, count), load_partial(b + i, count)), count);
+  }
+}
+
 template <class T>
 void sigmoid_impl(std::int64_t n, const T* x, T* out) {
   for_each_chunk(n, [=](std::int64_t, std::int64_t begin, std::int64_t end) {
-    for (std::int64_t i = begin; i < end; ++i) out[i] = static_cast<T>(ew::sigmoid(x[i]));
+    map_chunk(begin, end, out, [](V v) { return ew::sigmoid<T>(v); }, x);
 #ifdef FASTLOSS_PLANTED_FAULT_BASELINE_SIGMOID
 #define FASTLOSS_STRING_OF(x) #x
 #define FASTLOSS_STRING(x) FASTLOSS_STRING_OF(x)
     if (FASTLOSS_STRING(FASTLOSS_ISA)[0] == 'b') {  // the baseline build only
-      for (std::int64_t i = begin; i < end; ++i) out[i] = static_cast<T>(ew::sigmoid(x[i]) * (1.0 + 0x1p-15));
+      map_chunk(begin, end, out, [](V v) { return ew::sigmoid<T>(v) * (1.0 + 0x1p-15); }, x);
     }
 #endif
     return 0;
@@ -245,21 +348,20 @@ void sigmoid_impl(std::int64_t n, const T* x, T* out) {
 }
 
 // Also reports whether an output lies outside [0, 1] (no sigmoid output: the forward's input
-// passed by mistake), from the same pass; compared in T, which costs about a quarter more time
-// in cache for float32 and a few per cent from memory (bench/NOTES.md). out may be output
+// passed by mistake), from the same pass; compared on the double lanes (exact for float32), which
+// costs some time in cache and little from memory (bench/NOTES.md). out may be output
 // itself: each element is read before it is written.
 template <class T>
 bool sigmoid_backward_impl(std::int64_t n, const T* grad_output, const T* output, T* out) {
   const int out_of_range = for_each_chunk(n, [=](std::int64_t, std::int64_t begin, std::int64_t end) {
-    int not_an_output = 0;
-    for (std::int64_t i = begin; i < end; ++i) {
-      const T y = output[i];
+    Mask not_an_output = {};  // a partial vector's padding lanes are 0: inside [0, 1]
+    map_chunk(begin, end, out, [&not_an_output](V g, V y) {
 #ifndef FASTLOSS_PLANTED_FAULT_SIGMOID_BACKWARD_RANGE_IGNORED
-      not_an_output |= ew::outside_unit_interval(y);
+      not_an_output = not_an_output | ew::outside_unit_interval(y);
 #endif
-      out[i] = static_cast<T>(ew::sigmoid_backward(grad_output[i], y));
-    }
-    return not_an_output;
+      return ew::sigmoid_backward(g, y);
+    }, grad_output, output);
+    return lanes::any(not_an_output) ? 1 : 0;
   });
   return out_of_range != 0;
 }

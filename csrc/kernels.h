@@ -1,8 +1,8 @@
 // The contract between the pybind11 module (module.cpp) and the kernels (kernels.cpp).
 //
 // kernels.cpp is compiled once per instruction set, each time into its own namespace
-// (fastloss::baseline, and fastloss::x86_64_v3 = AVX2+FMA on x86-64); module.cpp picks one at
-// import time. Raw pointers and sizes only: validation, allocation and the GIL live in module.cpp.
+// (fastloss::baseline, and on x86-64 fastloss::x86_64_v3 = AVX2+FMA and fastloss::x86_64_v4 =
+// AVX-512); module.cpp picks one at import time. Raw pointers and sizes only: validation, allocation and the GIL live in module.cpp.
 #pragma once
 
 #include <cstdint>
@@ -13,14 +13,15 @@ namespace fastloss {
 
 // Deterministic reduction, the why and the bound.
 // The n elements are cut into chunks of kChunkSize, a constant: chunk boundaries depend on n
-// only, never on the thread count, and each thread sums whole chunks. Inside a chunk, 8
-// independent double accumulators take the terms round-robin (float64 input: 16 Kahan-
-// compensated ones); the accumulators and then the chunk sums are combined in fixed pairwise
-// trees. Each term is a double, each accumulator sees at most 1024 terms and the trees have
-// depth log2(n / 8192) + 3, so the relative error of a sum of non-negative terms is below
-// (1024 + 40) * 2^-53 ~ 1.2e-13 before the final rounding: a float32 sum is the exact sum of
-// its terms correctly rounded in all but vanishingly rare cases (MSE terms are exact; the BCE
-// terms of float32 inputs carry their float exp/log error, see elementwise.h), and the bits are
+// only, never on the thread count, and each thread sums whole chunks. Inside a chunk, the
+// terms go round-robin, a vector of them at a time, into 4 vectors of double accumulators
+// (float64 input: 8 vectors of Kahan-compensated ones): 8 to 64 lanes, depending on the
+// instruction set's vector width, never on the thread count; the lanes and then the chunk sums
+// are combined in fixed pairwise trees. Each term is a double, each lane sees at most 1024
+// terms and the trees have depth log2(n / 8192) + 6, so the relative error of a sum of
+// non-negative terms is below (1024 + 45) * 2^-53 ~ 1.2e-13 before the final rounding: a
+// float32 sum is the exact sum of its terms correctly rounded in all but vanishingly rare
+// cases (each float32 term is within ~1e-9 relative of exact: elementwise.h), and the bits are
 // the same for any OMP_NUM_THREADS (the serial small-array path walks the same chunks).
 constexpr std::int64_t kChunkSize = 8192;
 // Below this many elements a call runs serially and keeps the GIL: an OpenMP region costs
@@ -73,6 +74,7 @@ struct LossPassResult {
 FASTLOSS_DECLARE_KERNELS(baseline)
 #if defined(__x86_64__)
 FASTLOSS_DECLARE_KERNELS(x86_64_v3)
+FASTLOSS_DECLARE_KERNELS(x86_64_v4)
 #endif
 
 }  // namespace fastloss

@@ -11,6 +11,7 @@
 #define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
 #define PY_ARRAY_UNIQUE_SYMBOL fastloss_ARRAY_API
 #include <numpy/arrayobject.h>
+#include <numpy/arrayscalars.h>
 
 #include <pthread.h>
 
@@ -26,6 +27,7 @@
 #endif
 
 #include "arrays.h"
+#include "isa.h"
 #include "kernels.h"
 #include "multiclass_module.h"
 #include "training.h"
@@ -61,17 +63,14 @@ struct KernelSet {
         isa::sigmoid_backward                                                                     \
   }
 
-// FASTLOSS_ISA=baseline forces the portable build (tests use it to check both).
 KernelSet choose_kernels() {
-  const char* forced = std::getenv("FASTLOSS_ISA");
-  const bool want_baseline = forced != nullptr && std::strcmp(forced, "baseline") == 0;
+  switch (chosen_isa()) {
 #if defined(__x86_64__)
-  __builtin_cpu_init();
-  if (!want_baseline && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-    return FASTLOSS_KERNEL_SET(x86_64_v3);
-  }
+    case Isa::X86_64_V4: return FASTLOSS_KERNEL_SET(x86_64_v4);
+    case Isa::X86_64_V3: return FASTLOSS_KERNEL_SET(x86_64_v3);
 #endif
-  (void)want_baseline;
+    default: break;
+  }
   return FASTLOSS_KERNEL_SET(baseline);
 }
 
@@ -99,52 +98,100 @@ bool sigmoid_backward(std::int64_t n, const double* g, const double* y, double* 
 // Each entry runs the kernel when its arguments are what the kernel needs (float32/float64 in
 // native byte order, one dtype, the shapes, C-contiguous and aligned buffers, weights as 1-D
 // periodic buffers, a writeable out that overlaps no argument but one it equals) and returns
-// None otherwise. fastloss._dispatch calls here first for the common NumPy call, with no
-// checks of its own; on None it validates the arguments itself, words the error, and prepares
-// (copies, weight buffers) what it can.
+// None otherwise. fastloss._dispatch calls `loss`, `sigmoid` and `sigmoid_backward` first for
+// the common NumPy call, with no checks of its own; on None it validates the arguments itself,
+// words the error, prepares (copies, weight buffers) what it can and calls `loss_pass`.
+//
+// They are METH_FASTCALL functions on the CPython and NumPy C APIs, not pybind11 functions:
+// a 16-element loss computes in ~20 ns, and pybind11's dispatcher, its handles and its
+// conversions took ~110 ns of a ~180 ns entry (bench/NOTES.md, the 16-element call).
 using arrays::Dtype;
 
 int numpy_type(Dtype d) { return d == Dtype::Float32 ? NPY_FLOAT : NPY_DOUBLE; }
 
-py::array new_array(const py::array& like, Dtype dtype) {
-  std::vector<npy_intp> shape(like.shape(), like.shape() + like.ndim());
-  PyObject* a = PyArray_SimpleNew(like.ndim(), shape.data(), numpy_type(dtype));
-  if (a == nullptr) throw py::error_already_set();
-  return py::reinterpret_steal<py::array>(a);
+// float32 or float64 in native byte order, else Other.
+Dtype dtype_of(PyArrayObject* a) {
+  const PyArray_Descr* descr = PyArray_DESCR(a);
+  if (!PyArray_ISNBO(descr->byteorder)) return Dtype::Other;
+  switch (descr->type_num) {
+    case NPY_FLOAT: return Dtype::Float32;
+    case NPY_DOUBLE: return Dtype::Float64;
+    default: return Dtype::Other;
+  }
 }
 
-py::object scalar_of(double value, Dtype dtype) {
-  const float value_f32 = static_cast<float>(value);
-  const void* data = dtype == Dtype::Float32 ? static_cast<const void*>(&value_f32) : &value;
-  PyObject* s = PyArray_Scalar(const_cast<void*>(data), PyArray_DescrFromType(numpy_type(dtype)), nullptr);
-  if (s == nullptr) throw py::error_already_set();
-  return py::reinterpret_steal<py::object>(s);
+// obj as an array the kernels may read as T[size]: C-contiguous, aligned, of `dtype`; else
+// null. With kExact, NumPy's own ndarray only (subclasses take the dispatch's checked path).
+template <bool kExact = false>
+PyArrayObject* readable(PyObject* obj, Dtype dtype) {
+  if (kExact ? !PyArray_CheckExact(obj) : !PyArray_Check(obj)) return nullptr;
+  auto* a = reinterpret_cast<PyArrayObject*>(obj);
+  const int flags = NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED;
+  if ((PyArray_FLAGS(a) & flags) != flags || dtype_of(a) != dtype) return nullptr;
+  return a;
 }
 
-// Whether obj is an array the kernels may read as T[size()]: C-contiguous, aligned, of `dtype`.
-bool readable(py::handle obj, Dtype dtype) {
-  if (!py::isinstance<py::array>(obj)) return false;
-  const auto a = py::reinterpret_borrow<py::array>(obj);
-  return arrays::float_dtype(a) == dtype && arrays::contiguous_and_aligned(a);
-}
-
-py::array borrow(py::handle obj) { return py::reinterpret_borrow<py::array>(obj); }
-
-// A weight prepared by the dispatch: None, or a non-empty 1-D buffer read with period size().
-bool weight_buffer(py::handle obj, Dtype dtype) {
-  return obj.is_none() || (readable(obj, dtype) && borrow(obj).ndim() == 1 && borrow(obj).size() > 0);
-}
-
-// A caller's out= to be written in `like`'s shape: it may equal one of `reads` (None ones are
-// skipped) but not partly overlap any.
-bool writable_output(py::handle obj, const py::array& like, Dtype dtype, std::initializer_list<py::handle> reads) {
-  if (!readable(obj, dtype)) return false;
-  const py::array out = borrow(obj);
-  if (!out.writeable() || !arrays::same_shape(out, like)) return false;
-  for (const py::handle read : reads) {
-    if (!read.is_none() && arrays::partially_overlaps(out, borrow(read))) return false;
+bool same_shape(PyArrayObject* a, PyArrayObject* b) {
+  const int ndim = PyArray_NDIM(a);
+  if (ndim != PyArray_NDIM(b)) return false;
+  for (int d = 0; d < ndim; ++d) {
+    if (PyArray_DIM(a, d) != PyArray_DIM(b, d)) return false;
   }
   return true;
+}
+
+std::int64_t size_of(PyArrayObject* a) { return static_cast<std::int64_t>(PyArray_SIZE(a)); }
+std::size_t bytes_of(PyArrayObject* a) { return static_cast<std::size_t>(PyArray_NBYTES(a)); }
+
+// A weight prepared by the dispatch: None (null here), or a non-empty 1-D buffer read with
+// period size. False if it is neither.
+bool weight_buffer(PyObject* obj, Dtype dtype, PyArrayObject*& buffer) {
+  buffer = nullptr;
+  if (obj == Py_None) return true;
+  buffer = readable(obj, dtype);
+  return buffer != nullptr && PyArray_NDIM(buffer) == 1 && size_of(buffer) > 0;
+}
+
+// A caller's out= to be written in `like`'s shape: it may equal one of `reads` (null ones are
+// skipped) but not partly overlap any. Null if it is not that.
+template <bool kExact = false>
+PyArrayObject* writable_output(PyObject* obj, PyArrayObject* like, Dtype dtype,
+                               std::initializer_list<PyArrayObject*> reads) {
+  PyArrayObject* out = readable<kExact>(obj, dtype);
+  if (out == nullptr || !PyArray_ISWRITEABLE(out) || !same_shape(out, like)) return nullptr;
+  for (PyArrayObject* read : reads) {
+    if (read != nullptr && arrays::partially_overlaps(PyArray_DATA(out), bytes_of(out), PyArray_DATA(read),
+                                                      bytes_of(read))) {
+      return nullptr;
+    }
+  }
+  return out;
+}
+
+PyObject* new_array(PyArrayObject* like, Dtype dtype) {
+  return PyArray_SimpleNew(PyArray_NDIM(like), PyArray_DIMS(like), numpy_type(dtype));
+}
+
+// A NumPy scalar of `dtype` (a new reference, or null with an exception set).
+PyObject* scalar_of(double value, Dtype dtype) {
+  if (dtype == Dtype::Float32) {
+    PyObject* s = PyArrayScalar_New(Float);
+    if (s != nullptr) PyArrayScalar_VAL(s, Float) = static_cast<float>(value);
+    return s;
+  }
+  PyObject* s = PyArrayScalar_New(Double);
+  if (s != nullptr) PyArrayScalar_VAL(s, Double) = value;
+  return s;
+}
+
+PyObject* none() {
+  Py_INCREF(Py_None);
+  return Py_None;
+}
+
+template <class T>
+T* data_of(PyObject* a) {
+  return static_cast<T*>(PyArray_DATA(reinterpret_cast<PyArrayObject*>(a)));
 }
 
 // Runs `kernel`, without the GIL when the call is large enough to go parallel: small calls
@@ -176,132 +223,236 @@ bool wants_grad(PassOutputs o) {
   return o == PassOutputs::SumAndGrad || o == PassOutputs::ElementwiseAndGrad || o == PassOutputs::Grad;
 }
 
-// ---- the loss entry point ------------------------------------------------------------------
+// Calls body() and turns a C++ exception (an allocation's) into a Python one.
+template <class Body>
+PyObject* guarded(Body body) {
+  try {
+    return body();
+  } catch (const std::bad_alloc&) {
+    return PyErr_NoMemory();
+  } catch (const std::exception& error) {
+    PyErr_SetString(PyExc_RuntimeError, error.what());
+    return nullptr;
+  }
+}
+
+// ---- the loss pass -------------------------------------------------------------------------
+// The arguments of one pass, checked: what the kernels read and write.
+struct LossCall {
+  LossOp op;
+  PassOutputs outputs;
+  bool mean;
+  Dtype dtype;
+  PyArrayObject* input;
+  PyArrayObject* target;
+  PyArrayObject* weight;      // null: unweighted
+  PyArrayObject* pos_weight;  // null: none
+  double grad_output;
+  PyArrayObject* out;  // null: allocate the gradient
+};
+
+// Whether the arrays of `call` are what the kernels need (call.op, outputs and grad_output
+// set); fills in the array fields.
+template <bool kExact>
+bool check_arrays(LossCall& call, PyObject* input, PyObject* target, PyObject* weight,
+                  PyObject* pos_weight, PyObject* out) {
+  if (kExact ? !PyArray_CheckExact(input) : !PyArray_Check(input)) return false;
+  call.dtype = dtype_of(reinterpret_cast<PyArrayObject*>(input));
+  if (call.dtype == Dtype::Other) return false;
+  call.input = readable<kExact>(input, call.dtype);
+  call.target = readable<kExact>(target, call.dtype);
+  if (call.input == nullptr || call.target == nullptr || !same_shape(call.input, call.target) ||
+      !weight_buffer(weight, call.dtype, call.weight) || !weight_buffer(pos_weight, call.dtype, call.pos_weight)) {
+    return false;
+  }
+  call.out = nullptr;
+  if (wants_grad(call.outputs) && out != Py_None) {
+    call.out = writable_output<kExact>(out, call.input, call.dtype, {call.input, call.target, call.weight, call.pos_weight});
+    if (call.out == nullptr) return false;
+  }
+  return true;
+}
+
+// Runs the checked pass: the loss (a NumPy scalar of the input's dtype for Sum*, divided by N
+// when `mean`; an array for Elementwise*), the gradient (written to `out` or a new array;
+// scaled by grad_output, / N when `mean`), or (loss, gradient). A new reference, or null with
+// an exception set.
 template <class T>
-py::object loss_pass_typed(LossOp op, PassOutputs outputs, bool mean, const py::array& input,
-                           const py::array& target, py::handle weight, py::handle pos_weight,
-                           double grad_output, py::handle out, Dtype dtype) {
-  const std::int64_t n = input.size();
+PyObject* run_loss(const LossCall& call) {
+  const std::int64_t n = size_of(call.input);
   LossPass<T> p;
   p.n = n;
-  p.input = static_cast<const T*>(input.data());
-  p.target = static_cast<const T*>(target.data());
-  if (!weight.is_none() || !pos_weight.is_none()) {
-    p.weight = weight.is_none() ? ones_buffer<T>() : static_cast<const T*>(borrow(weight).data());
-    p.weight_period = weight.is_none() ? kChunkSize : borrow(weight).size();
-    p.pos_weight = pos_weight.is_none() ? ones_buffer<T>() : static_cast<const T*>(borrow(pos_weight).data());
-    p.pos_weight_period = pos_weight.is_none() ? kChunkSize : borrow(pos_weight).size();
+  p.input = static_cast<const T*>(PyArray_DATA(call.input));
+  p.target = static_cast<const T*>(PyArray_DATA(call.target));
+  if (call.weight != nullptr || call.pos_weight != nullptr) {
+    p.weight = call.weight ? static_cast<const T*>(PyArray_DATA(call.weight)) : ones_buffer<T>();
+    p.weight_period = call.weight ? size_of(call.weight) : kChunkSize;
+    p.pos_weight = call.pos_weight ? static_cast<const T*>(PyArray_DATA(call.pos_weight)) : ones_buffer<T>();
+    p.pos_weight_period = call.pos_weight ? size_of(call.pos_weight) : kChunkSize;
   }
-  p.grad_scale = mean ? grad_output / static_cast<double>(n) : grad_output;
+  p.grad_scale = call.mean ? call.grad_output / static_cast<double>(n) : call.grad_output;
 #ifdef FASTLOSS_PLANTED_FAULT_MEAN_GRAD_SCALE
-  if (mean) p.grad_scale = grad_output / static_cast<double>(n + 1);
+  if (call.mean) p.grad_scale = call.grad_output / static_cast<double>(n + 1);
 #endif
-  py::object grad;
-  if (wants_grad(outputs)) {
+  py::object grad, loss;  // owners of the new references
+  if (wants_grad(call.outputs)) {
     // NumPy's allocation asks for huge pages (a fresh 400 MB array is written 3x faster)
-    py::array g = out.is_none() ? new_array(input, dtype) : borrow(out);
-    p.grad_out = static_cast<T*>(g.mutable_data());
-    grad = std::move(g);
+    PyObject* g = call.out != nullptr ? reinterpret_cast<PyObject*>(call.out) : new_array(call.input, call.dtype);
+    if (g == nullptr) return nullptr;
+    grad = call.out != nullptr ? py::reinterpret_borrow<py::object>(g) : py::reinterpret_steal<py::object>(g);
+    p.grad_out = data_of<T>(g);
   }
-  py::object loss;
-  if (wants_elementwise(outputs)) {
-    py::array l = new_array(input, dtype);
-    p.loss_out = static_cast<T*>(l.mutable_data());
-    loss = std::move(l);
+  if (wants_elementwise(call.outputs)) {
+    PyObject* l = new_array(call.input, call.dtype);
+    if (l == nullptr) return nullptr;
+    loss = py::reinterpret_steal<py::object>(l);
+    p.loss_out = data_of<T>(l);
   }
   double small_workspace[8];
   std::vector<double> workspace;
-  if (wants_sum(outputs)) {
+  if (wants_sum(call.outputs)) {
     const std::int64_t chunks = num_chunks(n);
     if (chunks > 8) workspace.resize(static_cast<std::size_t>(chunks));
     p.chunk_sums = chunks > 8 ? workspace.data() : small_workspace;
   }
 
+  const LossOp op = call.op;
+  const PassOutputs outputs = call.outputs;
   const LossPassResult result = run_releasing_gil_if_large(n, [&] { return run_loss_pass(op, outputs, p); });
   if (result.input_out_of_range) {
     PyErr_SetNone(probability_out_of_range);
-    throw py::error_already_set();
+    return nullptr;
   }
 
-  if (wants_sum(outputs)) loss = scalar_of(mean ? result.sum / static_cast<double>(n) : result.sum, dtype);
-  if (outputs == PassOutputs::Grad) return grad;
-  if (wants_grad(outputs)) return py::make_tuple(loss, grad);
-  return loss;
+  if (wants_sum(outputs)) {
+    PyObject* s = scalar_of(call.mean ? result.sum / static_cast<double>(n) : result.sum, call.dtype);
+    if (s == nullptr) return nullptr;
+    loss = py::reinterpret_steal<py::object>(s);
+  }
+  if (outputs == PassOutputs::Grad) return grad.release().ptr();
+  if (wants_grad(outputs)) return PyTuple_Pack(2, loss.ptr(), grad.ptr());
+  return loss.release().ptr();
 }
 
-// One pass of `outputs` over (input, target): the loss (a NumPy scalar of the input's dtype
-// for Sum*, divided by N when `mean`; an array for Elementwise*), the gradient (written to
-// `out` or a new array; scaled by grad_output, / N when `mean`), or (loss, gradient).
-py::object loss_pass(int op_code, int outputs_code, bool mean, py::handle input, py::handle target,
-                     py::handle weight, py::handle pos_weight, double grad_output, py::handle out) {
-  if (op_code < 0 || op_code > 2 || outputs_code < 0 || outputs_code > 4) return py::none();
-  if (!py::isinstance<py::array>(input)) return py::none();
-  const auto op = static_cast<LossOp>(op_code);
-  const auto outputs = static_cast<PassOutputs>(outputs_code);
-  const py::array input_array = borrow(input);
-  const Dtype dtype = arrays::float_dtype(input_array);
-  if (dtype == Dtype::Other || !readable(input, dtype) || !readable(target, dtype) ||
-      !arrays::same_shape(input_array, borrow(target)) || !weight_buffer(weight, dtype) ||
-      !weight_buffer(pos_weight, dtype)) {
-    return py::none();
+PyObject* run_checked_loss(const LossCall& call) {
+  return guarded([&] { return call.dtype == Dtype::Float32 ? run_loss<float>(call) : run_loss<double>(call); });
+}
+
+bool valid_codes(long op, long outputs) { return op >= 0 && op <= 2 && outputs >= 0 && outputs <= 4; }
+
+// loss_pass(op, outputs, mean, input, target, weight, pos_weight, grad_output, out): one pass
+// of `outputs` over (input, target), the arrays as the dispatch prepared them.
+PyObject* loss_pass_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 9) return none();
+  const long op = PyLong_AsLong(args[0]);
+  const long outputs = PyLong_AsLong(args[1]);
+  const int mean = PyObject_IsTrue(args[2]);
+  const double grad_output = PyFloat_AsDouble(args[7]);
+  if (PyErr_Occurred() || mean < 0) return nullptr;
+  if (!valid_codes(op, outputs)) return none();
+  LossCall call{static_cast<LossOp>(op), static_cast<PassOutputs>(outputs), mean != 0, Dtype::Other,
+                nullptr, nullptr, nullptr, nullptr, grad_output, nullptr};
+  if (!check_arrays<false>(call, args[3], args[4], args[5], args[6], args[8])) return none();
+  return run_checked_loss(call);
+}
+
+// The reduction's index in a plan (see _dispatch.LossKind.plan_code), or -1.
+int reduction_index(PyObject* reduction) {
+  static PyObject* names[3] = {PyUnicode_InternFromString("mean"), PyUnicode_InternFromString("sum"),
+                               PyUnicode_InternFromString("none")};
+  for (int r = 0; r < 3; ++r) {
+    if (reduction == names[r]) return r;  // the interned literal of the caller's source
   }
-  if (wants_grad(outputs) && !out.is_none() &&
-      !writable_output(out, input_array, dtype, {input, target, weight, pos_weight})) {
-    return py::none();
+  if (!PyUnicode_CheckExact(reduction)) return -1;
+  for (int r = 0; r < 3; ++r) {
+    if (PyUnicode_Compare(reduction, names[r]) == 0) return r;
   }
-  py::object result;
-  arrays::with_element_type(dtype, [&](auto zero) {
-    result = loss_pass_typed<decltype(zero)>(op, outputs, mean, input_array, borrow(target), weight, pos_weight,
-                                             grad_output, out, dtype);
-  });
-  return result;
+  return -1;
+}
+
+// loss(plan, input, target, weight, pos_weight, reduction, grad_output, out): the common call
+// of a public loss function, as it came: NumPy's own arrays, no weights, reduction a str and
+// grad_output a float; anything else is None. `plan` packs the dispatch's plan of each
+// reduction: bits 0-3 the op, then 4 bits per reduction (mean, sum, none): the outputs code,
+// and 8 where the sum and the gradient's scale are divided by N.
+PyObject* loss_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 8 || args[3] != Py_None || args[4] != Py_None || !PyFloat_CheckExact(args[6])) return none();
+  const int r = reduction_index(args[5]);
+  if (r < 0) return none();
+  const long plan = PyLong_AsLong(args[0]);
+  if (plan == -1 && PyErr_Occurred()) return nullptr;
+  const long op = plan & 15;
+  const long reduction_plan = (plan >> (4 + 4 * r)) & 15;
+  if (!valid_codes(op, reduction_plan & 7)) return none();
+  LossCall call{static_cast<LossOp>(op), static_cast<PassOutputs>(reduction_plan & 7), (reduction_plan & 8) != 0,
+                Dtype::Other, nullptr, nullptr, nullptr, nullptr, PyFloat_AS_DOUBLE(args[6]), nullptr};
+  if (!check_arrays<true>(call, args[1], args[2], Py_None, Py_None, args[7])) return none();
+  return run_checked_loss(call);
 }
 
 // ---- sigmoid ---------------------------------------------------------------------------------
-py::object sigmoid_entry(py::handle x, py::handle out) {
-  if (!py::isinstance<py::array>(x)) return py::none();
-  const py::array x_array = borrow(x);
-  const Dtype dtype = arrays::float_dtype(x_array);
-  if (dtype == Dtype::Other || !readable(x, dtype) ||
-      (!out.is_none() && !writable_output(out, x_array, dtype, {x}))) {
-    return py::none();
-  }
-  py::array result = out.is_none() ? new_array(x_array, dtype) : borrow(out);
-  const std::int64_t n = x_array.size();
-  arrays::with_element_type(dtype, [&](auto zero) {
-    using T = decltype(zero);
-    run_releasing_gil_if_large(n, [&] {
-      sigmoid(n, static_cast<const T*>(x_array.data()), static_cast<T*>(result.mutable_data()));
+// sigmoid(input, out)
+PyObject* sigmoid_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 2 || !PyArray_Check(args[0])) return none();
+  auto* x = reinterpret_cast<PyArrayObject*>(args[0]);
+  const Dtype dtype = dtype_of(x);
+  if (dtype == Dtype::Other || readable(args[0], dtype) == nullptr) return none();
+  PyArrayObject* out = nullptr;
+  if (args[1] != Py_None && (out = writable_output(args[1], x, dtype, {x})) == nullptr) return none();
+  return guarded([&]() -> PyObject* {
+    PyObject* result = out != nullptr ? reinterpret_cast<PyObject*>(out) : new_array(x, dtype);
+    if (result == nullptr) return nullptr;
+    if (out != nullptr) Py_INCREF(result);
+    const std::int64_t n = size_of(x);
+    arrays::with_element_type(dtype, [&](auto zero) {
+      using T = decltype(zero);
+      run_releasing_gil_if_large(n, [&] { sigmoid(n, static_cast<const T*>(PyArray_DATA(x)), data_of<T>(result)); });
     });
+    return result;
   });
-  return std::move(result);
 }
 
-py::object sigmoid_backward_entry(py::handle grad, py::handle output, py::handle out) {
-  if (!py::isinstance<py::array>(grad)) return py::none();
-  const py::array grad_array = borrow(grad);
-  const Dtype dtype = arrays::float_dtype(grad_array);
-  if (dtype == Dtype::Other || !readable(grad, dtype) || !readable(output, dtype) ||
-      !arrays::same_shape(grad_array, borrow(output)) ||
-      (!out.is_none() && !writable_output(out, grad_array, dtype, {grad, output}))) {
-    return py::none();
-  }
-  py::array result = out.is_none() ? new_array(grad_array, dtype) : borrow(out);
-  const std::int64_t n = grad_array.size();
-  bool output_out_of_range = false;
-  arrays::with_element_type(dtype, [&](auto zero) {
-    using T = decltype(zero);
-    output_out_of_range = run_releasing_gil_if_large(n, [&] {
-      return sigmoid_backward(n, static_cast<const T*>(grad_array.data()),
-                              static_cast<const T*>(borrow(output).data()), static_cast<T*>(result.mutable_data()));
+// sigmoid_backward(grad_output, output, out)
+PyObject* sigmoid_backward_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 3 || !PyArray_Check(args[0])) return none();
+  auto* g = reinterpret_cast<PyArrayObject*>(args[0]);
+  const Dtype dtype = dtype_of(g);
+  PyArrayObject* y = dtype == Dtype::Other ? nullptr : readable(args[1], dtype);
+  if (y == nullptr || readable(args[0], dtype) == nullptr || !same_shape(g, y)) return none();
+  PyArrayObject* out = nullptr;
+  if (args[2] != Py_None && (out = writable_output(args[2], g, dtype, {g, y})) == nullptr) return none();
+  return guarded([&]() -> PyObject* {
+    PyObject* result = out != nullptr ? reinterpret_cast<PyObject*>(out) : new_array(g, dtype);
+    if (result == nullptr) return nullptr;
+    if (out != nullptr) Py_INCREF(result);
+    const std::int64_t n = size_of(g);
+    bool output_out_of_range = false;
+    arrays::with_element_type(dtype, [&](auto zero) {
+      using T = decltype(zero);
+      output_out_of_range = run_releasing_gil_if_large(n, [&] {
+        return sigmoid_backward(n, static_cast<const T*>(PyArray_DATA(g)), static_cast<const T*>(PyArray_DATA(y)),
+                                data_of<T>(result));
+      });
     });
+    if (output_out_of_range) {
+      Py_DECREF(result);
+      PyErr_SetNone(probability_out_of_range);
+      return nullptr;
+    }
+    return result;
   });
-  if (output_out_of_range) {
-    PyErr_SetNone(probability_out_of_range);
-    throw py::error_already_set();
-  }
-  return std::move(result);
 }
+
+PyMethodDef kEntries[] = {
+    {"loss", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(loss_entry)), METH_FASTCALL,
+     "loss(plan, input, target, weight, pos_weight, reduction, grad_output, out): the common call, or None."},
+    {"loss_pass", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(loss_pass_entry)), METH_FASTCALL,
+     "loss_pass(op, outputs, mean, input, target, weight, pos_weight, grad_output, out), or None."},
+    {"sigmoid", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(sigmoid_entry)), METH_FASTCALL,
+     "sigmoid(input, out), or None."},
+    {"sigmoid_backward", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(sigmoid_backward_entry)),
+     METH_FASTCALL, "sigmoid_backward(grad_output, output, out), or None."},
+    {nullptr, nullptr, 0, nullptr}};
 
 // ---- bandwidth probes (bench/): the ceiling our kernels are measured against ---------------
 // Read: every byte of a float32 array once, all threads, 8 independent float accumulators so
@@ -373,11 +524,7 @@ PYBIND11_MODULE(_cpu, m) {
   probability_out_of_range = PyErr_NewException("fastloss._cpu.ProbabilityOutOfRange", PyExc_ValueError, nullptr);
   if (probability_out_of_range == nullptr) throw py::error_already_set();
   m.attr("ProbabilityOutOfRange") = py::handle(probability_out_of_range);
-  m.def("loss_pass", &loss_pass, py::arg("op"), py::arg("outputs"), py::arg("mean"), py::arg("input"),
-        py::arg("target"), py::arg("weight"), py::arg("pos_weight"), py::arg("grad_output"), py::arg("out"));
-  m.def("sigmoid", &sigmoid_entry, py::arg("input"), py::arg("out"));
-  m.def("sigmoid_backward", &sigmoid_backward_entry, py::arg("grad_output"), py::arg("output"),
-        py::arg("out"));
+  if (PyModule_AddFunctions(m.ptr(), kEntries) != 0) throw py::error_already_set();
   m.attr("LOSS_OPS") = py::make_tuple(static_cast<int>(LossOp::SquaredError), static_cast<int>(LossOp::BinaryCrossEntropy),
                                       static_cast<int>(LossOp::BinaryCrossEntropyWithLogits));
   m.attr("PASS_OUTPUTS") = py::make_tuple(

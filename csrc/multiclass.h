@@ -77,6 +77,7 @@ struct CrossEntropyResult {
 FASTLOSS_DECLARE_MULTICLASS_KERNELS(baseline)
 #if defined(__x86_64__)
 FASTLOSS_DECLARE_MULTICLASS_KERNELS(x86_64_v3)
+FASTLOSS_DECLARE_MULTICLASS_KERNELS(x86_64_v4)
 #endif
 
 }  // namespace fastloss

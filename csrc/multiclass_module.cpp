@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "arrays.h"
+#include "isa.h"
 #include "kernels.h"
 #include "multiclass.h"
 #include "multiclass_module.h"
@@ -47,18 +48,15 @@ struct MulticlassKernels {
         isa::run_activation                                                                              \
   }
 
-// The same choice as module.cpp's for the loss kernels: FASTLOSS_ISA=baseline forces the
-// portable build, else AVX2+FMA where the CPU has them.
+// The build module.cpp's loss kernels use (isa.h).
 MulticlassKernels choose_kernels() {
-  const char* forced = std::getenv("FASTLOSS_ISA");
-  const bool want_baseline = forced != nullptr && std::strcmp(forced, "baseline") == 0;
+  switch (chosen_isa()) {
 #if defined(__x86_64__)
-  __builtin_cpu_init();
-  if (!want_baseline && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-    return FASTLOSS_MULTICLASS_KERNELS(x86_64_v3);
-  }
+    case Isa::X86_64_V4: return FASTLOSS_MULTICLASS_KERNELS(x86_64_v4);
+    case Isa::X86_64_V3: return FASTLOSS_MULTICLASS_KERNELS(x86_64_v3);
 #endif
-  (void)want_baseline;
+    default: break;
+  }
   return FASTLOSS_MULTICLASS_KERNELS(baseline);
 }
 

@@ -3,7 +3,10 @@
 //
 // The per-element math and the body of a loss pass are the shared headers' (csrc/include/
 // fastloss/elementwise.h and loss_pass.h, installed as fastloss/include/fastloss/): this file
-// only adds the parallel structure, loads and stores. The launch geometry comes from _cuda.py
+// only adds the parallel structure, loads and stores. The math runs on one double per thread
+// (the lane type of fastloss/lanes.h) for float32 inputs too, as on the CPU: on the data-centre
+// GPUs it targets FP64 runs at half the FP32 rate, ~40 double operations an element stay far
+// below what HBM delivers; on a GPU with 1/64-rate FP64 the BCE kernels would be compute-bound. The launch geometry comes from _cuda.py
 // as -D options: FASTLOSS_CUDA_THREADS (threads per block) and FASTLOSS_CUDA_GROUP_BYTES.
 //
 // Rules for this file:
@@ -199,13 +202,14 @@ loss_pass(long long n, const T* input, const T* target, const T* weight, long lo
     for (int k = 0; k < W; ++k) {
       if (base + k < n) {
         double wk = 1.0;
-        T pwk = T(1);
+        double pwk = 1.0;
         if (kWeighted) {
           wk = static_cast<double>(weight[wrap(w_offset + k, weight_period)]);
-          pwk = pos_weight[wrap(pw_offset + k, pos_weight_period)];
+          pwk = static_cast<double>(pos_weight[wrap(pw_offset + k, pos_weight_period)]);
         }
         double loss, grad;
-        pass::element<Op, kPass, kWeighted>(x[k], y[k], wk, pwk, grad_scale, loss, grad, bad);
+        pass::element<T, Op, kPass, kWeighted>(static_cast<double>(x[k]), static_cast<double>(y[k]), wk, pwk,
+                                               grad_scale, loss, grad, bad);
         if constexpr (kWantSum) acc.add(loss);
         if constexpr (kWantElementwise) loss_values[k] = static_cast<T>(loss);
         if constexpr (kWantGrad) grad_values[k] = static_cast<T>(grad);
@@ -258,7 +262,8 @@ finish_sum(const double* partials, long long count, double divisor, T* out) {
 }
 
 // ---- sigmoid ----------------------------------------------------------------------------------
-// out[i] = sigmoid(x[i]), evaluated in double (the header's definition). out may be x.
+// out[i] = sigmoid(x[i]), evaluated in double at the grade of T (the header's definition).
+// out may be x.
 template <class T>
 __global__ void __launch_bounds__(kThreads)
 sigmoid(long long n, const T* x, T* out) {
@@ -273,7 +278,7 @@ sigmoid(long long n, const T* x, T* out) {
     load_group(x, base, n, whole, v);
 #pragma unroll
     for (int k = 0; k < W; ++k) {
-      if (base + k < n) r[k] = static_cast<T>(ew::sigmoid(static_cast<double>(v[k])));
+      if (base + k < n) r[k] = static_cast<T>(ew::sigmoid<T>(static_cast<double>(v[k])));
     }
     store_group(out, base, n, whole, r);
   }

@@ -136,16 +136,20 @@ def test_repeated_calls_give_identical_bits(dtype):
         assert_same_bits(again[4], first[4])
 
 
-# ---- the portable kernels (FASTLOSS_ISA=baseline) -----------------------------------------------
-# Serial and parallel sizes (the threshold is 32768), one chunk and a ragged tail past it
-# (chunks of 8192), and a 2-D shape whose trailing weights cross chunks at odd places.
+# ---- the other builds (FASTLOSS_ISA=baseline, FASTLOSS_ISA=x86_64_v3) -------------------------
+# The process picks the widest build its CPU runs (x86_64_v4 on AVX-512 machines), which every
+# other test checks; FASTLOSS_ISA caps the choice, so each narrower build is checked here in a
+# fresh interpreter. Serial and parallel sizes (the threshold is 32768), one chunk and a ragged
+# tail past it (chunks of 8192), and a 2-D shape whose trailing weights cross chunks at odd
+# places.
+FORCED_ISAS = ("baseline", "x86_64_v3")
 BASELINE_SHAPES = [(1000,), (8193,), (32_769,), (100_003,), (97, 1031)]
 SIGMOID_SIZES = (1001, 100_001)
 
 
 def baseline_cases():
-    """Deterministic (key, op, x, y, weight, pos_weight, reduction) cases for the baseline run,
-    each unweighted and weighted (full-shape weights for 1-D, trailing ones for 2-D)."""
+    """Deterministic (key, op, x, y, weight, pos_weight, reduction) cases for the forced-build
+    runs, each unweighted and weighted (full-shape weights for 1-D, trailing ones for 2-D)."""
     for op in OPS:
         for dtype in DTYPES:
             for shape in BASELINE_SHAPES:
@@ -188,24 +192,29 @@ print(fastloss._cpu.build_info()["isa"], fastloss._cpu.build_info()["max_threads
 """
 
 
-@pytest.fixture(scope="module")
-def baseline_results(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("baseline")
+@pytest.fixture(scope="module", params=FORCED_ISAS)
+def forced_isa_results(request, tmp_path_factory):
+    """{threads: {key: result}} of the build FASTLOSS_ISA=request.param, with 1 and 3 threads."""
+    isa = request.param
+    directory = tmp_path_factory.mktemp(isa)
     runs = {}
     for k in (1, 3):
-        path = directory / f"baseline_{k}.npz"
-        printed = run_python(BASELINE_CODE, python_env(FASTLOSS_ISA="baseline", OMP_NUM_THREADS=str(k)),
-                       str(TESTS_DIR), str(path))
-        isa, threads = printed.split()[-2:]
-        assert isa == "baseline", f"FASTLOSS_ISA=baseline gave isa {isa!r}"
+        path = directory / f"{isa}_{k}.npz"
+        printed = run_python(BASELINE_CODE, python_env(FASTLOSS_ISA=isa, OMP_NUM_THREADS=str(k)),
+                             str(TESTS_DIR), str(path))
+        got, threads = printed.split()[-2:]
+        if got != isa and isa != "baseline":
+            pytest.skip(f"this CPU does not run the {isa} build (FASTLOSS_ISA={isa} gave {got})")
+        assert got == isa, f"FASTLOSS_ISA={isa} gave isa {got!r}"
         assert int(threads) == k
         with np.load(path) as data:
             runs[k] = {key: data[key] for key in data.files}
-    return runs
+    return isa, runs
 
 
-def test_baseline_matches_reference(baseline_results):
-    results = baseline_results[1]
+def test_forced_isa_matches_reference(forced_isa_results):
+    isa, runs = forced_isa_results
+    results = runs[1]
     checked = 0
     for key, op, x, y, w, pw, reduction in baseline_cases():
         dtype = x.dtype
@@ -213,28 +222,31 @@ def test_baseline_matches_reference(baseline_results):
             got = results[f"{key}|{name}"]
             if reduction != "none":
                 got = dtype.type(got[()])
-            op.check_loss(got, x, y, w, pw, reduction, what=f"baseline {key} {name}")
+            op.check_loss(got, x, y, w, pw, reduction, what=f"{isa} {key} {name}")
         for name in ("grad", "fused_grad"):
             op.check_grad(results[f"{key}|{name}"], x, y, w, pw, reduction, 0.625,
-                          what=f"baseline {key} {name}")
+                          what=f"{isa} {key} {name}")
         checked += 1
     assert checked == len(OPS) * len(DTYPES) * len(BASELINE_SHAPES) * 2 * 3
     for dtype in DTYPES:
         for n in SIGMOID_SIZES:
             name = f"{np.dtype(dtype).name}-{n}"
             s = np.linspace(-120, 120, n).astype(dtype)
-            assert_elementwise_close(results[f"sigmoid-{name}"], R.sigmoid(s), dtype)
+            assert_elementwise_close(results[f"sigmoid-{name}"], R.sigmoid(s), dtype,
+                                     what=f"{isa} sigmoid {name}")
             assert_elementwise_close(results[f"sigmoid_backward-{name}"],
-                                     R.sigmoid_backward(s, results[f"sigmoid-{name}"]), dtype)
+                                     R.sigmoid_backward(s, results[f"sigmoid-{name}"]), dtype,
+                                     what=f"{isa} sigmoid_backward {name}")
 
 
-def test_baseline_same_bits_for_any_thread_count(baseline_results):
-    one, three = baseline_results[1], baseline_results[3]
+def test_forced_isa_same_bits_for_any_thread_count(forced_isa_results):
+    isa, runs = forced_isa_results
+    one, three = runs[1], runs[3]
     assert one.keys() == three.keys()
     for key in one:
-        assert_same_bits(one[key], three[key], what=f"baseline {key}, 1 vs 3 threads")
+        assert_same_bits(one[key], three[key], what=f"{isa} {key}, 1 vs 3 threads")
 
 
 def test_default_isa_reported():
     info = fastloss._cpu.build_info()
-    assert info["isa"] in ("baseline", "x86_64_v3")
+    assert info["isa"] in ("baseline", "x86_64_v3", "x86_64_v4")

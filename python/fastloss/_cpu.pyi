@@ -22,6 +22,8 @@ TARGET_KINDS: tuple[int, ...]
 ACTIVATIONS: tuple[int, ...]
 multiclass_isa: str
 
+def loss(plan: int, input: object, target: object, weight: object, pos_weight: object,
+         reduction: object, grad_output: object, out: object) -> Any: ...
 def loss_pass(op: int, outputs: int, mean: bool, input: object, target: object,
               weight: object, pos_weight: object, grad_output: float,
               out: object) -> Any: ...

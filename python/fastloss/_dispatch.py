@@ -11,8 +11,9 @@ Every public function comes here. For its arguments the dispatch
 and hands the plan to the backend, which checks only what needs the memory itself (contiguity,
 alignment), allocates the outputs on the right device and launches.
 
-The common NumPy call (no weights, a float ``grad_output``) skips the Python checks: the C++
-module takes it first and answers None to anything it would not run, which then comes back
+The common NumPy call (NumPy arrays, no weights, a float ``grad_output``) skips the Python
+checks: the C++ module takes it first, as it came (``_cpu.loss`` with the kind's ``plan_code``:
+the plans below, packed), and answers None to anything it would not run, which then comes back
 here to be checked and, where it can be, prepared (copies, weight buffers).
 
 A backend module provides: ``ARRAY`` (its array type's name), ``WHERE`` (where its arrays
@@ -64,7 +65,7 @@ REDUCTIONS = ("mean", "sum", "none")
 MIN_PERIOD = 4096
 
 _ndarray = np.ndarray
-_cpu_loss_pass = _numpy_backend.loss_pass_or_none
+_cpu_loss = _numpy_backend.loss_or_none
 _cpu_sigmoid = _numpy_backend.sigmoid_or_none
 _cpu_sigmoid_backward = _numpy_backend.sigmoid_backward_or_none
 _CpuOutOfRange = _numpy_backend.ProbabilityOutOfRange
@@ -86,6 +87,17 @@ class LossKind(NamedTuple):
     want_loss: bool
     want_grad: bool
     passes: dict  # reduction -> Pass, when grad_output is a scalar
+    plan_code: int  # op and passes packed for the C++ module's common call (``_cpu.loss``)
+
+
+def _packed(op, passes):
+    """bits 0-3 the op, then 4 bits per reduction in REDUCTIONS' order: the outputs code, and 8
+    where the pass divides by N (csrc/module.cpp, loss_entry)."""
+    code = op
+    for index, reduction in enumerate(REDUCTIONS):
+        plan = passes[reduction]
+        code |= (plan.outputs | (8 if plan.mean else 0)) << (4 + 4 * index)
+    return code
 
 
 def loss_kind(op, want_loss, want_grad):
@@ -95,26 +107,21 @@ def loss_kind(op, want_loss, want_grad):
         if want_loss:
             return _codes.SUM if reduce else _codes.ELEMENTWISE
         return _codes.GRAD
-    return LossKind(op, want_loss, want_grad, {
-        "mean": Pass(outputs(True), True), "sum": Pass(outputs(True), False),
-        "none": Pass(outputs(False), False)})
+    passes = {"mean": Pass(outputs(True), True), "sum": Pass(outputs(True), False),
+              "none": Pass(outputs(False), False)}
+    return LossKind(op, want_loss, want_grad, passes, _packed(op, passes))
 
 
 # ---- the entry points --------------------------------------------------------------------------
 def loss(kind: LossKind, input, target, weight=None, pos_weight=None, reduction="mean",
          grad_output=1.0, out=None):
-    if (type(input) is _ndarray and type(target) is _ndarray and weight is None
-            and pos_weight is None and type(grad_output) is float and type(reduction) is str
-            and (out is None or type(out) is _ndarray)):
-        plan = kind.passes.get(reduction)
-        if plan is not None:
-            try:
-                result = _cpu_loss_pass(kind.op, plan.outputs, plan.mean, input, target, None,
-                                        None, grad_output, out)
-            except _CpuOutOfRange:
-                raise ValueError(OUT_OF_RANGE) from None
-            if result is not None:
-                return result
+    try:
+        result = _cpu_loss(kind.plan_code, input, target, weight, pos_weight, reduction,
+                           grad_output, out)
+    except _CpuOutOfRange:
+        raise ValueError(OUT_OF_RANGE) from None
+    if result is not None:
+        return result
     return _checked_loss(kind, input, target, weight, pos_weight, reduction, grad_output, out)
 
 

@@ -19,7 +19,7 @@ ProbabilityOutOfRange = _cpu.ProbabilityOutOfRange
 
 # The C++ entries, for the dispatch's fast path: each answers None to arguments it will not
 # run (csrc/module.cpp), which the dispatch then checks and words.
-loss_pass_or_none = _cpu.loss_pass
+loss_or_none = _cpu.loss
 sigmoid_or_none = _cpu.sigmoid
 sigmoid_backward_or_none = _cpu.sigmoid_backward
 row_pass_or_none = _cpu.row_pass

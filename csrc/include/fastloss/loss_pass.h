@@ -32,48 +32,52 @@ struct Wants {
                             kOutputs == PassOutputs::ElementwiseAndGrad || kOutputs == PassOutputs::Grad;
 };
 
-// One element: x, y its input and target, w its weight and pw its pos_weight (1 when the pass
-// is unweighted), grad_scale = grad_output [/ N]. Sets loss (times w) when kOutputs has a loss,
-// grad (d loss / d x times w * grad_scale) when it has a gradient, and ORs out_of_range for a
-// probability outside [0, 1]. Results through references, not a returned struct: GCC stops
-// vectorising a loop around a function that returns a struct of two values.
-template <class Op, PassOutputs kOutputs, bool kWeighted, class T>
-FASTLOSS_HD void element(T x, T y, double w, T pw, double grad_scale, double& loss, double& grad,
-                         int& out_of_range) {
+// One element per lane: x, y its input and target, w its weight and pw its pos_weight (1 when
+// the pass is unweighted), all widened to double lanes V; T the input's storage type (it picks
+// the grade of the math: elementwise.h), grad_scale = grad_output [/ N]. Sets loss (times w)
+// when kOutputs has a loss, grad (d loss / d x times w * grad_scale) when it has a gradient,
+// and ORs into out_of_range the lanes where a probability is outside [0, 1].
+template <class T, class Op, PassOutputs kOutputs, bool kWeighted, class V, class Flags>
+FASTLOSS_HD void element(V x, V y, V w, V pw, double grad_scale, V& loss, V& grad,
+                         Flags& out_of_range) {
   typedef Wants<kOutputs> want;
 #ifndef FASTLOSS_PLANTED_FAULT_BCE_RANGE_FLAG_IGNORED
-  if (Op::kInputIsProbability) out_of_range |= ew::outside_unit_interval(x);
+  if (Op::kInputIsProbability) out_of_range = out_of_range | ew::outside_unit_interval(x);
 #endif
-  loss = 0.0;
-  grad = 0.0;
+  loss = V{};
+  grad = V{};
   if (want::kLoss && want::kGrad) {
-    const ew::LossAndGrad both = Op::loss_and_grad(x, y, pw);
-    loss = both.loss;
-    grad = both.grad;
+    Op::template loss_and_grad<T>(x, y, pw, loss, grad);
   } else if (want::kLoss) {
-    loss = Op::loss(x, y, pw);
+    loss = Op::template loss<T>(x, y, pw);
   } else {
-    grad = Op::grad(x, y, pw);
+    grad = Op::template grad<T>(x, y, pw);
   }
 #ifdef FASTLOSS_PLANTED_FAULT_FUSED_LOSS_UNWEIGHTED
-  if (kWeighted && !want::kGrad) loss *= w;
+  if (kWeighted && !want::kGrad) loss = loss * w;
 #else
-  if (kWeighted) loss *= w;
+  if (kWeighted) loss = loss * w;
 #endif
-  grad *= kWeighted ? w * grad_scale : grad_scale;
+  const double scale = Op::kGradFactor * grad_scale;
+  if (kWeighted) {
+    grad = grad * (w * scale);
+  } else {
+    grad = grad * scale;
+  }
 }
 
-// sum += term with Kahan's compensation (the float64 reductions). Once the sum is infinite,
-// the lost part is inf or NaN and would make the next sum NaN: it is dropped, so an infinite
-// loss stays inf (a NaN term still makes the sum NaN through t). Testing t, not lost, keeps
-// the test off the dependency chain.
-FASTLOSS_HD void compensated_add(double& sum, double& compensation, double term) {
-  const double y = term - compensation;
-  const double t = sum + y;
-  const double lost = (t - sum) - y;
-  compensation = t - t == 0.0 ? lost : 0.0;
+// sum += term with Kahan's compensation (the float64 reductions), lane by lane. Once the sum is
+// infinite, the lost part is inf or NaN and would make the next sum NaN: it is dropped, so an
+// infinite loss stays inf (a NaN term still makes the sum NaN through t). Testing t, not
+// lost, keeps the test off the dependency chain.
+template <class V>
+FASTLOSS_HD void compensated_add(V& sum, V& compensation, V term) {
+  const V y = term - compensation;
+  const V t = sum + y;
+  const V lost = (t - sum) - y;
+  compensation = lanes::select(t - t == 0.0, lost, V{});
 #ifdef FASTLOSS_PLANTED_FAULT_KAHAN_DROPPED
-  compensation = 0.0;
+  compensation = V{};
 #endif
   sum = t;
 }

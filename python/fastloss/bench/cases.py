@@ -13,8 +13,8 @@ from typing import Callable
 
 import fastloss
 from fastloss.bench.inputs import array_module
-from fastloss.bench.peers import (Unavailable, crysx_nn_calls, numba_loops, numpy_formulas,
-                                  torch_calls)
+from fastloss.bench.peers import (Unavailable, crysx_nn_calls, jax_calls, numba_loops,
+                                  numpy_formulas, torch_calls)
 
 
 def _with_out(function, *arrays):
@@ -50,11 +50,12 @@ _BUILDERS: dict[str, Callable[[], dict]] = {
     "numba": lambda: numba_loops.builders(False),
     "numba-parallel": lambda: numba_loops.builders(True),
     "torch": torch_calls.builders,
+    "jax": jax_calls.builders,
     "crysx_nn": lambda: crysx_nn_calls.BUILDERS,
     "cupy": lambda: numpy_formulas.NAIVE,
 }
 IMPLEMENTATIONS = ("fastloss", "numpy-naive", "numpy-out", "numba", "numba-parallel", "torch",
-                   "crysx_nn")
+                   "jax", "crysx_nn")
 PEERS = IMPLEMENTATIONS[1:]
 DEVICE_IMPLEMENTATIONS = ("fastloss", "cupy", "torch")
 

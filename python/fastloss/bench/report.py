@@ -14,7 +14,7 @@ from fastloss import _cpu
 from fastloss._machine import cpu_family, cpu_model, memory_description, package_version
 from fastloss.bench.timing import rotation_bytes
 
-PEER_PACKAGES = {"torch": "PyTorch", "numba": "Numba", "crysx-nn": "crysx_nn"}
+PEER_PACKAGES = {"torch": "PyTorch", "jax": "JAX", "numba": "Numba", "crysx-nn": "crysx_nn"}
 
 
 def size_label(n: int) -> str:

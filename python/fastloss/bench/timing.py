@@ -64,3 +64,24 @@ def time_case(case: Callable, repeats: int = 7, min_sample_s: float = 1e-3):
             case()
         samples.append((time.perf_counter() - start) / loops)
     return statistics.median(samples), result
+
+
+def interleaved_minimums(cases: dict, rounds: int = 15, min_sample_s: float = 2e-3) -> dict:
+    """{name: least seconds per call} of zero-argument ``cases``, timed in interleaved rounds:
+    each round times every case once (a loop of calls lasting >= ``min_sample_s``), so a drift
+    of the machine (the memory ceiling of a shared VM moves within minutes) hits every case
+    alike; the minimum over the rounds is the sample least disturbed by other processes."""
+    loops = {}
+    for name, case in cases.items():
+        case()  # warm-up: page faults of fresh outputs, thread pools, JIT compiles
+        start = time.perf_counter()
+        case()
+        loops[name] = max(1, math.ceil(min_sample_s / max(time.perf_counter() - start, 1e-7)))
+    best = dict.fromkeys(cases, math.inf)
+    for _ in range(rounds):
+        for name, case in cases.items():
+            start = time.perf_counter()
+            for _ in range(loops[name]):
+                case()
+            best[name] = min(best[name], (time.perf_counter() - start) / loops[name])
+    return best

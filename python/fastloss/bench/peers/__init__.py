@@ -9,6 +9,7 @@ the builder, outside the callable.
     numpy_formulas   the seeds' NumPy formulas (also on CuPy arrays), and NumPy at its fastest
     numba_loops      the seeds' formulas in Numba loops, serial and parallel
     torch_calls      PyTorch's functions and backward kernels, on CPU or CUDA tensors
+    jax_calls        jax.jit of jnp, optax and jax.nn, and their jax.grad (optional)
     crysx_nn_calls   crysx_nn's loss and activation functions
 """
 
