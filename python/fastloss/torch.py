@@ -239,7 +239,7 @@ class _CrossEntropy(torch.autograd.Function):
         return loss
 
     @staticmethod
-    @once_differentiable
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
         (grad,) = ctx.saved_tensors
         if ctx.reduction != "none":
@@ -277,7 +277,7 @@ class _SoftmaxFamily(torch.autograd.Function):
         return output
 
     @staticmethod
-    @once_differentiable
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
         (output,) = ctx.saved_tensors
         backward = F.log_softmax_backward if ctx.log else F.softmax_backward
