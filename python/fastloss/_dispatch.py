@@ -27,7 +27,6 @@ the kernels read it, a copy or an error),
 ``sigmoid(x, out)``, ``sigmoid_backward(grad_output, output, out)`` and
 ``ProbabilityOutOfRange`` (what ``loss_pass`` raises for a probability outside [0, 1], and
 ``sigmoid_backward`` for an output there: both found inside the kernel's pass).
-``ProbabilityOutOfRange`` (what ``loss_pass`` raises for a probability outside [0, 1]).
 
 The multi-class functions see an array as ``(outer, classes, inner)`` along its class axis
 (``shape``, a tuple of three ints: element (o, c, i) at (o * classes + c) * inner + i; a row is
