@@ -18,7 +18,7 @@ __all__ = [
     "binary_cross_entropy", "binary_cross_entropy_grad", "binary_cross_entropy_and_grad",
     "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_grad",
     "binary_cross_entropy_with_logits_and_grad",
-    "sigmoid", "sigmoid_backward", "reduce", "exact_sum",
+    "sigmoid", "sigmoid_backward", "reduce", "exact_sum", "LOG_CLAMP", "GRAD_EPS",
     "softmax", "log_softmax", "softmax_backward", "log_softmax_backward",
     "cross_entropy", "cross_entropy_grad", "cross_entropy_and_grad",
     "tanh", "tanh_backward", "relu", "relu_backward",
