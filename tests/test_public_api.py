@@ -97,7 +97,8 @@ def test_every_export_is_documented(name):
 
 
 FUNCTION_ARGUMENTS = {
-    "input", "target", "weight", "pos_weight", "reduction", "grad_output", "out", "output"}
+    "input", "target", "weight", "pos_weight", "reduction", "grad_output", "out", "output", "dim",
+    "ignore_index", "label_smoothing"}
 
 
 @pytest.mark.parametrize("public", fastloss.functional.__all__)

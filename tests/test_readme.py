@@ -38,7 +38,8 @@ def _blocks():
     return _section_blocks("## Use it in your training code")
 
 
-TESTED_SECTIONS = ("# fastloss", "## Use", "## Use it in your training code",
+# "## Multi-class" is run by tests/test_multiclass.py::test_readme_multiclass_example_runs_and_...
+TESTED_SECTIONS = ("# fastloss", "## Use", "## Use it in your training code", "## Multi-class",
                    "## Train a network")
 
 

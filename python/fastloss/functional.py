@@ -476,53 +476,86 @@ def sigmoid_backward(grad_output: _ArrayLike, output: _ArrayLike, *,
 
 
 # ---- multi-class ---------------------------------------------------------------------------------
-_ROWS = """
-    Arrays: NumPy (or CuPy), float32 or float64, any shape; the rows are taken along ``dim``
-    (negative counts from the end). One read of each row gives its max and its sum of exps
-    (an online softmax, in double: float32 results are correctly rounded but for rare ties);
-    NaN in a row makes the row NaN. ``out`` may be the input itself; other arguments as for
-    ``sigmoid``.
+def softmax(input: _ArrayLike, dim: int = -1, *, out: _ArrayLike | None = None) -> Any:
+    """``exp(x_c - max) / sum(exp(x - max))`` along ``dim``, like ``torch.softmax``.
 
+    One read of each row gives its max and its sum of exps (an online softmax, in double):
+    float32 results are correctly rounded but for rare ties; NaN in a row makes the row NaN.
+
+    Args:
+        input: float32 or float64 array, any shape (NumPy, CuPy, or another library's array).
+        dim: the axis of the classes (negative counts from the end).
+        out: optional C-contiguous, writeable array of the input's shape and dtype; it may be
+            input itself (in place) but must not overlap it in part.
+    Returns:
+        An array of the input's shape and dtype (``out`` when given).
     Raises:
-        TypeError: not an array of the family, dtype not float32/float64, ``dim`` not an int.
-        ValueError: ``dim`` out of range, shapes differ, bad ``out``.
-"""
-
-
-def _rows_doc(summary):
-    def attach(function):
-        function.__doc__ = summary + _ROWS
-        return function
-    return attach
-
-
-@_rows_doc("""softmax(input)_c = exp(x_c - max) / sum(exp(x - max)) along ``dim``, like
-    ``torch.softmax``.
-""")
-def softmax(input: Array, dim: int = -1, *, out: Array | None = None) -> Array:
+        TypeError: input is no array, or of a dtype other than float32/float64; ``dim`` not an
+            int; ``out`` of another dtype.
+        ValueError: ``dim`` out of range; a bad ``out`` (shape, read-only, not C-contiguous,
+            partly overlapping).
+    """
     return _dispatch.softmax_forward(_codes.SOFTMAX, input, dim, out)
 
 
-@_rows_doc("""log_softmax(input)_c = (x_c - max) - log(sum(exp(x - max))) along ``dim``, like
-    ``torch.log_softmax``: within 1 ulp (float32: 0.5 ulp but for rare ties).
-""")
-def log_softmax(input: Array, dim: int = -1, *, out: Array | None = None) -> Array:
+def log_softmax(input: _ArrayLike, dim: int = -1, *, out: _ArrayLike | None = None) -> Any:
+    """``(x_c - max) - log(sum(exp(x - max)))`` along ``dim``, like ``torch.log_softmax``.
+
+    One read of each row (online max and sum of exps, in double); within 1 ulp (float32: 0.5
+    ulp but for rare ties). NaN in a row makes the row NaN.
+
+    Args:
+        input: float32 or float64 array, any shape (NumPy, CuPy, or another library's array).
+        dim: the axis of the classes (negative counts from the end).
+        out: optional C-contiguous, writeable array of the input's shape and dtype; it may be
+            input itself (in place) but must not overlap it in part.
+    Returns:
+        An array of the input's shape and dtype (``out`` when given).
+    Raises:
+        TypeError: input is no array, or of a dtype other than float32/float64; ``dim`` not an
+            int; ``out`` of another dtype.
+        ValueError: ``dim`` out of range; a bad ``out``.
+    """
     return _dispatch.softmax_forward(_codes.LOG_SOFTMAX, input, dim, out)
 
 
-@_rows_doc("""Gradient of ``softmax`` from its output y: y * (grad_output - sum(grad_output * y))
+def softmax_backward(grad_output: _ArrayLike, output: _ArrayLike, dim: int = -1, *,
+                     out: _ArrayLike | None = None) -> Any:
+    """Gradient of ``softmax`` from its output y: ``y * (grad_output - sum(grad_output * y))``
     along ``dim`` (PyTorch's ``_softmax_backward_data``).
-""")
-def softmax_backward(grad_output: Array, output: Array, dim: int = -1, *,
-                     out: Array | None = None) -> Array:
+
+    Args:
+        grad_output: the upstream gradient, float32 or float64, of the output's shape.
+        output: what ``softmax`` returned (of the same dtype).
+        dim: the axis ``softmax`` ran along.
+        out: optional C-contiguous, writeable array of that shape and dtype; it may be
+            grad_output or output itself but must not overlap them in part.
+    Returns:
+        An array of the output's shape and dtype (``out`` when given).
+    Raises:
+        TypeError: an argument that is no array, dtypes other than float32/float64 or differing.
+        ValueError: shapes differ, ``dim`` out of range, a bad ``out``.
+    """
     return _dispatch.softmax_backward(_codes.SOFTMAX_BACKWARD, grad_output, output, dim, out)
 
 
-@_rows_doc("""Gradient of ``log_softmax`` from its output y: grad_output - exp(y) *
-    sum(grad_output) along ``dim`` (PyTorch's ``_log_softmax_backward_data``).
-""")
-def log_softmax_backward(grad_output: Array, output: Array, dim: int = -1, *,
-                         out: Array | None = None) -> Array:
+def log_softmax_backward(grad_output: _ArrayLike, output: _ArrayLike, dim: int = -1, *,
+                         out: _ArrayLike | None = None) -> Any:
+    """Gradient of ``log_softmax`` from its output y: ``grad_output - exp(y) *
+    sum(grad_output)`` along ``dim`` (PyTorch's ``_log_softmax_backward_data``).
+
+    Args:
+        grad_output: the upstream gradient, float32 or float64, of the output's shape.
+        output: what ``log_softmax`` returned (of the same dtype).
+        dim: the axis ``log_softmax`` ran along.
+        out: optional C-contiguous, writeable array of that shape and dtype; it may be
+            grad_output or output itself but must not overlap them in part.
+    Returns:
+        An array of the output's shape and dtype (``out`` when given).
+    Raises:
+        TypeError: an argument that is no array, dtypes other than float32/float64 or differing.
+        ValueError: shapes differ, ``dim`` out of range, a bad ``out``.
+    """
     return _dispatch.softmax_backward(_codes.LOG_SOFTMAX_BACKWARD, grad_output, output, dim,
                                       out)
 
@@ -531,111 +564,173 @@ _CE_LOSS = _dispatch.cross_entropy_kind(True, False)
 _CE_GRAD = _dispatch.cross_entropy_kind(False, True)
 _CE_AND_GRAD = _dispatch.cross_entropy_kind(True, True)
 
-_CROSS_ENTROPY = """
-    ``input`` holds logits: shape (C,), (N, C) or (N, C, d1, ...), classes along dimension 1
-    (0 for (C,)), float32 or float64. ``target`` is either class indices (int64 or int32, the
-    input's shape without the class dimension: (), (N,), (N, d1, ...)) or class probabilities
-    (the input's shape and dtype). Per row, with eps = ``label_smoothing`` in [0, 1]:
-      class index y: loss = -(1 - eps) w_y log p_y - (eps / C) sum_c w_c log p_c, 0 where
-          y == ignore_index;
-      probabilities q: loss = -sum_c w_c ((1 - eps) q_c + eps / C) log p_c;
-    p = softmax(input), w = ``weight`` (C,) or 1. 'mean' divides the sum by the summed weights
-    w_y of the non-ignored targets (class indices; NaN when all are ignored) or by the row
-    count (probabilities), exactly as ``torch.nn.functional.cross_entropy``; 'sum' sums;
-    'none' returns one loss per row (the target's shape for class indices).
 
-    One read of each row of logits gives its max, its sum of exps and its loss (online
-    softmax, in double); the gradient is written in one more pass over the row, from cache. No
-    (N, C) temporary. The sum over rows is exact to about one ulp and the same bits for any
-    thread count (fixed chunks of rows, Kahan-compensated lanes, a fixed tree). NaN logits
-    propagate; a class of coefficient 0 contributes 0 even where its logit is -inf.
-
-    Raises:
-        TypeError: not arrays of one family, wrong dtypes (input not float32/float64, class
-            indices not int64/int32, probabilities not of the input's dtype), ``ignore_index``
-            not an int, ``weight`` not an array.
-        ValueError: a class index outside [0, C) that is not ``ignore_index`` (the message
-            names it and C; nothing is written), a target of the wrong shape (class indices of
-            the input's shape, probabilities of another), C = 0, ``weight`` not of shape (C,),
-            ``label_smoothing`` outside [0, 1], unknown reduction, bad ``out``.
-"""
-
-_CE_GRAD_DOC = """
-    The gradient is d loss / d input: (sum_c a_c) softmax - a per row (a_c the coefficients
-    of -log p_c above), times ``grad_output`` (a scalar; for reduction='none' also an array of
-    the loss's shape, one upstream gradient per row) [/ the mean's divisor]; 0 on ignored rows.
-    ``out`` (input's shape and dtype, C-contiguous) may be the input itself.
-"""
-
-
-def _ce_doc(summary, extra=""):
-    def attach(function):
-        function.__doc__ = summary + _CROSS_ENTROPY + extra
-        return function
-    return attach
-
-
-@_ce_doc("""Cross-entropy of logits and a target, like ``torch.nn.functional.cross_entropy``.
-""")
-def cross_entropy(input: Array, target: Array, *, weight: Array | None = None,
+def cross_entropy(input: _ArrayLike, target: _ArrayLike, *, weight: _ArrayLike | None = None,
                   ignore_index: int = -100, reduction: str = "mean",
                   label_smoothing: float = 0.0) -> Any:
+    """Cross-entropy of logits and a target, like ``torch.nn.functional.cross_entropy``.
+
+    Per row, with p = softmax(input) along the classes, w = ``weight`` (or 1) and eps =
+    ``label_smoothing``: for a class index y, ``-(1 - eps) w_y log p_y - (eps / C) sum_c w_c
+    log p_c`` (0 where y == ignore_index); for probabilities q, ``-sum_c w_c ((1 - eps) q_c +
+    eps / C) log p_c``. One read of each row gives its max, its sum of exps and its loss
+    (online softmax, in double); no (N, C) temporary.
+
+    Args:
+        input: logits, float32 or float64, of shape (C,), (N, C) or (N, C, d1, ...): the
+            classes along dimension 1 (0 for (C,)).
+        target: class indices (int64 or int32, the input's shape without the class dimension)
+            or class probabilities (the input's shape and dtype).
+        weight: optional (C,) array of the input's dtype, one weight per class.
+        ignore_index: a class index whose rows count for nothing (class-index targets).
+        reduction: 'mean' (the sum over the summed weights w_y of the non-ignored rows for
+            class indices, NaN when all are ignored; over the row count for probabilities),
+            'sum' or 'none' (one loss per row: the target's shape for class indices).
+        label_smoothing: eps in [0, 1].
+    Returns:
+        'mean'/'sum': a NumPy scalar of the input's dtype (a 0-d CuPy array for CuPy input),
+        within about 1 ulp of the exact value (float32: also for equal rows) and the same bits
+        for any thread count. 'none': an array of the row losses.
+    Raises:
+        TypeError: arguments not arrays of one family; input not float32/float64, class
+            indices not int64/int32, probabilities or weight not of the input's dtype;
+            ``ignore_index`` not an int.
+        ValueError: a class index outside [0, C) that is not ``ignore_index`` (the message
+            names it; nothing is written), a target of the wrong shape, C = 0, ``weight`` not
+            of shape (C,), ``label_smoothing`` outside [0, 1], an unknown reduction.
+    """
     return _dispatch.cross_entropy(_CE_LOSS, input, target, weight, ignore_index, reduction,
                                    label_smoothing)
 
 
-@_ce_doc("""Gradient of ``cross_entropy`` with respect to the logits.
-""", _CE_GRAD_DOC)
-def cross_entropy_grad(input: Array, target: Array, *, weight: Array | None = None,
+def cross_entropy_grad(input: _ArrayLike, target: _ArrayLike, *, weight: _ArrayLike | None = None,
                        ignore_index: int = -100, reduction: str = "mean",
-                       label_smoothing: float = 0.0, grad_output: Weight = 1.0,
-                       out: Array | None = None) -> Array:
+                       label_smoothing: float = 0.0, grad_output: _Weight = 1.0,
+                       out: _ArrayLike | None = None) -> Any:
+    """Gradient of ``cross_entropy`` with respect to the logits.
+
+    Per row, ``(sum_c a_c) softmax - a`` with a_c the coefficients of ``-log p_c`` in the
+    loss, times ``grad_output``, divided by the mean's divisor for 'mean'; 0 on ignored rows.
+
+    Args:
+        input: logits, float32 or float64, of shape (C,), (N, C) or (N, C, d1, ...).
+        target: class indices (int64 or int32, the input's shape without the class dimension)
+            or class probabilities (the input's shape and dtype).
+        weight: optional (C,) array of the input's dtype, one weight per class.
+        ignore_index: a class index whose rows get a zero gradient.
+        reduction: 'mean', 'sum' or 'none', as for ``cross_entropy``.
+        label_smoothing: eps in [0, 1].
+        grad_output: the upstream gradient: a scalar; for 'none' also an array of the row
+            losses' shape, one value per row.
+        out: optional C-contiguous, writeable array of the input's shape and dtype; it may be
+            input itself.
+    Returns:
+        An array of the input's shape and dtype (``out`` when given).
+    Raises:
+        TypeError: as for ``cross_entropy``; ``out`` or an array ``grad_output`` of another
+            dtype.
+        ValueError: as for ``cross_entropy``; a bad ``out`` or ``grad_output`` shape.
+    """
     return _dispatch.cross_entropy(_CE_GRAD, input, target, weight, ignore_index, reduction,
                                    label_smoothing, grad_output, out)
 
 
-@_ce_doc("""``(cross_entropy(...), cross_entropy_grad(...))`` in one pass over the logits.
-""", _CE_GRAD_DOC)
-def cross_entropy_and_grad(input: Array, target: Array, *, weight: Array | None = None,
+def cross_entropy_and_grad(input: _ArrayLike, target: _ArrayLike, *, weight: _ArrayLike | None = None,
                            ignore_index: int = -100, reduction: str = "mean",
-                           label_smoothing: float = 0.0, grad_output: Weight = 1.0,
-                           out: Array | None = None) -> tuple[Any, Array]:
+                           label_smoothing: float = 0.0, grad_output: _Weight = 1.0,
+                           out: _ArrayLike | None = None) -> tuple[Any, Any]:
+    """``(cross_entropy(...), cross_entropy_grad(...))`` in one pass over the logits (the
+    gradient is written from cache, right after its row's loss).
+
+    Args:
+        input: logits, float32 or float64, of shape (C,), (N, C) or (N, C, d1, ...).
+        target: class indices (int64 or int32, the input's shape without the class dimension)
+            or class probabilities (the input's shape and dtype).
+        weight: optional (C,) array of the input's dtype, one weight per class.
+        ignore_index: a class index whose rows count for nothing.
+        reduction: 'mean', 'sum' or 'none', as for ``cross_entropy``.
+        label_smoothing: eps in [0, 1].
+        grad_output: the gradient's upstream factor (the loss is not scaled by it): a scalar;
+            for 'none' also an array of the row losses' shape.
+        out: optional C-contiguous, writeable array for the gradient; it may be input itself.
+    Returns:
+        ``(loss, grad)``: the loss as ``cross_entropy`` returns it and the gradient as
+        ``cross_entropy_grad`` returns it.
+    Raises:
+        TypeError: as for ``cross_entropy_grad``.
+        ValueError: as for ``cross_entropy_grad``.
+    """
     return _dispatch.cross_entropy(_CE_AND_GRAD, input, target, weight, ignore_index,
                                    reduction, label_smoothing, grad_output, out)
 
 
 # ---- tanh and relu ---------------------------------------------------------------------------------
-_ACTIVATION = """
-    Arrays: NumPy (or CuPy), float32 or float64, any shape; ``out`` may be the input itself
-    (as for ``sigmoid``). The backward passes take the forward *output*, like PyTorch's.
-"""
+def tanh(input: _ArrayLike, *, out: _ArrayLike | None = None) -> Any:
+    """``tanh(input)``, elementwise, like ``torch.tanh``: in double, float32 results correctly
+    rounded but for rare ties, +-1 exactly at saturation.
 
-
-def tanh(input: Array, *, out: Array | None = None) -> Array:
+    Args:
+        input: float32 or float64 array, any shape.
+        out: optional C-contiguous, writeable array of the input's shape and dtype; it may be
+            input itself.
+    Returns:
+        An array of the input's shape and dtype (``out`` when given).
+    Raises:
+        TypeError: input is no array or of a dtype other than float32/float64; ``out`` of
+            another dtype.
+        ValueError: a bad ``out``.
+    """
     return _dispatch.activation(_codes.TANH, input, out)
 
 
-def tanh_backward(grad_output: Array, output: Array, *, out: Array | None = None) -> Array:
+def tanh_backward(grad_output: _ArrayLike, output: _ArrayLike, *, out: _ArrayLike | None = None) -> Any:
+    """Gradient of tanh from its output y: ``grad_output * (1 - y**2)`` (PyTorch's
+    ``tanh_backward``).
+
+    Args:
+        grad_output: the upstream gradient, float32 or float64.
+        output: what ``tanh`` returned, of grad_output's shape and dtype.
+        out: optional C-contiguous, writeable array of that shape and dtype; it may be one of
+            the inputs.
+    Returns:
+        An array of that shape and dtype (``out`` when given).
+    Raises:
+        TypeError: an argument that is no array, dtypes other than float32/float64 or differing.
+        ValueError: shapes differ, a bad ``out``.
+    """
     return _dispatch.activation_backward(_codes.TANH_BACKWARD, grad_output, output, out)
 
 
-def relu(input: Array, *, out: Array | None = None) -> Array:
+def relu(input: _ArrayLike, *, out: _ArrayLike | None = None) -> Any:
+    """``max(input, 0)``, elementwise, like ``torch.relu``: NaN and -0.0 pass through.
+
+    Args:
+        input: float32 or float64 array, any shape.
+        out: optional C-contiguous, writeable array of the input's shape and dtype; it may be
+            input itself.
+    Returns:
+        An array of the input's shape and dtype (``out`` when given).
+    Raises:
+        TypeError: input is no array or of a dtype other than float32/float64; ``out`` of
+            another dtype.
+        ValueError: a bad ``out``.
+    """
     return _dispatch.activation(_codes.RELU, input, out)
 
 
-def relu_backward(grad_output: Array, output: Array, *, out: Array | None = None) -> Array:
+def relu_backward(grad_output: _ArrayLike, output: _ArrayLike, *, out: _ArrayLike | None = None) -> Any:
+    """Gradient of relu from its output y: ``grad_output`` where y > 0 (or NaN), else 0
+    (PyTorch's ``threshold_backward``: 0 at the kink).
+
+    Args:
+        grad_output: the upstream gradient, float32 or float64.
+        output: what ``relu`` returned, of grad_output's shape and dtype.
+        out: optional C-contiguous, writeable array of that shape and dtype; it may be one of
+            the inputs.
+    Returns:
+        An array of that shape and dtype (``out`` when given).
+    Raises:
+        TypeError: an argument that is no array, dtypes other than float32/float64 or differing.
+        ValueError: shapes differ, a bad ``out``.
+    """
     return _dispatch.activation_backward(_codes.RELU_BACKWARD, grad_output, output, out)
-
-
-tanh.__doc__ = """tanh(input), like ``torch.tanh``: in double, float32 results correctly rounded
-    but for rare ties, +-1 exactly at saturation.
-""" + _ACTIVATION
-tanh_backward.__doc__ = """Gradient of tanh from its output y: grad_output * (1 - y**2)
-    (PyTorch's ``tanh_backward``).
-""" + _ACTIVATION
-relu.__doc__ = """relu(input) = 0 where input < 0, else input (NaN and -0.0 pass through, as in
-    ``torch.relu``).
-""" + _ACTIVATION
-relu_backward.__doc__ = """Gradient of relu from its output y: grad_output where y > 0 (or NaN), else 0
-    (PyTorch's ``threshold_backward``; 0 at the kink).
-""" + _ACTIVATION

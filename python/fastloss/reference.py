@@ -179,6 +179,7 @@ def log_softmax(input, dim=-1):
 
 
 def softmax(input, dim=-1):
+    """softmax along ``dim`` in float64: exp of ``log_softmax``."""
     with np.errstate(invalid="ignore", over="ignore"):
         return np.exp(log_softmax(input, dim))
 
@@ -265,6 +266,7 @@ def cross_entropy_grad(input, target, weight=None, ignore_index=-100, reduction=
 
 def cross_entropy_and_grad(input, target, weight=None, ignore_index=-100, reduction="mean",
                            label_smoothing=0.0, grad_output=1.0):
+    """(cross_entropy(...), cross_entropy_grad(...)) in float64."""
     return (cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing),
             cross_entropy_grad(input, target, weight, ignore_index, reduction, label_smoothing,
                                grad_output))
@@ -272,10 +274,12 @@ def cross_entropy_and_grad(input, target, weight=None, ignore_index=-100, reduct
 
 # ---- activations -------------------------------------------------------------------------------
 def tanh(x):
+    """tanh in float64."""
     return np.tanh(_f64(x))
 
 
 def tanh_backward(grad_output, output):
+    """d tanh from its output y: grad_output * (1 - y**2), in float64."""
     y = _f64(output)
     return _f64(grad_output) * (1.0 - y * y)
 
