@@ -436,9 +436,11 @@ def _weight_buffer(backend, weight, input, name):
     return backend.contiguous(flat, name)
 
 
-def _split_grad_output(backend, grad_output, input, reduction):
+def _split_grad_output(backend, grad_output, input, reduction, against=None,
+                       against_name="the input shape"):
     """grad_output as (float scale, None) or, for an array with reduction='none',
-    (1.0, array of the input's dtype broadcastable to the input)."""
+    (1.0, array of the input's dtype broadcastable to ``against``: the input's shape unless
+    given, as for cross_entropy's rows)."""
     if isinstance(grad_output, float):
         return grad_output, None
     if _is_real_scalar(grad_output):
@@ -457,13 +459,14 @@ def _split_grad_output(backend, grad_output, input, reduction):
                          f"(the loss is a scalar); got shape {grad_output.shape}")
     _check_same_dtype(grad_output, "grad_output", input, "input")
     _check_same_device(backend, grad_output, "grad_output", input, "input")
+    wanted = tuple(input.shape if against is None else against)
     try:
-        shape = np.broadcast_shapes(grad_output.shape, input.shape)
+        shape = np.broadcast_shapes(grad_output.shape, wanted)
     except ValueError:
         shape = None
-    if shape != input.shape:
+    if shape != wanted:
         raise ValueError(f"grad_output has shape {grad_output.shape}, which does not broadcast "
-                         f"to the input shape {input.shape}")
+                         f"to {against_name} {wanted}")
     backend.readable(grad_output, "grad_output")
     return 1.0, grad_output
 
@@ -729,32 +732,10 @@ def _cross_entropy_target_kind(backend, target, input, loss_shape):
 def _split_row_grad_output(backend, grad_output, input, loss_shape, reduction):
     """grad_output of cross_entropy as (float scale, None) or, for an array with
     reduction='none', (1.0, one value per row in the input's dtype)."""
-    if isinstance(grad_output, float):
-        return grad_output, None
-    if _is_real_scalar(grad_output):
-        return _as_float(grad_output, "grad_output"), None
-    if (isinstance(grad_output, np.ndarray) or backend.is_array(grad_output)) and (
-            grad_output.ndim == 0):
-        _reject_masked(grad_output, "grad_output")
-        if grad_output.dtype.kind not in "fiu":
-            raise TypeError(f"grad_output has dtype {grad_output.dtype}; expected a real number")
-        return float(grad_output), None
-    if not backend.is_array(grad_output):
-        raise _not_an_array_or_number(backend, grad_output, "grad_output")
-    _check_array(backend, grad_output, "grad_output")
-    if reduction != "none":
-        raise ValueError(f"grad_output must be a scalar for reduction={reduction!r} "
-                         f"(the loss is a scalar); got shape {grad_output.shape}")
-    _check_same_dtype(grad_output, "grad_output", input, "input")
-    _check_same_device(backend, grad_output, "grad_output", input, "input")
-    try:
-        shape = np.broadcast_shapes(grad_output.shape, loss_shape)
-    except ValueError:
-        shape = None
-    if shape != tuple(loss_shape):
-        raise ValueError(f"grad_output has shape {grad_output.shape}, which does not broadcast "
-                         f"to the loss shape {tuple(loss_shape)}")
-    backend.readable(grad_output, "grad_output")
+    scale, array = _split_grad_output(backend, grad_output, input, reduction, loss_shape,
+                                      "the loss shape")
+    if array is None:
+        return scale, None
     xp = backend.array_module()
-    rows = xp.ascontiguousarray(xp.broadcast_to(grad_output, loss_shape)).reshape(-1)
+    rows = xp.ascontiguousarray(xp.broadcast_to(array, loss_shape)).reshape(-1)
     return 1.0, backend.contiguous(rows, "grad_output")
