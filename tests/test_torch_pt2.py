@@ -5,6 +5,8 @@ against torch's own losses there, and the dtypes refused with their names."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -316,3 +318,34 @@ def test_mixed_half_and_float32_name_both(half):
     with pytest.raises(TypeError, match="target has dtype bool; cross_entropy takes class "
                                         "indices"):
         ft.cross_entropy(x, torch.zeros(4, dtype=torch.bool))
+
+
+# ---- outputs ------------------------------------------------------------------------------------
+def _vm_flags(address):
+    """The VmFlags of the mapping of this process that holds ``address``."""
+    with open("/proc/self/smaps") as smaps:
+        lines = smaps.read().splitlines()
+    holds = False
+    for line in lines:
+        bounds = line.split()[0]
+        if "-" in bounds and ":" not in bounds:
+            low, high = (int(b, 16) for b in bounds.split("-"))
+            holds = low <= address < high
+        elif line.startswith("VmFlags:") and holds:
+            return line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+def test_large_outputs_are_torch_tensors_advised_as_huge_pages():
+    """The gradient is torch's allocation, exactly right, and its whole 2 MiB pages carry the
+    huge-page advice (VmFlags 'hg') so that the kernel's first writes fault in 2 MiB at a time;
+    a small output is left alone."""
+    x = _real(3_000_001, torch.float32).requires_grad_()
+    t = torch.zeros(3_000_001)
+    ft.mse_loss(x, t, reduction="sum").backward()
+    torch.testing.assert_close(x.grad, 2 * x.detach(), rtol=0, atol=0)
+    middle = x.grad.data_ptr() + x.grad.nbytes // 2
+    assert "hg" in _vm_flags(middle)
+    loss, grad = OPS.mse_loss(x.detach()[:1000], t[:1000], None, "none")
+    assert "hg" not in _vm_flags(grad.data_ptr())

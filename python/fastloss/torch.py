@@ -78,9 +78,54 @@ def _as_tensor(array, device):
 
 
 def _empty_like(tensor):
-    """A contiguous tensor of ``tensor``'s shape, dtype and device, from torch's allocator (the
-    kernels write it through ``out=``)."""
+    """A contiguous tensor of ``tensor``'s shape, dtype and device (fake or real)."""
     return torch.empty(tensor.shape, dtype=tensor.dtype, device=tensor.device)
+
+
+def _output_like(tensor):
+    """An output the kernels write through ``out=``: from torch's allocator, as torch's own
+    ops get theirs."""
+    out = _empty_like(tensor)
+    if out.device.type == "cpu" and out.nbytes >= _HUGE_PAGE_MIN_BYTES:
+        _advise_huge_pages(out)
+    return out
+
+
+# A large output is fresh memory (glibc maps allocations this large anew each time), which the
+# kernel's first writes fault in: 4 KiB pages cost more than the pass (bench/NOTES.md, issue 15).
+# Advised as huge pages, as NumPy advises its own large arrays, they fault in 2 MiB at a time.
+# Advice only: torch still owns and frees the memory, and where the kernel has no transparent
+# huge pages (or this is not Linux) nothing changes.
+_HUGE_PAGE = 2 << 20
+_HUGE_PAGE_MIN_BYTES = 2 * _HUGE_PAGE
+_MADV_HUGEPAGE = 14
+
+
+def _load_madvise():
+    import ctypes
+    import sys
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    madvise.restype = ctypes.c_int
+    return madvise
+
+
+_madvise = _load_madvise()
+
+
+def _advise_huge_pages(tensor):
+    if _madvise is None:
+        return
+    start = tensor.data_ptr()
+    first = -(-start // _HUGE_PAGE) * _HUGE_PAGE  # the whole huge pages inside the buffer
+    last = (start + tensor.nbytes) // _HUGE_PAGE * _HUGE_PAGE
+    if last > first:
+        _madvise(first, last - first, _MADV_HUGEPAGE)  # a failure leaves 4 KiB pages: fine
 
 
 def _dtype_name(dtype):
@@ -136,7 +181,7 @@ def _cupy_stream(cupy, torch_stream, index):
 # ---- the custom operators -----------------------------------------------------------------------
 def _fused_pass(and_grad, input, target, reduction, **weights):
     _check_floats(input, target=target, **weights)
-    grad = _empty_like(input)
+    grad = _output_like(input)
     with _stream_of(input):
         arrays = {name: _optional_array(value, name) for name, value in weights.items()}
         loss, _ = and_grad(_as_array(input, "input"), _as_array(target, "target"),
@@ -199,7 +244,7 @@ def _cross_entropy_op(input: _Tensor, target: _Tensor, weight: Optional[_Tensor]
                       ignore_index: int, label_smoothing: float,
                       reduction: str) -> tuple[_Tensor, _Tensor]:
     _check_cross_entropy(input, target, weight)
-    grad = _empty_like(input)
+    grad = _output_like(input)
     with _stream_of(input):
         loss, _ = F.cross_entropy_and_grad(
             _as_array(input, "input"), _as_array(target, "target"),
@@ -222,7 +267,7 @@ def _(input, target, weight, ignore_index, label_smoothing, reduction):
 
 def _elementwise(forward, input):
     _check_floats(input)
-    out = _empty_like(input)
+    out = _output_like(input)
     with _stream_of(input):
         forward(_as_array(input, "input"), out=_as_array(out, "out"))
     return out
@@ -230,7 +275,7 @@ def _elementwise(forward, input):
 
 def _elementwise_backward(backward, grad_output, output, *dim):
     _check_floats(output, grad_output=grad_output)
-    out = _empty_like(output)
+    out = _output_like(output)
     with _stream_of(output):
         backward(_as_array(grad_output, "grad_output"), _as_array(output, "output"), *dim,
                  out=_as_array(out, "out"))
@@ -298,6 +343,9 @@ def _is_one(grad_output):
 def _save_fused(ctx, inputs, output):
     _, grad = output
     ctx.mark_non_differentiable(grad)
+    # else autograd hands backward a zero tensor of the gradient's size for the gradient output
+    # (a fresh full-size allocation per backward, slower than the pass itself)
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(grad)
     ctx.reduction = inputs[-1]  # every loss operator takes reduction last
     ctx.inputs = len(inputs)
@@ -306,7 +354,9 @@ def _save_fused(ctx, inputs, output):
 def _fused_backward(ctx, grad_loss, _grad_of_grad):
     # the second output, the gradient, is non-differentiable: its upstream gradient is ignored
     (grad,) = ctx.saved_tensors
-    if ctx.reduction != "none":
+    if grad_loss is None:
+        scaled = None
+    elif ctx.reduction != "none":
         scaled = grad if _is_one(grad_loss) else grad * grad_loss
     elif 2 <= grad.dim() != grad_loss.dim():
         # cross_entropy: one upstream gradient per row, along the class dimension 1
