@@ -16,9 +16,6 @@ import fastloss.torch as ft  # noqa: E402  (needs torch)
 TF = torch.nn.functional
 REDUCTIONS = ["mean", "sum", "none"]
 OPS = torch.ops.fastloss
-# Inductor's own code calls what torch deprecates (torch.jit.script_method)
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 
 
 @pytest.fixture(autouse=True)
