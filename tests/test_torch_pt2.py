@@ -336,13 +336,12 @@ def _vm_flags(address):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
 def test_large_outputs_are_torch_tensors_advised_as_huge_pages():
     """The gradient is torch's allocation, exactly right, and its whole 2 MiB pages carry the
-    huge-page advice (VmFlags 'hg') so that the kernel's first writes fault in 2 MiB at a time;
-    a small output is left alone."""
+    huge-page advice (VmFlags 'hg') so that the kernel's first writes fault in 2 MiB at a time.
+    (Whether a small output's mapping shows 'hg' says nothing: glibc may serve it from heap
+    memory an earlier, advised allocation left.)"""
     x = _real(3_000_001, torch.float32).requires_grad_()
     t = torch.zeros(3_000_001)
     ft.mse_loss(x, t, reduction="sum").backward()
     torch.testing.assert_close(x.grad, 2 * x.detach(), rtol=0, atol=0)
     middle = x.grad.data_ptr() + x.grad.nbytes // 2
     assert "hg" in _vm_flags(middle)
-    loss, grad = OPS.mse_loss(x.detach()[:1000], t[:1000], None, "none")
-    assert "hg" not in _vm_flags(grad.data_ptr())
