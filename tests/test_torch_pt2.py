@@ -5,7 +5,7 @@ against torch's own losses there, and the dtypes refused with their names."""
 
 from __future__ import annotations
 
-import sys
+import os
 
 import numpy as np
 import pytest
@@ -333,7 +333,8 @@ def _vm_flags(address):
     raise AssertionError(f"no mapping holds {address:#x}")
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+@pytest.mark.skipif(not os.path.exists("/sys/kernel/mm/transparent_hugepage/enabled"),
+                    reason="no transparent huge pages (or not Linux)")
 def test_large_outputs_are_torch_tensors_advised_as_huge_pages():
     """The gradient is torch's allocation, exactly right, and its whole 2 MiB pages carry the
     huge-page advice (VmFlags 'hg') so that the kernel's first writes fault in 2 MiB at a time.
