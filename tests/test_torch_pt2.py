@@ -220,6 +220,29 @@ def test_func_grad_and_vmap_match_torch(case, reduction):
         torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-13)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_vmap_with_per_sample_weights_matches_a_loop_of_torchs_loss(reduction, dtype):
+    """The batch in any dimension, a weight per sample (batched along another dimension) and a
+    shared pos_weight: each sample's loss and gradient as torch's loss gives them one by one."""
+    x = _real((5, 4, 3), dtype)  # batch along dimension 1: 4 samples of (5, 3)
+    t = torch.rand(4, 5, 3, generator=_generator(2), dtype=dtype)
+    w = torch.rand(3, 4, generator=_generator(3), dtype=dtype) + 0.5  # (3,) per sample
+    pw = torch.tensor([3.0, 0.25, 1.0], dtype=dtype)
+
+    def loss(function):
+        return lambda a, b, c: function(a, b, weight=c, pos_weight=pw, reduction=reduction)
+    per_sample = torch.func.vmap(loss(ft.binary_cross_entropy_with_logits), in_dims=(1, 0, 1))
+    grads = torch.func.vmap(torch.func.grad(lambda a, b, c: loss(
+        ft.binary_cross_entropy_with_logits)(a, b, c).sum()), in_dims=(1, 0, 1))
+    theirs = loss(TF.binary_cross_entropy_with_logits)
+    expected = torch.stack([theirs(x[:, i], t[i], w[:, i]) for i in range(4)])
+    expected_grads = torch.stack([torch.func.grad(lambda a, i=i: theirs(a, t[i], w[:, i]).sum())(
+        x[:, i]) for i in range(4)])
+    torch.testing.assert_close(per_sample(x, t, w), expected, **TOLERANCE[dtype])
+    torch.testing.assert_close(grads(x, t, w), expected_grads, **TOLERANCE[dtype])
+
+
 def test_func_on_multiclass_and_activations():
     x = _real((4, 5, 3))
     target = torch.tensor([[0, 1, 2, 1, 0]] * 4)

@@ -407,9 +407,37 @@ def _batched(args, in_dims, size):
             for arg, dim in zip(args, in_dims)]
 
 
+def _elementwise_loss_vmap(op):
+    """vmap of mse_loss and the binary cross-entropies: one reduction='none' pass over the whole
+    batch, then each sample's sum (in double) or mean, and the gradient divided by the sample's
+    size for a mean (so within an ulp of the unbatched call's, which scales before rounding)."""
+    def rule(info, in_dims, *args):
+        *tensors, reduction = args
+        size = info.batch_size
+        input, target = _batched(tensors[:2], in_dims[:2], size)
+        sample = input.shape[1:]
+        weights = []
+        for weight, dim in zip(tensors[2:], in_dims[2:]):
+            if weight is not None and dim is not None:
+                # a per-sample weight broadcasts against its own sample: spelled out in full
+                weight = weight.movedim(dim, 0)
+                weight = weight.reshape(size, *([1] * (len(sample) - weight.dim() + 1)),
+                                        *weight.shape[1:]).expand(size, *sample).contiguous()
+            weights.append(weight)  # else shared: it broadcasts against each sample as it is
+        loss, grad = op(input, target, *weights, "none")
+        if reduction == "none":
+            return (loss, grad), (0, 0)
+        count = sample.numel()
+        total = loss.reshape(size, count).sum(1, dtype=torch.float64)
+        if reduction == "mean":
+            total, grad = total / count, grad / count
+        return (total.to(loss.dtype), grad), (0, 0)
+    return rule
+
+
 def _looped_vmap(op):
-    """vmap of a loss operator: the operator per batch element (each its own reduction),
-    stacked. A loss's mean is per sample, so one call over the batch would not do."""
+    """vmap of cross_entropy: the operator per batch element (each its own reduction and its
+    own class-weighted mean), stacked."""
     def rule(info, in_dims, *args):
         results = [op(*(arg.select(dim, i) if dim is not None else arg
                         for arg, dim in zip(args, in_dims)))
@@ -434,8 +462,9 @@ def _rows_vmap(op):
     return rule
 
 
-for _op in (_mse_op, _bce_op, _logits_op, _cross_entropy_op):
-    _op.register_vmap(_looped_vmap(_op))
+for _op in (_mse_op, _bce_op, _logits_op):
+    _op.register_vmap(_elementwise_loss_vmap(_op))
+_cross_entropy_op.register_vmap(_looped_vmap(_cross_entropy_op))
 for _op in (_sigmoid_op, _sigmoid_backward_op):
     _op.register_vmap(_elementwise_vmap(_op))
 for _op in (_softmax_op, _log_softmax_op, _softmax_backward_op, _log_softmax_backward_op):
