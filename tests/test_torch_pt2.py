@@ -141,6 +141,27 @@ def test_compiled_losses_trace_forward_and_backward_in_one_graph(case, reduction
     torch.testing.assert_close(leaf.grad, eager_leaf.grad, rtol=1e-7, atol=0)
 
 
+def test_compiled_with_dynamic_shapes_serves_every_batch_size_from_one_graph():
+    """dynamic=True: the fake implementations give symbolic shapes, so batches of other sizes
+    reuse the graph (no recompile: torch._dynamo's frame count stays one) and match eager."""
+    torch._dynamo.utils.counters.clear()
+    compiled = torch.compile(lambda a, b: ft.binary_cross_entropy_with_logits(
+        a, b, reduction="none").sum() + ft.cross_entropy(a, b.argmax(1)), dynamic=True,
+        fullgraph=True)
+    for rows in (7, 19, 64):
+        x = _real((rows, 3), torch.float32, rows)
+        t = torch.rand(rows, 3, generator=_generator(rows))
+        leaf, eager_leaf = x.clone().requires_grad_(), x.clone().requires_grad_()
+        value = compiled(leaf, t)
+        value.backward()
+        eager = (ft.binary_cross_entropy_with_logits(eager_leaf, t, reduction="none").sum()
+                 + ft.cross_entropy(eager_leaf, t.argmax(1)))
+        eager.backward()
+        torch.testing.assert_close(value, eager, rtol=1e-6, atol=0)
+        torch.testing.assert_close(leaf.grad, eager_leaf.grad, rtol=1e-6, atol=1e-7)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
 @pytest.mark.parametrize("name", ["sigmoid", "softmax", "log_softmax", "cross_entropy"])
 def test_compiled_multiclass_and_activations(name):
     x = _real((5, 4, 3), torch.float32)
