@@ -210,21 +210,38 @@ def test_readme_cupy_example_computes_the_reference_loss_and_gradient(cp):
 
 def test_readme_torch_example_trains_as_with_torch_nn_loss():
     """The block, and the block with ``ft.BCEWithLogitsLoss`` replaced by torch.nn's, from the
-    same torch seed: the same last loss and the same weights after the 5 steps (float32: a few
-    ulps per step, compounded)."""
+    same torch seed: the same loss and the same weights after the 5 eager float32 steps (a few
+    ulps per step, compounded), and again after the 5 compiled bfloat16 steps (within bfloat16
+    roundings: the float32 losses differ by ulps, which now and then round a bfloat16 gradient
+    the other way). The compiled function is one graph (fullgraph) and its loss float32."""
     torch = pytest.importorskip("torch")
     block = _block("torch")
     assert block.count("ft.BCEWithLogitsLoss(") == 1
+    assert "torch.compile(fullgraph=True)" in block and "torch.bfloat16" in block
     results = []
     for source in (block, block.replace("ft.BCEWithLogitsLoss(", "torch.nn.BCEWithLogitsLoss(")):
+        eager = {}
+
+        def keep_eager(statement, namespace, eager=eager):
+            if isinstance(statement, ast.FunctionDef) and not eager:
+                eager.update(loss=namespace["loss"].detach().clone(), state={
+                    name: value.clone() for name, value in namespace["model"].state_dict().items()})
+        torch._dynamo.reset()
         with torch.random.fork_rng():
             torch.manual_seed(1234)
-            results.append(_run(source))
-    ours, theirs = results
+            results.append((eager, _run(source, keep_eager)))
+    (ours_eager, ours), (theirs_eager, theirs) = results
     assert type(ours["criterion"]).__module__ == "fastloss.torch"
     assert type(theirs["criterion"]) is torch.nn.BCEWithLogitsLoss
     torch.testing.assert_close(ours["x"], theirs["x"], rtol=0, atol=0)
-    torch.testing.assert_close(ours["loss"], theirs["loss"], rtol=1e-5, atol=0)
+    torch.testing.assert_close(ours_eager["loss"], theirs_eager["loss"], rtol=1e-5, atol=0)
+    for name, value in theirs_eager["state"].items():
+        torch.testing.assert_close(ours_eager["state"][name], value, rtol=1e-5, atol=1e-6,
+                                   msg=lambda message, name=name: f"{name}: {message}")
+    assert ours["loss"].dtype == theirs["loss"].dtype == torch.float32
+    assert type(ours["loss"].grad_fn).__name__ == "CompiledFunctionBackward"
+    # one bfloat16 gradient rounded the other way moves a weight by about lr * |grad| / 256
+    torch.testing.assert_close(ours["loss"], theirs["loss"], rtol=1e-3, atol=0)
     for name, value in theirs["model"].state_dict().items():
-        torch.testing.assert_close(ours["model"].state_dict()[name], value, rtol=1e-5,
-                                   atol=1e-6, msg=lambda message, name=name: f"{name}: {message}")
+        torch.testing.assert_close(ours["model"].state_dict()[name], value, rtol=1e-3,
+                                   atol=1e-4, msg=lambda message, name=name: f"{name}: {message}")
