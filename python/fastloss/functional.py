@@ -47,6 +47,9 @@ class _ArrayLike(Protocol):
 _F = TypeVar("_F", bound=np.floating[Any])  # the float type of a NumPy input
 _Weight = Union[_ArrayLike, float, None]
 _Reduced = Literal["mean", "sum"]
+# The multi-class functions' annotations (lost in a merge): any array family in, untyped out.
+Array = Any
+Weight = Union[Array, float, None]
 
 _loss = _dispatch.loss
 # (op, returns the loss, returns the gradient) of each public function
