@@ -21,8 +21,8 @@ namespace fastloss {
 // as a double-double) once, to the dtype (module.cpp).
 // The bound: a lane of k terms has an error below k^2 u^2 sum|terms| (u = 2^-53: the plain
 // summation of the k exact errors, Ogita, Rump and Oishi 2005), at most 2^-86 ~ 1.3e-26 of
-// sum|terms| for k = 1024; each of the <= 45 tree levels adds at most 3 u^2 relative for terms
-// of one sign. So the result is the exact sum of the terms (or the exact mean) correctly
+// sum|terms| for k = 1024; each of the <= 45 tree levels adds at most 2 u^2 of the magnitudes
+// it adds (dd::accumulate). So the result is the exact sum of the terms (or the exact mean) correctly
 // rounded to float32 or float64 unless that exact value lies within ~1.3e-26 (relative to
 // sum|terms|) of a rounding boundary, where the bits could depend on the grouping. Any other
 // grouping of the same terms (another N split into Dask blocks, each summed by

@@ -26,23 +26,25 @@ def fast_two_sum(a: float, b: float) -> tuple[float, float]:
     return s, b - (s - a)
 
 
-def add(xh: float, xl: float, yh: float, yl: float) -> tuple[float, float]:
-    """(xh, xl) + (yh, yl), normalized double-doubles: AccurateDWPlusDW, as dd::add."""
-    sh, sl = two_sum(xh, yh)
-    th, tl = two_sum(xl, yl)
-    vh, vl = fast_two_sum(sh, sl + th)
-    zh, zl = fast_two_sum(vh, tl + vl)
-    if not math.isfinite(zh):
-        return sh, 0.0
-    return zh, zl
+def accumulate(xh: float, xl: float, yh: float, yl: float) -> tuple[float, float]:
+    """(xh, xl) + (yh, yl), not normalized, as dd::accumulate."""
+    s, e = two_sum(xh, yh)
+    return s, (xl + yl) + e
+
+
+def normalize(hi: float, lo: float) -> tuple[float, float]:
+    """As dd::normalize: hi = RN(hi + lo), lo the exact rest; (hi, 0) for a hi not finite."""
+    if not math.isfinite(hi):
+        return hi, 0.0
+    return two_sum(hi, lo)
 
 
 def total(partials) -> tuple[float, float]:
-    """The partials [(hi, lo), ...] added in order."""
+    """The partials [(hi, lo), ...] added in order, normalized."""
     hi, lo = 0.0, 0.0
     for h, l in partials:
-        hi, lo = add(hi, lo, float(h), float(l))
-    return hi, lo
+        hi, lo = accumulate(hi, lo, float(h), float(l))
+    return normalize(hi, lo)
 
 
 def divide(hi: float, lo: float, n: int) -> tuple[float, float]:

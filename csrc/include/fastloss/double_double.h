@@ -41,8 +41,27 @@ FASTLOSS_HD void add_term(V& hi, V& lo, V term) {
   lo = lo + e;
 }
 
-// (hi, lo) with hi = RN(hi + lo) and lo the exact rest; (hi, 0) where hi is not finite (an
-// overflowed or NaN sum: the value is hi itself).
+// (xh, xl) += (yh, yl), the partial sums of the trees (lanes, chunks, Dask blocks): the high
+// words' TwoSum, its error and both low words summed plainly. The error is that plain sum's
+// rounding, second order in the magnitudes (below 2 u^2 (|x| + |y|) per addition, u = 2^-53),
+// which is all the reduction's bound needs (kernels.h), even where terms of both signs cancel;
+// and the chain from one level of a tree to the next is a single addition (the high words), so
+// a tree costs little more latency than a plain one. The result is not normalized: normalize()
+// once at the end.
+template <class V>
+FASTLOSS_HD void accumulate(V& xh, V& xl, V yh, V yl) {
+  V s, e;
+  two_sum(xh, yh, s, e);
+  xh = s;
+#ifdef FASTLOSS_PLANTED_FAULT_DD_COMBINE_DROPS_LO
+  xl = V{};
+  return;
+#endif
+  xl = (xl + yl) + e;
+}
+
+// (hi, lo) as a normalized double-double: hi = RN(hi + lo) and lo the exact rest; (hi, 0)
+// where hi is not finite (an overflowed or NaN sum, whose errors are NaN: the value is hi).
 template <class V>
 FASTLOSS_HD void normalize(V& hi, V& lo) {
   V s, e;
@@ -50,25 +69,6 @@ FASTLOSS_HD void normalize(V& hi, V& lo) {
   const auto finite = hi - hi == 0.0;
   hi = lanes::select(finite, s, hi);
   lo = lanes::select(finite, e, V{});
-}
-
-// (xh, xl) += (yh, yl) for normalized double-doubles: AccurateDWPlusDW (Joldes, Muller,
-// Popescu 2017), relative error below 3 u^2 (u = 2^-53) for terms of one sign. The result is
-// normalized; where it is not finite it is the plain sum xh + yh with lo = 0.
-template <class V>
-FASTLOSS_HD void add(V& xh, V& xl, V yh, V yl) {
-  V sh, sl, th, tl, vh, vl, zh, zl;
-  two_sum(xh, yh, sh, sl);
-  two_sum(xl, yl, th, tl);
-  fast_two_sum(sh, sl + th, vh, vl);
-  fast_two_sum(vh, tl + vl, zh, zl);
-#ifdef FASTLOSS_PLANTED_FAULT_DD_COMBINE_DROPS_LO
-  zh = xh + yh;
-  zl = V{};
-#endif
-  const auto finite = zh - zh == 0.0;
-  xh = lanes::select(finite, zh, sh);
-  xl = lanes::select(finite, zl, V{});
 }
 
 FASTLOSS_HD double fused_multiply_add(double a, double b, double c) {
