@@ -38,8 +38,9 @@ def _blocks():
     return _section_blocks("## Use it in your training code")
 
 
+# "## Multi-class" is run by tests/test_multiclass.py (test_readme_multiclass_example_...)
 TESTED_SECTIONS = ("# fastloss", "## Use", "## Use it in your training code",
-                   "## Train a network")
+                   "## Train a network", "## Multi-class", "## Beyond one machine")
 
 
 def test_every_python_block_is_run_by_a_test_here():
@@ -227,3 +228,17 @@ def test_readme_torch_example_trains_as_with_torch_nn_loss():
     for name, value in theirs["model"].state_dict().items():
         torch.testing.assert_close(ours["model"].state_dict()[name], value, rtol=1e-5,
                                    atol=1e-6, msg=lambda message, name=name: f"{name}: {message}")
+
+
+def test_beyond_one_machine_runs_on_a_local_cluster_and_gives_the_in_memory_bits():
+    """The Dask example starts a real two-process LocalCluster, computes there and asserts
+    bit equality with the in-memory loss itself; here also the gradient's."""
+    import fastloss
+
+    (block,) = _section_blocks("## Beyond one machine")
+    namespace: dict = {}
+    exec(compile(block, "README.md (Beyond one machine)", "exec"), namespace)
+    p, y = namespace["p"], namespace["y"]
+    expected_loss, expected_grad = fastloss.binary_cross_entropy_and_grad(p, y)
+    assert namespace["loss"].tobytes() == expected_loss.tobytes()
+    assert np.array_equal(namespace["grad"], expected_grad)
