@@ -5,6 +5,9 @@ the gradients equal it element for element."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import dask
 import dask.array as da
 import numpy as np
@@ -80,6 +83,26 @@ def test_unweighted_and_one_block(threaded, op):
     for chunks in (SHAPE, (17, 9)):
         for function in FUNCTIONS:
             _check(op, function, "mean", x, y, kw, chunks, threaded)
+
+
+def test_importing_fastloss_does_not_import_dask():
+    code = ("import sys, numpy as np, fastloss, fastloss.training; "
+            "fastloss.mse_loss(np.ones(3), np.zeros(3)); print('dask' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_empty_and_zero_dimensional_arrays(threaded):
+    for shape in ((0,), (0, 3), ()):
+        x = np.full(shape, 0.25)
+        y = np.zeros(shape)
+        X, Y = da.from_array(x), da.from_array(y)
+        for reduction in ("mean", "sum", "none"):
+            got_loss, got_grad = threaded(*fastloss.mse_loss_and_grad(X, Y, reduction=reduction))
+            loss, grad = fastloss.mse_loss_and_grad(x, y, reduction=reduction)
+            assert_same_bits(got_loss, loss, f"{shape} {reduction}")
+            assert_same_bits(got_grad, grad, f"{shape} {reduction} grad")
 
 
 def test_reduced_loss_is_lazy_and_zero_dimensional():

@@ -50,7 +50,9 @@ def total(partials) -> tuple[float, float]:
 def divide(hi: float, lo: float, n: int) -> tuple[float, float]:
     """(hi, lo) / n, as dd::divide (n > 0 below 2**53; n = 0 gives NaN)."""
     if n == 0:
-        return math.nan, 0.0
+        # the hardware's 0 / 0, as C++ divides: x86's default NaN has its sign bit set
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return float(np.float64(hi) / np.float64(0.0)), 0.0
     q1 = hi / n
     if not math.isfinite(q1):
         return q1, 0.0
