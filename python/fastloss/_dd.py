@@ -53,11 +53,12 @@ def divide(hi: float, lo: float, n: int) -> tuple[float, float]:
         # the hardware's 0 / 0, as C++ divides: x86's default NaN has its sign bit set
         with np.errstate(divide="ignore", invalid="ignore"):
             return float(np.float64(hi) / np.float64(0.0)), 0.0
+    reciprocal = 1.0 / n
     q1 = hi / n
     if not math.isfinite(q1):
         return q1, 0.0
     remainder = float(Fraction(hi) - Fraction(q1) * n)  # exact: what the C++ fma computes
-    q2 = (remainder + lo) / n
+    q2 = (remainder + lo) * reciprocal
     return fast_two_sum(q1, q2)
 
 

@@ -80,13 +80,16 @@ FASTLOSS_HD double fused_multiply_add(double a, double b, double c) {
 }
 
 // (qh, ql) = (hi, lo) / n for a normalized double-double and n > 0 an integer below 2^53,
-// normalized, within about 2 u^2 relative: q1 = RN(hi / n), whose remainder hi - q1 n is
+// normalized, within about 3 u^2 relative: q1 = RN(hi / n), whose remainder hi - q1 n is
 // exact in one fma; the remainder and lo then give the second word. Not finite (an infinite
 // or NaN sum, or n = 0): (hi / n, 0).
 FASTLOSS_HD void divide(double hi, double lo, double n, double& qh, double& ql) {
+  // the second word needs only ~u of its own: a product by 1 / n, whose division runs beside
+  // the first one, instead of a second division on the chain (~3 ns of a 16-element call)
+  const double reciprocal = 1.0 / n;
   const double q1 = hi / n;
   const double remainder = fused_multiply_add(-q1, n, hi);
-  const double q2 = (remainder + lo) / n;
+  const double q2 = (remainder + lo) * reciprocal;
   if (!(q1 - q1 == 0.0)) {
     qh = q1;
     ql = 0.0;
