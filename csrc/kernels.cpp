@@ -13,7 +13,7 @@
 #include <cstring>
 #include <type_traits>
 
-#if defined(FASTLOSS_PLANTED_FAULT_BCE_GRAD_PARALLEL) || defined(FASTLOSS_PLANTED_FAULT_THREAD_DEPENDENT_CHUNKS)
+#if defined(FASTLOSS_PLANTED_FAULT_BCE_GRAD_PARALLEL)
 #include <omp.h>
 #endif
 
@@ -189,14 +189,6 @@ int for_each_chunk(std::int64_t n, ChunkFn chunk) {
       flags |= chunk(c, c * kChunkSize, std::min(n, (c + 1) * kChunkSize));
     }
   } else {
-#ifdef FASTLOSS_PLANTED_FAULT_THREAD_DEPENDENT_CHUNKS
-    const std::int64_t size = kChunkSize * omp_get_max_threads();
-#pragma omp parallel for schedule(static) reduction(| : flags)
-    for (std::int64_t c = 0; c < (n + size - 1) / size; ++c) {
-      flags |= chunk(c, c * size, std::min(n, (c + 1) * size));
-    }
-    return flags;
-#endif
 #pragma omp parallel for schedule(static) reduction(| : flags)
     for (std::int64_t c = 0; c < chunks; ++c) {
       flags |= chunk(c, c * kChunkSize, std::min(n, (c + 1) * kChunkSize));
