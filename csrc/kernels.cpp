@@ -110,9 +110,10 @@ void pairwise_sum(double* values, std::int64_t count) {
   }
 }
 
-// a + b, computed as fma(a, one, b) where the build has FMA (the same rounded sum): the adds of
-// an update are 7 and the loss's own few, all on Zen's two FADD pipes, while the two FMA pipes
-// idle; moving 4 of them there made the float32 reduction ~1.4x faster from memory. `one` is 1.0
+// a + b, computed as fma(a, one, b) where the build has FMA (the same rounded sum). An update
+// has 7 adds besides the loss's own, all on Zen's two FADD pipes while the two FMA pipes idle:
+// with every add there the float32 reduction fell from the read ceiling (24 against 18 ms at
+// N = 1e8); with 4 of them moved here it is back at it (bench/NOTES.md, issue 17). `one` is 1.0
 // made opaque to the compiler (LaneSums), which would otherwise fold the fma back into an add.
 V add_on_fma_pipe(V a, V b, V one) {
 #if defined(__AVX512F__)
