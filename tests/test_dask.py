@@ -169,6 +169,13 @@ def test_mixed_families_are_a_type_error():
         fastloss.mse_loss_grad(X, X, out=np.empty_like(x))
 
 
+def test_unknown_chunk_sizes_are_refused_by_name():
+    x = da.from_array(np.arange(10.0), chunks=3)
+    unknown = x[x > 2]
+    with pytest.raises(ValueError, match="compute_chunk_sizes"):
+        fastloss.mse_loss(unknown, unknown)
+
+
 def test_probability_out_of_range_raises_at_compute(threaded):
     x = np.full((100,), 0.5, dtype=np.float32)
     x[77] = 1.5

@@ -25,6 +25,7 @@ numbers; a Dask weight is broadcast to the input and rechunked like it. An array
 
 from __future__ import annotations
 
+import math
 import numbers
 from functools import partial
 from typing import Any
@@ -193,6 +194,14 @@ def loss(kind, input, target, weight, pos_weight, reduction, grad_output, out):
     _dispatch._check_same_dtype(target, "target", input, "input")
     _dispatch._check_same_shape(target, "target", input, "input")
     shape = input.shape
+    if any(math.isnan(size) for size in shape):
+        raise ValueError(f"input has unknown chunk sizes (shape {shape}); call "
+                         "input.compute_chunk_sizes() (and target's) first")
+    if type(input._meta).__module__.startswith("cupy") and kind.want_loss and (
+            reduction != "none"):
+        raise NotImplementedError("reduced losses of Dask arrays of CuPy blocks are not "
+                                  "implemented yet (the CUDA partial sums are not "
+                                  "double-doubles); use reduction='none', or NumPy blocks")
     if input.ndim == 0:  # blocks of one element: a 0-d array has no axis to place them on
         input, target = input.reshape(1), target.reshape(1)
     if target.chunks != input.chunks:
