@@ -1,7 +1,8 @@
 // The CPU kernels. Compiled once per instruction set with -DFASTLOSS_ISA=<namespace> (see
 // CMakeLists.txt); everything here is in that namespace or file-local, so the builds never mix.
 // Never build this file with -ffast-math: the reduction's error bound (kernels.h) relies on the
-// compiler keeping the order of every addition, and Kahan compensation would be optimised away.
+// compiler keeping every addition as written, and the double-double errors would be optimised
+// away.
 //
 // The loops run on explicit vectors of doubles (fastloss/lanes.h), the widest the build's
 // instruction set has: 2 (SSE2), 4 (AVX2) or 8 (AVX-512) lanes. float32 inputs are widened on
@@ -12,10 +13,11 @@
 #include <cstring>
 #include <type_traits>
 
-#if defined(FASTLOSS_PLANTED_FAULT_BCE_GRAD_PARALLEL) || defined(FASTLOSS_PLANTED_FAULT_THREAD_DEPENDENT_CHUNKS)
+#if defined(FASTLOSS_PLANTED_FAULT_BCE_GRAD_PARALLEL)
 #include <omp.h>
 #endif
 
+#include "fastloss/double_double.h"
 #include "fastloss/loss_pass.h"
 #include "kernels.h"
 
@@ -93,43 +95,87 @@ Mask first_lanes(int count) {
 }
 
 // ---- the reduction -------------------------------------------------------------------------
-// Sums values[0..count) in a fixed pairwise tree, in place. The shape depends on count only.
-double pairwise_sum(double* values, std::int64_t count) {
-  if (count == 0) return 0.0;
-  for (std::int64_t width = 1; width < count; width *= 2) {
-    for (std::int64_t i = 0; i + width < count; i += 2 * width) values[i] += values[i + width];
+// Adds the double-doubles (values[2 i], values[2 i + 1]), i < count, in a fixed pairwise tree
+// (dd::accumulate), in place; the total, not normalized, is left in values[0], values[1]. The
+// shape depends on count only.
+void pairwise_sum(double* values, std::int64_t count) {
+  if (count == 0) {
+    values[0] = values[1] = 0.0;
+    return;
   }
-  return values[0];
+  for (std::int64_t width = 1; width < count; width *= 2) {
+    for (std::int64_t i = 0; i + width < count; i += 2 * width) {
+      dd::accumulate(values[2 * i], values[2 * i + 1], values[2 * (i + width)], values[2 * (i + width) + 1]);
+    }
+  }
 }
 
-// kCount vectors of double accumulators taking the terms round-robin; with kCompensated, each
-// lane is a Kahan sum. A Kahan update is a 4-deep dependency chain, so compensated sums get
-// twice the accumulators to keep enough updates in flight.
-template <bool kCompensated>
-struct LaneSums {
-  static constexpr int kCount = kCompensated ? 8 : 4;
-  V sum[kCount] = {};
-  V compensation[kCount] = {};
+// a + b, computed as fma(a, one, b) where the build has FMA (the same rounded sum). An update
+// has 7 adds besides the loss's own, all on Zen's two FADD pipes while the two FMA pipes idle:
+// with every add there the float32 reduction fell from the read ceiling (24 against 18 ms at
+// N = 1e8); with 4 of them moved here it is back at it (bench/NOTES.md, issue 17). `one` is 1.0
+// made opaque to the compiler (LaneSums), which would otherwise fold the fma back into an add.
+V add_on_fma_pipe(V a, V b, V one) {
+#if defined(__AVX512F__)
+  return (V)_mm512_fmadd_pd((__m512d)a, (__m512d)one, (__m512d)b);
+#elif defined(__FMA__)
+  return (V)_mm256_fmadd_pd((__m256d)a, (__m256d)one, (__m256d)b);
+#else
+  (void)one;
+  return a + b;
+#endif
+}
 
-  void add(int k, V term) {
-    if (kCompensated) {
-      pass::compensated_add(sum[k], compensation[k], term);
-    } else {
-      sum[k] += term;
-    }
+// kCount vectors of double-double accumulators taking the terms round-robin (dd::add_term's
+// arithmetic: the rounded sum in hi, each addition's exact error summed in lo). An update's only
+// dependency chains are one addition on hi and one on lo, so 4 vectors keep enough in flight.
+struct LaneSums {
+  static constexpr int kCount = 4;
+  V hi[kCount] = {};
+  V lo[kCount] = {};
+  V one = opaque_one();
+
+  static V opaque_one() {
+    V v = lanes::splat<V>(1.0);
+    asm("" : "+x"(v));
+    return v;
   }
 
-  // The lanes in a fixed pairwise tree: the vectors first (whole-register adds), then the
-  // lanes of the last one; a scalar tree over 32 lanes cost a 16-element call ~30 ns.
-  double total() const {
-    V level[kCount];
-    for (int k = 0; k < kCount; ++k) level[k] = sum[k] - compensation[k];
-    for (int width = kCount / 2; width >= 1; width /= 2) {
-      for (int k = 0; k < width; ++k) level[k] = level[2 * k] + level[2 * k + 1];
+  // TwoSum(hi, term) and lo += its error, as dd::add_term, with 4 of the 7 adds on the FMA pipes
+  void add(int k, V term) {
+    const V s = hi[k] + term;
+    const V bb = add_on_fma_pipe(s, -hi[k], one);
+    const V e = (hi[k] - add_on_fma_pipe(s, -bb, one)) + add_on_fma_pipe(term, -bb, one);
+    hi[k] = s;
+    lo[k] = add_on_fma_pipe(lo[k], e, one);
+  }
+
+  // The lanes in a fixed pairwise tree of double-double additions (not normalized): the
+  // vectors first (whole-register operations), then the lanes of the last one.
+  void total(double* out) const {
+    V h[kCount], l[kCount];
+    for (int k = 0; k < kCount; ++k) {
+      h[k] = hi[k];
+      l[k] = lo[k];
+#ifdef FASTLOSS_PLANTED_FAULT_LANE_LO_DROPPED
+      l[k] = V{};
+#endif
     }
-    double lane[kWidth];
-    for (int j = 0; j < kWidth; ++j) lane[j] = level[0][j];
-    return pairwise_sum(lane, kWidth);
+    for (int width = kCount / 2; width >= 1; width /= 2) {
+      for (int k = 0; k < width; ++k) {
+        h[k] = h[2 * k];
+        l[k] = l[2 * k];
+        dd::accumulate(h[k], l[k], h[2 * k + 1], l[2 * k + 1]);
+      }
+    }
+    double lane[2 * kWidth];
+    for (int j = 0; j < kWidth; ++j) {
+      lane[2 * j] = h[0][j];
+      lane[2 * j + 1] = l[0][j];
+    }
+    pairwise_sum(lane, kWidth);
+    out[0] = lane[0];
+    out[1] = lane[1];
   }
 };
 
@@ -144,14 +190,6 @@ int for_each_chunk(std::int64_t n, ChunkFn chunk) {
       flags |= chunk(c, c * kChunkSize, std::min(n, (c + 1) * kChunkSize));
     }
   } else {
-#ifdef FASTLOSS_PLANTED_FAULT_THREAD_DEPENDENT_CHUNKS
-    const std::int64_t size = kChunkSize * omp_get_max_threads();
-#pragma omp parallel for schedule(static) reduction(| : flags)
-    for (std::int64_t c = 0; c < (n + size - 1) / size; ++c) {
-      flags |= chunk(c, c * size, std::min(n, (c + 1) * size));
-    }
-    return flags;
-#endif
 #pragma omp parallel for schedule(static) reduction(| : flags)
     for (std::int64_t c = 0; c < chunks; ++c) {
       flags |= chunk(c, c * kChunkSize, std::min(n, (c + 1) * kChunkSize));
@@ -166,7 +204,7 @@ struct LossPassKernel {
   static constexpr bool kSum = Wants<kOutputs>::kSum;
   static constexpr bool kElementwise = Wants<kOutputs>::kElementwise;
   static constexpr bool kGrad = Wants<kOutputs>::kGrad;
-  typedef LaneSums<std::is_same<T, double>::value> Lanes;
+  typedef LaneSums Lanes;
 
   const LossPass<T>& p;
 
@@ -265,15 +303,21 @@ struct LossPassKernel {
       run(streams, i, run_end, w, pw, lanes, out_of_range);
       i = run_end;
     }
-    if constexpr (kSum) p.chunk_sums[index] = lanes.total();
+    if constexpr (kSum) lanes.total(p.chunk_sums + 2 * index);
     return lanes::any(out_of_range) ? 1 : 0;
   }
 
   LossPassResult run() const {
     const int out_of_range = for_each_chunk(
         p.n, [this](std::int64_t index, std::int64_t begin, std::int64_t end) { return chunk(index, begin, end); });
-    const double sum = kSum ? pairwise_sum(p.chunk_sums, num_chunks(p.n)) : 0.0;
-    return LossPassResult{sum, out_of_range != 0};
+    LossPassResult result{0.0, 0.0, out_of_range != 0};
+    if constexpr (kSum) {
+      pairwise_sum(p.chunk_sums, num_chunks(p.n));
+      result.sum = p.chunk_sums[0];
+      result.sum_lo = p.chunk_sums[1];
+      dd::normalize(result.sum, result.sum_lo);
+    }
+    return result;
   }
 };
 
@@ -293,7 +337,7 @@ LossPassResult run_op(PassOutputs outputs, const LossPass<T>& p) {
       return run_weighted_or_not<T, Op, PassOutputs::ElementwiseAndGrad>(p);
     case PassOutputs::Grad: return run_weighted_or_not<T, Op, PassOutputs::Grad>(p);
   }
-  return LossPassResult{0.0, false};
+  return LossPassResult{0.0, 0.0, false};
 }
 
 template <class T>
@@ -306,7 +350,7 @@ LossPassResult run_loss_pass_impl(LossOp op, PassOutputs outputs, const LossPass
     case LossOp::BinaryCrossEntropyWithLogits:
       return run_op<T, pass::OpOf<LossOp::BinaryCrossEntropyWithLogits>::type>(outputs, p);
   }
-  return LossPassResult{0.0, false};
+  return LossPassResult{0.0, 0.0, false};
 }
 
 // ---- elementwise maps ------------------------------------------------------------------------

@@ -11,18 +11,24 @@
 
 namespace fastloss {
 
-// Deterministic reduction, the why and the bound.
-// The n elements are cut into chunks of kChunkSize, a constant: chunk boundaries depend on n
-// only, never on the thread count, and each thread sums whole chunks. Inside a chunk, the
-// terms go round-robin, a vector of them at a time, into 4 vectors of double accumulators
-// (float64 input: 8 vectors of Kahan-compensated ones): 8 to 64 lanes, depending on the
-// instruction set's vector width, never on the thread count; the lanes and then the chunk sums
-// are combined in fixed pairwise trees. Each term is a double, each lane sees at most 1024
-// terms and the trees have depth log2(n / 8192) + 6, so the relative error of a sum of
-// non-negative terms is below (1024 + 45) * 2^-53 ~ 1.2e-13 before the final rounding: a
-// float32 sum is the exact sum of its terms correctly rounded in all but vanishingly rare
-// cases (each float32 term is within ~1e-9 relative of exact: elementwise.h), and the bits are
-// the same for any OMP_NUM_THREADS (the serial small-array path walks the same chunks).
+// The reduction: near exact, hence deterministic and independent of any grouping.
+// The n elements are cut into chunks of kChunkSize, a constant, each summed by one thread.
+// Inside a chunk the terms (doubles, for float32 input too) go round-robin, a vector of them at
+// a time, into 4 vectors of double-double accumulators (fastloss/double_double.h: the rounded
+// sum and the exact error of every addition): 8 to 32 lanes by the vector width, at most 1024
+// terms each. The lanes, then the chunks' (hi, lo) partials, are added in fixed pairwise
+// trees of double-double additions, and the caller rounds the total (divided by N for 'mean',
+// as a double-double) once, to the dtype (module.cpp).
+// The bound: a lane of k terms has an error below k^2 u^2 sum|terms| (u = 2^-53: the plain
+// summation of the k exact errors, Ogita, Rump and Oishi 2005), at most 2^-86 ~ 1.3e-26 of
+// sum|terms| for k = 1024; each of the <= 45 tree levels adds at most 2 u^2 of the magnitudes
+// it adds (dd::accumulate). So the result is the exact sum of the terms (or the exact mean) correctly
+// rounded to float32 or float64 unless that exact value lies within ~1.3e-26 (relative to
+// sum|terms|) of a rounding boundary, where the bits could depend on the grouping. Any other
+// grouping of the same terms (another N split into Dask blocks, each summed by
+// block_partial below and added with the same arithmetic) gets the same bits under the same
+// condition: that is what makes a Dask result equal to the in-memory one. The terms
+// themselves depend on each element only (and on the instruction-set build: elementwise.h).
 constexpr std::int64_t kChunkSize = 8192;
 // Below this many elements a call runs serially and keeps the GIL: an OpenMP region costs
 // ~0.6 us, more than the whole computation on a few thousand elements.
@@ -50,11 +56,12 @@ struct LossPass {
   T* loss_out = nullptr;       // Elementwise*
   T* grad_out = nullptr;       // *Grad
   double grad_scale = 1.0;     // grad_output, divided by n for reduction='mean'
-  double* chunk_sums = nullptr;  // num_chunks(n) doubles of workspace for Sum*
+  double* chunk_sums = nullptr;  // 2 num_chunks(n) doubles of workspace for Sum*: (hi, lo) per chunk
 };
 
 struct LossPassResult {
-  double sum;               // Sum* only
+  double sum;               // Sum* only: the sum as a normalized double-double sum + sum_lo
+  double sum_lo;
   bool input_out_of_range;  // binary_cross_entropy: some input outside [0, 1]
 };
 

@@ -27,6 +27,7 @@
 #endif
 
 #include "arrays.h"
+#include "fastloss/double_double.h"
 #include "isa.h"
 #include "kernels.h"
 #include "multiclass_module.h"
@@ -249,7 +250,22 @@ struct LossCall {
   PyArrayObject* pos_weight;  // null: none
   double grad_output;
   PyArrayObject* out;  // null: allocate the gradient
+  // A block of a larger array (loss_partial): the sum comes back unrounded as (hi, lo), and
+  // grad_output is the gradient's whole scale (the caller divides by the full array's N).
+  bool partial = false;
 };
+
+// The loss a reduced pass returns, as the double to store in the dtype: the double-double sum,
+// divided by n (as a double-double) for 'mean', rounded once. For float32 that double is the
+// sum rounded to odd, so that its conversion to float rounds the exact value, not a double.
+double final_value(const LossPassResult& r, bool mean, std::int64_t n, Dtype dtype) {
+  double hi = r.sum, lo = r.sum_lo;
+  if (mean) dd::divide(hi, lo, static_cast<double>(n), hi, lo);
+#ifdef FASTLOSS_PLANTED_FAULT_FLOAT32_DOUBLE_ROUNDING
+  return hi;
+#endif
+  return dtype == Dtype::Float32 ? dd::round_to_odd(hi, lo) : hi;
+}
 
 // Whether the arrays of `call` are what the kernels need (call.op, outputs and grad_output
 // set); fills in the array fields.
@@ -290,7 +306,7 @@ PyObject* run_loss(const LossCall& call) {
     p.pos_weight = call.pos_weight ? static_cast<const T*>(PyArray_DATA(call.pos_weight)) : ones_buffer<T>();
     p.pos_weight_period = call.pos_weight ? size_of(call.pos_weight) : kChunkSize;
   }
-  p.grad_scale = call.mean ? call.grad_output / static_cast<double>(n) : call.grad_output;
+  p.grad_scale = call.mean && !call.partial ? call.grad_output / static_cast<double>(n) : call.grad_output;
 #ifdef FASTLOSS_PLANTED_FAULT_MEAN_GRAD_SCALE
   if (call.mean) p.grad_scale = call.grad_output / static_cast<double>(n + 1);
 #endif
@@ -308,11 +324,11 @@ PyObject* run_loss(const LossCall& call) {
     loss = py::reinterpret_steal<py::object>(l);
     p.loss_out = data_of<T>(l);
   }
-  double small_workspace[8];
+  double small_workspace[16];
   std::vector<double> workspace;
   if (wants_sum(call.outputs)) {
     const std::int64_t chunks = num_chunks(n);
-    if (chunks > 8) workspace.resize(static_cast<std::size_t>(chunks));
+    if (chunks > 8) workspace.resize(2 * static_cast<std::size_t>(chunks));
     p.chunk_sums = chunks > 8 ? workspace.data() : small_workspace;
   }
 
@@ -324,8 +340,18 @@ PyObject* run_loss(const LossCall& call) {
     return nullptr;
   }
 
+  if (call.partial) {
+    // (hi, lo) for Sum, (hi, lo, grad) for SumAndGrad: the dispatch asks for nothing else
+#ifdef FASTLOSS_PLANTED_FAULT_PARTIAL_DROPS_LO
+    const double lo = 0.0;
+#else
+    const double lo = result.sum_lo;
+#endif
+    if (outputs == PassOutputs::Sum) return Py_BuildValue("(dd)", result.sum, lo);
+    return Py_BuildValue("(ddO)", result.sum, lo, grad.ptr());
+  }
   if (wants_sum(outputs)) {
-    PyObject* s = scalar_of(call.mean ? result.sum / static_cast<double>(n) : result.sum, call.dtype);
+    PyObject* s = scalar_of(final_value(result, call.mean, n, call.dtype), call.dtype);
     if (s == nullptr) return nullptr;
     loss = py::reinterpret_steal<py::object>(s);
   }
@@ -353,6 +379,24 @@ PyObject* loss_pass_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   LossCall call{static_cast<LossOp>(op), static_cast<PassOutputs>(outputs), mean != 0, Dtype::Other,
                 nullptr, nullptr, nullptr, nullptr, grad_output, nullptr};
   if (!check_arrays<false>(call, args[3], args[4], args[5], args[6], args[8])) return none();
+  return run_checked_loss(call);
+}
+
+// loss_partial(op, outputs, input, target, weight, pos_weight, grad_scale, out): one block of a
+// larger array (the Dask family): outputs Sum gives (hi, lo), the block's unrounded sum as a
+// normalized double-double, and SumAndGrad (hi, lo, gradient) with the gradient times
+// grad_scale as given. Blocks' partials added with the same double-double arithmetic
+// (python/fastloss/_dd.py) and rounded once give what loss_pass gives on the whole array.
+PyObject* loss_partial_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 8) return none();
+  const long op = PyLong_AsLong(args[0]);
+  const long outputs = PyLong_AsLong(args[1]);
+  const double grad_scale = PyFloat_AsDouble(args[6]);
+  if (PyErr_Occurred()) return nullptr;
+  if (!valid_codes(op, outputs) || !wants_sum(static_cast<PassOutputs>(outputs))) return none();
+  LossCall call{static_cast<LossOp>(op), static_cast<PassOutputs>(outputs), false, Dtype::Other,
+                nullptr, nullptr, nullptr, nullptr, grad_scale, nullptr, true};
+  if (!check_arrays<false>(call, args[2], args[3], args[4], args[5], args[7])) return none();
   return run_checked_loss(call);
 }
 
@@ -448,6 +492,8 @@ PyMethodDef kEntries[] = {
      "loss(plan, input, target, weight, pos_weight, reduction, grad_output, out): the common call, or None."},
     {"loss_pass", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(loss_pass_entry)), METH_FASTCALL,
      "loss_pass(op, outputs, mean, input, target, weight, pos_weight, grad_output, out), or None."},
+    {"loss_partial", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(loss_partial_entry)),
+     METH_FASTCALL, "loss_partial(op, outputs, input, target, weight, pos_weight, grad_scale, out), or None."},
     {"sigmoid", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(sigmoid_entry)), METH_FASTCALL,
      "sigmoid(input, out), or None."},
     {"sigmoid_backward", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(sigmoid_backward_entry)),

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import zlib
+from fractions import Fraction
 
 import numpy as np
 
@@ -583,3 +584,34 @@ def make_logits_and_target(shape, kind, dtype, rng, ignore_index=-100, scale=3.0
     if flat.size >= 2:
         flat[1] = ignore_index
     return x, t
+
+
+# ---- exact sums, correctly rounded -------------------------------------------------------------
+def exact_fraction_sum(terms):
+    """The exact sum of finite float64 ``terms`` as a Fraction: each term is M * 2**(e - 53)
+    with an integer M (np.frexp), the terms of one exponent summed as Python ints."""
+    flat = np.asarray(terms, dtype=np.float64).reshape(-1)
+    assert np.isfinite(flat).all(), "exact sums of finite terms only"
+    mantissa, exponent = np.frexp(flat)
+    integers = (mantissa * 2.0**53).astype(np.int64)
+    lowest = int(exponent.min()) - 53 if flat.size else 0
+    total = 0
+    for e in np.unique(exponent):
+        total += sum(integers[exponent == e].tolist()) << (int(e) - 53 - lowest)
+    return Fraction(total) * Fraction(2) ** lowest
+
+
+def correctly_rounded(value, dtype):
+    """The Fraction ``value`` rounded to nearest, ties to even, in ``dtype`` (a NumPy scalar).
+    float() of a Fraction is correctly rounded to float64; float32 picks the nearest of the
+    float32 neighbours of that double (rounding the double again could round twice)."""
+    dtype = np.dtype(dtype)
+    if dtype == np.float64:
+        return np.float64(float(value))
+    guess = np.float32(float(value))
+    candidates = [np.nextafter(guess, np.float32(-np.inf)), guess,
+                  np.nextafter(guess, np.float32(np.inf))]
+
+    def key(c):
+        return (abs(Fraction(float(c)) - value), int(c.view(np.uint32)) & 1)
+    return min(candidates, key=key)

@@ -129,10 +129,10 @@ def test_float32_many_equal_small_terms_classic_failure():
 
 @pytest.mark.parametrize("op", [MSE, LOGITS], ids=repr)
 def test_float64_sums_are_compensated(op):
-    """float64 lanes are Kahan sums (csrc/kernels.h): one huge term per lane and chunk, then
-    hundreds of terms each below half its ulp. An uncompensated lane drops every small term
-    (about 200 ulps of the total here, yet only 4e-14 relative: within the general 1e-13
-    bound); the compensated sum stays within a few ulps of the exact one."""
+    """Lanes are double-double sums (csrc/kernels.h): one huge term per lane and chunk, then
+    hundreds of terms each below half its ulp. A lane without its low word drops every small
+    term (about 200 ulps of the total here, yet only 4e-14 relative); the double-double sum
+    is the exact one correctly rounded (tests/test_exact_reduction.py), within 8 ulps here."""
     n = 8 * 8192  # 8 chunks, on the parallel path
     big = 2.0**53  # its ulp is 2: a term of 0.81 (or log 2) added to it is lost without Kahan
     lanes = np.arange(n) % 8192 < 16  # the first term of each of a chunk's 16 lanes

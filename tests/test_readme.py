@@ -38,9 +38,9 @@ def _blocks():
     return _section_blocks("## Use it in your training code")
 
 
-# "## Multi-class" is run by tests/test_multiclass.py::test_readme_multiclass_example_runs_and_...
-TESTED_SECTIONS = ("# fastloss", "## Use", "## Use it in your training code", "## Multi-class",
-                   "## Train a network")
+# "## Multi-class" is run by tests/test_multiclass.py (test_readme_multiclass_example_...)
+TESTED_SECTIONS = ("# fastloss", "## Use", "## Use it in your training code",
+                   "## Train a network", "## Multi-class", "## Beyond one machine")
 
 
 def test_every_python_block_is_run_by_a_test_here():

@@ -3,7 +3,8 @@
 Every public function comes here. For its arguments the dispatch
 - adopts arrays of other libraries (DLPack, the array interfaces: ``fastloss._interop``),
 - picks the backend from the array family of the first array (NumPy: ``_numpy_backend``,
-  CuPy: ``_cuda``, imported only for a CuPy array),
+  CuPy: ``_cuda``, imported only for a CuPy array); Dask arrays go to ``_dask`` (imported only
+  for a Dask argument), which builds the graph and sends each block back through here,
 - validates reduction, array types, dtypes, devices, shapes, weights and ``grad_output``, each
   error worded once, here,
 - plans the passes: which outputs, the divisor of a mean, the gradient's scale, the weight
@@ -25,6 +26,9 @@ cannot read ``a``: CuPy faults on a misaligned array), ``contiguous(a, name)`` (
 the kernels read it, a copy or an error),
 ``loss_pass(op, outputs, mean, input, target, weight, pos_weight, grad_output, out)``,
 ``sigmoid(x, out)``, ``sigmoid_backward(grad_output, output, out)`` and
+``loss_partial(op, outputs, input, target, weight, pos_weight, grad_scale)`` (optional: one
+block of a Dask array, its sum as an unrounded double-double (hi, lo), with the gradient for
+SUM_AND_GRAD; the NumPy backend only, for now) and
 ``ProbabilityOutOfRange`` (what ``loss_pass`` raises for a probability outside [0, 1], and
 ``sigmoid_backward`` for an output there: both found inside the kernel's pass).
 
@@ -129,6 +133,9 @@ def sigmoid(input, out=None):
         result = _cpu_sigmoid(input, out)
         if result is not None:
             return result
+    if _is_dask(input):
+        from . import _dask
+        return _dask.sigmoid(input, out)
     input, out = adopt(input, "input"), adopt(out, "out")
     backend = _backend_of(input, "input")
     with backend.on_device_of(input):
@@ -146,6 +153,9 @@ def sigmoid_backward(grad_output, output, out=None):
             raise ValueError(SIGMOID_OUTPUT_OUT_OF_RANGE) from None
         if result is not None:
             return result
+    if _is_dask(grad_output) or _is_dask(output):
+        from . import _dask
+        return _dask.sigmoid_backward(grad_output, output, out)
     grad_output, output = adopt(grad_output, "grad_output"), adopt(output, "output")
     out = adopt(out, "out")
     backend = _backend_of(grad_output, "grad_output")
@@ -160,7 +170,15 @@ def sigmoid_backward(grad_output, output, out=None):
 
 
 # ---- the checked path ---------------------------------------------------------------------------
+def _is_dask(value):
+    return type(value).__module__.startswith("dask.")
+
+
 def _checked_loss(kind, input, target, weight, pos_weight, reduction, grad_output, out):
+    if _is_dask(input) or _is_dask(target):
+        # Imported here, only for Dask arrays: `import fastloss` never imports dask.
+        from . import _dask
+        return _dask.loss(kind, input, target, weight, pos_weight, reduction, grad_output, out)
     input, target, weight, pos_weight, grad_output, out = (
         adopt(value, name) for value, name in
         ((input, "input"), (target, "target"), (weight, "weight"), (pos_weight, "pos_weight"),
@@ -209,6 +227,27 @@ def _loss_on_device(backend, kind, input, target, weight, pos_weight, reduction,
     except backend.ProbabilityOutOfRange:
         raise ValueError(OUT_OF_RANGE) from None
     return (loss_value, grad) if kind.want_loss else grad
+
+
+def loss_partial(op, want_grad, input, target, weight, pos_weight, grad_scale):
+    """One block of a larger array (fastloss._dask): its unrounded sum as (hi, lo), a
+    double-double, or (hi, lo, gradient) with the gradient times ``grad_scale``."""
+    backend = _backend_of(input, "input")
+    if not hasattr(backend, "loss_partial"):
+        raise NotImplementedError(f"reduced losses of Dask arrays of {backend.ARRAY} blocks are "
+                                  "not implemented yet (their partial sums are CPU only); use "
+                                  "reduction='none' or NumPy blocks")
+    _check_array(backend, target, "target", input, "input")
+    with backend.on_device_of(input):
+        input, target = _prepared_pair(backend, input, "input", target, "target")
+        weights = _weight_buffer(backend, weight, input, "weight")
+        pos_weights = _weight_buffer(backend, pos_weight, input, "pos_weight")
+        outputs = _codes.SUM_AND_GRAD if want_grad else _codes.SUM
+        try:
+            return backend.loss_partial(op, outputs, input, target, weights, pos_weights,
+                                        grad_scale)
+        except backend.ProbabilityOutOfRange:
+            raise ValueError(OUT_OF_RANGE) from None
 
 
 # ---- array families ------------------------------------------------------------------------------

@@ -107,3 +107,8 @@ def cross_entropy_pass(outputs, target_kind, mean, input, target, weight, ignore
 
 def activation(op, x, y, out):
     return _checked(_cpu.activation(op, x, y, out))
+
+
+def loss_partial(op, outputs, input, target, weight, pos_weight, grad_scale):
+    return _checked(_cpu.loss_partial(op, outputs, input, target, weight, pos_weight,
+                                      grad_scale, None))

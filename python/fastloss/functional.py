@@ -88,9 +88,10 @@ def mse_loss(input: _ArrayLike, target: _ArrayLike, *, weight: _Weight = None,
         reduction: 'mean' (the sum over the element count; NaN for an empty input), 'sum'
             (0 for an empty input) or 'none'.
     Returns:
-        'mean'/'sum': a NumPy scalar of the input's dtype (a 0-d CuPy array for CuPy input),
-        within 1 float32 ulp of the exact value of the sum of the terms at any N for float32
-        (1e-13 relative for float64), the same bits for any thread count.
+        'mean'/'sum': a NumPy scalar of the input's dtype (a 0-d CuPy array for CuPy input,
+        a lazy 0-d Dask array for Dask input): on the CPU the exact sum (mean) of the terms
+        correctly rounded (but within ~1e-26 of a rounding boundary: csrc/kernels.h), so the
+        same bits for any thread count and any chunking of Dask arrays.
         'none': an array of the input's shape and dtype.
     Raises:
         TypeError: an argument that is no array (the message says how to convert it), a dtype

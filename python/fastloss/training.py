@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ._arrays import Array, array_module as _array_module
-from .data import batch_count, batches
+from .data import batch_count, batches, chunk_batches
 # the modules of fastloss.nn, not the package: its __init__ re-exports fit and predict from here
 from .nn._module import Module
 from .nn.layers import Dense, Sequential, Sigmoid, Softmax, _fused_stages, _run_backward, _run_forward
@@ -156,6 +156,43 @@ def _check_data(model: Module, layers: list[Module], loss: _Loss, X: Array, Y: A
     loss.check_target(Y, _output_shape(layers, len(X)), dtype, names[1])
 
 
+def _is_dask(value: Any) -> bool:
+    return type(value).__module__.startswith("dask.")
+
+
+def _check_dask_data(model: Module, layers: list[Module], loss: _Loss, X: Any, Y: Any) -> None:
+    """Dask X and Y checked from their metadata (shape, dtype, the array type of their blocks)
+    as _check_data checks arrays in memory, without computing anything."""
+    for value, name in ((X, "X"), (Y, "Y")):
+        if not _is_dask(value):
+            other = "Y" if name == "X" else "X"
+            raise TypeError(f"{other} is a Dask array but {name} is a {_type_name(value)}; "
+                            "both must be Dask arrays (dask.array.from_array) or both in memory")
+        if any(math.isnan(size) for size in value.shape):
+            raise ValueError(f"{name} has unknown chunk sizes {value.shape}; call "
+                             f"{name}.compute_chunk_sizes() first")
+    like = _model_arrays(model)
+    meta = X._meta
+    if like is not None and type(meta) is not type(like):
+        raise TypeError(f"X holds blocks of {_type_name(meta)} but the model's parameters are "
+                        f"{_type_name(like)} arrays")
+    if X.ndim != 2:
+        raise ValueError(f"X has shape {X.shape}, expected (samples, features)")
+    first = layers[0] if layers else None
+    if isinstance(first, Dense) and X.shape[1] != first.in_features:
+        raise ValueError(f"X has {X.shape[1]} features (shape {X.shape}) but the model's first "
+                         f"Dense layer takes {first.in_features}")
+    dtype = X.dtype if like is None else like.dtype
+    if X.dtype != dtype:
+        raise TypeError(f"X has dtype {X.dtype} but the model's parameters are {dtype}: convert "
+                        f"it with X.astype(np.{dtype.name})")
+    if Y.ndim == 0 or X.shape[0] != Y.shape[0]:
+        raise ValueError(f"X has {X.shape[0]} samples but Y has "
+                         f"{'a 0-d array' if Y.ndim == 0 else Y.shape[0]}; they must have one "
+                         "row per sample, in the same order")
+    loss.check_target(Y, _output_shape(layers, X.shape[0]), dtype, "Y")
+
+
 def _progress_bar(total: int, enabled: bool | None, description: str) -> Any:
     """A tqdm bar on stderr, a plain line-per-update fallback, or nothing."""
     if enabled is None:
@@ -224,13 +261,17 @@ def fit(model: Module, X: Array, Y: Array, *, loss: _Loss, optimizer: Any, epoch
         X, Y: ``(samples, features)`` and ``(samples, outputs)`` arrays of the model's dtype
             (``Y`` as the loss needs it: ``loss.check_target``; a 1-D ``Y`` of one target per
             sample is ``Y.reshape(-1, 1)``; for CrossEntropyLoss, ``(samples,)`` int64 class
-            indices or probabilities of the output's shape).
+            indices or probabilities of the output's shape). Both may be Dask arrays: the
+            mini-batches then stream from one chunk of rows at a time
+            (``fastloss.data.chunk_batches``), so data larger than memory trains; with
+            shuffle=False the batches, hence the weights, are those of the same data in memory.
         loss: ``MSELoss``, ``BCELoss``, ``BCEWithLogitsLoss`` or ``CrossEntropyLoss`` (BCELoss
             after a final Sigmoid and CrossEntropyLoss after a final Softmax train through the
             logits, see ``TrainStep``; BCEWithLogitsLoss after a Sigmoid warns).
         optimizer: ``fastloss.optim.SGD`` over ``model.parameters()``.
         epochs, batch_size: counts; the last, smaller batch of an epoch is kept.
-        shuffle, rng: a new order every epoch from ``rng`` (a seed or Generator).
+        shuffle, rng: a new order every epoch from ``rng`` (a seed or Generator); for Dask
+            data the chunks in a random order, then the rows of each chunk (chunk_batches).
         validation_data: optional ``(X_val, Y_val)``; its loss is recorded every epoch.
         progress: show a progress bar on stderr (tqdm if installed); None means only when
             stderr is a terminal.
@@ -256,14 +297,23 @@ def fit(model: Module, X: Array, Y: Array, *, loss: _Loss, optimizer: Any, epoch
         raise ValueError(f"on_nonfinite must be 'raise', 'warn' or 'ignore', got "
                          f"{on_nonfinite!r}")
     step = TrainStep(model, loss, optimizer)
-    _check_data(model, step.layers, loss, X, Y, ("X", "Y"))
+    streamed = _is_dask(X) or _is_dask(Y)
+    if streamed:
+        _check_dask_data(model, step.layers, loss, X, Y)
+    else:
+        _check_data(model, step.layers, loss, X, Y, ("X", "Y"))
     if validation_data is not None:
+        if any(_is_dask(part) for part in validation_data):
+            raise TypeError("validation_data must be in memory (NumPy or CuPy arrays); for "
+                            "Dask data compute the validation loss after fit from "
+                            "predict(model, X_val) and a fastloss loss of Dask arrays")
         if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
             raise TypeError("validation_data must be a pair (X_val, Y_val), got "
                             f"{_type_name(validation_data)}")
         _check_data(model, step.layers, loss, *validation_data,
                     ("validation_data[0]", "validation_data[1]"))
-    on_host = _array_module(X) is np
+    on_host = isinstance(X._meta if streamed else X, np.ndarray)
+    epoch_batches = chunk_batches if streamed else batches
     checked = on_nonfinite  # becomes 'ignore' once a 'warn' has warned
     rng = np.random.default_rng(rng)
     history: dict[str, list[Any]] = {"epoch": [], "loss": []}
@@ -276,7 +326,7 @@ def fit(model: Module, X: Array, Y: Array, *, loss: _Loss, optimizer: Any, epoch
             total: Any = 0.0
             device_values = []
             for batch, (X_batch, Y_batch) in enumerate(
-                    batches(X, Y, batch_size, shuffle=shuffle, rng=rng), start=1):
+                    epoch_batches(X, Y, batch_size, shuffle=shuffle, rng=rng), start=1):
                 value = step(X_batch, Y_batch)
                 weight = 1 if loss.reduction == "sum" else len(X_batch)
                 # Summed in double; on the GPU kept there: one synchronisation per epoch.
@@ -316,12 +366,30 @@ def fit(model: Module, X: Array, Y: Array, *, loss: _Loss, optimizer: Any, epoch
 
 def predict(model: Module, X: Array, *, batch_size: int | None = None) -> Array:
     """The model's output on X, as a fresh array (probabilities after a final Sigmoid or
-    Softmax)."""
+    Softmax). For a Dask X, a Dask array of the outputs, chunk by chunk of rows (each chunk in
+    batches of ``batch_size``), from a copy of the model as it is now."""
+    if _is_dask(X):
+        return _predict_chunks(model, X, batch_size)
     xp = _array_module(X)
     if batch_size is None or len(X) <= batch_size:
         return model.forward(X).copy()
     return xp.concatenate([model.forward(X[start:start + batch_size]).copy()
                            for start in range(0, len(X), batch_size)])
+
+
+def _predict_block(model: Module, batch_size: int | None, block: Array) -> Array:
+    return predict(model, block, batch_size=batch_size)
+
+
+def _predict_chunks(model: Module, X: Any, batch_size: int | None) -> Any:
+    import copy
+    from functools import partial
+
+    X = X.rechunk({1: -1}) if X.ndim == 2 else X
+    frozen = copy.deepcopy(model)  # later training must not change a pending prediction
+    width = predict(frozen, X[:1].compute()).shape[1:]
+    return X.map_blocks(partial(_predict_block, frozen, batch_size), dtype=X.dtype,
+                        chunks=(X.chunks[0],) + tuple((size,) for size in width))
 
 
 def evaluate(model: Module, X: Array, Y: Array, *, loss: _Loss) -> float:
