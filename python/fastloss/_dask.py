@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _dd, _dispatch
+from . import _checks, _dd
 
 # A block's partial sum: its (hi, lo) double-double, one per block of the partials array.
 PARTIAL = np.dtype([("hi", np.float64), ("lo", np.float64)])
@@ -42,12 +42,8 @@ def is_dask(obj: Any) -> bool:
     return type(obj).__module__.startswith("dask.")
 
 
-def _type_name(obj: Any) -> str:
-    return f"{type(obj).__module__}.{type(obj).__qualname__}"
-
-
 def _mixed(name: str, value: Any, like_name: str, like: Any) -> TypeError:
-    return TypeError(f"{name} is a {_type_name(value)} but {like_name} is a {_type_name(like)}; "
+    return TypeError(f"{name} is a {_checks.type_name(value)} but {like_name} is a {_checks.type_name(like)}; "
                      "pass the arrays of one call as Dask arrays (dask.array.from_array(a, "
                      "chunks=...)) or all in memory; only weights that broadcast may be NumPy "
                      "arrays beside Dask inputs")
@@ -94,8 +90,8 @@ def _argument(value: Any, name: str, input: Any, mapped: list) -> Any:
 
 
 def _check_broadcast(value: Any, name: str, input: Any) -> None:
-    _dispatch._check_float_dtype(value, name, input, "input")
-    _dispatch._check_same_dtype(value, name, input, "input")
+    _checks.check_float_dtype(value, name, input, "input")
+    _checks.check_same_dtype(value, name, input, "input")
     shape = input.shape
     if value.ndim > len(shape) or any(a != 1 and a != b
                                       for a, b in zip(value.shape[::-1], shape[::-1])):
@@ -133,19 +129,20 @@ def _second(block: np.ndarray) -> Any:
     return block.reshape(-1)[0][1]
 
 
-def _run_block(kind, mode, reduction, scale, arguments, x, y, *mapped_blocks, block_info=None):
+def _run_block(entries, kind, mode, reduction, scale, arguments, x, y, *mapped_blocks,
+               block_info=None):
     """One block's pass. ``mode`` 'partial': its unrounded sum (and gradient, for a kind that
     wants one, times ``scale``); 'map': the in-memory call on the block with reduction
     ``reduction`` and grad_output ``scale``."""
     location = block_info[0]["array-location"] if block_info else [(0, n) for n in x.shape]
     weight, pos_weight, grad_output = (_resolve(a, location, mapped_blocks) for a in arguments)
     if mode == "partial":
-        result = _dispatch.loss_partial(kind.op, kind.want_grad, x, y, weight, pos_weight,
+        result = entries.loss_partial(kind.op, kind.want_grad, x, y, weight, pos_weight,
                                         scale)
         if not kind.want_grad:
             return _partial_block(result[0], result[1], x.ndim)
         return _pair_block(_partial_block(result[0], result[1], x.ndim), result[2], x.ndim)
-    result = _dispatch.loss(kind, x, y, weight, pos_weight, reduction,
+    result = entries.loss(kind, x, y, weight, pos_weight, reduction,
                             scale if grad_output is None else grad_output)
     if kind.want_loss and kind.want_grad:
         return _pair_block(result[0], result[1], x.ndim)
@@ -176,8 +173,11 @@ def _finish(block, *, count, mean, dtype):
 
 
 # ---- the entry ----------------------------------------------------------------------------------
-def loss(kind, input, target, weight, pos_weight, reduction, grad_output, out):
-    """A loss function of the dispatch (``kind``) on Dask arrays: see the module's docstring."""
+def loss(entries, kind, input, target, weight, pos_weight, reduction, grad_output, out):
+    """A loss function of the dispatch (``kind``) on Dask arrays: see the module's docstring.
+    ``entries`` are the dispatch's in-memory calls that each block runs (``loss``,
+    ``loss_partial``, ``sigmoid``, ``sigmoid_backward``): handed over, not imported, so that
+    this module depends on the dispatch only through its caller."""
     import dask.array as da
 
     if not is_dask(input):
@@ -187,12 +187,11 @@ def loss(kind, input, target, weight, pos_weight, reduction, grad_output, out):
     if out is not None:
         raise TypeError("out= is not taken with Dask arrays: the gradient is a new lazy Dask "
                         "array (store it with dask.array.store or .to_zarr)")
-    if not (isinstance(reduction, str) and reduction in _dispatch.REDUCTIONS):
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-    _dispatch._check_float_dtype(input, "input")
-    _dispatch._check_float_dtype(target, "target", input, "input")
-    _dispatch._check_same_dtype(target, "target", input, "input")
-    _dispatch._check_same_shape(target, "target", input, "input")
+    _checks.check_reduction(reduction)
+    _checks.check_float_dtype(input, "input")
+    _checks.check_float_dtype(target, "target", input, "input")
+    _checks.check_same_dtype(target, "target", input, "input")
+    _checks.check_same_shape(target, "target", input, "input")
     shape = input.shape
     if any(math.isnan(size) for size in shape):
         raise ValueError(f"input has unknown chunk sizes (shape {shape}); call "
@@ -210,11 +209,11 @@ def loss(kind, input, target, weight, pos_weight, reduction, grad_output, out):
     scale = 1.0
     grad_array = None
     if kind.want_grad:
-        if _dispatch._is_real_scalar(grad_output):
-            scale = _dispatch._as_float(grad_output, "grad_output")
+        if _checks.is_real_scalar(grad_output):
+            scale = _checks.as_float(grad_output, "grad_output")
         elif reduction != "none":
             raise ValueError(f"grad_output must be a scalar for reduction={reduction!r} (the "
-                             f"loss is a scalar); got {_type_name(grad_output)}")
+                             f"loss is a scalar); got {_checks.type_name(grad_output)}")
         else:
             grad_array = grad_output
     arguments = (_argument(weight, "weight", input, mapped),
@@ -228,8 +227,8 @@ def loss(kind, input, target, weight, pos_weight, reduction, grad_output, out):
     block_args = (input, target, *mapped)
 
     if reduction == "none" or not kind.want_loss:
-        run = partial(_run_block, kind, "map", "none" if reduction == "none" else "sum", scale,
-                      arguments)
+        run = partial(_run_block, entries, kind, "map",
+                      "none" if reduction == "none" else "sum", scale, arguments)
         if not (kind.want_loss and kind.want_grad):
             result = da.map_blocks(run, *block_args, dtype=input.dtype, meta=meta)
             return result.reshape(shape) if result.shape != shape else result
@@ -240,7 +239,7 @@ def loss(kind, input, target, weight, pos_weight, reduction, grad_output, out):
                                              meta=meta) for pick in (_first, _second))
         return loss_value.reshape(shape), grad.reshape(shape)
 
-    run = partial(_run_block, kind, "partial", None, scale, arguments)
+    run = partial(_run_block, entries, kind, "partial", None, scale, arguments)
     one_per_block = tuple((1,) * b for b in input.numblocks)
     partial_meta = np.empty((0,) * ndim, dtype=PARTIAL)
     grad = None
@@ -264,24 +263,22 @@ def loss(kind, input, target, weight, pos_weight, reduction, grad_output, out):
     return total, grad.reshape(shape)
 
 
-def sigmoid(input, out):
+def sigmoid(entries, input, out):
     import dask.array as da
-    from . import functional
     if out is not None:
         raise TypeError("out= is not taken with Dask arrays: the result is a new lazy Dask array")
-    _dispatch._check_float_dtype(input, "input")
-    return da.map_blocks(functional.sigmoid, input, dtype=input.dtype)
+    _checks.check_float_dtype(input, "input")
+    return da.map_blocks(entries.sigmoid, input, dtype=input.dtype)
 
 
-def sigmoid_backward(grad_output, output, out):
+def sigmoid_backward(entries, grad_output, output, out):
     import dask.array as da
-    from . import functional
     if not (is_dask(grad_output) and is_dask(output)):
         raise _mixed("output", output, "grad_output", grad_output)
     if out is not None:
         raise TypeError("out= is not taken with Dask arrays: the result is a new lazy Dask array")
-    _dispatch._check_float_dtype(grad_output, "grad_output")
-    _dispatch._check_same_dtype(output, "output", grad_output, "grad_output")
-    _dispatch._check_same_shape(output, "output", grad_output, "grad_output")
-    return da.map_blocks(functional.sigmoid_backward, grad_output,
+    _checks.check_float_dtype(grad_output, "grad_output")
+    _checks.check_same_dtype(output, "output", grad_output, "grad_output")
+    _checks.check_same_shape(output, "output", grad_output, "grad_output")
+    return da.map_blocks(entries.sigmoid_backward, grad_output,
                          output.rechunk(grad_output.chunks), dtype=grad_output.dtype)

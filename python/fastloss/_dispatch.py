@@ -4,9 +4,10 @@ Every public function comes here. For its arguments the dispatch
 - adopts arrays of other libraries (DLPack, the array interfaces: ``fastloss._interop``),
 - picks the backend from the array family of the first array (NumPy: ``_numpy_backend``,
   CuPy: ``_cuda``, imported only for a CuPy array); Dask arrays go to ``_dask`` (imported only
-  for a Dask argument), which builds the graph and sends each block back through here,
+  for a Dask argument), which builds the graph and sends each block back through here (the
+  calls it hands over, ``_IN_MEMORY``: ``_dask`` imports nothing of this module),
 - validates reduction, array types, dtypes, devices, shapes, weights and ``grad_output``, each
-  error worded once, here,
+  error worded once, here or in ``_checks`` (the checks the Dask family shares),
 - plans the passes: which outputs, the divisor of a mean, the gradient's scale, the weight
   buffers the kernels read periodically, and the second pass an array ``grad_output`` needs,
 and hands the plan to the backend, which checks only what needs the memory itself (contiguity,
@@ -56,6 +57,14 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _codes, _numpy_backend
+from ._checks import REDUCTIONS, check_reduction
+from ._checks import as_float as _as_float
+from ._checks import check_float_dtype as _check_float_dtype
+from ._checks import check_same_dtype as _check_same_dtype
+from ._checks import check_same_shape as _check_same_shape
+from ._checks import float_dtype_name as _float_dtype_name
+from ._checks import is_real_scalar as _is_real_scalar
+from ._checks import type_name as _type_name
 from ._interop import adopt
 
 OUT_OF_RANGE = ("input must hold probabilities in [0, 1] (binary_cross_entropy); found values "
@@ -63,7 +72,6 @@ OUT_OF_RANGE = ("input must hold probabilities in [0, 1] (binary_cross_entropy);
 SIGMOID_OUTPUT_OUT_OF_RANGE = ("output must hold sigmoid outputs in [0, 1] (sigmoid_backward); "
                                "found values outside: pass the forward's output, sigmoid(x), "
                                "not its input x")
-REDUCTIONS = ("mean", "sum", "none")
 # Weight buffers shorter than this are tiled up to it, so the kernels' contiguous runs stay long.
 MIN_PERIOD = 4096
 
@@ -135,7 +143,7 @@ def sigmoid(input, out=None):
             return result
     if _is_dask(input):
         from . import _dask
-        return _dask.sigmoid(input, out)
+        return _dask.sigmoid(_IN_MEMORY, input, out)
     input, out = adopt(input, "input"), adopt(out, "out")
     backend = _backend_of(input, "input")
     with backend.on_device_of(input):
@@ -155,7 +163,7 @@ def sigmoid_backward(grad_output, output, out=None):
             return result
     if _is_dask(grad_output) or _is_dask(output):
         from . import _dask
-        return _dask.sigmoid_backward(grad_output, output, out)
+        return _dask.sigmoid_backward(_IN_MEMORY, grad_output, output, out)
     grad_output, output = adopt(grad_output, "grad_output"), adopt(output, "output")
     out = adopt(out, "out")
     backend = _backend_of(grad_output, "grad_output")
@@ -178,15 +186,15 @@ def _checked_loss(kind, input, target, weight, pos_weight, reduction, grad_outpu
     if _is_dask(input) or _is_dask(target):
         # Imported here, only for Dask arrays: `import fastloss` never imports dask.
         from . import _dask
-        return _dask.loss(kind, input, target, weight, pos_weight, reduction, grad_output, out)
+        return _dask.loss(_IN_MEMORY, kind, input, target, weight, pos_weight, reduction,
+                          grad_output, out)
     input, target, weight, pos_weight, grad_output, out = (
         adopt(value, name) for value, name in
         ((input, "input"), (target, "target"), (weight, "weight"), (pos_weight, "pos_weight"),
          (grad_output, "grad_output"), (out, "out")))
     backend = _backend_of(input, "input")
     _check_array(backend, target, "target", input, "input")
-    if not (isinstance(reduction, str) and reduction in REDUCTIONS):
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    check_reduction(reduction)
     with backend.on_device_of(input):
         return _loss_on_device(backend, kind, input, target, weight, pos_weight, reduction,
                                grad_output, out)
@@ -251,19 +259,6 @@ def loss_partial(op, want_grad, input, target, weight, pos_weight, grad_scale):
 
 
 # ---- array families ------------------------------------------------------------------------------
-def _type_name(obj):
-    return f"{type(obj).__module__}.{type(obj).__qualname__}"
-
-
-def _float_dtype_name(like):
-    """The dtype a converted argument should take: that of the call's ``like`` array when it
-    is one fastloss supports, float32 otherwise."""
-    dtype = getattr(like, "dtype", None)
-    if dtype is not None and dtype.kind == "f" and dtype.itemsize in (4, 8):
-        return dtype.name
-    return "float32"
-
-
 def _conversion_hint(value, name, like=None, like_name=None):
     """How to turn ``value`` (not an array fastloss takes) into one ('; ...'), or '' where no
     conversion makes sense (None, strings, bytes)."""
@@ -323,46 +318,11 @@ def _reject_masked(value, name):
                         f"pass a plain numpy.ndarray ({name}.filled(value) or {name}.data)")
 
 
-def _check_float_dtype(a, name, like=None, like_name=None):
-    """float32 or float64 in native byte order; the message says how to convert (to the dtype
-    of ``like``, the call's first array, when given)."""
-    dtype = a.dtype
-    if dtype.kind != "f" or dtype.itemsize not in (4, 8):
-        wanted = _float_dtype_name(like)
-        if name == "out":  # a converted copy would not be written: a new buffer is the fix
-            fix = (f": pass an out of dtype {wanted}, the dtype of {like_name} "
-                   f"(np.empty_like({like_name}))")
-        elif dtype.kind == "c":  # astype would drop the imaginary part without a word
-            fix = " (real numbers)"
-        else:
-            of_like = f", the dtype of {like_name}" if like is not None else ""
-            fix = f": convert it with {name}.astype(np.{wanted}){of_like}"
-        raise TypeError(f"{name} has dtype {dtype}; fastloss supports float32 and float64"
-                        f"{fix}")
-    if not dtype.isnative:
-        native = dtype.newbyteorder("=")
-        raise TypeError(f"{name} has non-native byte order (dtype {dtype.str}); convert it "
-                        f"with .astype('{native.name}')")
-
-
-def _check_same_dtype(a, name, like, like_name):
-    if a.dtype != like.dtype:
-        raise TypeError(f"{name} has dtype {a.dtype} but {like_name} has dtype {like.dtype}; "
-                        f"convert one of them explicitly, e.g. {name}.astype(np."
-                        f"{like.dtype.name}) (fastloss never upcasts silently)")
-
-
 def _check_same_device(backend, a, name, like, like_name):
     if not backend.same_device(a, like):
         raise ValueError(f"{name} is on {backend.device_name(a)} but {like_name} is on "
                          f"{backend.device_name(like)}; all arrays of one call must be on the "
                          "same device")
-
-
-def _check_same_shape(a, name, like, like_name):
-    if a.shape != like.shape:
-        raise ValueError(f"{name} has shape {a.shape}, expected {like.shape} (the shape of "
-                         f"{like_name})")
 
 
 def _prepared_input(backend, a, name):
@@ -407,19 +367,6 @@ def _checked_out(backend, out, like, like_name, reads):
 
 
 # ---- weights and the upstream gradient ------------------------------------------------------------
-def _is_real_scalar(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-
-
-def _as_float(value, name):
-    """A real scalar as a Python float; float(10**400) raises an OverflowError naming nothing."""
-    try:
-        return float(value)
-    except OverflowError:
-        raise ValueError(f"{name} is too large for a float64; expected a real number of "
-                         "magnitude below 1.8e308") from None
-
-
 def _not_an_array_or_number(backend, value, name):
     elsewhere = " (all arrays of one call must be on the same device)" if (
         backend.elsewhere(value) is not None) else ""
@@ -670,8 +617,7 @@ def _checked_cross_entropy(kind, input, target, weight, ignore_index, reduction,
          (out, "out")))
     backend = _backend_of(input, "input")
     _check_array(backend, target, "target")
-    if not (isinstance(reduction, str) and reduction in REDUCTIONS):
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    check_reduction(reduction)
     if not isinstance(ignore_index, numbers.Integral) or isinstance(ignore_index,
                                                                     (bool, np.bool_)):
         raise TypeError(f"ignore_index must be an int, got {_type_name(ignore_index)}")
@@ -778,3 +724,15 @@ def _split_row_grad_output(backend, grad_output, input, loss_shape, reduction):
     xp = backend.array_module()
     rows = xp.ascontiguousarray(xp.broadcast_to(array, loss_shape)).reshape(-1)
     return 1.0, backend.contiguous(rows, "grad_output")
+
+
+class _InMemory(NamedTuple):
+    """The calls a Dask block runs, handed to ``_dask`` with each call (it imports nothing of
+    this module: the dispatch depends on it, not it on the dispatch)."""
+    loss: Any
+    loss_partial: Any
+    sigmoid: Any
+    sigmoid_backward: Any
+
+
+_IN_MEMORY = _InMemory(loss, loss_partial, sigmoid, sigmoid_backward)

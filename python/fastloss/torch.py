@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from . import functional as F
+from ._checks import check_reduction as _check_reduction
 
 __all__ = ["mse_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits", "sigmoid",
            "cross_entropy", "softmax", "log_softmax",
@@ -528,9 +529,6 @@ def _check_pair(input, target):
         raise ValueError(f"target is on {target.device} but input is on {input.device}")
 
 
-def _check_reduction(reduction):
-    if not (isinstance(reduction, str) and reduction in ("mean", "sum", "none")):
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
 def _weight_tensor(weight, name, input):
