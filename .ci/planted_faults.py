@@ -159,7 +159,7 @@ PY_FAULTS = (
            "    for array, name in reads[:0]:\n")),
     Fault("PY_MIXED_DTYPES_UNCHECKED", "dispatch: arrays of different dtypes are not refused",
           ("tests/test_errors.py", "-k", "mixed"),
-          ("_dispatch.py", "    if a.dtype != like.dtype:\n", "    if False:\n")),
+          ("_checks.py", "    if a.dtype != like.dtype:\n", "    if False:\n")),
     Fault("PY_LOGITS_SWAP_DROPS_WEIGHT",
           "training: Sigmoid + BCELoss trained as BCEWithLogitsLoss without the weight",
           ("tests/test_training.py",),
