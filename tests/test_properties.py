@@ -152,7 +152,13 @@ def _exact_loss(op, x, y, w, pw, reduction):
 
 # Counterexamples found by --hypothesis-profile=explore, kept: a float64 sum that overflows
 # (the Kahan compensation turned inf into NaN), a float64 gradient near 1e308 (the reference
-# overflowed first), a float32 loss below 2^-126 (flushed by the float exp, as documented).
+# overflowed first), a float32 loss below 2^-126 (flushed by the float exp, as documented);
+# MSE gradients where 2 * (x - y) overflows or a subnormal result rounds twice unless MSE's
+# factor 2 joins the scale, as in the kernels and PyTorch (found by CI's hypothesis run).
+@example((MSE, np.zeros(3), np.full(3, 2.0), np.array([2.33669682e-70, 0.0, 0.0]), None, "mean",
+          2.089630312081817e-251))
+@example((MSE, np.array(0.0), np.array(8.98846567e+307), None, None, "mean", 0.5))
+@example((MSE, np.array(0.0), np.array(8.98846567e+307), None, None, "mean", 0.0))
 @example((LOGITS, np.full((8191, 1), 5e300), np.zeros((8191, 1)), 80835.0, None, "mean", 0.0))
 @example((MSE, np.array(0.0), np.array(5.28733275e306), 17.0, None, "mean", 0.5))
 @example((LOGITS, np.array(-88.0, np.float32), np.array(0.0, np.float32), None, None, "mean",

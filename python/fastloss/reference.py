@@ -58,10 +58,13 @@ def _grad_scale(reduction, n, grad_output):
     return scale / n if reduction == "mean" else scale
 
 
-def _weighted_grad(g, weight, reduction, grad_output):
-    """g * weight * grad_output [/ N], the weight scaled first as in the kernels: (g * weight)
-    overflows float64 first where g is near 1e308 and the scale small."""
-    return g * (_weight(weight, g.shape) * _grad_scale(reduction, g.size, grad_output))
+def _weighted_grad(g, weight, reduction, grad_output, factor=1.0):
+    """g * weight * factor * grad_output [/ N], the weight scaled first as in the kernels: (g *
+    weight) overflows float64 first where g is near 1e308 and the scale small. A constant
+    factor (MSE's 2) joins the scale, as in PyTorch's ``2 / N * (input - target)``: so
+    2 * (x - y) never overflows on its own, and subnormal results round once."""
+    scale = factor * _grad_scale(reduction, g.size, grad_output)
+    return g * (_weight(weight, g.shape) * scale)
 
 
 def sigmoid(x):
@@ -88,7 +91,7 @@ def mse_loss(input, target, weight=None, reduction="mean"):
 def mse_loss_grad(input, target, weight=None, reduction="mean", grad_output=1.0):
     """2 * (input - target) * weight * grad_output, / N for 'mean'."""
     x, y = _f64(input), _f64(target)
-    return _weighted_grad(2.0 * (x - y), weight, reduction, grad_output)
+    return _weighted_grad(x - y, weight, reduction, grad_output, factor=2.0)
 
 
 def mse_loss_and_grad(input, target, weight=None, reduction="mean", grad_output=1.0):
