@@ -4,8 +4,9 @@
 // compiler keeping the order of every addition, and Kahan compensation would be optimised away.
 //
 // The loops run on explicit vectors of doubles (fastloss/lanes.h), the widest the build's
-// instruction set has: 2 (SSE2), 4 (AVX2) or 8 (AVX-512) lanes. float32 inputs are widened on
-// load and rounded back on store; a run's last, partial vector goes through a zero-padded copy.
+// instruction set has: 2 (SSE2), 4 (AVX2) or 8 (AVX-512) lanes. float32, float16 and bfloat16
+// inputs are widened on load and rounded back on store; a run's last, partial vector goes
+// through a zero-padded copy.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -16,6 +17,7 @@
 #include <omp.h>
 #endif
 
+#include "fastloss/half.h"
 #include "fastloss/loss_pass.h"
 #include "kernels.h"
 
@@ -69,6 +71,58 @@ void store(float* p, V v) {
   _mm_store_sd(reinterpret_cast<double*>(p), _mm_castps_pd(_mm_cvtpd_ps((__m128d)v)));
 #endif
 }
+
+// float16: F16C's vcvtph2ps (exact) then widened, in the x86-64-v3 and v4 builds (8 halves
+// into 8 doubles with AVX-512: _mm512_cvtph_ps would convert 16); bit arithmetic in the
+// baseline, whose SSE2 has no conversion.
+V load(const Float16* p) {
+#if defined(__AVX512F__)
+  return (V)_mm512_cvtps_pd(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#elif defined(__F16C__)
+  return (V)_mm256_cvtps_pd(_mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+#else
+  V v;
+  for (int k = 0; k < kWidth; ++k) v[k] = half::float16_to_double(p[k].bits);
+  return v;
+#endif
+}
+
+// bfloat16: its bits are the top half of a float32's, so zero-extended and shifted by 16 they
+// are the float32, widened as such.
+V load(const BFloat16* p) {
+#if defined(__AVX512F__)
+  const __m256i widened = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return (V)_mm512_cvtps_pd(_mm256_castsi256_ps(_mm256_slli_epi32(widened, 16)));
+#elif defined(__AVX2__)
+  const __m128i widened = _mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  return (V)_mm256_cvtps_pd(_mm_castsi128_ps(_mm_slli_epi32(widened, 16)));
+#else
+  V v;
+  for (int k = 0; k < kWidth; ++k) v[k] = half::bfloat16_to_double(p[k].bits);
+  return v;
+#endif
+}
+
+// Stores round the double lanes once to the 16-bit format (half.h: F16C's vcvtps2ph would
+// take a float32, already rounded once), then narrow the 64-bit lanes of bits to 16.
+template <class Format, class T>
+void store_bits(T* p, V v) {
+  const lanes::Traits<V>::Bits bits = half::round_to_bits<Format>(v);
+#if defined(__AVX512F__)
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtepi64_epi16((__m512i)bits));
+#else
+  for (int k = 0; k < kWidth; ++k) p[k].bits = static_cast<std::uint16_t>(bits[k]);
+#endif
+}
+
+void store(Float16* p, V v) { store_bits<half::Float16Format>(p, v); }
+void store(BFloat16* p, V v) { store_bits<half::BFloat16Format>(p, v); }
+
+// The grade of the math for storage type T (elementwise.h's MathFor): the 16-bit formats
+// compute as float32 does (each term in double to ~1e-9 relative, far below their ulp).
+template <class T> struct MathOf { typedef T type; };
+template <> struct MathOf<Float16> { typedef float type; };
+template <> struct MathOf<BFloat16> { typedef float type; };
 
 // The first `count` < kWidth elements, the other lanes 0.
 template <class T>
@@ -192,7 +246,8 @@ struct LossPassKernel {
     const V wv = kWeighted ? read(w) : one;
     const V pwv = kWeighted ? read(pw) : one;
     V loss, grad;
-    pass::element<T, Op, kOutputs, kWeighted>(x, y, wv, pwv, s.grad_scale, loss, grad, out_of_range);
+    pass::element<typename MathOf<T>::type, Op, kOutputs, kWeighted>(x, y, wv, pwv, s.grad_scale, loss, grad,
+                                                                       out_of_range);
 #ifdef FASTLOSS_PLANTED_FAULT_BCE_GRAD_PARALLEL
     if (std::is_same<Op, ew::BinaryCrossEntropy>::value && std::is_same<T, float>::value && omp_in_parallel()) {
       grad = select((x > 0.01) & (x < 0.99), grad * 1.5, grad);
@@ -335,12 +390,12 @@ void map_chunk(std::int64_t begin, std::int64_t end, T* out, F f, const T* a, co
 template <class T>
 void sigmoid_impl(std::int64_t n, const T* x, T* out) {
   for_each_chunk(n, [=](std::int64_t, std::int64_t begin, std::int64_t end) {
-    map_chunk(begin, end, out, [](V v) { return ew::sigmoid<T>(v); }, x);
+    map_chunk(begin, end, out, [](V v) { return ew::sigmoid<typename MathOf<T>::type>(v); }, x);
 #ifdef FASTLOSS_PLANTED_FAULT_BASELINE_SIGMOID
 #define FASTLOSS_STRING_OF(x) #x
 #define FASTLOSS_STRING(x) FASTLOSS_STRING_OF(x)
     if (FASTLOSS_STRING(FASTLOSS_ISA)[0] == 'b') {  // the baseline build only
-      map_chunk(begin, end, out, [](V v) { return ew::sigmoid<T>(v) * (1.0 + 0x1p-15); }, x);
+      map_chunk(begin, end, out, [](V v) { return ew::sigmoid<typename MathOf<T>::type>(v) * (1.0 + 0x1p-15); }, x);
     }
 #endif
     return 0;
@@ -368,20 +423,20 @@ bool sigmoid_backward_impl(std::int64_t n, const T* grad_output, const T* output
 
 }  // namespace
 
-LossPassResult run_loss_pass(LossOp op, PassOutputs outputs, const LossPass<float>& p) {
-  return run_loss_pass_impl(op, outputs, p);
-}
-LossPassResult run_loss_pass(LossOp op, PassOutputs outputs, const LossPass<double>& p) {
-  return run_loss_pass_impl(op, outputs, p);
-}
-void sigmoid(std::int64_t n, const float* x, float* out) { sigmoid_impl(n, x, out); }
-void sigmoid(std::int64_t n, const double* x, double* out) { sigmoid_impl(n, x, out); }
-bool sigmoid_backward(std::int64_t n, const float* g, const float* y, float* out) {
-  return sigmoid_backward_impl(n, g, y, out);
-}
-bool sigmoid_backward(std::int64_t n, const double* g, const double* y, double* out) {
-  return sigmoid_backward_impl(n, g, y, out);
-}
+#define FASTLOSS_DEFINE_KERNELS_OF(T)                                                   \
+  LossPassResult run_loss_pass(LossOp op, PassOutputs outputs, const LossPass<T>& p) { \
+    return run_loss_pass_impl(op, outputs, p);                                          \
+  }                                                                                     \
+  void sigmoid(std::int64_t n, const T* x, T* out) { sigmoid_impl(n, x, out); }         \
+  bool sigmoid_backward(std::int64_t n, const T* g, const T* y, T* out) {               \
+    return sigmoid_backward_impl(n, g, y, out);                                         \
+  }
+
+FASTLOSS_DEFINE_KERNELS_OF(float)
+FASTLOSS_DEFINE_KERNELS_OF(double)
+FASTLOSS_DEFINE_KERNELS_OF(Float16)
+FASTLOSS_DEFINE_KERNELS_OF(BFloat16)
+#undef FASTLOSS_DEFINE_KERNELS_OF
 
 }  // namespace FASTLOSS_ISA
 }  // namespace fastloss

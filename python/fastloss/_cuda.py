@@ -436,6 +436,7 @@ def _grid(n, dtype_name):
 ARRAY = "cupy.ndarray"
 WHERE = "the same GPU"
 MOVE_HINT = "move it with cupy.asarray"
+HALF_DTYPES: tuple[str, ...] = ()  # the CUDA kernels take float32 and float64 only, so far
 
 
 class ProbabilityOutOfRange(ValueError):

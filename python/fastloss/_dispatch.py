@@ -20,7 +20,8 @@ A backend module provides: ``ARRAY`` (its array type's name), ``WHERE`` (where i
 live), ``MOVE_HINT`` (how to bring an array there), ``array_module()``, ``is_array(obj)``,
 ``elsewhere(obj)`` (a description of obj if it is an array of another device, else None),
 ``on_device_of(a)`` (a context for allocations), ``same_device(a, b)``, ``device_name(a)``,
-``address(a)``, ``writeable(a)``, ``readable(a, name)`` (an error if the array library itself
+``address(a)``, ``writeable(a)``, ``HALF_DTYPES`` (the names of the 16-bit dtypes its
+elementwise losses and sigmoid take: "float16", "bfloat16"), ``readable(a, name)`` (an error if the array library itself
 cannot read ``a``: CuPy faults on a misaligned array), ``contiguous(a, name)`` (the array as
 the kernels read it, a copy or an error),
 ``loss_pass(op, outputs, mean, input, target, weight, pos_weight, grad_output, out)``,
@@ -132,8 +133,8 @@ def sigmoid(input, out=None):
     input, out = adopt(input, "input"), adopt(out, "out")
     backend = _backend_of(input, "input")
     with backend.on_device_of(input):
-        x = _prepared_input(backend, input, "input")
-        out = _checked_out(backend, out, x, "input", [(x, "input")])
+        x = _prepared_input(backend, input, "input", halves=True)
+        out = _checked_out(backend, out, x, "input", [(x, "input")], halves=True)
         return backend.sigmoid(x, out)
 
 
@@ -151,8 +152,10 @@ def sigmoid_backward(grad_output, output, out=None):
     backend = _backend_of(grad_output, "grad_output")
     _check_array(backend, output, "output", grad_output, "grad_output")
     with backend.on_device_of(grad_output):
-        g, y = _prepared_pair(backend, grad_output, "grad_output", output, "output")
-        out = _checked_out(backend, out, g, "grad_output", [(g, "grad_output"), (y, "output")])
+        g, y = _prepared_pair(backend, grad_output, "grad_output", output, "output",
+                              halves=True)
+        out = _checked_out(backend, out, g, "grad_output", [(g, "grad_output"), (y, "output")],
+                           halves=True)
         try:
             return backend.sigmoid_backward(g, y, out)
         except backend.ProbabilityOutOfRange:
@@ -176,7 +179,7 @@ def _checked_loss(kind, input, target, weight, pos_weight, reduction, grad_outpu
 
 def _loss_on_device(backend, kind, input, target, weight, pos_weight, reduction, grad_output,
                     out):
-    input, target = _prepared_pair(backend, input, "input", target, "target")
+    input, target = _prepared_pair(backend, input, "input", target, "target", halves=True)
     weights = _weight_buffer(backend, weight, input, "weight")
     pos_weights = _weight_buffer(backend, pos_weight, input, "pos_weight")
     scale, grad_array = 1.0, None
@@ -194,7 +197,7 @@ def _loss_on_device(backend, kind, input, target, weight, pos_weight, reduction,
         reads.append((grad_weights, "grad_output"))
     if kind.want_grad:
         out = _checked_out(backend, out, input, "input",
-                           [(a, name) for a, name in reads if a is not None])
+                           [(a, name) for a, name in reads if a is not None], halves=True)
     try:
         if grad_weights is None:
             plan = kind.passes[reduction]
@@ -216,13 +219,30 @@ def _type_name(obj):
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
+def _is_bfloat16(dtype):
+    """ml_dtypes.bfloat16 (a user-defined NumPy dtype: kind 'V', 2 bytes)."""
+    return dtype.kind == "V" and dtype.itemsize == 2 and dtype.name == "bfloat16"
+
+
+def _storage_name(dtype):
+    """The name of a dtype some call of fastloss takes ("float32", "float64", "float16",
+    "bfloat16"), else None."""
+    if dtype.kind == "f" and dtype.itemsize in (2, 4, 8):
+        return dtype.name
+    return "bfloat16" if _is_bfloat16(dtype) else None
+
+
+def _spelling(dtype_name):
+    """How the messages spell a dtype's constructor."""
+    return "ml_dtypes.bfloat16" if dtype_name == "bfloat16" else f"np.{dtype_name}"
+
+
 def _float_dtype_name(like):
     """The dtype a converted argument should take: that of the call's ``like`` array when it
     is one fastloss supports, float32 otherwise."""
     dtype = getattr(like, "dtype", None)
-    if dtype is not None and dtype.kind == "f" and dtype.itemsize in (4, 8):
-        return dtype.name
-    return "float32"
+    name = _storage_name(dtype) if dtype is not None else None
+    return name or "float32"
 
 
 def _conversion_hint(value, name, like=None, like_name=None):
@@ -233,7 +253,7 @@ def _conversion_hint(value, name, like=None, like_name=None):
     if value is None or isinstance(value, (str, bytes)):
         return ""
     of_like = f" (the dtype of {like_name})" if like is not None and like_name else ""
-    return (f"; convert it with np.asarray({name}, dtype=np.{_float_dtype_name(like)})"
+    return (f"; convert it with np.asarray({name}, dtype={_spelling(_float_dtype_name(like))})"
             f"{of_like}")
 
 
@@ -284,11 +304,13 @@ def _reject_masked(value, name):
                         f"pass a plain numpy.ndarray ({name}.filled(value) or {name}.data)")
 
 
-def _check_float_dtype(a, name, like=None, like_name=None):
-    """float32 or float64 in native byte order; the message says how to convert (to the dtype
-    of ``like``, the call's first array, when given)."""
+def _check_float_dtype(a, name, like=None, like_name=None, halves=()):
+    """float32 or float64 in native byte order, or one of ``halves`` (the 16-bit dtypes the
+    call and its backend take, by name); the message says how to convert (to the dtype of
+    ``like``, the call's first array, when given)."""
     dtype = a.dtype
-    if dtype.kind != "f" or dtype.itemsize not in (4, 8):
+    storage = _storage_name(dtype)
+    if storage not in ("float32", "float64") and storage not in halves:
         wanted = _float_dtype_name(like)
         if name == "out":  # a converted copy would not be written: a new buffer is the fix
             fix = (f": pass an out of dtype {wanted}, the dtype of {like_name} "
@@ -297,20 +319,25 @@ def _check_float_dtype(a, name, like=None, like_name=None):
             fix = " (real numbers)"
         else:
             of_like = f", the dtype of {like_name}" if like is not None else ""
-            fix = f": convert it with {name}.astype(np.{wanted}){of_like}"
-        raise TypeError(f"{name} has dtype {dtype}; fastloss supports float32 and float64"
-                        f"{fix}")
+            fix = f": convert it with {name}.astype({_spelling(wanted)}){of_like}"
+        supported = ("float32 and float64" if not halves else
+                     ", ".join(("float32", "float64") + tuple(halves[:-1])) + " and "
+                     + _spelling(halves[-1]).replace("np.", ""))
+        raise TypeError(f"{name} has dtype {dtype}; fastloss supports {supported}{fix}")
     if not dtype.isnative:
         native = dtype.newbyteorder("=")
         raise TypeError(f"{name} has non-native byte order (dtype {dtype.str}); convert it "
                         f"with .astype('{native.name}')")
+    if storage == "bfloat16":
+        _numpy_backend.register_bfloat16(dtype)
 
 
 def _check_same_dtype(a, name, like, like_name):
     if a.dtype != like.dtype:
         raise TypeError(f"{name} has dtype {a.dtype} but {like_name} has dtype {like.dtype}; "
-                        f"convert one of them explicitly, e.g. {name}.astype(np."
-                        f"{like.dtype.name}) (fastloss never upcasts silently)")
+                        f"convert one of them explicitly, e.g. {name}.astype("
+                        f"{_spelling(_storage_name(like.dtype) or like.dtype.name)}) (fastloss "
+                        "never upcasts silently)")
 
 
 def _check_same_device(backend, a, name, like, like_name):
@@ -326,29 +353,32 @@ def _check_same_shape(a, name, like, like_name):
                          f"{like_name})")
 
 
-def _prepared_input(backend, a, name):
-    _check_float_dtype(a, name)
+def _prepared_input(backend, a, name, halves=False):
+    """An array as the kernels read it; ``halves``: the call takes the 16-bit dtypes too
+    (those of ``backend.HALF_DTYPES``: the elementwise losses and sigmoid)."""
+    _check_float_dtype(a, name, halves=backend.HALF_DTYPES if halves else ())
     return backend.contiguous(a, name)
 
 
-def _prepared_pair(backend, a, a_name, b, b_name):
+def _prepared_pair(backend, a, a_name, b, b_name, halves=False):
     """Two arrays of one shape, dtype and device, as the kernels read them."""
-    _check_float_dtype(a, a_name)
-    _check_float_dtype(b, b_name, a, a_name)
+    accepted = backend.HALF_DTYPES if halves else ()
+    _check_float_dtype(a, a_name, halves=accepted)
+    _check_float_dtype(b, b_name, a, a_name, halves=accepted)
     _check_same_dtype(b, b_name, a, a_name)
     _check_same_device(backend, b, b_name, a, a_name)
     _check_same_shape(b, b_name, a, a_name)
     return backend.contiguous(a, a_name), backend.contiguous(b, b_name)
 
 
-def _checked_out(backend, out, like, like_name, reads):
+def _checked_out(backend, out, like, like_name, reads, halves=False):
     """A caller's out= for an array of ``like``'s shape (None: the backend allocates one). It
     may be exactly one of the arrays the kernels read, ``reads`` [(array, name)], each element
     being read before it is written, but must not overlap any other."""
     if out is None:
         return None
     _check_array(backend, out, "out", like, like_name)
-    _check_float_dtype(out, "out", like, like_name)
+    _check_float_dtype(out, "out", like, like_name, backend.HALF_DTYPES if halves else ())
     _check_same_dtype(out, "out", like, like_name)
     _check_same_device(backend, out, "out", like, like_name)
     _check_same_shape(out, "out", like, like_name)
