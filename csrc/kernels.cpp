@@ -107,6 +107,12 @@ V load(const BFloat16* p) {
 // take a float32, already rounded once), then narrow the 64-bit lanes of bits to 16.
 template <class Format, class T>
 void store_bits(T* p, V v) {
+#ifdef FASTLOSS_PLANTED_FAULT_HALF_STORE_VIA_FLOAT32
+  for (int k = 0; k < kWidth; ++k) {
+    volatile float narrowed = static_cast<float>(v[k]);  // (GCC drops a plain float round trip here)
+    v[k] = narrowed;
+  }
+#endif
   const lanes::Traits<V>::Bits bits = half::round_to_bits<Format>(v);
 #if defined(__AVX512F__)
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtepi64_epi16((__m512i)bits));

@@ -176,10 +176,19 @@ def _run_checks(name):
             and half_ulp_bound(logits_grad, R.binary_cross_entropy_with_logits_grad(z64, l64), dtype))
         outputs += [loss, grad, mean, s, back, bce, bce_grad, logits, logits_grad]
 
+    # stores of a value just above a half-way point of the format, 1 + u/2 + 2^-40 (u the
+    # ulp at 1): a gradient (x - 0) * 2 * grad_output with x = 1; through float32 it would be
+    # the half-way point, then rounded to even: 1
+    u = 2.0 ** -10 if name == "float16" else 2.0 ** -7
+    for n in SIZES:
+        g = fastloss.mse_loss_grad(np.ones(n, dtype), np.zeros(n, dtype), reduction="sum",
+                                   grad_output=(1.0 + u / 2 + 2.0 ** -40) / 2)
+        results[f"store above a half-way point rounds up n={n}"] = bool(
+            np.all(g.astype(np.float64) == 1.0 + u))
+
     # a sum just above a half-way point of the format: 1 + u/2 + tiny (u the ulp at 1), with
     # tiny below float32's resolution there, rounds up to 1 + u; through float32 it would be
     # 1 + u/2, then to even: 1
-    u = 2.0 ** -10 if name == "float16" else 2.0 ** -7
     tiny = 2.0 ** -15 if name == "float16" else 2.0 ** -20  # its square: below 2^-24
     xs = np.array([1.0, 1.0, tiny], dtype=np.float64).astype(dtype)
     weight = np.array([1.0, u / 2, 1.0], dtype=np.float64).astype(dtype)

@@ -80,6 +80,9 @@ FASTLOSS_HD double float16_to_double(unsigned h) {
   if (exponent == 0x1fu) {  // inf, NaN (the payload kept in the top mantissa bits)
     return lanes::double_from_bits(sign | 0x7ff0000000000000ull | (mantissa << 42));
   }
+#ifdef FASTLOSS_PLANTED_FAULT_HALF_SUBNORMALS_FLUSHED
+  if (exponent == 0) return lanes::double_from_bits(sign);
+#endif
   if (exponent == 0) {  // zero, subnormal: mantissa * 2^-24, exact
     const double magnitude = static_cast<double>(mantissa) * 0x1p-24;
     return lanes::double_from_bits(sign | lanes::to_bits(magnitude));
