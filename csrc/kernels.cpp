@@ -103,8 +103,9 @@ V load(const BFloat16* p) {
 #endif
 }
 
-// Stores round the double lanes once to the 16-bit format (half.h: F16C's vcvtps2ph would
-// take a float32, already rounded once), then narrow the 64-bit lanes of bits to 16.
+// Stores round the double lanes once to the 16-bit format (half.h: F16C's vcvtps2ph alone
+// would take a float32 already rounded to nearest once, a double rounding), then narrow the
+// 64-bit lanes of bits to 16.
 template <class Format, class T>
 void store_bits(T* p, V v) {
 #ifdef FASTLOSS_PLANTED_FAULT_HALF_STORE_VIA_FLOAT32
@@ -114,15 +115,51 @@ void store_bits(T* p, V v) {
   }
 #endif
   const lanes::Traits<V>::Bits bits = half::round_to_bits<Format>(v);
-#if defined(__AVX512F__)
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtepi64_epi16((__m512i)bits));
-#else
   for (int k = 0; k < kWidth; ++k) p[k].bits = static_cast<std::uint16_t>(bits[k]);
-#endif
 }
 
+#if defined(__AVX512F__)
+// AVX-512 has the double -> float32 conversion with its own rounding mode: toward zero, with
+// the inexact lanes' lowest mantissa bit set, is the double rounded to odd, and a float32
+// keeps 13 (float16) or 16 (bfloat16) bits more than the 16-bit format, so rounding that
+// float32 to nearest even gives the double's correct rounding (Boldo and Melquiond's
+// round-to-odd): 5 instructions for 8 lanes where half.h's bit arithmetic takes ~20 (the
+// fused loss+gradient pass was compute-bound on it: bench/NOTES.md). Rounding toward zero
+// never overflows: a double beyond the float32 range becomes FLT_MAX, odd, which the 16-bit
+// rounding takes to inf as it should; NaN stays NaN.
+__m256 round_to_odd_float32(V v) {
+#ifdef FASTLOSS_PLANTED_FAULT_HALF_STORE_VIA_FLOAT32
+  for (int k = 0; k < kWidth; ++k) {
+    volatile float narrowed = static_cast<float>(v[k]);
+    v[k] = narrowed;
+  }
+#endif
+  const __m512d d = (__m512d)v;
+  const __m256i truncated =
+      _mm256_castps_si256(_mm512_cvt_roundpd_ps(d, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
+  const __mmask8 inexact = _mm512_cmp_pd_mask(_mm512_cvtps_pd(_mm256_castsi256_ps(truncated)), d, _CMP_NEQ_UQ);
+  return _mm256_castsi256_ps(_mm256_mask_or_epi32(truncated, inexact, truncated, _mm256_set1_epi32(1)));
+}
+
+void store(Float16* p, V v) {
+  const __m128i halves = _mm256_cvtps_ph(round_to_odd_float32(v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), halves);
+}
+
+// bfloat16 from the float32 bits: + 0x7fff + the kept lowest bit rounds to nearest even (a
+// carry into the exponent is the next binade, or inf); NaN keeps its sign and is made quiet.
+void store(BFloat16* p, V v) {
+  const __m256i bits = _mm256_castps_si256(round_to_odd_float32(v));
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+  const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), odd)), 16);
+  const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(bits, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
+  const __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(0x40));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtepi32_epi16(_mm256_blendv_epi8(rounded, quiet, nan)));
+}
+#else
 void store(Float16* p, V v) { store_bits<half::Float16Format>(p, v); }
 void store(BFloat16* p, V v) { store_bits<half::BFloat16Format>(p, v); }
+#endif
 
 // The grade of the math for storage type T (elementwise.h's MathFor): the 16-bit formats
 // compute as float32 does (each term in double to ~1e-9 relative, far below their ulp).
