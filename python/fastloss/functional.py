@@ -82,7 +82,7 @@ def mse_loss(input: _ArrayLike, target: _ArrayLike, *, weight: _Weight = None,
         input: float32 or float64 array, any shape (NumPy, CuPy, or another library's array
             taken without a copy; a NumPy input that is not C-contiguous is copied once); a
             NumPy array may also be float16 or ``ml_dtypes.bfloat16`` (read and written as
-            16-bit values, computed in double; CuPy takes float32 and float64 only).
+            16-bit values, computed in double), a CuPy array float16.
         target: an array of the input's shape and dtype.
         weight: optional, rescales each element's term (PyTorch's mse_loss has none): a real
             number or an array of the input's dtype that broadcasts to the input's shape
@@ -194,7 +194,7 @@ def binary_cross_entropy(input: _ArrayLike, target: _ArrayLike, *, weight: _Weig
 
     Args:
         input: probabilities in [0, 1], float32 or float64 (a NumPy array also float16 or
-            ``ml_dtypes.bfloat16``, computed as float32 is), any shape (NumPy, CuPy, or another
+            ``ml_dtypes.bfloat16``, a CuPy array float16, computed as float32 is), any shape (NumPy, CuPy, or another
             library's array). NaN propagates. For logits use
             ``binary_cross_entropy_with_logits``, which cannot saturate.
         target: an array of the input's shape and dtype (usually 0 or 1; not range-checked).
@@ -319,7 +319,7 @@ def binary_cross_entropy_with_logits(input: _ArrayLike, target: _ArrayLike, *,
 
     Args:
         input: logits, float32 or float64 (a NumPy array also float16 or
-            ``ml_dtypes.bfloat16``, computed as float32 is), any shape (NumPy, CuPy, or another
+            ``ml_dtypes.bfloat16``, a CuPy array float16, computed as float32 is), any shape (NumPy, CuPy, or another
             library's array).
         target: an array of the input's shape and dtype (usually 0 or 1).
         weight: optional, rescales each element's loss: a real number or an array of the
@@ -445,7 +445,7 @@ def sigmoid(input: _ArrayLike, *, out: _ArrayLike | None = None) -> Any:
     Args:
         input: float32 or float64 array, any shape (NumPy, CuPy, or another library's array;
             a NumPy input that is not C-contiguous is copied once); a NumPy array may also be
-            float16 or ``ml_dtypes.bfloat16`` (computed as float32 is, rounded once to the
+            float16 or ``ml_dtypes.bfloat16``, a CuPy array float16 (computed as float32 is, rounded once to the
             dtype: within 0.5 ulp plus ~1e-9 relative).
         out: optional C-contiguous, writeable array of the input's shape and dtype; it may be
             input itself (in place) but must not overlap it in part.
@@ -477,7 +477,7 @@ def sigmoid_backward(grad_output: _ArrayLike, output: _ArrayLike, *,
 
     Args:
         grad_output: the upstream gradient, float32 or float64 (a NumPy array also float16
-            or ``ml_dtypes.bfloat16``), any shape.
+            or ``ml_dtypes.bfloat16``, a CuPy array float16), any shape.
         output: ``sigmoid``'s result, of grad_output's shape and dtype; values in [0, 1]
             (NaN propagates).
         out: optional C-contiguous, writeable array of that shape and dtype; it may be
