@@ -342,3 +342,11 @@ def test_weighted_strided_and_out(name):
     assert half_ulp_bound(out, expected, dtype)
     with pytest.raises(ValueError, match="^input must hold probabilities in"):
         fastloss.binary_cross_entropy(z, y)
+
+
+def test_float16_needs_no_ml_dtypes():
+    """`import fastloss` and a float16 call never import ml_dtypes (bfloat16 is optional)."""
+    code = ("import json, sys, numpy as np, fastloss\n"
+            "fastloss.mse_loss(np.ones(3, np.float16), np.ones(3, np.float16))\n"
+            "print(json.dumps('ml_dtypes' in sys.modules))")
+    assert run_python_json(code, python_env()) is False
