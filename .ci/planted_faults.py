@@ -100,7 +100,7 @@ CPP_FAULTS = (
           ("tests/test_multiclass.py", "-k", "test_cross_entropy and 5x1000 and weight"),
           ci=False),
     Fault("HALF_STORE_VIA_FLOAT32",
-          "16-bit stores: the double rounded to float32 first, then to float16/bfloat16 (twice)",
+          "AVX-512 16-bit stores: the double rounded to float32 first, then to the 16-bit format",
           ("tests/test_half.py", "-k", "this_build"), ci=False),
     Fault("HALF_SUBNORMALS_FLUSHED",
           "baseline float16 loads: subnormal halves read as zero",

@@ -108,12 +108,6 @@ V load(const BFloat16* p) {
 // 64-bit lanes of bits to 16.
 template <class Format, class T>
 void store_bits(T* p, V v) {
-#ifdef FASTLOSS_PLANTED_FAULT_HALF_STORE_VIA_FLOAT32
-  for (int k = 0; k < kWidth; ++k) {
-    volatile float narrowed = static_cast<float>(v[k]);  // (GCC drops a plain float round trip here)
-    v[k] = narrowed;
-  }
-#endif
   const lanes::Traits<V>::Bits bits = half::round_to_bits<Format>(v);
   for (int k = 0; k < kWidth; ++k) p[k].bits = static_cast<std::uint16_t>(bits[k]);
 }
@@ -130,7 +124,7 @@ void store_bits(T* p, V v) {
 __m256 round_to_odd_float32(V v) {
 #ifdef FASTLOSS_PLANTED_FAULT_HALF_STORE_VIA_FLOAT32
   for (int k = 0; k < kWidth; ++k) {
-    volatile float narrowed = static_cast<float>(v[k]);
+    volatile float narrowed = static_cast<float>(v[k]);  // (GCC drops a plain float round trip here)
     v[k] = narrowed;
   }
 #endif
