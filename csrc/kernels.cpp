@@ -150,6 +150,40 @@ void store(BFloat16* p, V v) {
   const __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(0x40));
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtepi32_epi16(_mm256_blendv_epi8(rounded, quiet, nan)));
 }
+#elif defined(__AVX2__) && defined(__F16C__)
+// AVX2 has no conversion toward zero: the float32 rounded to nearest is moved one ulp toward
+// zero where it landed beyond the double (a magnitude decrement of its bits: the float32 below
+// in magnitude, FLT_MAX from inf), which gives the truncation, and the inexact lanes' lowest
+// bit is set as in the AVX-512 build. 4 lanes.
+__m128 round_to_odd_float32(V v) {
+  const __m256d d = (__m256d)v;
+  const __m128 nearest = _mm256_cvtpd_ps(d);
+  const __m256d widened = _mm256_cvtps_pd(nearest);
+  const __m256d sign = _mm256_set1_pd(-0.0);
+  const __m256d beyond = _mm256_cmp_pd(_mm256_andnot_pd(sign, widened), _mm256_andnot_pd(sign, d), _CMP_GT_OQ);
+  const __m256d inexact = _mm256_cmp_pd(widened, d, _CMP_NEQ_UQ);
+  // the 64-bit masks narrowed to 32-bit lanes (each is all ones or all zeros)
+  const __m128i beyond32 = _mm256_cvtpd_epi32(_mm256_and_pd(beyond, _mm256_set1_pd(-1.0)));
+  const __m128i inexact32 = _mm256_cvtpd_epi32(_mm256_and_pd(inexact, _mm256_set1_pd(1.0)));
+  const __m128i truncated = _mm_add_epi32(_mm_castps_si128(nearest), beyond32);
+  return _mm_castsi128_ps(_mm_or_si128(truncated, inexact32));
+}
+
+void store(Float16* p, V v) {
+  const __m128i halves = _mm_cvtps_ph(round_to_odd_float32(v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(p), halves);
+}
+
+void store(BFloat16* p, V v) {
+  const __m128i bits = _mm_castps_si128(round_to_odd_float32(v));
+  const __m128i odd = _mm_and_si128(_mm_srli_epi32(bits, 16), _mm_set1_epi32(1));
+  const __m128i rounded = _mm_srli_epi32(_mm_add_epi32(bits, _mm_add_epi32(_mm_set1_epi32(0x7fff), odd)), 16);
+  const __m128i nan = _mm_cmpgt_epi32(_mm_and_si128(bits, _mm_set1_epi32(0x7fffffff)), _mm_set1_epi32(0x7f800000));
+  const __m128i quiet = _mm_or_si128(_mm_srli_epi32(bits, 16), _mm_set1_epi32(0x40));
+  const __m128i chosen = _mm_blendv_epi8(rounded, quiet, nan);
+  // the low 16 bits of each 32-bit lane, packed (values < 2^16: no saturation in packus)
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packus_epi32(chosen, chosen));
+}
 #else
 void store(Float16* p, V v) { store_bits<half::Float16Format>(p, v); }
 void store(BFloat16* p, V v) { store_bits<half::BFloat16Format>(p, v); }
