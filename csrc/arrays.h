@@ -15,7 +15,9 @@ namespace arrays {
 
 namespace py = pybind11;
 
-enum class Dtype { Float32, Float64, Other };
+// Float16 and BFloat16 are storage types of the elementwise loss kernels only (module.cpp
+// recognises them); float_dtype, for the other kernels, answers Other for them.
+enum class Dtype { Float32, Float64, Float16, BFloat16, Other };
 
 // float32 or float64 in native byte order (a swapped one would be read as garbage), else Other.
 inline Dtype float_dtype(const py::array& a) {

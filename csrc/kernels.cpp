@@ -5,8 +5,9 @@
 // away.
 //
 // The loops run on explicit vectors of doubles (fastloss/lanes.h), the widest the build's
-// instruction set has: 2 (SSE2), 4 (AVX2) or 8 (AVX-512) lanes. float32 inputs are widened on
-// load and rounded back on store; a run's last, partial vector goes through a zero-padded copy.
+// instruction set has: 2 (SSE2), 4 (AVX2) or 8 (AVX-512) lanes. float32, float16 and bfloat16
+// inputs are widened on load and rounded back on store; a run's last, partial vector goes
+// through a zero-padded copy.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -18,6 +19,7 @@
 #endif
 
 #include "fastloss/double_double.h"
+#include "fastloss/half.h"
 #include "fastloss/loss_pass.h"
 #include "kernels.h"
 
@@ -71,6 +73,129 @@ void store(float* p, V v) {
   _mm_store_sd(reinterpret_cast<double*>(p), _mm_castps_pd(_mm_cvtpd_ps((__m128d)v)));
 #endif
 }
+
+// float16: F16C's vcvtph2ps (exact) then widened, in the x86-64-v3 and v4 builds (8 halves
+// into 8 doubles with AVX-512: _mm512_cvtph_ps would convert 16); bit arithmetic in the
+// baseline, whose SSE2 has no conversion.
+V load(const Float16* p) {
+#if defined(__AVX512F__)
+  return (V)_mm512_cvtps_pd(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#elif defined(__F16C__)
+  return (V)_mm256_cvtps_pd(_mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+#else
+  V v;
+  for (int k = 0; k < kWidth; ++k) v[k] = half::float16_to_double(p[k].bits);
+  return v;
+#endif
+}
+
+// bfloat16: its bits are the top half of a float32's, so zero-extended and shifted by 16 they
+// are the float32, widened as such.
+V load(const BFloat16* p) {
+#if defined(__AVX512F__)
+  const __m256i widened = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return (V)_mm512_cvtps_pd(_mm256_castsi256_ps(_mm256_slli_epi32(widened, 16)));
+#elif defined(__AVX2__)
+  const __m128i widened = _mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  return (V)_mm256_cvtps_pd(_mm_castsi128_ps(_mm_slli_epi32(widened, 16)));
+#else
+  V v;
+  for (int k = 0; k < kWidth; ++k) v[k] = half::bfloat16_to_double(p[k].bits);
+  return v;
+#endif
+}
+
+// Stores round the double lanes once to the 16-bit format (half.h: F16C's vcvtps2ph alone
+// would take a float32 already rounded to nearest once, a double rounding), then narrow the
+// 64-bit lanes of bits to 16.
+template <class Format, class T>
+void store_bits(T* p, V v) {
+  const lanes::Traits<V>::Bits bits = half::round_to_bits<Format>(v);
+  for (int k = 0; k < kWidth; ++k) p[k].bits = static_cast<std::uint16_t>(bits[k]);
+}
+
+#if defined(__AVX512F__)
+// AVX-512 has the double -> float32 conversion with its own rounding mode: toward zero, with
+// the inexact lanes' lowest mantissa bit set, is the double rounded to odd, and a float32
+// keeps 13 (float16) or 16 (bfloat16) bits more than the 16-bit format, so rounding that
+// float32 to nearest even gives the double's correct rounding (Boldo and Melquiond's
+// round-to-odd): 5 instructions for 8 lanes where half.h's bit arithmetic takes ~20 (the
+// fused loss+gradient pass was compute-bound on it: bench/NOTES.md). Rounding toward zero
+// never overflows: a double beyond the float32 range becomes FLT_MAX, odd, which the 16-bit
+// rounding takes to inf as it should; NaN stays NaN.
+__m256 round_to_odd_float32(V v) {
+#ifdef FASTLOSS_PLANTED_FAULT_HALF_STORE_VIA_FLOAT32
+  for (int k = 0; k < kWidth; ++k) {
+    volatile float narrowed = static_cast<float>(v[k]);  // (GCC drops a plain float round trip here)
+    v[k] = narrowed;
+  }
+#endif
+  const __m512d d = (__m512d)v;
+  const __m256i truncated =
+      _mm256_castps_si256(_mm512_cvt_roundpd_ps(d, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
+  const __mmask8 inexact = _mm512_cmp_pd_mask(_mm512_cvtps_pd(_mm256_castsi256_ps(truncated)), d, _CMP_NEQ_UQ);
+  return _mm256_castsi256_ps(_mm256_mask_or_epi32(truncated, inexact, truncated, _mm256_set1_epi32(1)));
+}
+
+void store(Float16* p, V v) {
+  const __m128i halves = _mm256_cvtps_ph(round_to_odd_float32(v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), halves);
+}
+
+// bfloat16 from the float32 bits: + 0x7fff + the kept lowest bit rounds to nearest even (a
+// carry into the exponent is the next binade, or inf); NaN keeps its sign and is made quiet.
+void store(BFloat16* p, V v) {
+  const __m256i bits = _mm256_castps_si256(round_to_odd_float32(v));
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+  const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), odd)), 16);
+  const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(bits, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
+  const __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(0x40));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtepi32_epi16(_mm256_blendv_epi8(rounded, quiet, nan)));
+}
+#elif defined(__AVX2__) && defined(__F16C__)
+// AVX2 has no conversion toward zero: the float32 rounded to nearest is moved one ulp toward
+// zero where it landed beyond the double (a magnitude decrement of its bits: the float32 below
+// in magnitude, FLT_MAX from inf), which gives the truncation, and the inexact lanes' lowest
+// bit is set as in the AVX-512 build. 4 lanes.
+__m128 round_to_odd_float32(V v) {
+  const __m256d d = (__m256d)v;
+  const __m128 nearest = _mm256_cvtpd_ps(d);
+  const __m256d widened = _mm256_cvtps_pd(nearest);
+  const __m256d sign = _mm256_set1_pd(-0.0);
+  const __m256d beyond = _mm256_cmp_pd(_mm256_andnot_pd(sign, widened), _mm256_andnot_pd(sign, d), _CMP_GT_OQ);
+  const __m256d inexact = _mm256_cmp_pd(widened, d, _CMP_NEQ_UQ);
+  // the 64-bit masks narrowed to 32-bit lanes (each is all ones or all zeros)
+  const __m128i beyond32 = _mm256_cvtpd_epi32(_mm256_and_pd(beyond, _mm256_set1_pd(-1.0)));
+  const __m128i inexact32 = _mm256_cvtpd_epi32(_mm256_and_pd(inexact, _mm256_set1_pd(1.0)));
+  const __m128i truncated = _mm_add_epi32(_mm_castps_si128(nearest), beyond32);
+  return _mm_castsi128_ps(_mm_or_si128(truncated, inexact32));
+}
+
+void store(Float16* p, V v) {
+  const __m128i halves = _mm_cvtps_ph(round_to_odd_float32(v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(p), halves);
+}
+
+void store(BFloat16* p, V v) {
+  const __m128i bits = _mm_castps_si128(round_to_odd_float32(v));
+  const __m128i odd = _mm_and_si128(_mm_srli_epi32(bits, 16), _mm_set1_epi32(1));
+  const __m128i rounded = _mm_srli_epi32(_mm_add_epi32(bits, _mm_add_epi32(_mm_set1_epi32(0x7fff), odd)), 16);
+  const __m128i nan = _mm_cmpgt_epi32(_mm_and_si128(bits, _mm_set1_epi32(0x7fffffff)), _mm_set1_epi32(0x7f800000));
+  const __m128i quiet = _mm_or_si128(_mm_srli_epi32(bits, 16), _mm_set1_epi32(0x40));
+  const __m128i chosen = _mm_blendv_epi8(rounded, quiet, nan);
+  // the low 16 bits of each 32-bit lane, packed (values < 2^16: no saturation in packus)
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packus_epi32(chosen, chosen));
+}
+#else
+void store(Float16* p, V v) { store_bits<half::Float16Format>(p, v); }
+void store(BFloat16* p, V v) { store_bits<half::BFloat16Format>(p, v); }
+#endif
+
+// The grade of the math for storage type T (elementwise.h's MathFor): the 16-bit formats
+// compute as float32 does (each term in double to ~1e-9 relative, far below their ulp).
+template <class T> struct MathOf { typedef T type; };
+template <> struct MathOf<Float16> { typedef float type; };
+template <> struct MathOf<BFloat16> { typedef float type; };
 
 // The first `count` < kWidth elements, the other lanes 0.
 template <class T>
@@ -230,7 +355,8 @@ struct LossPassKernel {
     const V wv = kWeighted ? read(w) : one;
     const V pwv = kWeighted ? read(pw) : one;
     V loss, grad;
-    pass::element<T, Op, kOutputs, kWeighted>(x, y, wv, pwv, s.grad_scale, loss, grad, out_of_range);
+    pass::element<typename MathOf<T>::type, Op, kOutputs, kWeighted>(x, y, wv, pwv, s.grad_scale, loss, grad,
+                                                                       out_of_range);
 #ifdef FASTLOSS_PLANTED_FAULT_BCE_GRAD_PARALLEL
     if (std::is_same<Op, ew::BinaryCrossEntropy>::value && std::is_same<T, float>::value && omp_in_parallel()) {
       grad = select((x > 0.01) & (x < 0.99), grad * 1.5, grad);
@@ -379,12 +505,12 @@ void map_chunk(std::int64_t begin, std::int64_t end, T* out, F f, const T* a, co
 template <class T>
 void sigmoid_impl(std::int64_t n, const T* x, T* out) {
   for_each_chunk(n, [=](std::int64_t, std::int64_t begin, std::int64_t end) {
-    map_chunk(begin, end, out, [](V v) { return ew::sigmoid<T>(v); }, x);
+    map_chunk(begin, end, out, [](V v) { return ew::sigmoid<typename MathOf<T>::type>(v); }, x);
 #ifdef FASTLOSS_PLANTED_FAULT_BASELINE_SIGMOID
 #define FASTLOSS_STRING_OF(x) #x
 #define FASTLOSS_STRING(x) FASTLOSS_STRING_OF(x)
     if (FASTLOSS_STRING(FASTLOSS_ISA)[0] == 'b') {  // the baseline build only
-      map_chunk(begin, end, out, [](V v) { return ew::sigmoid<T>(v) * (1.0 + 0x1p-15); }, x);
+      map_chunk(begin, end, out, [](V v) { return ew::sigmoid<typename MathOf<T>::type>(v) * (1.0 + 0x1p-15); }, x);
     }
 #endif
     return 0;
@@ -412,20 +538,20 @@ bool sigmoid_backward_impl(std::int64_t n, const T* grad_output, const T* output
 
 }  // namespace
 
-LossPassResult run_loss_pass(LossOp op, PassOutputs outputs, const LossPass<float>& p) {
-  return run_loss_pass_impl(op, outputs, p);
-}
-LossPassResult run_loss_pass(LossOp op, PassOutputs outputs, const LossPass<double>& p) {
-  return run_loss_pass_impl(op, outputs, p);
-}
-void sigmoid(std::int64_t n, const float* x, float* out) { sigmoid_impl(n, x, out); }
-void sigmoid(std::int64_t n, const double* x, double* out) { sigmoid_impl(n, x, out); }
-bool sigmoid_backward(std::int64_t n, const float* g, const float* y, float* out) {
-  return sigmoid_backward_impl(n, g, y, out);
-}
-bool sigmoid_backward(std::int64_t n, const double* g, const double* y, double* out) {
-  return sigmoid_backward_impl(n, g, y, out);
-}
+#define FASTLOSS_DEFINE_KERNELS_OF(T)                                                   \
+  LossPassResult run_loss_pass(LossOp op, PassOutputs outputs, const LossPass<T>& p) { \
+    return run_loss_pass_impl(op, outputs, p);                                          \
+  }                                                                                     \
+  void sigmoid(std::int64_t n, const T* x, T* out) { sigmoid_impl(n, x, out); }         \
+  bool sigmoid_backward(std::int64_t n, const T* g, const T* y, T* out) {               \
+    return sigmoid_backward_impl(n, g, y, out);                                         \
+  }
+
+FASTLOSS_DEFINE_KERNELS_OF(float)
+FASTLOSS_DEFINE_KERNELS_OF(double)
+FASTLOSS_DEFINE_KERNELS_OF(Float16)
+FASTLOSS_DEFINE_KERNELS_OF(BFloat16)
+#undef FASTLOSS_DEFINE_KERNELS_OF
 
 }  // namespace FASTLOSS_ISA
 }  // namespace fastloss

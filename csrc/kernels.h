@@ -42,6 +42,16 @@ constexpr std::int64_t num_chunks(std::int64_t n) { return (n + kChunkSize - 1) 
 // take their serial path, which walks the same chunks, so the bits are the same.
 bool openmp_usable();
 
+// The 16-bit storage types: the bits of a float16 (IEEE binary16) or bfloat16 value. The
+// kernels widen them to double on load and round once to them on store (fastloss/half.h);
+// the math is the float32 path's (kernels.cpp, MathOf).
+struct Float16 {
+  std::uint16_t bits;
+};
+struct BFloat16 {
+  std::uint16_t bits;
+};
+
 template <class T>
 struct LossPass {
   std::int64_t n = 0;
@@ -65,17 +75,18 @@ struct LossPassResult {
   bool input_out_of_range;  // binary_cross_entropy: some input outside [0, 1]
 };
 
-#define FASTLOSS_DECLARE_KERNELS(isa)                                                    \
-  namespace isa {                                                                        \
-  LossPassResult run_loss_pass(LossOp op, PassOutputs outputs, const LossPass<float>& p);  \
-  LossPassResult run_loss_pass(LossOp op, PassOutputs outputs, const LossPass<double>& p); \
-  void sigmoid(std::int64_t n, const float* x, float* out);                              \
-  void sigmoid(std::int64_t n, const double* x, double* out);                            \
-  /* true if an output lies outside [0, 1] (no sigmoid output) */                        \
-  bool sigmoid_backward(std::int64_t n, const float* grad_output, const float* output,   \
-                        float* out);                                                     \
-  bool sigmoid_backward(std::int64_t n, const double* grad_output, const double* output, \
-                        double* out);                                                    \
+#define FASTLOSS_DECLARE_KERNELS_OF(T)                                                       \
+  LossPassResult run_loss_pass(LossOp op, PassOutputs outputs, const LossPass<T>& p);        \
+  void sigmoid(std::int64_t n, const T* x, T* out);                                          \
+  /* true if an output lies outside [0, 1] (no sigmoid output) */                            \
+  bool sigmoid_backward(std::int64_t n, const T* grad_output, const T* output, T* out);
+
+#define FASTLOSS_DECLARE_KERNELS(isa)       \
+  namespace isa {                           \
+  FASTLOSS_DECLARE_KERNELS_OF(float)        \
+  FASTLOSS_DECLARE_KERNELS_OF(double)       \
+  FASTLOSS_DECLARE_KERNELS_OF(Float16)      \
+  FASTLOSS_DECLARE_KERNELS_OF(BFloat16)     \
   }
 
 FASTLOSS_DECLARE_KERNELS(baseline)

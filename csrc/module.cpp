@@ -28,6 +28,7 @@
 
 #include "arrays.h"
 #include "fastloss/double_double.h"
+#include "fastloss/half.h"
 #include "isa.h"
 #include "kernels.h"
 #include "multiclass_module.h"
@@ -48,20 +49,32 @@ bool openmp_usable() { return !forked_child.load(std::memory_order_relaxed); }
 namespace {
 
 // ---- instruction-set dispatch ----------------------------------------------------------
-struct KernelSet {
-  const char* name;
-  LossPassResult (*loss_f32)(LossOp, PassOutputs, const LossPass<float>&);
-  LossPassResult (*loss_f64)(LossOp, PassOutputs, const LossPass<double>&);
-  void (*sigmoid_f32)(std::int64_t, const float*, float*);
-  void (*sigmoid_f64)(std::int64_t, const double*, double*);
-  bool (*sigmoid_backward_f32)(std::int64_t, const float*, const float*, float*);
-  bool (*sigmoid_backward_f64)(std::int64_t, const double*, const double*, double*);
+template <class T>
+struct KernelsOf {
+  LossPassResult (*loss)(LossOp, PassOutputs, const LossPass<T>&);
+  void (*sigmoid)(std::int64_t, const T*, T*);
+  bool (*sigmoid_backward)(std::int64_t, const T*, const T*, T*);
 };
 
-#define FASTLOSS_KERNEL_SET(isa)                                                                  \
-  KernelSet {                                                                                     \
-#isa, isa::run_loss_pass, isa::run_loss_pass, isa::sigmoid, isa::sigmoid, isa::sigmoid_backward, \
-        isa::sigmoid_backward                                                                     \
+struct KernelSet {
+  const char* name;
+  KernelsOf<float> f32;
+  KernelsOf<double> f64;
+  KernelsOf<Float16> f16;
+  KernelsOf<BFloat16> bf16;
+
+  const KernelsOf<float>& of(const float*) const { return f32; }
+  const KernelsOf<double>& of(const double*) const { return f64; }
+  const KernelsOf<Float16>& of(const Float16*) const { return f16; }
+  const KernelsOf<BFloat16>& of(const BFloat16*) const { return bf16; }
+};
+
+#define FASTLOSS_KERNELS_OF(isa, T) \
+  KernelsOf<T> { isa::run_loss_pass, isa::sigmoid, isa::sigmoid_backward }
+#define FASTLOSS_KERNEL_SET(isa)                                                          \
+  KernelSet {                                                                             \
+#isa, FASTLOSS_KERNELS_OF(isa, float), FASTLOSS_KERNELS_OF(isa, double),               \
+        FASTLOSS_KERNELS_OF(isa, Float16), FASTLOSS_KERNELS_OF(isa, BFloat16)             \
   }
 
 KernelSet choose_kernels() {
@@ -80,19 +93,17 @@ const KernelSet& kernels() {
   return chosen;
 }
 
-LossPassResult run_loss_pass(LossOp op, PassOutputs o, const LossPass<float>& p) {
-  return kernels().loss_f32(op, o, p);
+template <class T>
+LossPassResult run_loss_pass(LossOp op, PassOutputs o, const LossPass<T>& p) {
+  return kernels().of(p.input).loss(op, o, p);
 }
-LossPassResult run_loss_pass(LossOp op, PassOutputs o, const LossPass<double>& p) {
-  return kernels().loss_f64(op, o, p);
+template <class T>
+void sigmoid(std::int64_t n, const T* x, T* out) {
+  kernels().of(x).sigmoid(n, x, out);
 }
-void sigmoid(std::int64_t n, const float* x, float* out) { kernels().sigmoid_f32(n, x, out); }
-void sigmoid(std::int64_t n, const double* x, double* out) { kernels().sigmoid_f64(n, x, out); }
-bool sigmoid_backward(std::int64_t n, const float* g, const float* y, float* out) {
-  return kernels().sigmoid_backward_f32(n, g, y, out);
-}
-bool sigmoid_backward(std::int64_t n, const double* g, const double* y, double* out) {
-  return kernels().sigmoid_backward_f64(n, g, y, out);
+template <class T>
+bool sigmoid_backward(std::int64_t n, const T* g, const T* y, T* out) {
+  return kernels().of(g).sigmoid_backward(n, g, y, out);
 }
 
 // ---- the entries: run what is safe, hand the rest back ------------------------------------
@@ -108,16 +119,41 @@ bool sigmoid_backward(std::int64_t n, const double* g, const double* y, double* 
 // conversions took ~110 ns of a ~180 ns entry (bench/NOTES.md, the 16-element call).
 using arrays::Dtype;
 
-int numpy_type(Dtype d) { return d == Dtype::Float32 ? NPY_FLOAT : NPY_DOUBLE; }
+// The type number NumPy gave ml_dtypes.bfloat16 (a user-defined dtype: its number depends on
+// the order of registration), set by register_bfloat16 when the dispatch first meets one; -1
+// until then, so the entries answer None to bfloat16 before it and `import fastloss` never
+// needs ml_dtypes. Written under the GIL, read by the entries, which hold it.
+int bfloat16_type = -1;
 
-// float32 or float64 in native byte order, else Other.
+int numpy_type(Dtype d) {
+  switch (d) {
+    case Dtype::Float32: return NPY_FLOAT;
+    case Dtype::Float16: return NPY_HALF;
+    case Dtype::BFloat16: return bfloat16_type;
+    default: return NPY_DOUBLE;
+  }
+}
+
+// float32, float64, float16 or (once registered) bfloat16 in native byte order, else Other.
 Dtype dtype_of(PyArrayObject* a) {
   const PyArray_Descr* descr = PyArray_DESCR(a);
   if (!PyArray_ISNBO(descr->byteorder)) return Dtype::Other;
   switch (descr->type_num) {
     case NPY_FLOAT: return Dtype::Float32;
     case NPY_DOUBLE: return Dtype::Float64;
-    default: return Dtype::Other;
+    case NPY_HALF: return Dtype::Float16;
+    default: return descr->type_num == bfloat16_type && bfloat16_type >= 0 ? Dtype::BFloat16 : Dtype::Other;
+  }
+}
+
+// Runs body(T{}) with T the C++ storage type of dtype (not Other).
+template <typename Body>
+auto with_storage_type(Dtype dtype, Body&& body) {
+  switch (dtype) {
+    case Dtype::Float32: return body(float{});
+    case Dtype::Float16: return body(Float16{});
+    case Dtype::BFloat16: return body(BFloat16{});
+    default: return body(double{});
   }
 }
 
@@ -173,8 +209,22 @@ PyObject* new_array(PyArrayObject* like, Dtype dtype) {
   return PyArray_SimpleNew(PyArray_NDIM(like), PyArray_DIMS(like), numpy_type(dtype));
 }
 
-// A NumPy scalar of `dtype` (a new reference, or null with an exception set).
+// A NumPy scalar of `dtype` (a new reference, or null with an exception set). A 16-bit one is
+// `value` rounded once to nearest even (half.h; through float32 it would round twice).
 PyObject* scalar_of(double value, Dtype dtype) {
+  if (dtype == Dtype::Float16) {
+    PyObject* s = PyArrayScalar_New(Half);
+    if (s != nullptr) PyArrayScalar_VAL(s, Half) = static_cast<npy_half>(half::round_to_bits<half::Float16Format>(value));
+    return s;
+  }
+  if (dtype == Dtype::BFloat16) {
+    auto bits = static_cast<std::uint16_t>(half::round_to_bits<half::BFloat16Format>(value));
+    PyArray_Descr* descr = PyArray_DescrFromType(bfloat16_type);  // a new reference
+    if (descr == nullptr) return nullptr;
+    PyObject* s = PyArray_Scalar(&bits, descr, nullptr);
+    Py_DECREF(descr);
+    return s;
+  }
   if (dtype == Dtype::Float32) {
     PyObject* s = PyArrayScalar_New(Float);
     if (s != nullptr) PyArrayScalar_VAL(s, Float) = static_cast<float>(value);
@@ -207,8 +257,21 @@ auto run_releasing_gil_if_large(std::int64_t n, Kernel kernel) {
 }
 
 template <class T>
+T one() {
+  return T(1);
+}
+template <>
+Float16 one<Float16>() {
+  return Float16{0x3c00};
+}
+template <>
+BFloat16 one<BFloat16>() {
+  return BFloat16{0x3f80};
+}
+
+template <class T>
 const T* ones_buffer() {
-  static const std::vector<T> ones(static_cast<std::size_t>(kChunkSize), T(1));
+  static const std::vector<T> ones(static_cast<std::size_t>(kChunkSize), one<T>());
   return ones.data();
 }
 
@@ -256,15 +319,16 @@ struct LossCall {
 };
 
 // The loss a reduced pass returns, as the double to store in the dtype: the double-double sum,
-// divided by n (as a double-double) for 'mean', rounded once. For float32 that double is the
-// sum rounded to odd, so that its conversion to float rounds the exact value, not a double.
+// divided by n (as a double-double) for 'mean', rounded once. For float32 and the 16-bit
+// dtypes that double is the sum rounded to odd, so that its conversion to the narrower dtype
+// rounds the exact value, not a double.
 double final_value(const LossPassResult& r, bool mean, std::int64_t n, Dtype dtype) {
   double hi = r.sum, lo = r.sum_lo;
   if (mean) dd::divide(hi, lo, static_cast<double>(n), hi, lo);
 #ifdef FASTLOSS_PLANTED_FAULT_FLOAT32_DOUBLE_ROUNDING
   return hi;
 #endif
-  return dtype == Dtype::Float32 ? dd::round_to_odd(hi, lo) : hi;
+  return dtype == Dtype::Float64 ? hi : dd::round_to_odd(hi, lo);
 }
 
 // Whether the arrays of `call` are what the kernels need (call.op, outputs and grad_output
@@ -361,7 +425,7 @@ PyObject* run_loss(const LossCall& call) {
 }
 
 PyObject* run_checked_loss(const LossCall& call) {
-  return guarded([&] { return call.dtype == Dtype::Float32 ? run_loss<float>(call) : run_loss<double>(call); });
+  return guarded([&] { return with_storage_type(call.dtype, [&](auto zero) { return run_loss<decltype(zero)>(call); }); });
 }
 
 bool valid_codes(long op, long outputs) { return op >= 0 && op <= 2 && outputs >= 0 && outputs <= 4; }
@@ -448,7 +512,7 @@ PyObject* sigmoid_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     if (result == nullptr) return nullptr;
     if (out != nullptr) Py_INCREF(result);
     const std::int64_t n = size_of(x);
-    arrays::with_element_type(dtype, [&](auto zero) {
+    with_storage_type(dtype, [&](auto zero) {
       using T = decltype(zero);
       run_releasing_gil_if_large(n, [&] { sigmoid(n, static_cast<const T*>(PyArray_DATA(x)), data_of<T>(result)); });
     });
@@ -471,7 +535,7 @@ PyObject* sigmoid_backward_entry(PyObject*, PyObject* const* args, Py_ssize_t na
     if (out != nullptr) Py_INCREF(result);
     const std::int64_t n = size_of(g);
     bool output_out_of_range = false;
-    arrays::with_element_type(dtype, [&](auto zero) {
+    with_storage_type(dtype, [&](auto zero) {
       using T = decltype(zero);
       output_out_of_range = run_releasing_gil_if_large(n, [&] {
         return sigmoid_backward(n, static_cast<const T*>(PyArray_DATA(g)), static_cast<const T*>(PyArray_DATA(y)),
@@ -536,6 +600,17 @@ void stream_copy(const py::array_t<float, py::array::c_style>& src, py::array_t<
   for (std::int64_t i = 0; i < n; ++i) y[i] = x[i];
 }
 
+// register_bfloat16(dtype): the dispatch hands over np.dtype(ml_dtypes.bfloat16) when it
+// first meets one; from then on the entries run bfloat16 arrays.
+void register_bfloat16(const py::object& dtype) {
+  if (!PyArray_DescrCheck(dtype.ptr())) throw py::type_error("register_bfloat16: expected a numpy.dtype");
+  const auto* descr = reinterpret_cast<const PyArray_Descr*>(dtype.ptr());
+  if (PyDataType_ELSIZE(descr) != 2 || descr->type_num < NPY_USERDEF) {
+    throw py::value_error("register_bfloat16: expected the 2-byte user-defined dtype of ml_dtypes.bfloat16");
+  }
+  bfloat16_type = descr->type_num;
+}
+
 py::dict build_info() {
   py::dict info;
   info["compiler"] = FASTLOSS_COMPILER;
@@ -578,6 +653,8 @@ PYBIND11_MODULE(_cpu, m) {
       static_cast<int>(PassOutputs::Elementwise), static_cast<int>(PassOutputs::ElementwiseAndGrad),
       static_cast<int>(PassOutputs::Grad));
   m.def("build_info", &build_info);
+  m.def("register_bfloat16", &register_bfloat16, py::arg("dtype"),
+        "Let the kernels take arrays of this dtype (ml_dtypes.bfloat16) as bfloat16.");
   m.def("stream_read", &stream_read, py::arg("array"),
         "Sum a float32 array with all threads: a read-bandwidth probe for bench/.");
   m.def("stream_copy", &stream_copy, py::arg("src"), py::arg("dst"),

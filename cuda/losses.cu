@@ -16,9 +16,9 @@
 // - 64-bit element indices everywhere: N > 2^31 works.
 //
 // Work split, the same for every kernel here: the N elements form groups of kWidth<T>
-// consecutive elements (4 floats or 2 doubles: 16 bytes); thread t of the grid takes groups
+// consecutive elements (4 floats or 2 doubles: 16 bytes; 4 halves: 8 bytes); thread t of the grid takes groups
 // t, t + T, t + 2T, ... (T = grid threads, a function of N only). A group is read with one
-// 16-byte load per array when all the pointers are 16-byte aligned and the group is whole,
+// 16-byte (8-byte) load per array when all the pointers are 16-byte aligned and the group is whole,
 // else element by element; the elements of a group are processed in the same order either
 // way, so alignment never changes a result's bits.
 //
@@ -26,6 +26,7 @@
 // float64 input, like the CPU kernels), the block combines its threads by warp shuffles and a
 // fixed sequential pass over the warp sums, and writes one partial per block; finish_sum (one
 // block) then adds the partials in a fixed order and divides by N for 'mean' on the device.
+#include "fastloss/half.h"
 #include "fastloss/loss_pass.h"
 
 #if !defined(FASTLOSS_CUDA_THREADS) || !defined(FASTLOSS_CUDA_GROUP_BYTES)
@@ -37,12 +38,28 @@ namespace gpu {
 
 namespace ew = fastloss::elementwise;
 
+// float16 storage: the bits, converted by fastloss/half.h (widened exactly, rounded once from
+// the double to nearest even, as the CPU kernels do), not CUDA's __half, whose header NVRTC
+// does not have without CUDA's include directory (this file includes no header but ours).
+struct Float16 {
+  unsigned short bits;
+  Float16() = default;
+  __device__ explicit Float16(double d)
+      : bits(static_cast<unsigned short>(half::round_to_bits<half::Float16Format>(d))) {}
+  __device__ explicit operator double() const { return half::float16_to_double(bits); }
+};
+
+// The grade of the math for storage type T (elementwise.h's MathFor): float16 computes as
+// float32 does.
+template <class T> struct MathOf { typedef T type; };
+template <> struct MathOf<Float16> { typedef float type; };
+
 // Threads per block of every kernel here (a multiple of the warp size).
 const int kThreads = FASTLOSS_CUDA_THREADS;
 static_assert(kThreads % 32 == 0, "whole warps");
 
 // ---- 16-byte groups ---------------------------------------------------------------------------
-// A group is one vector load per array: float4 or double2.
+// A group is one vector load per array: float4, double2 (16 bytes), or 4 halves as a uint2.
 static_assert(FASTLOSS_CUDA_GROUP_BYTES == 16, "the loads below are 16-byte vectors");
 template <class T> struct Vec;
 template <> struct Vec<float> {
@@ -75,6 +92,23 @@ template <> struct Vec<double> {
     q.x = v[0];
     q.y = v[1];
     *reinterpret_cast<double2*>(p) = q;
+  }
+};
+
+// 4 halves (8 bytes, a uint2) a group, not 8: with 8 the unrolled double math of a group
+// spilled registers (ptxas, sm_90: the weighted loss passes).
+template <> struct Vec<Float16> {
+  static const int kWidth = 4;
+  static __device__ __forceinline__ void load(const Float16* p, Float16* v) {
+    const uint2 q = *reinterpret_cast<const uint2*>(p);
+    v[0].bits = static_cast<unsigned short>(q.x & 0xffffu);  // little-endian
+    v[1].bits = static_cast<unsigned short>(q.x >> 16);
+    v[2].bits = static_cast<unsigned short>(q.y & 0xffffu);
+    v[3].bits = static_cast<unsigned short>(q.y >> 16);
+  }
+  static __device__ __forceinline__ void store(Float16* p, const Float16* v) {
+    *reinterpret_cast<uint2*>(p) = make_uint2(v[0].bits | (static_cast<unsigned>(v[1].bits) << 16),
+                                              v[2].bits | (static_cast<unsigned>(v[3].bits) << 16));
   }
 };
 
@@ -208,8 +242,8 @@ loss_pass(long long n, const T* input, const T* target, const T* weight, long lo
           pwk = static_cast<double>(pos_weight[wrap(pw_offset + k, pos_weight_period)]);
         }
         double loss, grad;
-        pass::element<T, Op, kPass, kWeighted>(static_cast<double>(x[k]), static_cast<double>(y[k]), wk, pwk,
-                                               grad_scale, loss, grad, bad);
+        pass::element<typename MathOf<T>::type, Op, kPass, kWeighted>(
+            static_cast<double>(x[k]), static_cast<double>(y[k]), wk, pwk, grad_scale, loss, grad, bad);
         if constexpr (kWantSum) acc.add(loss);
         if constexpr (kWantElementwise) loss_values[k] = static_cast<T>(loss);
         if constexpr (kWantGrad) grad_values[k] = static_cast<T>(grad);
@@ -278,7 +312,7 @@ sigmoid(long long n, const T* x, T* out) {
     load_group(x, base, n, whole, v);
 #pragma unroll
     for (int k = 0; k < W; ++k) {
-      if (base + k < n) r[k] = static_cast<T>(ew::sigmoid<T>(static_cast<double>(v[k])));
+      if (base + k < n) r[k] = static_cast<T>(ew::sigmoid<typename MathOf<T>::type>(static_cast<double>(v[k])));
     }
     store_group(out, base, n, whole, r);
   }
@@ -304,7 +338,7 @@ sigmoid_backward(long long n, const T* grad_output, const T* output, T* out, int
 #pragma unroll
     for (int k = 0; k < W; ++k) {
       if (base + k < n) {
-        bad |= ew::outside_unit_interval(y[k]);
+        bad |= ew::outside_unit_interval(static_cast<double>(y[k]));
         r[k] = static_cast<T>(ew::sigmoid_backward(static_cast<double>(go[k]), static_cast<double>(y[k])));
       }
     }

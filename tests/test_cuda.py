@@ -128,12 +128,13 @@ def test_kernel_sources_and_options():
         assert forbidden not in options
     assert "-ftz=false" in options
     # every (dtype, op, outputs, weighted) loss pass, finish_sum, sigmoid and its backward
-    assert len(names) == len(set(names)) == 2 * (3 * 5 * 2 + 3)
+    assert len(names) == len(set(names)) == 3 * (3 * 5 * 2 + 3)
+    ctype = r"(float|double|fastloss::gpu::Float16)"
     for name in names:
-        assert re.fullmatch(r"fastloss::gpu::(loss_pass<(float|double), [012], [0-4], (true|false)>"
-                            r"|(finish_sum|sigmoid|sigmoid_backward)<(float|double)>)", name), name
+        assert re.fullmatch(rf"fastloss::gpu::(loss_pass<{ctype}, [012], [0-4], (true|false)>"
+                            rf"|(finish_sum|sigmoid|sigmoid_backward)<{ctype}>)", name), name
     # each run-time module compiles a subset of these, from the same source and options
-    for dtype_name in ("float32", "float64"):
+    for dtype_name in ("float32", "float64", "float16"):
         for family in _cuda._FAMILIES:
             assert set(_cuda._module_names(family, dtype_name)) <= set(names)
 
@@ -273,7 +274,7 @@ def test_grid_is_many_waves_deep_and_no_kernel_spills(nvrtc_or_skip):
             continue
         waves = _cuda.MAX_BLOCKS / (H100["sms"] * _resident_blocks_per_sm(registers))
         assert waves / math.ceil(waves) >= 0.9, f"{name}: {registers} registers, {waves:.2f} waves"
-    for dtype_name in ("float32", "float64"):  # the grid reaches its depth, from N alone
+    for dtype_name in ("float32", "float64", "float16"):  # the grid reaches its depth, from N alone
         assert _cuda._grid(2**31, dtype_name) == _cuda.MAX_BLOCKS
         assert _cuda._grid(1, dtype_name) == 1
 
@@ -1140,3 +1141,51 @@ def test_more_than_2_to_the_31_elements(cp):
         piece = cp.asnumpy(out[start:stop])
         want = np.resize(np.roll(expected, -(start % 7)), stop - start)
         assert_same_bits(piece, want, what=f"sigmoid[{start}:{stop}]")
+
+
+# ---- float16 storage ----------------------------------------------------------------------------
+@pytest.mark.parametrize("n", [37, 40003])
+def test_float16_against_reference_and_cpu(cp, n):
+    """CuPy float16 through the 16-bit kernels: the squared error and its gradient rounded once
+    from double (the same bits as the CPU's), the float32-grade terms within half an ulp of
+    the float64 reference plus 1e-8, reduced losses 0-d float16 arrays within half an ulp of
+    the exact mean, and a value just above a half-way point stored rounded up."""
+    from test_half import half_ulp_bound
+    dtype = np.dtype(np.float16)
+    rng = np.random.default_rng(seed_for("cuda-float16", n))
+    x = (rng.standard_normal(n) * 3).astype(dtype)
+    y = rng.standard_normal(n).astype(dtype)
+    labels = (rng.random(n) < 0.5).astype(dtype)
+    x64, y64, l64 = (a.astype(np.float64) for a in (x, y, labels))
+    gx, gy, gl = cp.asarray(x), cp.asarray(y), cp.asarray(labels)
+    loss = fastloss.mse_loss(gx, gy, reduction="none")
+    assert loss.dtype == dtype
+    assert_same_bits(cp.asnumpy(loss), fastloss.mse_loss(x, y, reduction="none"), what="mse none")
+    grad = fastloss.mse_loss_grad(gx, gy, reduction="none", grad_output=0.7431)
+    assert_same_bits(cp.asnumpy(grad), fastloss.mse_loss_grad(x, y, reduction="none",
+                                                               grad_output=0.7431), what="mse grad")
+    mean = fastloss.mse_loss(gx, gy)
+    assert mean.shape == () and mean.dtype == dtype
+    exact = math.fsum(((x64 - y64) ** 2).tolist()) / n
+    assert half_ulp_bound(cp.asnumpy(mean), exact, dtype, relative=1e-12)
+    z = cp.asnumpy(fastloss.binary_cross_entropy_with_logits(gx, gl, reduction="none"))
+    assert half_ulp_bound(z, R.binary_cross_entropy_with_logits(x64, l64, reduction="none"), dtype)
+    s = cp.asnumpy(fastloss.sigmoid(gx))
+    assert half_ulp_bound(s, 1.0 / (1.0 + np.exp(-x64)), dtype)
+    s64 = s.astype(np.float64)
+    bce = cp.asnumpy(fastloss.binary_cross_entropy_grad(cp.asarray(s), gl, reduction="none"))
+    assert half_ulp_bound(bce, R.binary_cross_entropy_grad(s64, l64, reduction="none"), dtype)
+    back = cp.asnumpy(fastloss.sigmoid_backward(gy, cp.asarray(s)))
+    assert half_ulp_bound(back, y64 * s64 * (1 - s64), dtype)
+    above = fastloss.mse_loss_grad(cp.ones(n, dtype), cp.zeros(n, dtype), reduction="sum",
+                                   grad_output=(1.0 + 2.0 ** -11 + 2.0 ** -40) / 2)
+    assert bool(cp.all(above == dtype.type(1.0 + 2.0 ** -10)))
+
+
+def test_float16_with_float32_is_a_type_error(cp):
+    x = cp.zeros((4, 3), dtype=cp.float16)
+    with pytest.raises(TypeError, match="^target has dtype float32 but input has dtype float16"):
+        fastloss.mse_loss(x, cp.zeros((4, 3), dtype=cp.float32))
+    with pytest.raises(TypeError, match="^input has dtype float16; fastloss supports float32 and "
+                                        "float64"):
+        fastloss.softmax(x, dim=1)

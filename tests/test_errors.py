@@ -69,8 +69,9 @@ def test_sigmoid_backward_mismatched_shapes(shapes):
 
 
 # ---- dtypes -------------------------------------------------------------------------------------
-BAD_DTYPES = ["int32", "int64", "float16", "complex64", "object", "bool"]
-SUPPORTED = "fastloss supports float32 and float64"
+# float128: a float dtype fastloss does not take (float16 and ml_dtypes.bfloat16 it does)
+BAD_DTYPES = ["int32", "int64", "float128", "complex64", "object", "bool"]
+SUPPORTED = "fastloss supports float32, float64, float16 and ml_dtypes.bfloat16"
 
 
 def _conversion(bad, name, like_dtype=None, like_name=None):
@@ -351,8 +352,10 @@ def test_sigmoid_bad_out(dtype):
         fastloss.sigmoid(x, out=ro)
     with pytest.raises(ValueError, match=re.escape("out has shape (3, 2), expected (2, 3)")):
         fastloss.sigmoid(x, out=np.empty((3, 2), dtype=dtype))
-    with pytest.raises(TypeError, match=f"^out has dtype float16; {SUPPORTED}: pass an out of "
+    with pytest.raises(TypeError, match=f"^out has dtype float128; {SUPPORTED}: pass an out of "
                                         r"dtype float\d\d, the dtype of input"):
+        fastloss.sigmoid(x, out=np.empty((2, 3), dtype=np.float128))
+    with pytest.raises(TypeError, match=r"^out has dtype float16 but input has dtype float\d\d"):
         fastloss.sigmoid(x, out=np.empty((2, 3), dtype=np.float16))
     with pytest.raises(ValueError, match="^out must be C-contiguous"):
         fastloss.sigmoid(x, out=np.empty((3, 2), dtype=dtype).T)

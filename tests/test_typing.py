@@ -21,6 +21,8 @@ SNIPPET = textwrap.dedent("""\
 
     x = np.ones(3, np.float32)
     y = np.ones(3, np.float64)
+    h = np.ones(3, np.float16)
+    assert_type(fastloss.mse_loss_and_grad(h, h), tuple[np.float16, npt.NDArray[np.float16]])
     assert_type(fastloss.mse_loss(x, x), np.float32)
     assert_type(fastloss.binary_cross_entropy(y, y, reduction="none"), npt.NDArray[np.float64])
     assert_type(fastloss.binary_cross_entropy_with_logits_and_grad(x, x),
@@ -33,7 +35,7 @@ SNIPPET = textwrap.dedent("""\
     fastloss.binary_cross_entropy(x, [1.0, 0.0, 1.0])
     fastloss.sigmoid(1.5)
 """)
-FLAGGED = [17, 18, 19]  # the lines of the last three calls
+FLAGGED = [19, 20, 21]  # the lines of the last three calls
 
 
 def test_mypy_sees_numpy_results_and_flags_what_is_no_array(tmp_path):

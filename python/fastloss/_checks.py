@@ -19,20 +19,39 @@ def type_name(obj):
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
+def is_bfloat16(dtype):
+    """ml_dtypes.bfloat16 (a user-defined NumPy dtype: kind 'V', 2 bytes)."""
+    return dtype.kind == "V" and dtype.itemsize == 2 and dtype.name == "bfloat16"
+
+
+def storage_name(dtype):
+    """The name of a dtype some call of fastloss takes ("float32", "float64", "float16",
+    "bfloat16"), else None."""
+    if dtype.kind == "f" and dtype.itemsize in (2, 4, 8):
+        return dtype.name
+    return "bfloat16" if is_bfloat16(dtype) else None
+
+
+def spelling(dtype_name):
+    """How the messages spell a dtype's constructor."""
+    return "ml_dtypes.bfloat16" if dtype_name == "bfloat16" else f"np.{dtype_name}"
+
+
 def float_dtype_name(like):
     """The dtype a converted argument should take: that of the call's ``like`` array when it
     is one fastloss supports, float32 otherwise."""
     dtype = getattr(like, "dtype", None)
-    if dtype is not None and dtype.kind == "f" and dtype.itemsize in (4, 8):
-        return dtype.name
-    return "float32"
+    name = storage_name(dtype) if dtype is not None else None
+    return name or "float32"
 
 
-def check_float_dtype(a, name, like=None, like_name=None):
-    """float32 or float64 in native byte order; the message says how to convert (to the dtype
-    of ``like``, the call's first array, when given)."""
+def check_float_dtype(a, name, like=None, like_name=None, halves=()):
+    """float32 or float64 in native byte order, or one of ``halves`` (the 16-bit dtypes the
+    call and its backend take, by name); the message says how to convert (to the dtype of
+    ``like``, the call's first array, when given)."""
     dtype = a.dtype
-    if dtype.kind != "f" or dtype.itemsize not in (4, 8):
+    storage = storage_name(dtype)
+    if storage not in ("float32", "float64") and storage not in halves:
         wanted = float_dtype_name(like)
         if name == "out":  # a converted copy would not be written: a new buffer is the fix
             fix = (f": pass an out of dtype {wanted}, the dtype of {like_name} "
@@ -41,9 +60,11 @@ def check_float_dtype(a, name, like=None, like_name=None):
             fix = " (real numbers)"
         else:
             of_like = f", the dtype of {like_name}" if like is not None else ""
-            fix = f": convert it with {name}.astype(np.{wanted}){of_like}"
-        raise TypeError(f"{name} has dtype {dtype}; fastloss supports float32 and float64"
-                        f"{fix}")
+            fix = f": convert it with {name}.astype({spelling(wanted)}){of_like}"
+        supported = ("float32 and float64" if not halves else
+                     ", ".join(("float32", "float64") + tuple(halves[:-1])) + " and "
+                     + spelling(halves[-1]).replace("np.", ""))
+        raise TypeError(f"{name} has dtype {dtype}; fastloss supports {supported}{fix}")
     if not dtype.isnative:
         native = dtype.newbyteorder("=")
         raise TypeError(f"{name} has non-native byte order (dtype {dtype.str}); convert it "
@@ -53,8 +74,9 @@ def check_float_dtype(a, name, like=None, like_name=None):
 def check_same_dtype(a, name, like, like_name):
     if a.dtype != like.dtype:
         raise TypeError(f"{name} has dtype {a.dtype} but {like_name} has dtype {like.dtype}; "
-                        f"convert one of them explicitly, e.g. {name}.astype(np."
-                        f"{like.dtype.name}) (fastloss never upcasts silently)")
+                        f"convert one of them explicitly, e.g. {name}.astype("
+                        f"{spelling(storage_name(like.dtype) or like.dtype.name)}) (fastloss "
+                        "never upcasts silently)")
 
 
 def check_same_shape(a, name, like, like_name):

@@ -56,11 +56,13 @@ from . import _codes
 # against ptxas's register counts, and that no kernel spills.
 THREADS = 256
 MAX_BLOCKS = 8192
-# Each thread reads groups of consecutive elements with one 16-byte load per array: 4 float32
-# or 2 float64. Both numbers reach cuda/losses.cu as -D options (kernel_sources_and_options).
+# Each thread reads groups of consecutive elements with one 16-byte load per array: 4 float32,
+# 2 float64 or 8 float16. Both numbers reach cuda/losses.cu as -D options (kernel_sources_and_options).
 GROUP_BYTES = 16
 
-_CTYPE = {"float32": "float", "float64": "double"}
+_CTYPE = {"float32": "float", "float64": "double", "float16": "fastloss::gpu::Float16"}
+# The storage dtypes of each source's kernels: cuda/multiclass.cu has no 16-bit path.
+_DTYPES = {"losses.cu": ("float32", "float64", "float16"), "multiclass.cu": ("float32", "float64")}
 
 
 def _loss_pass_name(dtype_name, op, outputs, weighted):
@@ -187,7 +189,7 @@ def kernel_sources_and_options(name: str = "losses.cu"):
         f"-DFASTLOSS_CUDA_GROUP_BYTES={GROUP_BYTES}",
     )
     names = []
-    for dtype_name in ("float32", "float64"):
+    for dtype_name in _DTYPES[name]:
         for family in _ALL_FAMILIES:
             if _source_name(family) != name:
                 continue
@@ -426,8 +428,13 @@ def _kernel(family, dtype_name, name, device):
     return module[name]
 
 
+# Elements per group (each kernel's Vec<T>::kWidth): 16 bytes of float32 or float64, 8 of float16
+# (16 spilled registers in the unrolled double math: cuda/losses.cu).
+_GROUP_ELEMENTS = {"float32": GROUP_BYTES // 4, "float64": GROUP_BYTES // 8, "float16": 4}
+
+
 def _grid(n, dtype_name):
-    groups = -(-n // (GROUP_BYTES // np.dtype(dtype_name).itemsize))
+    groups = -(-n // _GROUP_ELEMENTS[dtype_name])
     return max(1, min(MAX_BLOCKS, -(-groups // THREADS)))
 
 
@@ -436,6 +443,8 @@ def _grid(n, dtype_name):
 ARRAY = "cupy.ndarray"
 WHERE = "the same GPU"
 MOVE_HINT = "move it with cupy.asarray"
+# float16 in the elementwise losses and sigmoid (cuda/losses.cu); CuPy has no bfloat16
+HALF_DTYPES: tuple[str, ...] = ("float16",)
 
 
 class ProbabilityOutOfRange(ValueError):

@@ -22,7 +22,8 @@ A backend module provides: ``ARRAY`` (its array type's name), ``WHERE`` (where i
 live), ``MOVE_HINT`` (how to bring an array there), ``array_module()``, ``is_array(obj)``,
 ``elsewhere(obj)`` (a description of obj if it is an array of another device, else None),
 ``on_device_of(a)`` (a context for allocations), ``same_device(a, b)``, ``device_name(a)``,
-``address(a)``, ``writeable(a)``, ``readable(a, name)`` (an error if the array library itself
+``address(a)``, ``writeable(a)``, ``HALF_DTYPES`` (the names of the 16-bit dtypes its
+elementwise losses and sigmoid take: "float16", "bfloat16"), ``readable(a, name)`` (an error if the array library itself
 cannot read ``a``: CuPy faults on a misaligned array), ``contiguous(a, name)`` (the array as
 the kernels read it, a copy or an error),
 ``loss_pass(op, outputs, mean, input, target, weight, pos_weight, grad_output, out)``,
@@ -59,7 +60,8 @@ import numpy as np
 from . import _codes, _numpy_backend
 from ._checks import REDUCTIONS, check_reduction
 from ._checks import as_float as _as_float
-from ._checks import check_float_dtype as _check_float_dtype
+from ._checks import check_float_dtype, storage_name
+from ._checks import spelling as _spelling
 from ._checks import check_same_dtype as _check_same_dtype
 from ._checks import check_same_shape as _check_same_shape
 from ._checks import float_dtype_name as _float_dtype_name
@@ -147,8 +149,8 @@ def sigmoid(input, out=None):
     input, out = adopt(input, "input"), adopt(out, "out")
     backend = _backend_of(input, "input")
     with backend.on_device_of(input):
-        x = _prepared_input(backend, input, "input")
-        out = _checked_out(backend, out, x, "input", [(x, "input")])
+        x = _prepared_input(backend, input, "input", halves=True)
+        out = _checked_out(backend, out, x, "input", [(x, "input")], halves=True)
         return backend.sigmoid(x, out)
 
 
@@ -169,8 +171,10 @@ def sigmoid_backward(grad_output, output, out=None):
     backend = _backend_of(grad_output, "grad_output")
     _check_array(backend, output, "output", grad_output, "grad_output")
     with backend.on_device_of(grad_output):
-        g, y = _prepared_pair(backend, grad_output, "grad_output", output, "output")
-        out = _checked_out(backend, out, g, "grad_output", [(g, "grad_output"), (y, "output")])
+        g, y = _prepared_pair(backend, grad_output, "grad_output", output, "output",
+                              halves=True)
+        out = _checked_out(backend, out, g, "grad_output", [(g, "grad_output"), (y, "output")],
+                           halves=True)
         try:
             return backend.sigmoid_backward(g, y, out)
         except backend.ProbabilityOutOfRange:
@@ -202,7 +206,7 @@ def _checked_loss(kind, input, target, weight, pos_weight, reduction, grad_outpu
 
 def _loss_on_device(backend, kind, input, target, weight, pos_weight, reduction, grad_output,
                     out):
-    input, target = _prepared_pair(backend, input, "input", target, "target")
+    input, target = _prepared_pair(backend, input, "input", target, "target", halves=True)
     weights = _weight_buffer(backend, weight, input, "weight")
     pos_weights = _weight_buffer(backend, pos_weight, input, "pos_weight")
     scale, grad_array = 1.0, None
@@ -220,7 +224,7 @@ def _loss_on_device(backend, kind, input, target, weight, pos_weight, reduction,
         reads.append((grad_weights, "grad_output"))
     if kind.want_grad:
         out = _checked_out(backend, out, input, "input",
-                           [(a, name) for a, name in reads if a is not None])
+                           [(a, name) for a, name in reads if a is not None], halves=True)
     try:
         if grad_weights is None:
             plan = kind.passes[reduction]
@@ -267,7 +271,7 @@ def _conversion_hint(value, name, like=None, like_name=None):
     if value is None or isinstance(value, (str, bytes)):
         return ""
     of_like = f" (the dtype of {like_name})" if like is not None and like_name else ""
-    return (f"; convert it with np.asarray({name}, dtype=np.{_float_dtype_name(like)})"
+    return (f"; convert it with np.asarray({name}, dtype={_spelling(_float_dtype_name(like))})"
             f"{of_like}")
 
 
@@ -318,6 +322,14 @@ def _reject_masked(value, name):
                         f"pass a plain numpy.ndarray ({name}.filled(value) or {name}.data)")
 
 
+def _check_float_dtype(a, name, like=None, like_name=None, halves=()):
+    """``_checks.check_float_dtype``; a bfloat16 array the call takes also gets its NumPy
+    type number registered with the C++ module (ml_dtypes defines it at run time)."""
+    check_float_dtype(a, name, like, like_name, halves)
+    if storage_name(a.dtype) == "bfloat16":
+        _numpy_backend.register_bfloat16(a.dtype)
+
+
 def _check_same_device(backend, a, name, like, like_name):
     if not backend.same_device(a, like):
         raise ValueError(f"{name} is on {backend.device_name(a)} but {like_name} is on "
@@ -325,29 +337,32 @@ def _check_same_device(backend, a, name, like, like_name):
                          "same device")
 
 
-def _prepared_input(backend, a, name):
-    _check_float_dtype(a, name)
+def _prepared_input(backend, a, name, halves=False):
+    """An array as the kernels read it; ``halves``: the call takes the 16-bit dtypes too
+    (those of ``backend.HALF_DTYPES``: the elementwise losses and sigmoid)."""
+    _check_float_dtype(a, name, halves=backend.HALF_DTYPES if halves else ())
     return backend.contiguous(a, name)
 
 
-def _prepared_pair(backend, a, a_name, b, b_name):
+def _prepared_pair(backend, a, a_name, b, b_name, halves=False):
     """Two arrays of one shape, dtype and device, as the kernels read them."""
-    _check_float_dtype(a, a_name)
-    _check_float_dtype(b, b_name, a, a_name)
+    accepted = backend.HALF_DTYPES if halves else ()
+    _check_float_dtype(a, a_name, halves=accepted)
+    _check_float_dtype(b, b_name, a, a_name, halves=accepted)
     _check_same_dtype(b, b_name, a, a_name)
     _check_same_device(backend, b, b_name, a, a_name)
     _check_same_shape(b, b_name, a, a_name)
     return backend.contiguous(a, a_name), backend.contiguous(b, b_name)
 
 
-def _checked_out(backend, out, like, like_name, reads):
+def _checked_out(backend, out, like, like_name, reads, halves=False):
     """A caller's out= for an array of ``like``'s shape (None: the backend allocates one). It
     may be exactly one of the arrays the kernels read, ``reads`` [(array, name)], each element
     being read before it is written, but must not overlap any other."""
     if out is None:
         return None
     _check_array(backend, out, "out", like, like_name)
-    _check_float_dtype(out, "out", like, like_name)
+    _check_float_dtype(out, "out", like, like_name, backend.HALF_DTYPES if halves else ())
     _check_same_dtype(out, "out", like, like_name)
     _check_same_device(backend, out, "out", like, like_name)
     _check_same_shape(out, "out", like, like_name)

@@ -14,6 +14,10 @@ from . import _cpu
 ARRAY = "numpy.ndarray"
 WHERE = "the CPU"
 MOVE_HINT = "copy it with cupy.asnumpy, or pass CuPy arrays only"
+# The 16-bit dtypes of the elementwise losses and sigmoid (bfloat16: ml_dtypes.bfloat16, which
+# the dispatch registers with the kernels the first time it sees one).
+HALF_DTYPES = ("float16", "bfloat16")
+register_bfloat16 = _cpu.register_bfloat16
 
 ProbabilityOutOfRange = _cpu.ProbabilityOutOfRange
 

@@ -80,7 +80,9 @@ def mse_loss(input: _ArrayLike, target: _ArrayLike, *, weight: _Weight = None,
 
     Args:
         input: float32 or float64 array, any shape (NumPy, CuPy, or another library's array
-            taken without a copy; a NumPy input that is not C-contiguous is copied once).
+            taken without a copy; a NumPy input that is not C-contiguous is copied once); a
+            NumPy array may also be float16 or ``ml_dtypes.bfloat16`` (read and written as
+            16-bit values, computed in double), a CuPy array float16.
         target: an array of the input's shape and dtype.
         weight: optional, rescales each element's term (PyTorch's mse_loss has none): a real
             number or an array of the input's dtype that broadcasts to the input's shape
@@ -91,11 +93,13 @@ def mse_loss(input: _ArrayLike, target: _ArrayLike, *, weight: _Weight = None,
         'mean'/'sum': a NumPy scalar of the input's dtype (a 0-d CuPy array for CuPy input,
         a lazy 0-d Dask array for Dask input): on the CPU the exact sum (mean) of the terms
         correctly rounded (but within ~1e-26 of a rounding boundary: csrc/kernels.h), so the
-        same bits for any thread count and any chunking of Dask arrays.
-        'none': an array of the input's shape and dtype.
+        same bits for any thread count and any chunking of Dask arrays (float16/bfloat16: the
+        double-double result rounded once to the dtype).
+        'none': an array of the input's shape and dtype (16-bit: each term rounded once).
     Raises:
         TypeError: an argument that is no array (the message says how to convert it), a dtype
-            other than float32/float64, or arrays of different dtypes (never upcast silently).
+            other than float32/float64/float16/bfloat16, or arrays of different dtypes (never
+            upcast silently, a float16 input with a float32 target included).
         ValueError: target's shape differs from input's, weight does not broadcast, or an
             unknown reduction.
     """
@@ -189,7 +193,8 @@ def binary_cross_entropy(input: _ArrayLike, target: _ArrayLike, *, weight: _Weig
     clamped at -100 as PyTorch does, so an input of exactly 0 or 1 gives a finite loss.
 
     Args:
-        input: probabilities in [0, 1], float32 or float64, any shape (NumPy, CuPy, or another
+        input: probabilities in [0, 1], float32 or float64 (a NumPy array also float16 or
+            ``ml_dtypes.bfloat16``, a CuPy array float16, computed as float32 is), any shape (NumPy, CuPy, or another
             library's array). NaN propagates. For logits use
             ``binary_cross_entropy_with_logits``, which cannot saturate.
         target: an array of the input's shape and dtype (usually 0 or 1; not range-checked).
@@ -200,13 +205,16 @@ def binary_cross_entropy(input: _ArrayLike, target: _ArrayLike, *, weight: _Weig
         'mean'/'sum': a NumPy scalar of the input's dtype (a 0-d CuPy array for CuPy input),
         the same bits for any thread count; float32: each term is computed in double (within
         ~1e-9 of exact), so the result is within 1 float32 ulp of the exact value at any N, even
-        for equal terms, whose errors cannot average out; float64: 1e-13 relative.
-        'none': an array of the input's shape and dtype (float32 within 0.53 ulp).
+        for equal terms, whose errors cannot average out; float64: 1e-13 relative;
+        float16/bfloat16: the double sum rounded once to the dtype (within 0.5 ulp of the
+        exact value plus the terms' ~1e-9).
+        'none': an array of the input's shape and dtype (float32 within 0.53 ulp; 16-bit
+        results within 0.5 ulp plus ~1e-9 relative).
     Raises:
         ValueError: an input outside [0, 1] (found inside the kernel's pass), target's shape
             differs from input's, weight does not broadcast, or an unknown reduction.
         TypeError: an argument that is no array (the message says how to convert it), a dtype
-            other than float32/float64, or arrays of different dtypes.
+            other than float32/float64/float16/bfloat16, or arrays of different dtypes.
     """
     return _loss(_BCE_LOSS, input, target, weight, None, reduction)
 
@@ -310,7 +318,9 @@ def binary_cross_entropy_with_logits(input: _ArrayLike, target: _ArrayLike, *,
     (the mathematical limits; PyTorch returns NaN).
 
     Args:
-        input: logits, float32 or float64, any shape (NumPy, CuPy, or another library's array).
+        input: logits, float32 or float64 (a NumPy array also float16 or
+            ``ml_dtypes.bfloat16``, a CuPy array float16, computed as float32 is), any shape (NumPy, CuPy, or another
+            library's array).
         target: an array of the input's shape and dtype (usually 0 or 1).
         weight: optional, rescales each element's loss: a real number or an array of the
             input's dtype that broadcasts to the input's shape.
@@ -322,11 +332,14 @@ def binary_cross_entropy_with_logits(input: _ArrayLike, target: _ArrayLike, *,
         'mean'/'sum': a NumPy scalar of the input's dtype (a 0-d CuPy array for CuPy input),
         the same bits for any thread count; float32: each term is computed in double (within
         ~1e-9 of exact), so the result is within 1 float32 ulp of the exact value at any N, even
-        for equal terms, whose errors cannot average out; float64: 1e-13 relative.
-        'none': an array of the input's shape and dtype (float32 within 0.53 ulp).
+        for equal terms, whose errors cannot average out; float64: 1e-13 relative;
+        float16/bfloat16: the double sum rounded once to the dtype (within 0.5 ulp of the
+        exact value plus the terms' ~1e-9).
+        'none': an array of the input's shape and dtype (float32 within 0.53 ulp; 16-bit
+        results within 0.5 ulp plus ~1e-9 relative).
     Raises:
         TypeError: an argument that is no array (the message says how to convert it), a dtype
-            other than float32/float64, or arrays of different dtypes.
+            other than float32/float64/float16/bfloat16, or arrays of different dtypes.
         ValueError: target's shape differs from input's, a weight does not broadcast, or an
             unknown reduction.
     """
@@ -431,14 +444,17 @@ def sigmoid(input: _ArrayLike, *, out: _ArrayLike | None = None) -> Any:
 
     Args:
         input: float32 or float64 array, any shape (NumPy, CuPy, or another library's array;
-            a NumPy input that is not C-contiguous is copied once).
+            a NumPy input that is not C-contiguous is copied once); a NumPy array may also be
+            float16 or ``ml_dtypes.bfloat16``, a CuPy array float16 (computed as float32 is, rounded once to the
+            dtype: within 0.5 ulp plus ~1e-9 relative).
         out: optional C-contiguous, writeable array of the input's shape and dtype; it may be
             input itself (in place) but must not overlap it in part.
     Returns:
         An array of the input's shape and dtype (``out`` when given).
     Raises:
         TypeError: input is no array (the message says how to convert it), a masked array, or
-            of a dtype other than float32/float64; ``out`` of another dtype.
+            of a dtype other than float32/float64/float16/bfloat16; ``out`` of another
+            dtype.
         ValueError: a bad ``out`` (shape, read-only, not C-contiguous, partly overlapping).
     """
     return _dispatch.sigmoid(input, out)
@@ -460,7 +476,8 @@ def sigmoid_backward(grad_output: _ArrayLike, output: _ArrayLike, *,
     its input ``x``; an output outside [0, 1], which no sigmoid gives, is refused.
 
     Args:
-        grad_output: the upstream gradient, float32 or float64, any shape.
+        grad_output: the upstream gradient, float32 or float64 (a NumPy array also float16
+            or ``ml_dtypes.bfloat16``, a CuPy array float16), any shape.
         output: ``sigmoid``'s result, of grad_output's shape and dtype; values in [0, 1]
             (NaN propagates).
         out: optional C-contiguous, writeable array of that shape and dtype; it may be
@@ -470,8 +487,8 @@ def sigmoid_backward(grad_output: _ArrayLike, output: _ArrayLike, *,
     Raises:
         ValueError: an output outside [0, 1] (found inside the kernel's pass: ``out``, if
             given, may have been written), shapes that differ, or a bad ``out``.
-        TypeError: an argument that is no array, a dtype other than float32/float64, or
-            dtypes that differ.
+        TypeError: an argument that is no array, a dtype other than
+            float32/float64/float16/bfloat16, or dtypes that differ.
     """
     return _dispatch.sigmoid_backward(grad_output, output, out)
 

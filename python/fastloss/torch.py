@@ -25,8 +25,11 @@ Under ``torch.autocast`` the losses run in float32, as torch's own do (mse_loss,
 binary_cross_entropy, binary_cross_entropy_with_logits and cross_entropy on the CPU and on
 CUDA, where binary_cross_entropy is refused as torch refuses it; softmax and log_softmax on
 CUDA); float64 arguments stay float64. Outside autocast the tensors must be float32 or
-float64, all of one dtype: any other dtype (float16, bfloat16, integers, bool, complex,
-float8) is a TypeError naming it.
+float64, all of one dtype, or for the elementwise losses and ``sigmoid`` on the CPU also
+float16 or bfloat16 (read and written as 16-bit values by the kernels, computed in double,
+results in the input's dtype as torch's own; bfloat16 goes through ``ml_dtypes.bfloat16``,
+which must be installed): any other dtype (integers, bool, complex, float8; a half tensor for
+cross_entropy, softmax, log_softmax or on CUDA) is a TypeError naming it.
 
 Gradients flow to ``input`` only: a ``target``, ``weight`` or ``pos_weight`` that requires grad
 is a ValueError (detach it). Double backward is not supported. This module imports torch;
@@ -50,6 +53,7 @@ __all__ = ["mse_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits
 
 _Tensor = torch.Tensor  # the operators' annotations, from which torch infers their schemas
 _FLOATS = (torch.float32, torch.float64)
+_HALVES = (torch.float16, torch.bfloat16)  # the elementwise losses and sigmoid, on the CPU
 _CLASS_INDICES = (torch.int64, torch.int32)
 
 
@@ -59,6 +63,9 @@ def _as_array(tensor, name):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__qualname__}")
     tensor = tensor.detach()
     if tensor.device.type == "cpu":
+        if tensor.dtype == torch.bfloat16:  # NumPy knows no bfloat16: its bits, re-viewed
+            import ml_dtypes
+            return tensor.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
         return tensor.contiguous().numpy()
     if tensor.device.type == "cuda":
         import cupy
@@ -72,8 +79,10 @@ def _optional_array(tensor, name):
 
 def _as_tensor(array, device):
     if isinstance(array, np.generic):  # a reduced loss: NumPy scalar
-        return torch.from_numpy(np.asarray(array))
+        array = np.asarray(array)
     if isinstance(array, np.ndarray):
+        if array.dtype.name == "bfloat16":  # ml_dtypes': torch takes its bits
+            return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
         return torch.from_numpy(array)
     return torch.from_dlpack(array).to(device)
 
@@ -133,13 +142,27 @@ def _dtype_name(dtype):
     return str(dtype).removeprefix("torch.")
 
 
-def _check_floats(input, **others):
-    """input float32 or float64, every other tensor (None: absent) of its dtype: checked before
-    ``.numpy()``, which knows no bfloat16, and before any kernel converts anything."""
-    if input.dtype not in _FLOATS:
-        raise TypeError(f"input has dtype {_dtype_name(input.dtype)}; fastloss.torch supports "
-                        f"float32 and float64 tensors (inside torch.autocast the losses run in "
-                        f"float32)")
+def _check_floats(input, halves=False, **others):
+    """input float32 or float64 (with ``halves``, float16 and bfloat16 CPU tensors too), every
+    other tensor (None: absent) of its dtype: checked before ``.numpy()``, which knows no
+    bfloat16, and before any kernel converts anything."""
+    name = _dtype_name(input.dtype)
+    if input.dtype not in _FLOATS and not (halves and input.dtype in _HALVES):
+        also = (", and float16 and bfloat16 CPU tensors in the elementwise losses and sigmoid"
+                if input.dtype in _HALVES else "")
+        raise TypeError(f"input has dtype {name}; fastloss.torch supports float32 and float64 "
+                        f"tensors{also} (inside torch.autocast the losses run in float32)")
+    if input.dtype in _HALVES:
+        if input.device.type != "cpu":
+            raise TypeError(f"input has dtype {name} on {input.device}; fastloss.torch takes "
+                            "float16 and bfloat16 tensors on the CPU only (its CUDA kernels: "
+                            "float32 and float64)")
+        if input.dtype == torch.bfloat16:
+            try:
+                import ml_dtypes  # noqa: F401
+            except ImportError:
+                raise TypeError("input has dtype bfloat16: fastloss reads bfloat16 tensors as "
+                                "ml_dtypes.bfloat16 arrays; pip install ml_dtypes") from None
     for name, tensor in others.items():
         if tensor is not None and tensor.dtype != input.dtype:
             raise TypeError(f"{name} has dtype {_dtype_name(tensor.dtype)} but input has dtype "
@@ -181,7 +204,7 @@ def _cupy_stream(cupy, torch_stream, index):
 
 # ---- the custom operators -----------------------------------------------------------------------
 def _fused_pass(and_grad, input, target, reduction, **weights):
-    _check_floats(input, target=target, **weights)
+    _check_floats(input, True, target=target, **weights)
     grad = _output_like(input)
     with _stream_of(input):
         arrays = {name: _optional_array(value, name) for name, value in weights.items()}
@@ -193,7 +216,7 @@ def _fused_pass(and_grad, input, target, reduction, **weights):
 
 
 def _fake_fused(input, target, reduction, **weights):
-    _check_floats(input, target=target, **weights)
+    _check_floats(input, True, target=target, **weights)
     return input.new_empty(input.shape if reduction == "none" else ()), _empty_like(input)
 
 
@@ -266,16 +289,16 @@ def _(input, target, weight, ignore_index, label_smoothing, reduction):
     return input.new_empty(shape), _empty_like(input)
 
 
-def _elementwise(forward, input):
-    _check_floats(input)
+def _elementwise(forward, input, halves=False):
+    _check_floats(input, halves)
     out = _output_like(input)
     with _stream_of(input):
         forward(_as_array(input, "input"), out=_as_array(out, "out"))
     return out
 
 
-def _elementwise_backward(backward, grad_output, output, *dim):
-    _check_floats(output, grad_output=grad_output)
+def _elementwise_backward(backward, grad_output, output, *dim, halves=False):
+    _check_floats(output, halves, grad_output=grad_output)
     out = _output_like(output)
     with _stream_of(output):
         backward(_as_array(grad_output, "grad_output"), _as_array(output, "output"), *dim,
@@ -285,12 +308,12 @@ def _elementwise_backward(backward, grad_output, output, *dim):
 
 @torch.library.custom_op("fastloss::sigmoid", mutates_args=())
 def _sigmoid_op(input: _Tensor) -> _Tensor:
-    return _elementwise(F.sigmoid, input)
+    return _elementwise(F.sigmoid, input, halves=True)
 
 
 @torch.library.custom_op("fastloss::sigmoid_backward", mutates_args=())
 def _sigmoid_backward_op(grad_output: _Tensor, output: _Tensor) -> _Tensor:
-    return _elementwise_backward(F.sigmoid_backward, grad_output, output)
+    return _elementwise_backward(F.sigmoid_backward, grad_output, output, halves=True)
 
 
 @torch.library.custom_op("fastloss::softmax", mutates_args=())
@@ -313,19 +336,29 @@ def _log_softmax_backward_op(grad_output: _Tensor, output: _Tensor, dim: int) ->
     return _elementwise_backward(F.log_softmax_backward, grad_output, output, dim)
 
 
-def _fake_elementwise(input, *dim):
-    _check_floats(input)
+def _fake_elementwise(input, *dim, halves=False):
+    _check_floats(input, halves)
     return _empty_like(input)
 
 
-def _fake_elementwise_backward(grad_output, output, *dim):
-    _check_floats(output, grad_output=grad_output)
+def _fake_elementwise_backward(grad_output, output, *dim, halves=False):
+    _check_floats(output, halves, grad_output=grad_output)
     return _empty_like(output)
 
 
-for _op in (_sigmoid_op, _softmax_op, _log_softmax_op):
+@_sigmoid_op.register_fake
+def _(input):
+    return _fake_elementwise(input, halves=True)
+
+
+@_sigmoid_backward_op.register_fake
+def _(grad_output, output):
+    return _fake_elementwise_backward(grad_output, output, halves=True)
+
+
+for _op in (_softmax_op, _log_softmax_op):
     _op.register_fake(_fake_elementwise)
-for _op in (_sigmoid_backward_op, _softmax_backward_op, _log_softmax_backward_op):
+for _op in (_softmax_backward_op, _log_softmax_backward_op):
     _op.register_fake(_fake_elementwise_backward)
 
 
@@ -533,8 +566,9 @@ def _check_pair(input, target):
 
 def _weight_tensor(weight, name, input):
     """A weight as the operators take it: None, or a tensor on the input's device (a Python
-    number becomes a 0-d tensor of the input's float type, float32 for a half input under
-    autocast, so that the number is not rounded to half precision)."""
+    number becomes a 0-d tensor of the input's dtype; float32 for a half input under
+    autocast, where the loss runs in float32, so that the number is not rounded to half
+    precision)."""
     if weight is None:
         return None
     if isinstance(weight, torch.Tensor):
@@ -544,7 +578,10 @@ def _weight_tensor(weight, name, input):
         if weight.device != input.device:
             raise ValueError(f"{name} is on {weight.device} but input is on {input.device}")
         return weight
-    dtype = input.dtype if input.dtype in _FLOATS else torch.float32
+    dtype = input.dtype
+    if dtype not in _FLOATS and (dtype not in _HALVES
+                                 or torch.is_autocast_enabled(input.device.type)):
+        dtype = torch.float32
     return torch.tensor(weight, dtype=dtype, device=input.device)
 
 

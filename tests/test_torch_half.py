@@ -1,0 +1,202 @@
+"""fastloss.torch on float16 and bfloat16 CPU tensors (outside autocast): the elementwise
+losses and sigmoid run the 16-bit kernels (bfloat16 through ml_dtypes.bfloat16 views of the
+tensors' bits) and return results in the input's dtype, as torch's own functions do.
+
+Values and gradients are compared with torch's own in the same dtype at half-precision
+tolerance (torch rounds its intermediate steps to the dtype, so it is the less accurate of the
+two), and with the float64 value of the same 16-bit inputs at half an ulp plus the float32-grade
+terms' 1e-8 relative (fastloss rounds once). Under CPU bfloat16 autocast, ``sigmoid`` (which
+autocast leaves in the input's dtype) gives a bfloat16 result like torch.sigmoid's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("ml_dtypes")
+
+import torch.nn.functional as TF  # noqa: E402
+
+import fastloss.torch as ft  # noqa: E402
+
+HALVES = [torch.float16, torch.bfloat16]
+REDUCTIONS = ["mean", "sum", "none"]
+# serial, and parallel with a partial vector (the threshold is 32768 elements)
+SHAPES = [(7, 5), (200, 201)]
+
+
+def _eps(dtype):
+    return torch.finfo(dtype).eps
+
+
+def _within_half_ulp(got, exact):
+    """|got - exact| <= half the dtype's spacing at got's magnitude + 1e-8 relative, elementwise;
+    exact is float64. The spacing is taken from got's magnitude, the next value of the dtype up;
+    an infinite got must be an exact value beyond the dtype's range."""
+    got64 = got.detach().double()
+    overflowed = torch.isinf(got64)  # then the exact value must overflow the dtype too
+    if not torch.equal(overflowed, torch.isinf(exact.to(got.dtype))):
+        return False
+    got64, exact, got = got64[~overflowed], exact[~overflowed], got.detach()[~overflowed]
+    magnitude = got.abs()
+    up = torch.nextafter(magnitude, torch.full_like(magnitude, float("inf"))).double()
+    spacing = up - magnitude.double()
+    error = (got64 - exact).abs()
+    return bool(torch.all(error <= 0.5 * spacing + 1e-8 * exact.abs()))
+
+
+def _inputs(shape, dtype, seed):
+    generator = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=generator) * 2).to(dtype)
+    target = torch.randn(shape, generator=generator).to(dtype)
+    labels = (torch.rand(shape, generator=generator) < 0.5).to(dtype)
+    return x, target, labels
+
+
+def test_the_half_ulp_check_can_fail():
+    one_ulp_off = torch.tensor(1.0 + 2.0 ** -10, dtype=torch.float16)
+    assert not _within_half_ulp(one_ulp_off, torch.tensor(1.0, dtype=torch.float64))
+    assert _within_half_ulp(one_ulp_off, torch.tensor(1.0 + 2.0 ** -10, dtype=torch.float64))
+    assert not _within_half_ulp(torch.tensor(float("inf"), dtype=torch.float16),
+                                torch.tensor(60000.0, dtype=torch.float64))
+
+
+CASES = {
+    "mse": (ft.mse_loss, TF.mse_loss, "x", "target"),
+    "bce": (ft.binary_cross_entropy, TF.binary_cross_entropy, "p", "labels"),
+    "logits": (ft.binary_cross_entropy_with_logits, TF.binary_cross_entropy_with_logits, "x",
+               "labels"),
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("dtype", HALVES, ids=str)
+def test_losses_and_gradients_against_torch(dtype, case, reduction, shape):
+    ours_fn, theirs_fn, input_kind, target_kind = CASES[case]
+    x, target, labels = _inputs(shape, dtype, 15)
+    inputs = {"x": x, "p": torch.sigmoid(x.float()).to(dtype)}
+    chosen = {"target": target, "labels": labels}[target_kind]
+    results = []
+    for function in (ours_fn, theirs_fn, None):
+        leaf = inputs[input_kind].clone().requires_grad_()
+        if function is None:  # the float64 value of the same 16-bit inputs
+            leaf64 = leaf.detach().double().requires_grad_()
+            loss = theirs_fn(leaf64, chosen.double(), reduction=reduction)
+            loss.sum().backward()
+            results.append((loss.detach(), leaf64.grad))
+            break
+        loss = function(leaf, chosen, reduction=reduction)
+        assert loss.dtype == dtype
+        loss.sum().backward()
+        assert leaf.grad.dtype == dtype
+        results.append((loss.detach(), leaf.grad))
+    (ours, our_grad), (theirs, their_grad), (exact, exact_grad) = results
+    assert ours.shape == theirs.shape
+    tolerance = {"rtol": 4 * _eps(dtype), "atol": 4 * _eps(dtype)}
+    torch.testing.assert_close(ours.double(), theirs.double(), **tolerance)
+    torch.testing.assert_close(our_grad.double(), their_grad.double(), **tolerance)
+    assert _within_half_ulp(ours, exact)
+    if reduction != "none":
+        # the gradient of a reduced loss is the saved 16-bit gradient (times a grad_output of 1)
+        assert _within_half_ulp(our_grad, exact_grad)
+
+
+@pytest.mark.parametrize("dtype", HALVES, ids=str)
+def test_weights_and_pos_weight(dtype):
+    x, _, labels = _inputs((64, 6), dtype, 3)
+    weight = torch.linspace(0.5, 2.0, 6).to(dtype)
+    pos_weight = torch.linspace(2.0, 0.5, 6).to(dtype)
+    ours = ft.binary_cross_entropy_with_logits(x, labels, weight=weight, pos_weight=pos_weight,
+                                               reduction="sum")
+    exact = TF.binary_cross_entropy_with_logits(x.double(), labels.double(),
+                                                weight=weight.double(),
+                                                pos_weight=pos_weight.double(), reduction="sum")
+    assert ours.dtype == dtype and _within_half_ulp(ours, exact)
+    # a Python number as weight becomes a tensor of the input's dtype
+    torch.testing.assert_close(ft.mse_loss(x, labels, weight=0.5).double(),
+                               (ft.mse_loss(x, labels) * 0.5).double(),
+                               rtol=_eps(dtype), atol=0)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", HALVES, ids=str)
+def test_sigmoid_and_its_backward(dtype, shape):
+    x, target, _ = _inputs(shape, dtype, 7)
+    leaf = x.clone().requires_grad_()
+    y = ft.sigmoid(leaf)
+    assert y.dtype == dtype
+    torch.testing.assert_close(y, torch.sigmoid(x), rtol=2 * _eps(dtype), atol=1e-4)
+    assert _within_half_ulp(y, torch.sigmoid(x.double()))
+    (y * target).sum().backward()
+    # backward from the 16-bit output, as torch's: grad_output * y * (1 - y), rounded once
+    exact_grad = target.double() * y.detach().double() * (1 - y.detach().double())
+    assert leaf.grad.dtype == dtype and _within_half_ulp(leaf.grad, exact_grad)
+
+
+def test_sigmoid_under_cpu_bfloat16_autocast_is_like_torchs():
+    """Autocast leaves sigmoid in its input's dtype: a bfloat16 Linear output gives a bfloat16
+    sigmoid, and its gradient reaches the layer as torch's does."""
+    x = torch.randn(32, 6, generator=torch.Generator().manual_seed(2))
+    results = []
+    for sigmoid in (ft.sigmoid, torch.sigmoid):
+        torch.manual_seed(0)
+        layer = torch.nn.Linear(6, 4)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            z = layer(x)
+            y = sigmoid(z)
+        assert y.dtype == torch.bfloat16
+        y.float().sum().backward()
+        results.append((y.detach(), layer.weight.grad))
+    (ours, our_grad), (theirs, their_grad) = results
+    torch.testing.assert_close(ours, theirs, rtol=2 * _eps(torch.bfloat16), atol=1e-3)
+    torch.testing.assert_close(our_grad, their_grad, rtol=2e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", HALVES, ids=str)
+def test_half_with_float32_is_a_type_error_naming_both(dtype):
+    name = str(dtype).removeprefix("torch.")
+    x = torch.zeros(4, 3, dtype=dtype)
+    with pytest.raises(TypeError, match=f"^target has dtype float32 but input has dtype {name}"):
+        ft.mse_loss(x, torch.zeros(4, 3))
+    with pytest.raises(TypeError, match=f"^weight has dtype float32 but input has dtype {name}"):
+        ft.binary_cross_entropy_with_logits(x, x, weight=torch.ones(3))
+
+
+@pytest.mark.parametrize("dtype", HALVES, ids=str)
+def test_multiclass_functions_refuse_halves_naming_them(dtype):
+    name = str(dtype).removeprefix("torch.")
+    x = torch.zeros(4, 3, dtype=dtype)
+    for call in (lambda: ft.softmax(x, 1), lambda: ft.log_softmax(x, 1),
+                 lambda: ft.cross_entropy(x, torch.tensor([0, 1, 2, 0]))):
+        with pytest.raises(TypeError, match=f"^input has dtype {name}; fastloss.torch supports "
+                                            "float32 and float64 tensors, and float16 and "
+                                            "bfloat16 CPU tensors in the elementwise losses"):
+            call()
+
+
+@pytest.mark.parametrize("dtype", HALVES, ids=str)
+def test_opcheck_and_compile(dtype):
+    """The operators' fake implementations and schemas hold for 16-bit tensors, and a compiled
+    call equals the eager one bit for bit."""
+    x, target, labels = _inputs((16, 5), dtype, 11)
+    for reduction in REDUCTIONS:
+        torch.library.opcheck(torch.ops.fastloss.mse_loss, (x, target, None, reduction))
+        torch.library.opcheck(torch.ops.fastloss.binary_cross_entropy_with_logits,
+                              (x, labels, None, None, reduction))
+    torch.library.opcheck(torch.ops.fastloss.sigmoid, (x,))
+    compiled = torch.compile(lambda a, b: ft.mse_loss(a, b), fullgraph=True)
+    assert torch.equal(compiled(x, target), ft.mse_loss(x, target))
+
+
+def test_bfloat16_arrays_are_views_not_copies():
+    """The kernels write a bfloat16 output through a view of the tensor's own memory."""
+    from fastloss.torch import _as_array
+    t = torch.zeros(5, dtype=torch.bfloat16)
+    view = _as_array(t, "out")
+    assert view.dtype.name == "bfloat16" and view.ctypes.data == t.data_ptr()
+    view[:] = np.float32(1.5)
+    assert torch.equal(t, torch.full((5,), 1.5, dtype=torch.bfloat16))
