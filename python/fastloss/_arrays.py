@@ -22,6 +22,11 @@ def array_module(array: Array) -> ModuleType:
                     f"{type(array).__module__}.{type(array).__qualname__}")
 
 
+def is_dask(obj: Any) -> bool:
+    """A Dask collection (told by its type's module, so dask is never imported for it)."""
+    return type(obj).__module__.startswith("dask.")
+
+
 def module_for_device(device: str) -> ModuleType:
     """numpy for 'cpu', cupy for 'cuda' (or 'gpu')."""
     if device == "cpu":

@@ -33,13 +33,10 @@ from typing import Any
 import numpy as np
 
 from . import _checks, _dd
+from ._arrays import is_dask
 
 # A block's partial sum: its (hi, lo) double-double, one per block of the partials array.
 PARTIAL = np.dtype([("hi", np.float64), ("lo", np.float64)])
-
-
-def is_dask(obj: Any) -> bool:
-    return type(obj).__module__.startswith("dask.")
 
 
 def _mixed(name: str, value: Any, like_name: str, like: Any) -> TypeError:

@@ -67,6 +67,7 @@ from ._checks import check_same_shape as _check_same_shape
 from ._checks import float_dtype_name as _float_dtype_name
 from ._checks import is_real_scalar as _is_real_scalar
 from ._checks import type_name as _type_name
+from ._arrays import is_dask as _is_dask
 from ._interop import adopt
 
 OUT_OF_RANGE = ("input must hold probabilities in [0, 1] (binary_cross_entropy); found values "
@@ -182,10 +183,6 @@ def sigmoid_backward(grad_output, output, out=None):
 
 
 # ---- the checked path ---------------------------------------------------------------------------
-def _is_dask(value):
-    return type(value).__module__.startswith("dask.")
-
-
 def _checked_loss(kind, input, target, weight, pos_weight, reduction, grad_output, out):
     if _is_dask(input) or _is_dask(target):
         # Imported here, only for Dask arrays: `import fastloss` never imports dask.

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ._arrays import Array, array_module as _array_module
+from ._arrays import Array, array_module as _array_module, is_dask as _is_dask
 from .data import batch_count, batches, chunk_batches
 # the modules of fastloss.nn, not the package: its __init__ re-exports fit and predict from here
 from .nn._module import Module
@@ -154,10 +154,6 @@ def _check_data(model: Module, layers: list[Module], loss: _Loss, X: Array, Y: A
                          "they must have one row per sample, in the same order")
     dtype = X.dtype if like is None else like.dtype
     loss.check_target(Y, _output_shape(layers, len(X)), dtype, names[1])
-
-
-def _is_dask(value: Any) -> bool:
-    return type(value).__module__.startswith("dask.")
 
 
 def _check_dask_data(model: Module, layers: list[Module], loss: _Loss, X: Any, Y: Any) -> None:

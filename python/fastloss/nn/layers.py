@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .. import functional as F
-from .._arrays import Array, array_module as _array_module
+from .._arrays import Array
 from . import _fused
 from ._module import Module, Parameter
 
