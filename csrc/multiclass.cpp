@@ -8,10 +8,7 @@
 #include <cstdint>
 #include <vector>
 
-#if defined(FASTLOSS_PLANTED_FAULT_CE_THREAD_DEPENDENT_CHUNKS)
-#include <omp.h>
-#endif
-
+#include "fastloss/double_double.h"
 #include "fastloss/loss_pass.h"
 #include "fastloss/softmax.h"
 #include "kernels.h"
@@ -210,9 +207,6 @@ void for_each_row_chunk(std::int64_t rows, std::int64_t rows_per_chunk, std::int
 
 std::int64_t rows_per_chunk(std::int64_t classes) {
   const std::int64_t per_chunk = std::max<std::int64_t>(1, kChunkSize / std::max<std::int64_t>(classes, 1));
-#ifdef FASTLOSS_PLANTED_FAULT_CE_THREAD_DEPENDENT_CHUNKS
-  return per_chunk * omp_get_max_threads();
-#endif
   return per_chunk;
 }
 
@@ -223,20 +217,56 @@ std::int64_t row_start(const RowShape& shape, std::int64_t r) {
   return o * shape.classes * shape.inner + i;
 }
 
-// Kahan-compensated lanes for the row losses (and the divisor's weights).
-struct CompensatedLanes {
-  double sum[kLanes] = {};
-  double compensation[kLanes] = {};
+// A double-double (hi, lo) as the chunk sums hold it.
+struct ExactSum {
+  double hi = 0.0;
+  double lo = 0.0;
+};
+
+// Double-double lanes for the row losses (and the divisor's weights): row k of a chunk goes to
+// lane k % kLanes (dd::add_term), the lanes are then added in a fixed pairwise tree
+// (dd::accumulate). Each addition's error is kept, so the chunk's sum is the exact sum of its
+// row losses but for terms of order u^2: the total does not depend on how rows are grouped
+// (multiclass.h), which is what lets a Dask block's partial combine to the in-memory bits.
+struct ExactLanes {
+  double hi[kLanes] = {};
+  double lo[kLanes] = {};
   void add(std::int64_t index, double term) {
     const int k = static_cast<int>(index % kLanes);
-    pass::compensated_add(sum[k], compensation[k], term);
+    dd::add_term(hi[k], lo[k], term);
   }
-  double total() {
-    double lane[kLanes];
-    for (int k = 0; k < kLanes; ++k) lane[k] = sum[k] - compensation[k];
-    return pairwise_sum(lane, kLanes);
+  ExactSum total() const {
+    double h[kLanes], l[kLanes];
+    for (int k = 0; k < kLanes; ++k) {
+      h[k] = hi[k];
+      l[k] = lo[k];
+#ifdef FASTLOSS_PLANTED_FAULT_CE_LANE_LO_DROPPED
+      l[k] = 0.0;
+#endif
+    }
+    for (int width = kLanes / 2; width >= 1; width /= 2) {
+      for (int k = 0; k < width; ++k) {
+        h[k] = h[2 * k];
+        l[k] = l[2 * k];
+        dd::accumulate(h[k], l[k], h[2 * k + 1], l[2 * k + 1]);
+      }
+    }
+    return ExactSum{h[0], l[0]};
   }
 };
+
+// The chunk sums in a fixed pairwise tree, normalized; the shape depends on count only.
+ExactSum pairwise_exact_sum(ExactSum* values, std::int64_t count) {
+  if (count == 0) return ExactSum{};
+  for (std::int64_t width = 1; width < count; width *= 2) {
+    for (std::int64_t i = 0; i + width < count; i += 2 * width) {
+      dd::accumulate(values[i].hi, values[i].lo, values[i + width].hi, values[i + width].lo);
+    }
+  }
+  ExactSum total = values[0];
+  dd::normalize(total.hi, total.lo);
+  return total;
+}
 
 // ---- softmax family ----------------------------------------------------------------------------
 template <class T>
@@ -321,10 +351,10 @@ template <class T, class Index>
 CrossEntropyResult check_class_indices(const CrossEntropyPass<T>& p, const Index* index) {
   const std::int64_t rows = p.shape.rows();
   const std::int64_t chunks = num_chunks(rows);
-  std::vector<double> sums(static_cast<std::size_t>(chunks));
+  std::vector<ExactSum> sums(static_cast<std::size_t>(chunks));
   std::vector<std::int64_t> bad(static_cast<std::size_t>(chunks), -1);
   for_each_row_chunk(rows, kChunkSize, rows, [&](std::int64_t c, std::int64_t begin, std::int64_t end) {
-    CompensatedLanes lanes;
+    ExactLanes lanes;
     for (std::int64_t r = begin; r < end; ++r) {
       const std::int64_t y = static_cast<std::int64_t>(index[r]);
       if (y == p.ignore_index) continue;
@@ -337,7 +367,9 @@ CrossEntropyResult check_class_indices(const CrossEntropyPass<T>& p, const Index
     sums[c] = lanes.total();
   });
   CrossEntropyResult result;
-  result.divisor = pairwise_sum(sums.data(), chunks);
+  const ExactSum divisor = pairwise_exact_sum(sums.data(), chunks);
+  result.divisor = divisor.hi;
+  result.divisor_lo = divisor.lo;
   for (std::int64_t c = 0; c < chunks; ++c) {
     if (bad[c] >= 0) {
       result.bad_row = bad[c];
@@ -352,7 +384,7 @@ template <class T, bool kSum, bool kElementwise, bool kGrad>
 struct CrossEntropyKernel {
   const CrossEntropyPass<T>& p;
   double divisor;
-  double* chunk_sums;
+  ExactSum* chunk_sums;
 
   // One row: its loss (returned), its gradient written. y < 0: probability targets.
   template <bool kCoefficients>
@@ -422,45 +454,49 @@ struct CrossEntropyKernel {
     for (std::int64_t c = 0; c < classes; ++c) grad[c * stride] = T(0);
   }
 
-  // The loss (and gradient) of short rows (unsmoothed class indices): a group of rows shares one
-  // flat tile, whose exps are taken in one vectorised loop against the group's max M; a row's
-  // loss is then w_y log(1 + sum_{c != y} e_c / e_y) (fastloss/softmax.h), which needs no row
-  // max. A row whose target's exp is below 2^-92 against M (its logits far below the group's:
-  // e_y would lose relative accuracy, or underflow), and every row of a group whose max is NaN
-  // or infinite, take the general row scan instead. losses[r - begin] for each row. The
-  // gradient is w_y scale (e_c / s - [c == y]), s = sum_c e_c, its target class as
-  // -w_y scale (sum_{c != y} e_c) / s (no cancellation).
   // The upstream gradient of row r, divided by the mean's divisor for reduction='mean'.
   double row_scale(std::int64_t r) const {
     const double scale = p.grad_output != nullptr ? static_cast<double>(p.grad_output[r]) : p.grad_scale;
     return p.mean ? scale / divisor : scale;
   }
 
+  // The loss (and gradient) of short rows (unsmoothed class indices): a group of rows shares one
+  // flat tile, whose exps are taken in one vectorised loop, each against its own row's target
+  // logit x_y: e_c = exp(x_c - x_y), so e_y = 1 and the row's loss is
+  // w_y log(1 + sum_{c != y} e_c) (fastloss/softmax.h), with no row max and no cancellation.
+  // Everything a row computes comes from that row alone, so its bits do not depend on which
+  // rows share its tile (a Dask block of the rows must give the in-memory bits). A row whose
+  // x_y is not finite, or whose other exps sum to 2^1000 or more (a gap x_c - x_y near the
+  // exp's range, ~693, or a NaN), takes the general row scan instead, which also depends on
+  // the row alone. losses[r - begin] for each row. The gradient is w_y scale (e_c / s - [c == y]),
+  // s = sum_c e_c, its target class as -w_y scale (sum_{c != y} e_c) / s (no cancellation).
   template <class Targets>
   void short_rows(const Targets& targets, std::int64_t begin, std::int64_t end, double* losses,
                   Tiles& tiles) const {
     const std::int64_t classes = p.shape.classes;
     const int group_rows = static_cast<int>(kShortTile / classes);
     alignas(64) double e[kShortTile];
-    alignas(64) double ratio[kShortTile];
+    alignas(64) double reference[kShortTile];
     alignas(64) double others_of[kShortTile];
-    alignas(64) double target_exp[kShortTile];
     for (std::int64_t g = begin; g < end; g += group_rows) {
       const int rows = static_cast<int>(std::min<std::int64_t>(group_rows, end - g));
       const int count = static_cast<int>(rows * classes);
       load(p.input + g * classes, 1, 0, count, e);
-      const double group_max = tile_max(e, count);
-      const bool usable = group_max - group_max == 0.0;  // finite (not NaN, not +-inf)
-      for (int j = 0; j < count; ++j) e[j] = rw::row_exp(e[j], group_max, T());
       for (int r = 0; r < rows; ++r) {
         const std::int64_t y = targets.at(g + r);
-        others_of[r] = 0.0;
-        target_exp[r] = 1.0;
-        if (y == p.ignore_index || y < 0 || !usable) continue;
+        // an ignored (or out-of-range: never reached, checked before) row's exps go unused
+        const double x_target = y >= 0 && y < classes ? e[r * classes + y] : 0.0;
+        for (std::int64_t c = 0; c < classes; ++c) reference[r * classes + c] = x_target;
+      }
+      for (int j = 0; j < count; ++j) e[j] = rw::gap_exp(e[j], reference[j], T());
+      for (int r = 0; r < rows; ++r) {
+        const std::int64_t y = targets.at(g + r);
+        others_of[r] = -1.0;  // the general scan
+        if (y == p.ignore_index || y < 0) continue;
+        if (!(reference[r * classes] - reference[r * classes] == 0.0)) continue;  // x_y not finite
         double* row = e + r * classes;
-        // the target's exp out of the row while it is summed (no branch, no cancellation), two
-        // chains so that the adds are not one latency-bound chain; put back for the gradient
-        target_exp[r] = row[y];
+        // the target's exp (exactly 1) out of the row while it is summed, two chains so that
+        // the adds are not one latency-bound chain; put back for the gradient
         row[y] = 0.0;
         double even = 0.0, odd = 0.0;
         std::int64_t c = 0;
@@ -469,12 +505,15 @@ struct CrossEntropyKernel {
           odd += row[c + 1];
         }
         if (c < classes) even += row[c];
-        others_of[r] = even + odd;
-        row[y] = target_exp[r];
-      }
-      // -1: the general scan (the target's exp too small against the group's max)
-      for (int r = 0; r < rows; ++r) {
-        ratio[r] = target_exp[r] >= 0x1p-92 ? rw::class_index_loss(others_of[r], target_exp[r]) : -1.0;
+        row[y] = 1.0;
+        double others = even + odd;
+#ifdef FASTLOSS_PLANTED_FAULT_CE_ROW_SUM_BY_TILE_POSITION
+        if (r % 3 == 1) {
+          others = 0.0;
+          for (std::int64_t k = classes - 1; k >= 0; --k) others += k == y ? 0.0 : row[k];
+        }
+#endif
+        if (others < 0x1p1000) others_of[r] = others;  // false for NaN
       }
       for (int r = 0; r < rows; ++r) {
         const std::int64_t y = targets.at(g + r);
@@ -482,14 +521,14 @@ struct CrossEntropyKernel {
         T* grad = kGrad ? p.grad_out + (g + r) * classes : nullptr;
         if (y == p.ignore_index) {
           if (kGrad) zero_row(grad, 1, classes, tiles);
-        } else if (!usable || ratio[r] < 0.0) {
+        } else if (others_of[r] < 0.0) {
           loss = row<false>(g + r, y, tiles);
         } else {
           const double w = p.class_weight != nullptr ? static_cast<double>(p.class_weight[y]) : 1.0;
-          loss = w == 0.0 ? 0.0 : w * ratio[r];
+          loss = w == 0.0 ? 0.0 : w * rw::class_index_loss(others_of[r], 1.0);
           if (kGrad) {
             const double* row = e + r * classes;
-            const double sum = others_of[r] + row[y];
+            const double sum = others_of[r] + 1.0;
             const double scaled_weight = w == 0.0 ? 0.0 : row_scale(g + r) * w;
             const double k = scaled_weight / sum;
             for (std::int64_t c = 0; c < classes; ++c) grad[c] = static_cast<T>(row[c] * k);
@@ -504,7 +543,7 @@ struct CrossEntropyKernel {
   template <class Targets>
   void chunk(const Targets& targets, std::int64_t index, std::int64_t begin, std::int64_t end) const {
     Tiles tiles;
-    CompensatedLanes lanes;
+    ExactLanes lanes;
     const bool smoothing = p.label_smoothing != 0.0;
     if constexpr (Targets::kIndices) {
       if (!smoothing && p.shape.inner == 1 && p.shape.classes <= kShortRow) {
@@ -537,12 +576,12 @@ struct CrossEntropyKernel {
   }
 
   template <class Targets>
-  double run(const Targets& targets) const {
+  ExactSum run(const Targets& targets) const {
     const std::int64_t rows = p.shape.rows();
     const std::int64_t per_chunk = rows_per_chunk(p.shape.classes);
     for_each_row_chunk(rows, per_chunk, p.shape.elements(),
                        [&](std::int64_t c, std::int64_t begin, std::int64_t end) { chunk(targets, c, begin, end); });
-    return kSum ? pairwise_sum(chunk_sums, (rows + per_chunk - 1) / per_chunk) : 0.0;
+    return kSum ? pairwise_exact_sum(chunk_sums, (rows + per_chunk - 1) / per_chunk) : ExactSum{};
   }
 };
 
@@ -563,19 +602,22 @@ CrossEntropyResult run_outputs(const CrossEntropyPass<T>& p) {
     if (result.bad_row >= 0) return result;
   }
   const std::int64_t per_chunk = rows_per_chunk(p.shape.classes);
-  std::vector<double> chunk_sums(kSum ? static_cast<std::size_t>((rows + per_chunk - 1) / per_chunk) : 0);
+  std::vector<ExactSum> chunk_sums(kSum ? static_cast<std::size_t>((rows + per_chunk - 1) / per_chunk) : 0);
   const CrossEntropyKernel<T, kSum, kElementwise, kGrad> kernel{p, result.divisor, chunk_sums.data()};
+  ExactSum sum;
   switch (p.target_kind) {
     case TargetKind::ClassIndex64:
-      result.sum = kernel.run(ClassIndexTargets<std::int64_t>{static_cast<const std::int64_t*>(p.target)});
+      sum = kernel.run(ClassIndexTargets<std::int64_t>{static_cast<const std::int64_t*>(p.target)});
       break;
     case TargetKind::ClassIndex32:
-      result.sum = kernel.run(ClassIndexTargets<std::int32_t>{static_cast<const std::int32_t*>(p.target)});
+      sum = kernel.run(ClassIndexTargets<std::int32_t>{static_cast<const std::int32_t*>(p.target)});
       break;
     case TargetKind::Probabilities:
-      result.sum = kernel.run(ProbabilityTargets{});
+      sum = kernel.run(ProbabilityTargets{});
       break;
   }
+  result.sum = sum.hi;
+  result.sum_lo = sum.lo;
   return result;
 }
 

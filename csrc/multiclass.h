@@ -25,10 +25,14 @@ struct RowShape {
 
 // Deterministic row sums, the why: rows are cut into chunks of a fixed number of rows
 // (max(1, kChunkSize / classes): the shape decides it, never the thread count); a chunk sums its
-// row losses in 8 Kahan-compensated double lanes, taken round-robin, and the chunk sums are
-// combined in a fixed pairwise tree. Each row loss is a double exact to ~1e-10 relative
-// (fastloss/softmax.h), so a float32 mean is the exact mean correctly rounded but for
-// vanishingly rare cases, with the same bits for any OMP_NUM_THREADS.
+// row losses in 8 double-double lanes, taken round-robin, and the chunk sums are combined in a
+// fixed pairwise tree of double-double additions (fastloss/double_double.h). Every addition's
+// error is kept, so the sum is the exact sum of the row losses (each a double within ~1e-10
+// relative of the exact loss, fastloss/softmax.h) but for terms of order 2^-106: its rounding
+// is the same for any grouping of the rows: any OMP_NUM_THREADS, and the Dask blocks of
+// fastloss._dask, whose partials (cross_entropy_partial) combine to the in-memory bits. The
+// mean's divisor (the summed class weights of the non-ignored targets) is summed the same way,
+// and the mean is the one double-double division of dd::divide_by_sum, rounded once.
 
 // Softmax family: RowOp::Softmax and LogSoftmax read `first` (the input); the backward ops
 // read `first` (grad_output) and `second` (the forward output). `out` may be any of them.
@@ -57,9 +61,10 @@ struct CrossEntropyPass {
 };
 
 struct CrossEntropyResult {
-  double sum = 0.0;      // Sum*: the exact-to-rounding sum of the row losses
-  double divisor = 0.0;  // the mean's divisor: the summed weights of the non-ignored targets
-                         // (the row count for probabilities)
+  double sum = 0.0;         // Sum*: the sum of the row losses as a normalized double-double
+  double sum_lo = 0.0;      //   (sum, sum_lo)
+  double divisor = 0.0;     // the mean's divisor: the summed weights of the non-ignored targets
+  double divisor_lo = 0.0;  //   (the row count for probabilities), a normalized double-double
   std::int64_t bad_row = -1;  // the first row whose class index is outside [0, classes) and not
   std::int64_t bad_class = 0;  // ignore_index, and that index; nothing was written then
 };

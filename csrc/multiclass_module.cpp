@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "arrays.h"
+#include "fastloss/double_double.h"
 #include "isa.h"
 #include "kernels.h"
 #include "multiclass.h"
@@ -189,8 +190,22 @@ py::object row_pass(int op_code, py::handle first, py::handle second, std::int64
 }
 
 // ---- cross-entropy -----------------------------------------------------------------------------
+// The reduced loss, rounded once to dtype: the sum, or for the mean the double-double quotient
+// of the sum by the divisor (dd::divide_by_sum); float32 through a round-to-odd double, as
+// module.cpp's final_value (a float32 of hi alone could round twice). fastloss._dask rounds a
+// combined partial with the same steps (fastloss._dd).
+double reduced_loss(const CrossEntropyResult& r, bool mean, Dtype dtype) {
+  double hi = r.sum, lo = r.sum_lo;
+  if (mean) dd::divide_by_sum(hi, lo, r.divisor, r.divisor_lo, hi, lo);
+  return dtype == Dtype::Float64 ? hi : dd::round_to_odd(hi, lo);
+}
+
+// How the pass answers: the rounded loss (and gradient), or for a Dask block its unrounded
+// partial, (sum, sum_lo, divisor, divisor_lo) (and the gradient).
+enum class Answer { Rounded, Partial };
+
 template <class T>
-py::object cross_entropy_typed(PassOutputs outputs, TargetKind kind, bool mean, const py::array& input,
+py::object cross_entropy_typed(PassOutputs outputs, Answer answer, TargetKind kind, bool mean, const py::array& input,
                                py::handle target, py::handle weight, std::int64_t ignore_index,
                                double label_smoothing, py::handle grad_output, py::handle out,
                                const RowShape& shape, const std::vector<npy_intp>& loss_shape, Dtype dtype) {
@@ -226,7 +241,12 @@ py::object cross_entropy_typed(PassOutputs outputs, TargetKind kind, bool mean, 
     PyErr_SetObject(class_index_out_of_range, py::make_tuple(result.bad_row, result.bad_class).ptr());
     throw py::error_already_set();
   }
-  if (wants_sum(outputs)) loss = scalar_of(mean ? result.sum / result.divisor : result.sum, dtype);
+  if (answer == Answer::Partial) {
+    const py::tuple partial = py::make_tuple(result.sum, result.sum_lo, result.divisor, result.divisor_lo);
+    if (wants_grad(outputs)) return py::make_tuple(partial, grad);
+    return std::move(partial);
+  }
+  if (wants_sum(outputs)) loss = scalar_of(reduced_loss(result, mean, dtype), dtype);
   if (outputs == PassOutputs::Grad) return grad;
   if (wants_grad(outputs)) return py::make_tuple(loss, grad);
   return loss;
@@ -237,10 +257,10 @@ py::object cross_entropy_typed(PassOutputs outputs, TargetKind kind, bool mean, 
 // scalar for Sum*, divided by the mean's divisor when `mean`; an array of `loss_shape` for
 // Elementwise*), the gradient (into `out` or a new array; grad_output a float, or an array of
 // one value per row), or (loss, gradient).
-py::object cross_entropy_pass(int outputs_code, int target_code, bool mean, py::handle input, py::handle target,
-                              py::handle weight, std::int64_t ignore_index, double label_smoothing,
-                              py::handle grad_output, py::handle out, std::int64_t outer, std::int64_t classes,
-                              std::int64_t inner, const py::tuple& loss_dims) {
+py::object cross_entropy_checked(int outputs_code, Answer answer, int target_code, bool mean, py::handle input,
+                                 py::handle target, py::handle weight, std::int64_t ignore_index,
+                                 double label_smoothing, py::handle grad_output, py::handle out, std::int64_t outer,
+                                 std::int64_t classes, std::int64_t inner, const py::tuple& loss_dims) {
   std::vector<npy_intp> loss_shape;
   for (const py::handle extent : loss_dims) loss_shape.push_back(extent.cast<npy_intp>());
   if (outputs_code < 0 || outputs_code > 4 || target_code < 0 || target_code > 2) return py::none();
@@ -271,10 +291,31 @@ py::object cross_entropy_pass(int outputs_code, int target_code, bool mean, py::
   }
   py::object result;
   arrays::with_element_type(dtype, [&](auto zero) {
-    result = cross_entropy_typed<decltype(zero)>(outputs, kind, mean, input_array, target, weight, ignore_index,
+    result = cross_entropy_typed<decltype(zero)>(outputs, answer, kind, mean, input_array, target, weight, ignore_index,
                                                  label_smoothing, grad_output, out, shape, loss_shape, dtype);
   });
   return result;
+}
+
+py::object cross_entropy_pass(int outputs_code, int target_code, bool mean, py::handle input, py::handle target,
+                              py::handle weight, std::int64_t ignore_index, double label_smoothing,
+                              py::handle grad_output, py::handle out, std::int64_t outer, std::int64_t classes,
+                              std::int64_t inner, const py::tuple& loss_dims) {
+  return cross_entropy_checked(outputs_code, Answer::Rounded, target_code, mean, input, target, weight, ignore_index,
+                               label_smoothing, grad_output, out, outer, classes, inner, loss_dims);
+}
+
+// One Dask block of a larger cross-entropy (fastloss._dask): its unrounded partial
+// (sum, sum_lo, divisor, divisor_lo), or (partial, gradient) with want_grad, the gradient of
+// the sum times grad_scale (the caller divides grad_scale by the whole array's divisor for a
+// mean). None where cross_entropy_pass would answer None.
+py::object cross_entropy_partial(bool want_grad, int target_code, py::handle input, py::handle target,
+                                 py::handle weight, std::int64_t ignore_index, double label_smoothing,
+                                 double grad_scale, std::int64_t outer, std::int64_t classes, std::int64_t inner) {
+  const int outputs = static_cast<int>(want_grad ? PassOutputs::SumAndGrad : PassOutputs::Sum);
+  return cross_entropy_checked(outputs, Answer::Partial, target_code, false, input, target, weight, ignore_index,
+                               label_smoothing, py::float_(grad_scale), py::none(), outer, classes, inner,
+                               py::make_tuple(outer * inner));
 }
 
 // ---- tanh and relu -----------------------------------------------------------------------------
@@ -316,6 +357,9 @@ void register_multiclass(py::module_& m) {
         py::arg("input"), py::arg("target"), py::arg("weight"), py::arg("ignore_index"),
         py::arg("label_smoothing"), py::arg("grad_output"), py::arg("out"), py::arg("outer"), py::arg("classes"),
         py::arg("inner"), py::arg("loss_shape"));
+  m.def("cross_entropy_partial", &cross_entropy_partial, py::arg("want_grad"), py::arg("target_kind"),
+        py::arg("input"), py::arg("target"), py::arg("weight"), py::arg("ignore_index"), py::arg("label_smoothing"),
+        py::arg("grad_scale"), py::arg("outer"), py::arg("classes"), py::arg("inner"));
   m.def("activation", &activation, py::arg("op"), py::arg("x"), py::arg("y"), py::arg("out"));
   m.attr("ROW_OPS") = py::make_tuple(static_cast<int>(RowOp::Softmax), static_cast<int>(RowOp::LogSoftmax),
                                      static_cast<int>(RowOp::SoftmaxBackward),

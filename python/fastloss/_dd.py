@@ -62,6 +62,19 @@ def divide(hi: float, lo: float, n: int) -> tuple[float, float]:
     return fast_two_sum(q1, q2)
 
 
+def divide_by_sum(hi: float, lo: float, dh: float, dl: float) -> tuple[float, float]:
+    """(hi, lo) / (dh, dl), as dd::divide_by_sum: the mean of cross_entropy, whose divisor is
+    a double-double sum of class weights. A zero divisor gives the hardware's quotient (NaN
+    or an infinity), as C++ divides."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q1 = float(np.float64(hi) / np.float64(dh))
+    if not math.isfinite(q1):
+        return q1, 0.0
+    remainder = float(Fraction(hi) - Fraction(q1) * Fraction(dh))  # exact: the C++ fma
+    q2 = ((remainder + lo) - q1 * dl) / dh
+    return fast_two_sum(q1, q2)
+
+
 def round_to_odd(hi: float, lo: float) -> float:
     """hi with lo as the sticky bit (dd::round_to_odd): its float32 rounding is that of hi + lo."""
     bits = int(np.float64(hi).view(np.uint64))

@@ -98,6 +98,35 @@ FASTLOSS_HD void divide(double hi, double lo, double n, double& qh, double& ql) 
   fast_two_sum(q1, q2, qh, ql);
 }
 
+// q1 * d with its own rounding, never contracted into an fma with a following addition (NVRTC
+// contracts by default; the CPU module is built without FMA): python/fastloss/_dd.py rounds it
+// alone too.
+FASTLOSS_HD double rounded_product(double q, double d) {
+#if FASTLOSS_DEVICE_COMPILER
+  return __dmul_rn(q, d);
+#else
+  return q * d;
+#endif
+}
+
+// (qh, ql) = (hi, lo) / (dh, dl) for normalized double-doubles: the mean of cross_entropy, whose
+// divisor is a sum of class weights. q1 = RN(hi / dh); the remainder (hi + lo) - q1 (dh + dl),
+// its large part hi - q1 dh exact in one fma, divided by dh for the second word (dividing by
+// dh instead of dh + dl errs by |dl / dh| <= u of a word that is itself ~u q1). Within a few
+// u^2 of the exact quotient. q1 not finite (a zero divisor: every target ignored, an infinite
+// or NaN sum): (q1, 0).
+FASTLOSS_HD void divide_by_sum(double hi, double lo, double dh, double dl, double& qh, double& ql) {
+  const double q1 = hi / dh;
+  if (!(q1 - q1 == 0.0)) {
+    qh = q1;
+    ql = 0.0;
+    return;
+  }
+  const double remainder = fused_multiply_add(-q1, dh, hi);
+  const double q2 = ((remainder + lo) - rounded_product(q1, dl)) / dh;
+  fast_two_sum(q1, q2, qh, ql);
+}
+
 // A double whose rounding to float32 is the correctly rounded float32 of hi + lo (normalized):
 // hi rounded to odd with lo as the sticky bit. Rounding hi alone would round twice (hi may be a
 // float32 midpoint that hi + lo is not); a 53-bit round-to-odd value rounds to any precision of

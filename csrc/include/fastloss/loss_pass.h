@@ -76,9 +76,6 @@ FASTLOSS_HD void compensated_add(V& sum, V& compensation, V term) {
   const V t = sum + y;
   const V lost = (t - sum) - y;
   compensation = lanes::select(t - t == 0.0, lost, V{});
-#ifdef FASTLOSS_PLANTED_FAULT_KAHAN_DROPPED
-  compensation = V{};
-#endif
   sum = t;
 }
 

@@ -97,6 +97,18 @@ FASTLOSS_HD double exp_for_float_rows(double d) {
 FASTLOSS_HD double row_exp(double x, double max, float) { return exp_for_float_rows(x - max); }
 FASTLOSS_HD double row_exp(double x, double max, double) { return math::exp(x - max); }
 
+// exp(x - reference) where the reference is not the row's max but its target logit (the short
+// rows of the cross-entropy kernels), so x - reference may be positive: clamped at 709, where
+// the exp is still finite (8.2e307; such a row takes the general scan), then row_exp's math.
+FASTLOSS_HD double gap_exp(double x, double reference, float) {
+  const double d = x - reference;
+  return exp_for_float_rows(d > 709.0 ? 709.0 : d);
+}
+FASTLOSS_HD double gap_exp(double x, double reference, double) {
+  const double d = x - reference;
+  return math::exp(d > 709.0 ? 709.0 : d);
+}
+
 FASTLOSS_HD double log_softmax_element(double x, double max, double log_sum) {
   return (x - max) - log_sum;
 }
