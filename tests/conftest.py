@@ -39,6 +39,17 @@ def pytest_report_header(config):
             f"compiler={info['compiler']!r}")
 
 
+@pytest.fixture(scope="module")
+def cluster():
+    """A real dask.distributed cluster of two worker processes on this machine (the Dask
+    tests), started and stopped once per test module; its Client is not the default one."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=2, processes=True,
+                                  dashboard_address=None, silence_logs=50) as local, \
+            distributed.Client(local, set_as_default=False) as client:
+        yield client
+
+
 @pytest.fixture(scope="session")
 def cp():
     """The cupy module, for tests that need a GPU: skips without CuPy or a CUDA device."""

@@ -195,15 +195,6 @@ def test_sigmoid_blocks(threaded):
 
 
 # ---- a real cluster: two worker processes ------------------------------------------------------
-@pytest.fixture(scope="module")
-def cluster():
-    distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=2, processes=True,
-                                  dashboard_address=None, silence_logs=50) as local, \
-            distributed.Client(local, set_as_default=False) as client:
-        yield client
-
-
 def _on(client):
     return lambda *lazy: tuple(client.compute(list(lazy), sync=True))
 

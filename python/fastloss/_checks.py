@@ -96,3 +96,29 @@ def as_float(value, name):
     except OverflowError:
         raise ValueError(f"{name} is too large for a float64; expected a real number of "
                          "magnitude below 1.8e308") from None
+
+
+def checked_dim(dim, ndim, name="dim"):
+    """``dim`` of an array of ``ndim`` dimensions as a non-negative axis (torch's range:
+    [-ndim, ndim - 1], and [-1, 0] for a 0-d array)."""
+    if not isinstance(dim, numbers.Integral) or isinstance(dim, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an int, got {type_name(dim)}")
+    low, high = -max(ndim, 1), max(ndim, 1) - 1
+    if not low <= dim <= high:
+        raise ValueError(f"{name} must be in [{low}, {high}] for an input of {ndim} "
+                         f"dimension{'s' if ndim != 1 else ''}, got {dim}")
+    return int(dim) % max(ndim, 1)
+
+
+def cross_entropy_rows(shape):
+    """(class axis, C, loss shape) of a cross_entropy input of ``shape``: (C,), (N, C) or
+    (N, C, d1, ...) with C >= 1."""
+    if len(shape) == 0:
+        raise ValueError("input has shape (); cross_entropy expects (C,), (N, C) or "
+                         "(N, C, d1, ...) with the classes along dimension 1 (0 for (C,))")
+    class_axis = 1 if len(shape) >= 2 else 0
+    classes = shape[class_axis]
+    if classes == 0:
+        raise ValueError(f"input has shape {tuple(shape)}: no classes along dimension "
+                         f"{class_axis}; expected C >= 1")
+    return class_axis, classes, tuple(shape[:1]) + tuple(shape[2:]) if len(shape) >= 2 else ()

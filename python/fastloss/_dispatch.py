@@ -43,7 +43,10 @@ passes of grad_output ``first`` and the forward output ``second``),
 label_smoothing, grad_output, out, shape, loss_shape)`` (``target`` one class index per row or
 probabilities of the input's shape; ``weight`` None or ``classes`` weights; ``grad_output`` a
 float or one value per row; 'mean' divides by the summed weights of the non-ignored targets,
-which the pass computes), ``activation(op, x, y, out)`` (tanh, relu and their backward passes
+which the pass computes), ``cross_entropy_partial(want_grad, target_kind, input, target,
+weight, ignore_index, label_smoothing, grad_scale, shape)`` (optional, NumPy only for now: one
+Dask block's unrounded (sum, sum_lo, divisor, divisor_lo), with the gradient of its 'sum' times
+``grad_scale`` for ``want_grad``), ``activation(op, x, y, out)`` (tanh, relu and their backward passes
 from grad_output ``x`` and the forward output ``y``) and ``ClassIndexOutOfRange`` (what
 ``cross_entropy_pass`` raises, with args (row, class index), before it writes anything).
 """
@@ -60,7 +63,7 @@ import numpy as np
 from . import _codes, _numpy_backend
 from ._checks import REDUCTIONS, check_reduction
 from ._checks import as_float as _as_float
-from ._checks import check_float_dtype, storage_name
+from ._checks import check_float_dtype, checked_dim, cross_entropy_rows, storage_name
 from ._checks import spelling as _spelling
 from ._checks import check_same_dtype as _check_same_dtype
 from ._checks import check_same_shape as _check_same_shape
@@ -489,16 +492,6 @@ def _row_shape(shape, axis):
     return (math.prod(shape[:axis]), shape[axis] if shape else 1, math.prod(shape[axis + 1:]))
 
 
-def _checked_dim(dim, ndim, name="dim"):
-    if not isinstance(dim, numbers.Integral) or isinstance(dim, (bool, np.bool_)):
-        raise TypeError(f"{name} must be an int, got {_type_name(dim)}")
-    low, high = -max(ndim, 1), max(ndim, 1) - 1
-    if not low <= dim <= high:
-        raise ValueError(f"{name} must be in [{low}, {high}] for an input of {ndim} "
-                         f"dimension{'s' if ndim != 1 else ''}, got {dim}")
-    return int(dim) % max(ndim, 1)
-
-
 def softmax_forward(op, input, dim, out=None):
     """softmax (op SOFTMAX) or log_softmax (LOG_SOFTMAX) of ``input`` along ``dim``."""
     if type(input) is _ndarray and type(dim) is int and (out is None or type(out) is _ndarray):
@@ -510,9 +503,12 @@ def softmax_forward(op, input, dim, out=None):
                                    math.prod(shape[axis + 1:]), out)
             if result is not None:
                 return result
+    if _is_dask(input):
+        from . import _dask
+        return _dask.softmax_forward(_IN_MEMORY, op, input, dim, out)
     input, out = adopt(input, "input"), adopt(out, "out")
     backend = _backend_of(input, "input")
-    axis = _checked_dim(dim, input.ndim)
+    axis = checked_dim(dim, input.ndim)
     with backend.on_device_of(input):
         x = _prepared_input(backend, input, "input")
         out = _checked_out(backend, out, x, "input", [(x, "input")])
@@ -535,11 +531,14 @@ def softmax_backward(op, grad_output, output, dim, out=None):
                                    shape[axis], math.prod(shape[axis + 1:]), out)
             if result is not None:
                 return result
+    if _is_dask(grad_output) or _is_dask(output):
+        from . import _dask
+        return _dask.softmax_backward(_IN_MEMORY, op, grad_output, output, dim, out)
     grad_output, output = adopt(grad_output, "grad_output"), adopt(output, "output")
     out = adopt(out, "out")
     backend = _backend_of(grad_output, "grad_output")
     _check_array(backend, output, "output")
-    axis = _checked_dim(dim, grad_output.ndim)
+    axis = checked_dim(dim, grad_output.ndim)
     with backend.on_device_of(grad_output):
         g, y = _prepared_pair(backend, grad_output, "grad_output", output, "output")
         out = _checked_out(backend, out, g, "grad_output", [(g, "grad_output"), (y, "output")])
@@ -555,6 +554,9 @@ def activation(op, input, out=None):
         result = _cpu_activation(op, input, None, out)
         if result is not None:
             return result
+    if _is_dask(input):
+        from . import _dask
+        return _dask.activation(_IN_MEMORY, op, input, out)
     input, out = adopt(input, "input"), adopt(out, "out")
     backend = _backend_of(input, "input")
     with backend.on_device_of(input):
@@ -571,6 +573,9 @@ def activation_backward(op, grad_output, output, out=None):
         result = _cpu_activation(op, grad_output, output, out)
         if result is not None:
             return result
+    if _is_dask(grad_output) or _is_dask(output):
+        from . import _dask
+        return _dask.activation_backward(_IN_MEMORY, op, grad_output, output, out)
     grad_output, output = adopt(grad_output, "grad_output"), adopt(output, "output")
     out = adopt(out, "out")
     backend = _backend_of(grad_output, "grad_output")
@@ -622,13 +627,30 @@ def _class_index_error(error, loss_shape, classes, ignore_index):
 
 
 def _checked_cross_entropy(kind, input, target, weight, ignore_index, reduction,
-                           label_smoothing, grad_output, out):
+                           label_smoothing, grad_output, out, partial=False):
+    """The checked cross-entropy call; ``partial``: one Dask block's unrounded partial
+    (``cross_entropy_partial``), from the reduction 'sum' pass of ``kind``."""
+    if _is_dask(input) or _is_dask(target):
+        ignore_index, smoothing = _checked_cross_entropy_numbers(reduction, ignore_index,
+                                                                 label_smoothing)
+        from . import _dask
+        return _dask.cross_entropy(_IN_MEMORY, kind, input, target, weight, ignore_index,
+                                   reduction, smoothing, grad_output, out)
     input, target, weight, grad_output, out = (
         adopt(value, name) for value, name in
         ((input, "input"), (target, "target"), (weight, "weight"), (grad_output, "grad_output"),
          (out, "out")))
     backend = _backend_of(input, "input")
     _check_array(backend, target, "target")
+    ignore_index, smoothing = _checked_cross_entropy_numbers(reduction, ignore_index,
+                                                             label_smoothing)
+    with backend.on_device_of(input):
+        return _cross_entropy_on_device(backend, kind, input, target, weight, ignore_index,
+                                        reduction, smoothing, grad_output, out, partial)
+
+
+def _checked_cross_entropy_numbers(reduction, ignore_index, label_smoothing):
+    """reduction checked; (ignore_index as an int, label_smoothing as a float), checked."""
     check_reduction(reduction)
     if not isinstance(ignore_index, numbers.Integral) or isinstance(ignore_index,
                                                                     (bool, np.bool_)):
@@ -640,23 +662,13 @@ def _checked_cross_entropy(kind, input, target, weight, ignore_index, reduction,
     smoothing = _as_float(label_smoothing, "label_smoothing")
     if not 0.0 <= smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
-    with backend.on_device_of(input):
-        return _cross_entropy_on_device(backend, kind, input, target, weight, int(ignore_index),
-                                        reduction, smoothing, grad_output, out)
+    return int(ignore_index), smoothing
 
 
 def _cross_entropy_on_device(backend, kind, input, target, weight, ignore_index, reduction,
-                             label_smoothing, grad_output, out):
+                             label_smoothing, grad_output, out, partial=False):
     _check_float_dtype(input, "input")
-    if input.ndim == 0:
-        raise ValueError("input has shape (); cross_entropy expects (C,), (N, C) or "
-                         "(N, C, d1, ...) with the classes along dimension 1 (0 for (C,))")
-    class_axis = 1 if input.ndim >= 2 else 0
-    classes = input.shape[class_axis]
-    if classes == 0:
-        raise ValueError(f"input has shape {input.shape}: no classes along dimension "
-                         f"{class_axis}; expected C >= 1")
-    loss_shape = input.shape[:1] + input.shape[2:] if input.ndim >= 2 else ()
+    class_axis, classes, loss_shape = cross_entropy_rows(input.shape)
     target_kind = _cross_entropy_target_kind(backend, target, input, loss_shape)
     x = backend.contiguous(input, "input")
     t = backend.contiguous(target, "target")
@@ -682,6 +694,14 @@ def _cross_entropy_on_device(backend, kind, input, target, weight, ignore_index,
     plan = kind.passes[reduction]
     shape = _row_shape(x.shape, class_axis)
     try:
+        if partial:
+            if not hasattr(backend, "cross_entropy_partial"):
+                raise NotImplementedError(
+                    f"reduced cross-entropy losses of Dask arrays of {backend.ARRAY} blocks are "
+                    "not implemented yet (their partial sums are CPU only); use "
+                    "reduction='none' or NumPy blocks")
+            return backend.cross_entropy_partial(kind.want_grad, target_kind, x, t, weights,
+                                                 ignore_index, label_smoothing, scale, shape)
         return backend.cross_entropy_pass(plan.outputs, target_kind, plan.mean, x, t, weights,
                                           ignore_index, label_smoothing,
                                           scale if grad_array is None else grad_array, out,
@@ -738,6 +758,17 @@ def _split_row_grad_output(backend, grad_output, input, loss_shape, reduction):
     return 1.0, backend.contiguous(rows, "grad_output")
 
 
+def cross_entropy_partial(want_grad, input, target, weight, ignore_index, label_smoothing,
+                          grad_scale):
+    """One block of a larger cross-entropy (fastloss._dask), checked as the in-memory call:
+    its unrounded partial (sum, sum_lo, divisor, divisor_lo), two double-doubles, or
+    (partial, gradient) with ``want_grad``: the gradient of the block's 'sum' times
+    ``grad_scale``."""
+    return _checked_cross_entropy(cross_entropy_kind(True, want_grad), input, target, weight,
+                                  ignore_index, "sum", label_smoothing, grad_scale, None,
+                                  partial=True)
+
+
 class _InMemory(NamedTuple):
     """The calls a Dask block runs, handed to ``_dask`` with each call (it imports nothing of
     this module: the dispatch depends on it, not it on the dispatch)."""
@@ -745,6 +776,14 @@ class _InMemory(NamedTuple):
     loss_partial: Any
     sigmoid: Any
     sigmoid_backward: Any
+    cross_entropy: Any
+    cross_entropy_partial: Any
+    softmax_forward: Any
+    softmax_backward: Any
+    activation: Any
+    activation_backward: Any
 
 
-_IN_MEMORY = _InMemory(loss, loss_partial, sigmoid, sigmoid_backward)
+_IN_MEMORY = _InMemory(loss, loss_partial, sigmoid, sigmoid_backward, cross_entropy,
+                       cross_entropy_partial, softmax_forward, softmax_backward, activation,
+                       activation_backward)

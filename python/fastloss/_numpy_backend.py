@@ -109,6 +109,13 @@ def cross_entropy_pass(outputs, target_kind, mean, input, target, weight, ignore
                                             *shape, tuple(loss_shape)))
 
 
+def cross_entropy_partial(want_grad, target_kind, input, target, weight, ignore_index,
+                          label_smoothing, grad_scale, shape):
+    return _checked(_cpu.cross_entropy_partial(want_grad, target_kind, input, target, weight,
+                                               ignore_index, label_smoothing, grad_scale,
+                                               *shape))
+
+
 def activation(op, x, y, out):
     return _checked(_cpu.activation(op, x, y, out))
 
