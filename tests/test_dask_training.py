@@ -109,7 +109,39 @@ def test_mixed_and_unknown_data_are_refused():
     with pytest.raises(TypeError, match="dtype"):
         fit(model, da.from_array(X.astype(np.float64), chunks=100), da.from_array(Y, chunks=100),
             loss=nn.MSELoss(), optimizer=optimizer, epochs=1)
-    with pytest.raises(TypeError, match="validation_data"):
+    with pytest.raises(TypeError, match=r"validation_data\[0\] is a Dask array but "
+                                        r"validation_data\[1\] is a numpy.ndarray"):
         fit(model, da.from_array(X, chunks=100), da.from_array(Y, chunks=100),
             loss=nn.MSELoss(), optimizer=optimizer, epochs=1,
-            validation_data=(da.from_array(X), da.from_array(Y)))
+            validation_data=(da.from_array(X), Y))
+    with pytest.raises(ValueError, match=r"validation_data\[0\] has 1001 samples but "
+                                         r"validation_data\[1\] has 1000"):
+        fit(model, X, Y, loss=nn.MSELoss(), optimizer=optimizer, epochs=1,
+            validation_data=(da.from_array(X), da.from_array(Y[:1000])))
+
+
+@pytest.mark.parametrize("loss", [nn.BCEWithLogitsLoss(), nn.MSELoss(reduction="sum"),
+                                  nn.BCELoss(reduction="none")], ids=repr)
+def test_dask_validation_data_gives_the_validation_loss(loss):
+    """validation_data as Dask arrays (training data in memory or streamed): the val_loss of
+    each epoch is the loss of the model's outputs, chunk by chunk, as fastloss computes it for
+    Dask arrays; the same value as the in-memory evaluation up to the last bits of the
+    forward pass's matrix products on other row counts."""
+    X, Y = _data()
+    X_val, Y_val = X[:400] * 1.5, Y[:400]
+    layers = [nn.Dense(5, 8, rng=1), nn.Tanh(), nn.Dense(8, 1, rng=2)]
+    if type(loss) is nn.BCELoss:
+        layers.append(nn.Sigmoid())  # trained as logits; evaluated through the same swap
+    results = []
+    for lazy in (False, True):
+        model = nn.Sequential(*[__import__("copy").deepcopy(layer) for layer in layers])
+        optimizer = SGD(model.parameters(), lr=0.002, momentum=0.5)
+        validation = ((da.from_array(X_val, chunks=(150, 5)), da.from_array(Y_val, chunks=70))
+                      if lazy else (X_val, Y_val))
+        results.append(fit(model, X, Y, loss=loss, optimizer=optimizer, epochs=3,
+                           batch_size=64, shuffle=False, validation_data=validation))
+    in_memory, streamed = results
+    assert streamed["loss"] == in_memory["loss"]  # validation never changes the training
+    assert all(isinstance(value, float) for value in streamed["val_loss"])
+    np.testing.assert_allclose(streamed["val_loss"], in_memory["val_loss"], rtol=2e-6)
+    assert streamed["val_loss"][0] != streamed["val_loss"][-1]  # one per epoch, as trained

@@ -156,12 +156,13 @@ def _check_data(model: Module, layers: list[Module], loss: _Loss, X: Array, Y: A
     loss.check_target(Y, _output_shape(layers, len(X)), dtype, names[1])
 
 
-def _check_dask_data(model: Module, layers: list[Module], loss: _Loss, X: Any, Y: Any) -> None:
+def _check_dask_data(model: Module, layers: list[Module], loss: _Loss, X: Any, Y: Any,
+                     names: tuple[str, str] = ("X", "Y")) -> None:
     """Dask X and Y checked from their metadata (shape, dtype, the array type of their blocks)
     as _check_data checks arrays in memory, without computing anything."""
-    for value, name in ((X, "X"), (Y, "Y")):
+    for value, name in ((X, names[0]), (Y, names[1])):
         if not _is_dask(value):
-            other = "Y" if name == "X" else "X"
+            other = names[1] if name == names[0] else names[0]
             raise TypeError(f"{other} is a Dask array but {name} is a {_type_name(value)}; "
                             "both must be Dask arrays (dask.array.from_array) or both in memory")
         if any(math.isnan(size) for size in value.shape):
@@ -170,23 +171,23 @@ def _check_dask_data(model: Module, layers: list[Module], loss: _Loss, X: Any, Y
     like = _model_arrays(model)
     meta = X._meta
     if like is not None and type(meta) is not type(like):
-        raise TypeError(f"X holds blocks of {_type_name(meta)} but the model's parameters are "
-                        f"{_type_name(like)} arrays")
+        raise TypeError(f"{names[0]} holds blocks of {_type_name(meta)} but the model's "
+                        f"parameters are {_type_name(like)} arrays")
     if X.ndim != 2:
-        raise ValueError(f"X has shape {X.shape}, expected (samples, features)")
+        raise ValueError(f"{names[0]} has shape {X.shape}, expected (samples, features)")
     first = layers[0] if layers else None
     if isinstance(first, Dense) and X.shape[1] != first.in_features:
-        raise ValueError(f"X has {X.shape[1]} features (shape {X.shape}) but the model's first "
-                         f"Dense layer takes {first.in_features}")
+        raise ValueError(f"{names[0]} has {X.shape[1]} features (shape {X.shape}) but the "
+                         f"model's first Dense layer takes {first.in_features}")
     dtype = X.dtype if like is None else like.dtype
     if X.dtype != dtype:
-        raise TypeError(f"X has dtype {X.dtype} but the model's parameters are {dtype}: convert "
-                        f"it with X.astype(np.{dtype.name})")
+        raise TypeError(f"{names[0]} has dtype {X.dtype} but the model's parameters are {dtype}: "
+                        f"convert it with {names[0]}.astype(np.{dtype.name})")
     if Y.ndim == 0 or X.shape[0] != Y.shape[0]:
-        raise ValueError(f"X has {X.shape[0]} samples but Y has "
+        raise ValueError(f"{names[0]} has {X.shape[0]} samples but {names[1]} has "
                          f"{'a 0-d array' if Y.ndim == 0 else Y.shape[0]}; they must have one "
                          "row per sample, in the same order")
-    loss.check_target(Y, _output_shape(layers, X.shape[0]), dtype, "Y")
+    loss.check_target(Y, _output_shape(layers, X.shape[0]), dtype, names[1])
 
 
 def _progress_bar(total: int, enabled: bool | None, description: str) -> Any:
@@ -268,7 +269,8 @@ def fit(model: Module, X: Array, Y: Array, *, loss: _Loss, optimizer: Any, epoch
         epochs, batch_size: counts; the last, smaller batch of an epoch is kept.
         shuffle, rng: a new order every epoch from ``rng`` (a seed or Generator); for Dask
             data the chunks in a random order, then the rows of each chunk (chunk_batches).
-        validation_data: optional ``(X_val, Y_val)``; its loss is recorded every epoch.
+        validation_data: optional ``(X_val, Y_val)``; its loss is recorded every epoch
+            (``evaluate``: for Dask arrays, computed chunk by chunk of rows).
         progress: show a progress bar on stderr (tqdm if installed); None means only when
             stderr is a terminal.
         callback: called as ``callback(epoch, record)`` after every epoch, with the record
@@ -299,15 +301,14 @@ def fit(model: Module, X: Array, Y: Array, *, loss: _Loss, optimizer: Any, epoch
     else:
         _check_data(model, step.layers, loss, X, Y, ("X", "Y"))
     if validation_data is not None:
-        if any(_is_dask(part) for part in validation_data):
-            raise TypeError("validation_data must be in memory (NumPy or CuPy arrays); for "
-                            "Dask data compute the validation loss after fit from "
-                            "predict(model, X_val) and a fastloss loss of Dask arrays")
         if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
             raise TypeError("validation_data must be a pair (X_val, Y_val), got "
                             f"{_type_name(validation_data)}")
-        _check_data(model, step.layers, loss, *validation_data,
-                    ("validation_data[0]", "validation_data[1]"))
+        names = ("validation_data[0]", "validation_data[1]")
+        if any(_is_dask(part) for part in validation_data):
+            _check_dask_data(model, step.layers, loss, *validation_data, names)
+        else:
+            _check_data(model, step.layers, loss, *validation_data, names)
     on_host = isinstance(X._meta if streamed else X, np.ndarray)
     epoch_batches = chunk_batches if streamed else batches
     checked = on_nonfinite  # becomes 'ignore' once a 'warn' has warned
@@ -389,8 +390,31 @@ def _predict_chunks(model: Module, X: Any, batch_size: int | None) -> Any:
 
 
 def evaluate(model: Module, X: Array, Y: Array, *, loss: _Loss) -> float:
-    """The loss of ``model`` on (X, Y) as a float (no parameter changes)."""
+    """The loss of ``model`` on (X, Y) as a float (no parameter changes). Dask X and Y: the
+    model's outputs chunk by chunk of rows and the loss of those Dask arrays, computed (on the
+    default scheduler, or the distributed Client in use)."""
     layers, loss = _trained_layers(model, loss)
     evaluation = loss.fresh()
+    if _is_dask(X) or _is_dask(Y):
+        return _evaluate_chunks(layers, evaluation, X, Y)
     value = evaluation.forward(_run_forward(_fused_stages(layers), X), Y)
     return float(value.mean() if evaluation.reduction == "none" else value)
+
+
+def _forward_block(layers: list[Module], block: Array) -> Array:
+    return _run_forward(_fused_stages(layers), block).copy()
+
+
+def _evaluate_chunks(layers: list[Module], evaluation: _Loss, X: Any, Y: Any) -> float:
+    import copy
+    from functools import partial
+
+    X = X.rechunk({1: -1}) if X.ndim == 2 else X
+    frozen = copy.deepcopy(layers)  # the model as it is now, for the blocks (and the workers)
+    width = _forward_block(frozen, X[:1].compute()).shape[1:]
+    outputs = X.map_blocks(partial(_forward_block, frozen), dtype=X.dtype,
+                           chunks=(X.chunks[0],) + tuple((size,) for size in width))
+    value = evaluation.value(outputs, Y)
+    if evaluation.reduction == "none":
+        value = value.mean()
+    return float(value.compute())

@@ -19,6 +19,7 @@ class _Loss:
     in the same pass (the fused ``*_and_grad`` kernel); ``backward()`` returns it."""
 
     _and_grad: ClassVar[Any]  # the fused *_and_grad function of fastloss.functional
+    _loss: ClassVar[Any]  # the loss alone (evaluation on Dask arrays, which take no out=)
 
     def __init__(self, *, weight: Array | float | None = None, reduction: str = "mean") -> None:
         self.weight = weight
@@ -46,6 +47,11 @@ class _Loss:
             raise TypeError(f"{name} has dtype {target.dtype}, but {type(self).__name__} "
                             f"needs the model's dtype, {dtype}: convert it with "
                             f"{name}.astype(np.{dtype.name})")
+    def value(self, input: Array, target: Array) -> Any:
+        """The loss alone, without a gradient or buffers: also of Dask arrays (lazy)."""
+        return type(self)._loss(input, target, weight=self.weight, reduction=self.reduction,
+                                **self._extra())
+
     def fresh(self) -> _Loss:
         """A loss module of the same kind and settings, with buffers of its own."""
         return type(self)(weight=self.weight, reduction=self.reduction, **self._extra())
@@ -74,16 +80,19 @@ class _Loss:
 class MSELoss(_Loss):
     """Mean squared error (``torch.nn.MSELoss``; ``weight`` is an extra, per element)."""
     _and_grad = staticmethod(F.mse_loss_and_grad)
+    _loss = staticmethod(F.mse_loss)
 
 
 class BCELoss(_Loss):
     """Binary cross-entropy on probabilities (``torch.nn.BCELoss``)."""
     _and_grad = staticmethod(F.binary_cross_entropy_and_grad)
+    _loss = staticmethod(F.binary_cross_entropy)
 
 
 class BCEWithLogitsLoss(_Loss):
     """Binary cross-entropy on logits (``torch.nn.BCEWithLogitsLoss``)."""
     _and_grad = staticmethod(F.binary_cross_entropy_with_logits_and_grad)
+    _loss = staticmethod(F.binary_cross_entropy_with_logits)
 
     def __init__(self, *, weight: Array | float | None = None, reduction: str = "mean",
                  pos_weight: Array | float | None = None) -> None:
@@ -100,6 +109,7 @@ class CrossEntropyLoss(_Loss):
     per class, ``ignore_index``, ``label_smoothing``. After a final ``Softmax`` in a
     ``Sequential``, training applies it to the Softmax's input (see ``fit``)."""
     _and_grad = staticmethod(F.cross_entropy_and_grad)
+    _loss = staticmethod(F.cross_entropy)
 
     def __init__(self, *, weight: Array | None = None, reduction: str = "mean",
                  ignore_index: int = -100, label_smoothing: float = 0.0) -> None:
