@@ -22,10 +22,39 @@
 // else element by element; the elements of a group are processed in the same order either
 // way, so alignment never changes a result's bits.
 //
-// Reductions: each thread accumulates its terms in double (with Kahan compensation for
-// float64 input, like the CPU kernels), the block combines its threads by warp shuffles and a
-// fixed sequential pass over the warp sums, and writes one partial per block; finish_sum (one
-// block) then adds the partials in a fixed order and divides by N for 'mean' on the device.
+// Reductions (the same arithmetic as the CPU's, csrc/kernels.h; fastloss/double_double.h):
+// each thread adds its terms (doubles, for every storage type) into a double-double (hi, lo)
+// by dd::add_term; the block adds its threads' pairs by dd::accumulate in a fixed tree (warp
+// shuffles of both words, then the same over the warp sums) and writes its pair, unrounded;
+// finish_sum (one block, a second launch) adds the pairs in a fixed order, normalizes, divides
+// by N as a double-double for 'mean' and rounds once to the storage type exactly as the CPU
+// module does (csrc/module.cpp final_value and scalar_of: hi for float64; hi rounded to odd with
+// lo as sticky bit, then to float32 or float16). Every order is a function of N only (the grid
+// is: _cuda.py), never of timing: no float atomics.
+//
+// What is guaranteed. A thread adds k <= W * ceil(N / (W * 8192 * 256)) terms (W the group
+// width: k <= 1024 up to N = 2^31, k = N / 2^21 beyond), with an error below k^2 u^2 sum|terms|
+// (u = 2^-53; the CPU's bound for its lanes), and the < 50 accumulate steps that lead from a
+// thread to the total (5 + 3 levels in a block, <= 32 sequential ones and 8 levels in
+// finish_sum) add at most 2 u^2 each of what they add: so the result is the exact sum (mean)
+// of the per-element terms correctly rounded to the dtype, unless the exact value lies within
+// ~(k^2 + 100) u^2 sum|terms| (1.3e-26 relative for N <= 2^31) of a rounding boundary, or a
+// partial sum overflows. The CPU's result is the same under the same condition, so the two
+// have the same bits wherever their per-element terms do, and so have Dask blocks' partials
+// (loss_partial in _cuda.py, added by fastloss._dd) and the whole array's reduced loss. The
+// terms are the same bits as the CPU baseline build's (SSE2: the same IEEE operations in the
+// same order, no FMA on either side, -fmad=false here; the loss terms never use
+// divide_for_float32, the AVX-512 build's one approximate operation, which only gradients and
+// the sigmoid call). The x86-64-v3/v4 builds (the CPU default where the CPU has AVX2/AVX-512)
+// let GCC contract the header's multiply-adds into FMAs (GNU C++'s default
+// -ffp-contract=fast): their squared-error terms are the same bits (x - y, its square, times
+// the weight: nothing to contract), but their cross-entropy terms differ from the baseline's
+// in the last bit of many elements (float64 BCE on Zen 5's v4 build: 21 % of them; the
+// float32-grade polynomials contract too), so a reduced cross-entropy can differ from theirs
+// where the exact value lies within ~u sum|terms| of a rounding boundary: often in a float64
+// result's last bit, rarely in a float32 one. tests/test_cuda_partials.py compares against
+// the baseline build.
+#include "fastloss/double_double.h"
 #include "fastloss/half.h"
 #include "fastloss/loss_pass.h"
 
@@ -143,42 +172,49 @@ __device__ __forceinline__ void store_group(T* a, long long base, long long n, b
   }
 }
 
-// ---- per-thread accumulation ------------------------------------------------------------------
-// float32 input: plain double sum (N / 2^21 terms per thread at the largest grid, 8192 x 256
-// threads: 1024 for N = 2^31; relative error far below a float32 ulp). float64 input:
-// Kahan-compensated, like the CPU kernels (pass::compensated_add).
-template <class T>
-struct Accumulator {
-  double sum;
-  __device__ __forceinline__ Accumulator() : sum(0.0) {}
-  __device__ __forceinline__ void add(double term) { sum += term; }
-  __device__ __forceinline__ double total() const { return sum; }
-};
-template <>
-struct Accumulator<double> {
-  double sum;
-  double compensation;
-  __device__ __forceinline__ Accumulator() : sum(0.0), compensation(0.0) {}
-  __device__ __forceinline__ void add(double term) { pass::compensated_add(sum, compensation, term); }
-  __device__ __forceinline__ double total() const { return sum - compensation; }
-};
+// ---- the reduction: double-doubles (fastloss/double_double.h) --------------------------------
+// Every thread adds its terms into (hi, lo) by dd::add_term; the block's threads are combined
+// by dd::accumulate in a fixed tree (the shuffle tree of each warp, then the same over the warp
+// sums), thread 0 writing the block's (hi, lo); finish_sum adds the blocks' pairs in a fixed
+// order. Not normalized on the way (as on the CPU): finish_sum normalizes once.
 
-// Sum of `value` over the block's kThreads threads, in a fixed order; valid in thread 0.
-__device__ __forceinline__ double block_sum(double value) {
-  __shared__ double warp_sums[kThreads / 32];
+// The warp's (hi, lo) pairs added in a fixed tree: lane 0 ends with lanes 0 .. kLanes - 1
+// ((0 + 16) + (8 + 24)) + ... for kLanes = 32. Lanes whose source lies past the warp read
+// their own pair back (__shfl_down_sync) and compute values nothing reads: lanes below 2 *
+// offset, the only ones read at the next level, always add a real partner.
+template <int kLanes>
+__device__ __forceinline__ void warp_tree(double& hi, double& lo) {
+  static_assert(kLanes >= 1 && kLanes <= 32 && (kLanes & (kLanes - 1)) == 0, "a power of two");
 #pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    value += __shfl_down_sync(0xffffffffu, value, offset);
+  for (int offset = kLanes / 2; offset > 0; offset >>= 1) {
+    const double other_hi = __shfl_down_sync(0xffffffffu, hi, offset);
+    const double other_lo = __shfl_down_sync(0xffffffffu, lo, offset);
+    dd::accumulate(hi, lo, other_hi, other_lo);
   }
+}
+
+const int kWarps = kThreads / 32;
+static_assert((kWarps & (kWarps - 1)) == 0, "a power-of-two number of warps per block");
+
+// The block's (hi, lo) pairs added in a fixed tree (each warp's, then the warp sums' in warp
+// 0); the total, not normalized, is valid in thread 0. Every thread of the block must call it.
+__device__ __forceinline__ void block_tree(double& hi, double& lo) {
+  __shared__ double warp_hi[kWarps];
+  __shared__ double warp_lo[kWarps];
+  warp_tree<32>(hi, lo);
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
-  if (lane == 0) warp_sums[warp] = value;
-  __syncthreads();
-  double total = 0.0;
-  if (threadIdx.x == 0) {
-    for (int w = 0; w < kThreads / 32; ++w) total += warp_sums[w];
+  if (lane == 0) {
+    warp_hi[warp] = hi;
+    warp_lo[warp] = lo;
   }
-  return total;
+  __syncthreads();
+  if (warp == 0) {
+    // lanes past kWarps hold (+0, +0), which no lane below kWarps ever adds (see warp_tree)
+    hi = lane < kWarps ? warp_hi[lane] : 0.0;
+    lo = lane < kWarps ? warp_lo[lane] : 0.0;
+    warp_tree<kWarps>(hi, lo);
+  }
 }
 
 // Index into a periodic weight buffer: offset + k reduced below period.
@@ -190,7 +226,8 @@ __device__ __forceinline__ long long wrap(long long index, long long period) {
 // ---- the loss pass ----------------------------------------------------------------------------
 // One pass over input/target (and the periodic weights, element i using weight[i % period]),
 // producing what kOutputs asks for:
-//   kSum*:         block_sums[blockIdx.x] = this block's sum of weight * loss
+//   kSum*:         block_sums[2 b], block_sums[2 b + 1] = block b's sum of weight * loss, a
+//                  double-double (hi, lo), not normalized
 //   kElementwise*: loss_out[i] = weight * loss
 //   *Grad:         grad_out[i] = grad * weight * grad_scale (grad_scale = grad_output [/ N])
 // For binary cross-entropy, *out_of_range is set to 1 (never cleared) if an input lies
@@ -224,7 +261,7 @@ loss_pass(long long n, const T* input, const T* target, const T* weight, long lo
     pw_step = (stride * W) % pos_weight_period;
   }
 
-  Accumulator<T> acc;
+  double hi = 0.0, lo = 0.0;  // this thread's terms, a double-double (+0.0: see finish_sum)
   int bad = 0;
   for (; g < groups; g += stride) {
     const long long base = g * W;
@@ -244,7 +281,7 @@ loss_pass(long long n, const T* input, const T* target, const T* weight, long lo
         double loss, grad;
         pass::element<typename MathOf<T>::type, Op, kPass, kWeighted>(
             static_cast<double>(x[k]), static_cast<double>(y[k]), wk, pwk, grad_scale, loss, grad, bad);
-        if constexpr (kWantSum) acc.add(loss);
+        if constexpr (kWantSum) dd::add_term(hi, lo, loss);
         if constexpr (kWantElementwise) loss_values[k] = static_cast<T>(loss);
         if constexpr (kWantGrad) grad_values[k] = static_cast<T>(grad);
       }
@@ -260,8 +297,11 @@ loss_pass(long long n, const T* input, const T* target, const T* weight, long lo
   }
 
   if constexpr (kWantSum) {
-    const double total = block_sum(acc.total());
-    if (threadIdx.x == 0) block_sums[blockIdx.x] = total;
+    block_tree(hi, lo);
+    if (threadIdx.x == 0) {
+      block_sums[2 * static_cast<long long>(blockIdx.x)] = hi;
+      block_sums[2 * static_cast<long long>(blockIdx.x) + 1] = lo;
+    }
   }
   if constexpr (Op::kInputIsProbability) {
     // A block-wide OR, then one integer atomic per block that found something.
@@ -269,30 +309,61 @@ loss_pass(long long n, const T* input, const T* target, const T* weight, long lo
   }
 }
 
-// Adds the count partials of a loss pass in a fixed order and stores total / divisor (N for
-// 'mean', 1 for 'sum') as a T at *out. Launched with one block of kThreads threads. count may
-// be 0 (empty input): the sum is 0, and 0 / 0 = NaN for 'mean', like the CPU path.
-// Thread t adds partials t, t + kThreads, t + 2 kThreads, ... in that order, loading them
-// kBatch at a time: a warp issues in order, so one load per add would wait a memory latency
-// per partial (a loss pass leaves up to 8192 of them: 32 per thread).
+// The reduced loss stored as a T, from the normalized double-double (hi, lo): rounded once, as
+// the CPU module's final_value and scalar_of round it. float64: hi (= RN(hi + lo)). float32 and
+// float16: hi rounded to odd with lo as the sticky bit, then converted (round to nearest even:
+// CUDA's double -> float conversion, cvt.rn.f32.f64, keeps subnormals under -ftz=false;
+// half.h's rounding for float16), which rounds the exact hi + lo once, not twice.
+template <class T>
+__device__ __forceinline__ T stored_loss(double hi, double lo) {
+  return static_cast<T>(dd::round_to_odd(hi, lo));
+}
+template <>
+__device__ __forceinline__ double stored_loss<double>(double hi, double) {
+  return hi;
+}
+
+// Adds the `count` block partials (hi, lo) of a loss pass (partials[2 b], partials[2 b + 1])
+// in a fixed order, which depends on count alone (and so on N alone), and normalizes the
+// total. Then, where the pointers are not null:
+//   sum_out[0], sum_out[1] = the normalized total (hi, lo) (loss_partial: a Dask block's sum);
+//   *out = the total divided by n for `mean` (dd::divide, as a double-double), rounded once to
+//          T (stored_loss).
+// Launched with one block of kThreads threads. count may be 0 (empty input): the sum is +0,
+// and 0 / 0 = NaN for 'mean', as on the CPU. Thread t adds partials t, t + kThreads, ... in
+// that order by dd::accumulate, loading them kBatch at a time (a warp issues in order: one load
+// per addition would wait a memory latency each, and a loss pass leaves up to 8192 partials, 32
+// per thread); block_tree then adds the threads.
 template <class T>
 __global__ void __launch_bounds__(kThreads)
-finish_sum(const double* partials, long long count, double divisor, T* out) {
+finish_sum(const double* partials, long long count, long long n, int mean, T* out, double* sum_out) {
   const int kBatch = 8;
-  double value = 0.0;
+  // +0.0, never -0.0, like the CPU's lanes (a sum of -0.0 terms is +0 on both): the padding
+  // (+0, +0) past count, like the pairs of the loss pass's threads that had no element, adds
+  // exactly nothing, so it changes no bit of the result.
+  double hi = 0.0, lo = 0.0;
   for (long long base = threadIdx.x; base < count; base += kBatch * kThreads) {
-    double batch[kBatch];
+    double batch_hi[kBatch], batch_lo[kBatch];
 #pragma unroll
     for (int k = 0; k < kBatch; ++k) {
       const long long i = base + static_cast<long long>(k) * kThreads;
-      // 0.0 past the end changes no bit: value starts at +0.0, so it is never -0.0
-      batch[k] = i < count ? partials[i] : 0.0;
+      batch_hi[k] = i < count ? partials[2 * i] : 0.0;
+      batch_lo[k] = i < count ? partials[2 * i + 1] : 0.0;
     }
 #pragma unroll
-    for (int k = 0; k < kBatch; ++k) value += batch[k];
+    for (int k = 0; k < kBatch; ++k) dd::accumulate(hi, lo, batch_hi[k], batch_lo[k]);
   }
-  const double total = block_sum(value);
-  if (threadIdx.x == 0) *out = static_cast<T>(total / divisor);
+  block_tree(hi, lo);
+  if (threadIdx.x != 0) return;
+  dd::normalize(hi, lo);
+  if (sum_out != nullptr) {
+    sum_out[0] = hi;
+    sum_out[1] = lo;
+  }
+  if (out != nullptr) {
+    if (mean) dd::divide(hi, lo, static_cast<double>(n), hi, lo);
+    *out = stored_loss<T>(hi, lo);
+  }
 }
 
 // ---- sigmoid ----------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ the kernels read it, a copy or an error),
 ``sigmoid(x, out)``, ``sigmoid_backward(grad_output, output, out)`` and
 ``loss_partial(op, outputs, input, target, weight, pos_weight, grad_scale)`` (optional: one
 block of a Dask array, its sum as an unrounded double-double (hi, lo), with the gradient for
-SUM_AND_GRAD; the NumPy backend only, for now) and
+SUM_AND_GRAD; both backends have it) and
 ``ProbabilityOutOfRange`` (what ``loss_pass`` raises for a probability outside [0, 1], and
 ``sigmoid_backward`` for an output there: both found inside the kernel's pass).
 
