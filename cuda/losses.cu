@@ -54,6 +54,7 @@
 // where the exact value lies within ~u sum|terms| of a rounding boundary: often in a float64
 // result's last bit, rarely in a float32 one. tests/test_cuda_partials.py compares against
 // the baseline build.
+#include "fastloss/device_sums.h"
 #include "fastloss/double_double.h"
 #include "fastloss/half.h"
 #include "fastloss/loss_pass.h"
@@ -172,50 +173,10 @@ __device__ __forceinline__ void store_group(T* a, long long base, long long n, b
   }
 }
 
-// ---- the reduction: double-doubles (fastloss/double_double.h) --------------------------------
-// Every thread adds its terms into (hi, lo) by dd::add_term; the block's threads are combined
-// by dd::accumulate in a fixed tree (the shuffle tree of each warp, then the same over the warp
-// sums), thread 0 writing the block's (hi, lo); finish_sum adds the blocks' pairs in a fixed
-// order. Not normalized on the way (as on the CPU): finish_sum normalizes once.
-
-// The warp's (hi, lo) pairs added in a fixed tree: lane 0 ends with lanes 0 .. kLanes - 1
-// ((0 + 16) + (8 + 24)) + ... for kLanes = 32. Lanes whose source lies past the warp read
-// their own pair back (__shfl_down_sync) and compute values nothing reads: lanes below 2 *
-// offset, the only ones read at the next level, always add a real partner.
-template <int kLanes>
-__device__ __forceinline__ void warp_tree(double& hi, double& lo) {
-  static_assert(kLanes >= 1 && kLanes <= 32 && (kLanes & (kLanes - 1)) == 0, "a power of two");
-#pragma unroll
-  for (int offset = kLanes / 2; offset > 0; offset >>= 1) {
-    const double other_hi = __shfl_down_sync(0xffffffffu, hi, offset);
-    const double other_lo = __shfl_down_sync(0xffffffffu, lo, offset);
-    dd::accumulate(hi, lo, other_hi, other_lo);
-  }
-}
-
-const int kWarps = kThreads / 32;
-static_assert((kWarps & (kWarps - 1)) == 0, "a power-of-two number of warps per block");
-
-// The block's (hi, lo) pairs added in a fixed tree (each warp's, then the warp sums' in warp
-// 0); the total, not normalized, is valid in thread 0. Every thread of the block must call it.
-__device__ __forceinline__ void block_tree(double& hi, double& lo) {
-  __shared__ double warp_hi[kWarps];
-  __shared__ double warp_lo[kWarps];
-  warp_tree<32>(hi, lo);
-  const int lane = threadIdx.x & 31;
-  const int warp = threadIdx.x >> 5;
-  if (lane == 0) {
-    warp_hi[warp] = hi;
-    warp_lo[warp] = lo;
-  }
-  __syncthreads();
-  if (warp == 0) {
-    // lanes past kWarps hold (+0, +0), which no lane below kWarps ever adds (see warp_tree)
-    hi = lane < kWarps ? warp_hi[lane] : 0.0;
-    lo = lane < kWarps ? warp_lo[lane] : 0.0;
-    warp_tree<kWarps>(hi, lo);
-  }
-}
+// ---- the reduction: double-doubles (fastloss/double_double.h, device_sums.h) ------------------
+// Every thread adds its terms into (hi, lo) by dd::add_term; sums::block_tree combines the
+// block's threads, thread 0 writing the block's (hi, lo); finish_sum adds the blocks' pairs in
+// a fixed order (sums::add_in_order), normalized once.
 
 // Index into a periodic weight buffer: offset + k reduced below period.
 __device__ __forceinline__ long long wrap(long long index, long long period) {
@@ -297,7 +258,7 @@ loss_pass(long long n, const T* input, const T* target, const T* weight, long lo
   }
 
   if constexpr (kWantSum) {
-    block_tree(hi, lo);
+    sums::block_tree<kThreads>(hi, lo);
     if (threadIdx.x == 0) {
       block_sums[2 * static_cast<long long>(blockIdx.x)] = hi;
       block_sums[2 * static_cast<long long>(blockIdx.x) + 1] = lo;
@@ -309,20 +270,6 @@ loss_pass(long long n, const T* input, const T* target, const T* weight, long lo
   }
 }
 
-// The reduced loss stored as a T, from the normalized double-double (hi, lo): rounded once, as
-// the CPU module's final_value and scalar_of round it. float64: hi (= RN(hi + lo)). float32 and
-// float16: hi rounded to odd with lo as the sticky bit, then converted (round to nearest even:
-// CUDA's double -> float conversion, cvt.rn.f32.f64, keeps subnormals under -ftz=false;
-// half.h's rounding for float16), which rounds the exact hi + lo once, not twice.
-template <class T>
-__device__ __forceinline__ T stored_loss(double hi, double lo) {
-  return static_cast<T>(dd::round_to_odd(hi, lo));
-}
-template <>
-__device__ __forceinline__ double stored_loss<double>(double hi, double) {
-  return hi;
-}
-
 // Adds the `count` block partials (hi, lo) of a loss pass (partials[2 b], partials[2 b + 1])
 // in a fixed order, which depends on count alone (and so on N alone), and normalizes the
 // total. Then, where the pointers are not null:
@@ -330,39 +277,20 @@ __device__ __forceinline__ double stored_loss<double>(double hi, double) {
 //   *out = the total divided by n for `mean` (dd::divide, as a double-double), rounded once to
 //          T (stored_loss).
 // Launched with one block of kThreads threads. count may be 0 (empty input): the sum is +0,
-// and 0 / 0 = NaN for 'mean', as on the CPU. Thread t adds partials t, t + kThreads, ... in
-// that order by dd::accumulate, loading them kBatch at a time (a warp issues in order: one load
-// per addition would wait a memory latency each, and a loss pass leaves up to 8192 partials, 32
-// per thread); block_tree then adds the threads.
+// and 0 / 0 = NaN for 'mean', as on the CPU.
 template <class T>
 __global__ void __launch_bounds__(kThreads)
 finish_sum(const double* partials, long long count, long long n, int mean, T* out, double* sum_out) {
-  const int kBatch = 8;
-  // +0.0, never -0.0, like the CPU's lanes (a sum of -0.0 terms is +0 on both): the padding
-  // (+0, +0) past count, like the pairs of the loss pass's threads that had no element, adds
-  // exactly nothing, so it changes no bit of the result.
-  double hi = 0.0, lo = 0.0;
-  for (long long base = threadIdx.x; base < count; base += kBatch * kThreads) {
-    double batch_hi[kBatch], batch_lo[kBatch];
-#pragma unroll
-    for (int k = 0; k < kBatch; ++k) {
-      const long long i = base + static_cast<long long>(k) * kThreads;
-      batch_hi[k] = i < count ? partials[2 * i] : 0.0;
-      batch_lo[k] = i < count ? partials[2 * i + 1] : 0.0;
-    }
-#pragma unroll
-    for (int k = 0; k < kBatch; ++k) dd::accumulate(hi, lo, batch_hi[k], batch_lo[k]);
-  }
-  block_tree(hi, lo);
+  double hi, lo;
+  sums::add_in_order<kThreads>(partials, count, hi, lo);
   if (threadIdx.x != 0) return;
-  dd::normalize(hi, lo);
   if (sum_out != nullptr) {
     sum_out[0] = hi;
     sum_out[1] = lo;
   }
   if (out != nullptr) {
     if (mean) dd::divide(hi, lo, static_cast<double>(n), hi, lo);
-    *out = stored_loss<T>(hi, lo);
+    *out = sums::stored_loss<T>(hi, lo);
   }
 }
 

@@ -14,12 +14,17 @@
 // depends only on its length. Groups take rows grid-stride; the grid is a function of the row
 // count only (_cuda.py), so sums have the same bits on every GPU.
 //
-// Loss sums: a group adds its rows' losses in order (Kahan-compensated), the block adds its
-// groups' sums in order and writes one partial; sum_partials (one block) adds the partials in
-// a fixed order. The mean's divisor (the summed weights of the non-ignored targets) is
-// computed the same way by check_targets before the loss pass, on the device; a class index
-// outside [0, C) is reported as the lowest such row (an integer atomicMin: deterministic).
+// Loss sums: double-doubles, as on the CPU (fastloss/device_sums.h): a group adds its rows'
+// losses in order (dd::add_term), the block adds its groups' pairs in a fixed tree and writes
+// one unrounded pair; finish_pairs (one block) adds the pairs in a fixed order and rounds once
+// (the mean by dd::divide_by_sum). The mean's divisor (the summed weights of the non-ignored
+// targets) is summed the same way by check_targets before the loss pass, on the device; a
+// class index outside [0, C) is reported as the lowest such row (an integer atomicMin:
+// deterministic). A row's loss is the CPU's per-row math, but its exps and logs are evaluated
+// on other paths than the CPU's short-row kernel, so the GPU's sums equal the CPU's bits only
+// where the row losses agree bit for bit (the general scan, with the baseline build).
 #include "fastloss/activations.h"
+#include "fastloss/device_sums.h"
 #include "fastloss/loss_pass.h"
 #include "fastloss/softmax.h"
 
@@ -188,27 +193,24 @@ row_pass(long long rows, long long classes, long long inner, const T* first, con
 }
 
 // ---- cross-entropy ------------------------------------------------------------------------------
-// Sums `value` over the block's threads in a fixed order; valid in thread 0.
-__device__ __forceinline__ double block_total(double value) {
-  __shared__ double warp_sums[kWarps];
-  value = warp_sum(value);
-  if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = value;
-  __syncthreads();
-  double total = 0.0;
+// The block's pairs added (sums::block_tree) and written unrounded to block_sums[2 b], [2 b + 1].
+__device__ __forceinline__ void write_block_pair(double hi, double lo, double* block_sums) {
+  sums::block_tree<kThreads>(hi, lo);
   if (threadIdx.x == 0) {
-    for (int w = 0; w < kWarps; ++w) total += warp_sums[w];
+    block_sums[2 * static_cast<long long>(blockIdx.x)] = hi;
+    block_sums[2 * static_cast<long long>(blockIdx.x) + 1] = lo;
   }
-  return total;
 }
 
 // The targets before the loss pass: per block, the summed weights of its non-ignored class
-// indices (thread t takes rows t, t + T, ... of the grid, Kahan-compensated), and the lowest
-// row holding an index outside [0, classes) (*bad_row starts at rows: none).
+// indices as an unrounded double-double (thread t takes rows t, t + T, ... of the grid; pairs
+// into block_sums[2 b], [2 b + 1]), and the lowest row holding an index outside [0, classes)
+// (*bad_row starts at rows: none).
 template <class T, class Index>
 __global__ void __launch_bounds__(kThreads)
 check_targets(long long rows, long long classes, const Index* target, const T* class_weight, long long ignore_index,
               double* block_sums, unsigned long long* bad_row) {
-  double sum = 0.0, compensation = 0.0;
+  double hi = 0.0, lo = 0.0;
   const long long stride = static_cast<long long>(gridDim.x) * kThreads;
   for (long long r = static_cast<long long>(blockIdx.x) * kThreads + threadIdx.x; r < rows; r += stride) {
     const long long y = static_cast<long long>(target[r]);
@@ -217,39 +219,45 @@ check_targets(long long rows, long long classes, const Index* target, const T* c
       atomicMin(bad_row, static_cast<unsigned long long>(r));
       continue;
     }
-    pass::compensated_add(sum, compensation, class_weight != nullptr ? static_cast<double>(class_weight[y]) : 1.0);
+    dd::add_term(hi, lo, class_weight != nullptr ? static_cast<double>(class_weight[y]) : 1.0);
   }
-  const double total = block_total(sum - compensation);
-  if (threadIdx.x == 0) block_sums[blockIdx.x] = total;
+  write_block_pair(hi, lo, block_sums);
 }
 
-// out[0] = the sum of count partials in a fixed order (thread t adds t, t + kThreads, ...),
-// divided by *divisor when divisor is not null; as a T into out_t when it is not null, and as
-// a double into out_double when that is not null. One block.
+// The `count` block pairs of check_targets or of a loss pass added in a fixed order
+// (sums::add_in_order) into the normalized double-double (hi, lo); then, where the pointers
+// are not null: pair_out[0], [1] = (hi, lo) (the divisor; a Dask block's partial), and
+// *out_t = (hi, lo), divided by the divisor pair for 'mean' (dd::divide_by_sum, as the CPU's
+// reduced_loss), rounded once to T. One block.
 template <class T>
 __global__ void __launch_bounds__(kThreads)
-sum_partials(const double* partials, long long count, const double* divisor, T* out_t, double* out_double) {
-  double value = 0.0;
-  for (long long i = threadIdx.x; i < count; i += kThreads) value += partials[i];
-  double total = block_total(value);
-  if (threadIdx.x == 0) {
-    if (divisor != nullptr) total = total / *divisor;
-    if (out_t != nullptr) *out_t = static_cast<T>(total);
-    if (out_double != nullptr) *out_double = total;
+finish_pairs(const double* partials, long long count, const double* divisor, T* out_t, double* pair_out) {
+  double hi, lo;
+  sums::add_in_order<kThreads>(partials, count, hi, lo);
+  if (threadIdx.x != 0) return;
+  if (pair_out != nullptr) {
+    pair_out[0] = hi;
+    pair_out[1] = lo;
+  }
+  if (out_t != nullptr) {
+    if (divisor != nullptr) dd::divide_by_sum(hi, lo, divisor[0], divisor[1], hi, lo);
+    *out_t = sums::stored_loss<T>(hi, lo);
   }
 }
 
-// A row's loss into loss_out (kElementwise) and the group's compensated sum (kSum).
+// A row's loss into loss_out (kElementwise) and the group's double-double sum (kSum).
 template <bool kSum, bool kElementwise, class T>
-__device__ __forceinline__ void add_loss(double loss, long long r, T* loss_out, double& sum, double& compensation) {
+__device__ __forceinline__ void add_loss(double loss, long long r, T* loss_out, double& hi, double& lo) {
   if (kElementwise) loss_out[r] = static_cast<T>(loss);
-  if (kSum) pass::compensated_add(sum, compensation, loss);
+  if (kSum) dd::add_term(hi, lo, loss);
 }
 
 // One cross-entropy pass of kOutputs (PassOutputs) over rows of logits; kTargetKind:
 // TargetKind (the class indices' type, or probabilities of the input's shape). grad_output:
 // one upstream gradient per row or null (then grad_scale); divisor: the mean's divisor on the
-// device, or null ('sum', 'none'). Writes block_sums (Sum*), loss_out (Elementwise*) and
+// device (a normalized double-double; the gradient divides by its high word, as the CPU's
+// row_scale), or null ('sum', 'none'). Writes block_sums (Sum*: pairs, as check_targets'),
+// loss_out (Elementwise*) and
 // grad_out (*Grad; may be the input: each element is read before the group's merge and
 // written after it, by the thread that read it).
 template <class T, int kOutputs, int kTargetKind, int kGroup>
@@ -268,7 +276,7 @@ cross_entropy(long long rows, long long classes, long long inner, const T* input
   const double keep = 1.0 - label_smoothing;
   const double spread = label_smoothing / static_cast<double>(classes);
   const bool coefficients = probabilities || label_smoothing != 0.0;
-  double group_sum = 0.0, group_compensation = 0.0;
+  double group_hi = 0.0, group_lo = 0.0;
 
   for (long long r = static_cast<long long>(blockIdx.x) * G::kPerBlock + G::index(); r < rows;
        r += static_cast<long long>(gridDim.x) * G::kPerBlock) {
@@ -303,7 +311,7 @@ cross_entropy(long long rows, long long classes, long long inner, const T* input
       loss = s.coefficients == 0.0 ? 0.0 : rw::row_loss(s.offsets, s.coefficients, log_sum);
       if (kGrad) {
         double scale = grad_output != nullptr ? static_cast<double>(grad_output[r]) : grad_scale;
-        if (divisor != nullptr) scale = scale / *divisor;
+        if (divisor != nullptr) scale = scale / divisor[0];
         const double k = s.coefficients * scale / s.sum;
         for (long long c = lane; c < classes; c += kGroup) {
           const double x = static_cast<double>(input[start + c * inner]);
@@ -324,12 +332,11 @@ cross_entropy(long long rows, long long classes, long long inner, const T* input
     } else if (kGrad) {
       for (long long c = lane; c < classes; c += kGroup) grad_out[start + c * inner] = T(0);
     }
-    if (lane == 0) add_loss<kSum, kElementwise>(loss, r, loss_out, group_sum, group_compensation);
+    if (lane == 0) add_loss<kSum, kElementwise>(loss, r, loss_out, group_hi, group_lo);
   }
   if (kSum) {
-    // the groups' sums in order (lane 0 of each holds one; the others add 0)
-    const double total = block_total(lane == 0 ? group_sum - group_compensation : 0.0);
-    if (threadIdx.x == 0) block_sums[blockIdx.x] = total;
+    // the groups' sums in the block's fixed tree (lane 0 of each holds one; the others add 0)
+    write_block_pair(lane == 0 ? group_hi : 0.0, lane == 0 ? group_lo : 0.0, block_sums);
   }
 }
 

@@ -98,15 +98,16 @@ def _nvrtc_unavailable_reason():
     return None
 
 
-def _assert_no_contracted_multiply_adds(ptx):
-    """-fmad=false reached the compiler: no fma.rn in any kernel but finish_sum, whose one is
-    the explicit fma() of dd::divide (the exact remainder of the mean's division, as on the
+def _assert_no_contracted_multiply_adds(ptx, finishing="finish_sum"):
+    """-fmad=false reached the compiler: no fma.rn in any kernel but the ``finishing`` one
+    (losses.cu's finish_sum, multiclass.cu's finish_pairs), whose one is the explicit fma() of
+    dd::divide or dd::divide_by_sum (the exact remainder of the mean's division, as on the
     CPU). Each kernel's body is its own: every device function is inlined."""
     head = re.split(r"^\.(?:visible|weak) \.entry ", ptx, flags=re.M)
     assert "fma.rn." not in head[0]
     for body in head[1:]:
         name = body.split("(", 1)[0]
-        expected = 1 if "finish_sum" in name else 0
+        expected = 1 if finishing in name else 0
         assert body.count("fma.rn.") == expected, f"{name}: {body.count('fma.rn.')} fma.rn"
 
 

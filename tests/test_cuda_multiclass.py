@@ -24,6 +24,7 @@ from _helpers import (
 )
 from fastloss import _codes, _cuda
 from fastloss import reference as R
+from test_cuda import _assert_no_contracted_multiply_adds
 from test_cuda import nvrtc_or_skip  # noqa: F401  (a fixture)
 
 SOURCE = "multiclass.cu"
@@ -55,7 +56,8 @@ def test_compiles_with_nvrtc(nvrtc_or_skip):  # noqa: F811
     assert kind == "ptx" and set(lowered) == set(names)
     for name, mangled in lowered.items():
         assert f".entry {mangled}(" in ptx, name
-    assert ".ftz." not in ptx and "fma.rn." not in ptx
+    assert ".ftz." not in ptx
+    _assert_no_contracted_multiply_adds(ptx, finishing="finish_pairs")
 
 
 def test_nvrtc_reports_a_syntax_error(nvrtc_or_skip):  # noqa: F811

@@ -530,16 +530,24 @@ def test_loss_partial_edge_cases(cp):
 
 def test_dask_arrays_of_cupy_blocks(cp):
     """Reduced losses of a Dask array of CuPy blocks equal the in-memory CuPy result, bit for
-    bit. Skipped while fastloss/_dask.py still refuses them (the refusal is lifted at the
-    merge of this branch)."""
+    bit; and cross_entropy's (the blocks' (sum, divisor) pairs from cuda/multiclass.cu)."""
     da = pytest.importorskip("dask.array")
     x, y = _case_inputs("logits", 30011, np.float32, "dask")
     gx, gy = cp.asarray(x), cp.asarray(y)
     dx, dy = da.from_array(gx, chunks=7001), da.from_array(gy, chunks=7001)
-    try:
-        lazy = fastloss.binary_cross_entropy_with_logits(dx, dy, reduction="sum")
-    except NotImplementedError as error:
-        pytest.skip(f"fastloss/_dask.py still refuses them: {error}")
+    lazy = fastloss.binary_cross_entropy_with_logits(dx, dy, reduction="sum")
+    rng = np.random.default_rng(5)
+    logits = cp.asarray((rng.standard_normal((3001, 300)) * 3).astype(np.float32))
+    labels = cp.asarray(rng.integers(0, 300, 3001))
+    weight = (rng.random(300) + 0.5).astype(np.float32)
+    for reduction in ("sum", "mean"):
+        got = fastloss.cross_entropy(da.from_array(logits, chunks=(700, 300)),
+                                     da.from_array(labels, chunks=700), weight=weight,
+                                     reduction=reduction).compute()
+        want = fastloss.cross_entropy(logits, labels, weight=cp.asarray(weight),
+                                      reduction=reduction)
+        assert_same_bits(np.asarray(got.get() if hasattr(got, "get") else got)[()],
+                         cp.asnumpy(want)[()], what=f"cross_entropy {reduction}")
     for reduction in ("sum", "mean"):
         got = fastloss.binary_cross_entropy_with_logits(dx, dy, reduction=reduction).compute()
         want = fastloss.binary_cross_entropy_with_logits(gx, gy, reduction=reduction)

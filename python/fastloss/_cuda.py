@@ -89,7 +89,7 @@ def _multiclass_names(family, ctype):
         return [f"fastloss::gpu::activation<{ctype}, {op}>" for op in _codes.ACTIVATIONS]
     return ([f"fastloss::gpu::check_targets<{ctype}, long long>",
              f"fastloss::gpu::check_targets<{ctype}, int>",
-             f"fastloss::gpu::sum_partials<{ctype}>"]
+             f"fastloss::gpu::finish_pairs<{ctype}>"]
             + [_cross_entropy_name(ctype, outputs, kind, group)
                for outputs in _codes.PASS_OUTPUTS for kind in _codes.TARGET_KINDS
                for group in _GROUPS])
@@ -683,12 +683,11 @@ def row_pass(op, first, second, shape, out):
     return out
 
 
-def cross_entropy_pass(outputs, target_kind, mean, input, target, weight, ignore_index,
+def _cross_entropy_run(outputs, target_kind, mean, input, target, weight, ignore_index,
                        label_smoothing, grad_output, out, shape, loss_shape):
-    """One cross-entropy pass on the device (called under ``on_device_of(input)``): as the
-    CPU's, the loss a 0-d array (Sum*, divided on the device by the mean's divisor when
-    ``mean``) or an array of ``loss_shape``, the gradient, or both. Class indices are checked
-    first on the device; reading that check back is this call's one host synchronisation."""
+    """The passes of one cross-entropy call on the device: (loss sums' block pairs, their
+    count, the divisor pair, the per-row losses, the gradient). Class indices are checked first
+    on the device; reading that check back is the call's one host synchronisation."""
     cp = _cupy()
     dtype_name = input.dtype.name
     ctype = _CTYPE[dtype_name]
@@ -701,27 +700,26 @@ def cross_entropy_pass(outputs, target_kind, mean, input, target, weight, ignore
     grad_out = None
     if outputs in (_codes.SUM_AND_GRAD, _codes.ELEMENTWISE_AND_GRAD, _codes.GRAD):
         grad_out = cp.empty(input.shape, dtype=input.dtype) if out is None else out
-    finish = _kernel("cross_entropy", dtype_name, f"fastloss::gpu::sum_partials<{ctype}>", device)
-    divisor = cp.zeros((1,), dtype=cp.float64)
+    divisor = cp.zeros((2,), dtype=cp.float64)  # a normalized double-double
     if target_kind == _codes.PROBABILITIES:
-        divisor.fill(float(rows))
+        divisor[0] = float(rows)
     elif rows:
         index_type = "long long" if target_kind == _codes.CLASS_INDEX_64 else "int"
         blocks = max(1, min(MAX_BLOCKS, -(-rows // THREADS)))
-        sums = cp.empty((blocks,), dtype=cp.float64)
+        sums = cp.empty((2 * blocks,), dtype=cp.float64)
         bad = cp.full((1,), rows, dtype=np.uint64)
         check = _kernel("cross_entropy", dtype_name,
                         f"fastloss::gpu::check_targets<{ctype}, {index_type}>", device)
         check((blocks,), (THREADS,), (np.int64(rows), np.int64(classes), target, weight,
                                       np.int64(ignore_index), sums, bad))
-        finish((1,), (THREADS,), (sums, np.int64(blocks), None, None, divisor))
+        _finish_pairs(input, sums, blocks, None, None, divisor)
         bad_row = int(bad.get()[0])  # the one host synchronisation
         if bad_row < rows:
             raise ClassIndexOutOfRange(bad_row, int(target.reshape(-1)[bad_row].get()))
     per_row = not isinstance(grad_output, float)
     group = _group(classes)
-    blocks = _row_grid(rows, group)
-    block_sums = cp.empty((blocks,), dtype=cp.float64) if want_sum else None
+    blocks = _row_grid(rows, group) if rows else 0
+    block_sums = cp.zeros((2 * max(blocks, 1),), dtype=cp.float64) if want_sum else None
     if rows:
         kernel = _kernel("cross_entropy", dtype_name,
                          _cross_entropy_name(ctype, outputs, target_kind, group), device)
@@ -730,14 +728,54 @@ def cross_entropy_pass(outputs, target_kind, mean, input, target, weight, ignore
             np.int64(ignore_index), np.float64(label_smoothing),
             grad_output if per_row else None, np.float64(0.0 if per_row else grad_output),
             divisor if mean else None, loss_out, grad_out, block_sums))
+    return block_sums, blocks, divisor, loss_out, grad_out
+
+
+def _finish_pairs(input, partials, count, divisor, out_t, pair_out):
+    """cuda/multiclass.cu finish_pairs (one block): the ``count`` pairs added in a fixed order,
+    into ``pair_out`` (two doubles) and/or ``out_t`` (the loss, divided by the ``divisor``
+    pair when it is given, rounded once)."""
+    dtype_name = input.dtype.name
+    finish = _kernel("cross_entropy", dtype_name,
+                     f"fastloss::gpu::finish_pairs<{_CTYPE[dtype_name]}>", input.device)
+    finish((1,), (THREADS,), (partials, np.int64(count), divisor, out_t, pair_out))
+
+
+def cross_entropy_pass(outputs, target_kind, mean, input, target, weight, ignore_index,
+                       label_smoothing, grad_output, out, shape, loss_shape):
+    """One cross-entropy pass on the device (called under ``on_device_of(input)``): as the
+    CPU's, the loss a 0-d array (Sum*: the double-double sum, divided on the device by the
+    mean's double-double divisor when ``mean``, rounded once) or an array of ``loss_shape``,
+    the gradient, or both."""
+    cp = _cupy()
+    block_sums, blocks, divisor, loss_out, grad_out = _cross_entropy_run(
+        outputs, target_kind, mean, input, target, weight, ignore_index, label_smoothing,
+        grad_output, out, shape, loss_shape)
     loss = loss_out
-    if want_sum:
+    if block_sums is not None:
         loss = cp.empty((), dtype=input.dtype)
-        finish((1,), (THREADS,), (block_sums if rows else divisor, np.int64(blocks if rows else 0),
-                                  divisor if mean else None, loss, None))
+        _finish_pairs(input, block_sums, blocks, divisor if mean else None, loss, None)
     if grad_out is None:
         return loss
     return grad_out if loss is None else (loss, grad_out)
+
+
+def cross_entropy_partial(want_grad, target_kind, input, target, weight, ignore_index,
+                          label_smoothing, grad_scale, shape):
+    """One Dask block of a larger cross-entropy: its unrounded (sum, sum_lo, divisor,
+    divisor_lo) as Python floats (the NumPy backend's contract), or (that, the gradient of the
+    block's 'sum' times ``grad_scale``)."""
+    cp = _cupy()
+    outputs = _codes.SUM_AND_GRAD if want_grad else _codes.SUM
+    block_sums, blocks, divisor, _, grad_out = _cross_entropy_run(
+        outputs, target_kind, False, input, target, weight, ignore_index, label_smoothing,
+        float(grad_scale), None, shape, (shape[0] * shape[2],))
+    total = cp.empty((2,), dtype=cp.float64)
+    _finish_pairs(input, block_sums, blocks, None, None, total)
+    hi, lo = (float(v) for v in total.get())
+    d_hi, d_lo = (float(v) for v in divisor.get())
+    partial = (hi, lo, d_hi, d_lo)
+    return (partial, grad_out) if want_grad else partial
 
 
 def activation(op, x, y, out):

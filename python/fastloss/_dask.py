@@ -1,15 +1,15 @@
 """The Dask family: the loss functions over ``dask.array.Array`` inputs, lazily, block by block.
 
 Imported only for a Dask argument (``import fastloss`` never imports dask). Each block runs
-through the dispatch like an in-memory call, so it takes the NumPy backend (or CuPy's for
-'none' and the gradients: see below), and every check of the in-memory call applies to it.
+through the dispatch like an in-memory call, so it takes the NumPy backend (or CuPy's, for
+CuPy blocks), and every check of the in-memory call applies to it.
 
 - ``reduction='none'`` and gradients: Dask arrays with the input's chunks, each block the
   in-memory result of that block, so equal element for element to the in-memory result (the
   kernels are elementwise; a 'mean' gradient is scaled by grad_output / N of the whole array,
   the very double the in-memory call uses).
 - 'sum' and 'mean': a 0-d Dask array from ``dask.array.reduction``. Each block yields its sum
-  unrounded, as a double-double (``fastloss._cpu.loss_partial``); the partials are added with
+  unrounded, as a double-double (the backend's ``loss_partial``); the partials are added with
   the same double-double arithmetic (``fastloss._dd``) and rounded once. The in-memory sum is
   the same near-exact double-double computation (csrc/kernels.h), so both are the exact sum of
   the same per-element terms, correctly rounded: the same bits for any chunking, any number of
@@ -198,11 +198,6 @@ def loss(entries, kind, input, target, weight, pos_weight, reduction, grad_outpu
     if any(math.isnan(size) for size in shape):
         raise ValueError(f"input has unknown chunk sizes (shape {shape}); call "
                          "input.compute_chunk_sizes() (and target's) first")
-    if type(input._meta).__module__.startswith("cupy") and kind.want_loss and (
-            reduction != "none"):
-        raise NotImplementedError("reduced losses of Dask arrays of CuPy blocks are not "
-                                  "implemented yet (the CUDA partial sums are not "
-                                  "double-doubles); use reduction='none', or NumPy blocks")
     if input.ndim == 0:  # blocks of one element: a 0-d array has no axis to place them on
         input, target = input.reshape(1), target.reshape(1)
     if target.chunks != input.chunks:
@@ -409,6 +404,13 @@ def _rows_of(block, indices):
     return block.reshape(block.shape[:1] + block.shape[2:]) if indices else block
 
 
+def _on_device_of(block, array):
+    """A small NumPy array (class weights) copied to the GPU of a CuPy block."""
+    import cupy
+    with block.device:
+        return cupy.asarray(array)
+
+
 def _with_class_axis(array):
     return array.reshape(array.shape[:1] + (1,) + array.shape[1:])
 
@@ -433,6 +435,8 @@ def _ce_block(entries, kind, mode, reduction, indices, weight, ignore_index, smo
     'mean' gradient: the scale becomes ``scale`` / the whole array's divisor, the very double
     the in-memory pass divides by)."""
     target = _rows_of(t, indices)
+    if weight is not None and not isinstance(x, np.ndarray):
+        weight = _on_device_of(x, weight)  # a CuPy block: its weights on its GPU
     grad_output = scale
     if rest and getattr(rest[0], "dtype", None) == DIVISOR:
         hi, _ = _dd.normalize(float(rest[0]["hi"]), float(rest[0]["lo"]))
@@ -457,9 +461,9 @@ def _ce_block(entries, kind, mode, reduction, indices, weight, ignore_index, smo
             block[field] = value
         return block if grad is None else _pair_block(block, grad, x.ndim)
     if kind.want_loss and kind.want_grad:
-        return _pair_block(_with_class_axis(np.asarray(result[0])), result[1], x.ndim)
+        return _pair_block(_with_class_axis(result[0]), result[1], x.ndim)
     if kind.want_loss:
-        return _with_class_axis(np.asarray(result))
+        return _with_class_axis(result)
     return result
 
 
@@ -470,7 +474,7 @@ def _divisor_block(indices, weight, ignore_index, classes, t, block_info=None):
     if not indices:
         count = math.prod(t.shape[:1] + t.shape[2:])
         return _partial_block(float(count), 0.0, t.ndim)
-    rows = np.asarray(t).reshape(-1)
+    rows = (np.asarray(t) if isinstance(t, np.ndarray) else t.get()).reshape(-1)  # CuPy: .get()
     kept = rows[rows != ignore_index]
     bad = (kept < 0) | (kept >= classes)
     if bad.any():

@@ -44,7 +44,7 @@ label_smoothing, grad_output, out, shape, loss_shape)`` (``target`` one class in
 probabilities of the input's shape; ``weight`` None or ``classes`` weights; ``grad_output`` a
 float or one value per row; 'mean' divides by the summed weights of the non-ignored targets,
 which the pass computes), ``cross_entropy_partial(want_grad, target_kind, input, target,
-weight, ignore_index, label_smoothing, grad_scale, shape)`` (optional, NumPy only for now: one
+weight, ignore_index, label_smoothing, grad_scale, shape)`` (optional; both backends have it: one
 Dask block's unrounded (sum, sum_lo, divisor, divisor_lo), with the gradient of its 'sum' times
 ``grad_scale`` for ``want_grad``), ``activation(op, x, y, out)`` (tanh, relu and their backward passes
 from grad_output ``x`` and the forward output ``y``) and ``ClassIndexOutOfRange`` (what
