@@ -350,3 +350,54 @@ def test_float16_needs_no_ml_dtypes():
             "fastloss.mse_loss(np.ones(3, np.float16), np.ones(3, np.float16))\n"
             "print(json.dumps('ml_dtypes' in sys.modules))")
     assert run_python_json(code, python_env()) is False
+
+
+# ---- the mean at N = 10^8 ------------------------------------------------------------------------
+# Halves in [1, 2): a multiple of the format's quantum there (2^-10 float16, 2^-7 bfloat16), so
+# (x - y)^2 is an integer count of quantum^2 and the exact sum an integer NumPy adds without
+# error (below 2^20 * 10^8 < 2^47 for float16).
+ONE_BITS = {"float16": 0x3C00, "bfloat16": 0x3F80}
+MANTISSA_BITS = {"float16": 10, "bfloat16": 7}
+BIG_N = 10**8
+
+
+def _correctly_rounded(exact, dtype):
+    """The dtype value nearest the Fraction ``exact`` (ties to even), by its bits: the
+    candidates around exact's float64 rounding (which may round twice on its way to 16 bits)."""
+    from fractions import Fraction
+    near = np.array([float(exact)]).astype(dtype).view(np.uint16)[0]
+    candidates = np.array([near - 1, near, near + 1], dtype=np.uint16).view(dtype)
+    distances = [abs(Fraction(float(c)) - exact) for c in candidates]
+    best = min(distances)
+    ties = [c for c, d in zip(candidates, distances) if d == best]
+    return min(ties, key=lambda c: int(np.array([c]).view(np.uint16)[0]) & 1)
+
+
+@pytest.mark.parametrize("name", DTYPE_NAMES)
+def test_mean_of_10_to_the_8_halves_is_the_exact_mean_correctly_rounded(name):
+    """The issue's bar: a 16-bit mean is the correctly rounded exact mean of the 16-bit inputs
+    at N up to 1e8, for random inputs and for equal terms (where no error averages out)."""
+    from fractions import Fraction
+    dtype = dtype_of(name)
+    quanta = 1 << MANTISSA_BITS[name]
+    rng = np.random.default_rng(20261202)
+    kx = rng.integers(0, quanta, BIG_N, dtype=np.uint16)
+    ky = rng.integers(0, quanta, BIG_N, dtype=np.uint16)
+    x = (kx + np.uint16(ONE_BITS[name])).view(dtype)
+    y = (ky + np.uint16(ONE_BITS[name])).view(dtype)
+    squares = 0
+    for start in range(0, BIG_N, 10**7):
+        d = kx[start:start + 10**7].astype(np.int64) - ky[start:start + 10**7]
+        squares += int(np.dot(d, d))
+    exact = Fraction(squares, BIG_N * quanta * quanta)
+    got = fastloss.mse_loss(x, y)
+    assert got.dtype == dtype
+    assert got == _correctly_rounded(exact, dtype), (float(got), float(exact))
+    if name == "bfloat16":  # float16's sum (1.7e7) overflows to inf
+        assert fastloss.mse_loss(x, y, reduction="sum") == _correctly_rounded(exact * BIG_N,
+                                                                              dtype)
+    # equal terms: x - y = 3 quanta everywhere, the mean exactly (3 quanta)^2
+    del kx, ky
+    x[:] = np.array([1 + 3 / quanta]).astype(dtype)[0]
+    y[:] = np.array([1.0]).astype(dtype)[0]
+    assert fastloss.mse_loss(x, y) == _correctly_rounded(Fraction(9, quanta * quanta), dtype)
