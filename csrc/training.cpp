@@ -3,8 +3,9 @@
 // A small network's training step is made of many small operations: at batch 32 a NumPy call
 // on a (32, 64) array costs 3-5 us on the project's machines, mostly overhead. These kernels
 // merge the element-wise ones around each matrix product (bias and ReLU forward; ReLU
-// derivative and bias gradient backward) and the whole SGD update into single calls; the
-// matrix products stay with NumPy's BLAS.
+// derivative and bias gradient backward) and the whole SGD update into single calls, and run
+// the products themselves: plain loops for a layer of at most four outputs, csrc/dense.cpp's
+// AVX-512 kernel for wider ones (where the CPU has none, those stay with NumPy's BLAS).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -12,6 +13,8 @@
 #include <string>
 
 #include "arrays.h"
+#include "dense.h"
+#include "isa.h"
 #include "training.h"
 
 namespace py = pybind11;
@@ -323,13 +326,35 @@ void require_distinct(const py::array& written, const char* written_name, std::i
   }
 }
 
-// output = relu?(input @ weight.T + bias), for weight of at most kNarrowMaxOutputs rows.
-void dense_narrow_forward(py::handle input_obj, py::handle weight_obj, py::handle bias_obj, py::handle output_obj,
-                          bool relu) {
-  py::array weight = checked(weight_obj, "weight", nullptr, false);
-  if (weight.ndim() != 2 || weight.shape(0) > kNarrowMaxOutputs) {
-    throw py::value_error("weight must be 2-D with at most 4 rows (a narrow layer)");
+// The dense-layer products of the build the module chose (isa.h); false where it has none.
+template <typename T>
+bool product(const Product<T>& p) {
+  switch (chosen_isa()) {
+#if defined(__x86_64__)
+    case Isa::X86_64_V4: return x86_64_v4::dense_product(p);
+    case Isa::X86_64_V3: return x86_64_v3::dense_product(p);
+#endif
+    default: return baseline::dense_product(p);
   }
+}
+
+template <typename T>
+bool product_bt(std::int64_t m, std::int64_t n, std::int64_t k, const T* a, const T* b, T* c) {
+  switch (chosen_isa()) {
+#if defined(__x86_64__)
+    case Isa::X86_64_V4: return x86_64_v4::dense_product_bt(m, n, k, a, b, c);
+    case Isa::X86_64_V3: return x86_64_v3::dense_product_bt(m, n, k, a, b, c);
+#endif
+    default: return baseline::dense_product_bt(m, n, k, a, b, c);
+  }
+}
+
+// output = relu?(input @ weight.T + bias) in one call: True; False, with nothing written, for a
+// layer wider than kNarrowMaxOutputs where this CPU's build has no product kernel.
+bool dense_forward(py::handle input_obj, py::handle weight_obj, py::handle bias_obj, py::handle output_obj,
+                   bool relu) {
+  py::array weight = checked(weight_obj, "weight", nullptr, false);
+  if (weight.ndim() != 2) throw py::value_error("weight must be 2-D (out_features, in_features)");
   const std::int64_t out = weight.shape(0), in = weight.shape(1);
   py::array input = checked(input_obj, "input", &weight, false);
   if (input.ndim() != 2 || input.shape(1) != in) {
@@ -346,21 +371,28 @@ void dense_narrow_forward(py::handle input_obj, py::handle weight_obj, py::handl
     require_shape(bias, "bias", {out});
   }
   require_distinct(output, "output", {&input, &weight, has_bias ? &bias : nullptr});
+  bool done = false;
   with_element_type(weight, [&](auto zero) {
     using T = decltype(zero);
-    narrow_forward(batch, in, out, read_ptr<T>(input), read_ptr<T>(weight), read_ptr<T>(bias, has_bias),
-                   write_ptr<T>(output), relu);
+    const T* b = read_ptr<T>(bias, has_bias);
+    if (out <= kNarrowMaxOutputs) {
+      narrow_forward(batch, in, out, read_ptr<T>(input), read_ptr<T>(weight), b, write_ptr<T>(output), relu);
+      done = true;
+    } else if (product_bt(batch, out, in, read_ptr<T>(input), read_ptr<T>(weight), write_ptr<T>(output))) {
+      bias_relu_forward(batch, out, write_ptr<T>(output), b, relu);
+      done = true;
+    }
   });
+  return done;
 }
 
 // weight_grad = grad.T @ input; grad_input = grad @ weight (if not None). grad is the gradient
-// at the pre-activation (after dense_bias_relu_backward).
-void dense_narrow_backward(py::handle grad_obj, py::handle input_obj, py::handle weight_obj,
-                           py::handle weight_grad_obj, py::handle grad_input_obj) {
+// at the pre-activation (after dense_bias_relu_backward). True; False, with nothing written,
+// where a wide layer has no product kernel on this CPU (as dense_forward).
+bool dense_backward(py::handle grad_obj, py::handle input_obj, py::handle weight_obj, py::handle weight_grad_obj,
+                    py::handle grad_input_obj) {
   py::array weight = checked(weight_obj, "weight", nullptr, false);
-  if (weight.ndim() != 2 || weight.shape(0) > kNarrowMaxOutputs) {
-    throw py::value_error("weight must be 2-D with at most 4 rows (a narrow layer)");
-  }
+  if (weight.ndim() != 2) throw py::value_error("weight must be 2-D (out_features, in_features)");
   const std::int64_t out = weight.shape(0), in = weight.shape(1);
   py::array input = checked(input_obj, "input", &weight, false);
   if (input.ndim() != 2 || input.shape(1) != in) throw py::value_error("input does not match weight");
@@ -377,11 +409,44 @@ void dense_narrow_backward(py::handle grad_obj, py::handle input_obj, py::handle
     require_shape(grad_input, "grad_input", {batch, in});
     require_distinct(grad_input, "grad_input", {&input, &weight, &grad, &weight_grad});
   }
+  bool done = false;
   with_element_type(weight, [&](auto zero) {
     using T = decltype(zero);
-    narrow_backward(batch, in, out, read_ptr<T>(grad), read_ptr<T>(input), read_ptr<T>(weight),
-                    write_ptr<T>(weight_grad), write_ptr<T>(grad_input, want_input_grad));
+    const T* g = read_ptr<T>(grad);
+    if (out <= kNarrowMaxOutputs) {
+      narrow_backward(batch, in, out, g, read_ptr<T>(input), read_ptr<T>(weight), write_ptr<T>(weight_grad),
+                      write_ptr<T>(grad_input, want_input_grad));
+      done = true;
+      return;
+    }
+    Product<T> weights;  // (out x batch, grad read transposed) times (batch x in)
+    weights.m = out;
+    weights.n = in;
+    weights.k = batch;
+    weights.a = g;
+    weights.a_row = 1;
+    weights.a_col = out;
+    weights.b = read_ptr<T>(input);
+    weights.ldb = in;
+    weights.c = write_ptr<T>(weight_grad);
+    weights.ldc = in;
+    if (!product(weights)) return;
+    done = true;
+    if (!want_input_grad) return;
+    Product<T> inputs;  // (batch x out) times (out x in)
+    inputs.m = batch;
+    inputs.n = in;
+    inputs.k = out;
+    inputs.a = g;
+    inputs.a_row = out;
+    inputs.a_col = 1;
+    inputs.b = read_ptr<T>(weight);
+    inputs.ldb = in;
+    inputs.c = write_ptr<T>(grad_input);
+    inputs.ldc = in;
+    product(inputs);
   });
+  return done;
 }
 
 }  // namespace
@@ -397,11 +462,14 @@ void register_training(py::module_& m) {
         py::arg("grad_input"), py::arg("bias_grad"),
         "With output (a ReLU output): grad_input = grad_output * (output > 0); bias_grad = column sums of "
         "the gradient at the pre-activation, which is returned.");
-  m.def("dense_narrow_forward", &dense_narrow_forward, py::arg("input"), py::arg("weight"), py::arg("bias"),
-        py::arg("output"), py::arg("relu"), "output = relu?(input @ weight.T + bias) for weight of <= 4 rows.");
-  m.def("dense_narrow_backward", &dense_narrow_backward, py::arg("grad_output"), py::arg("input"),
-        py::arg("weight"), py::arg("weight_grad"), py::arg("grad_input"),
-        "weight_grad = grad_output.T @ input; grad_input = grad_output @ weight (if not None).");
+  m.def("dense_forward", &dense_forward, py::arg("input"), py::arg("weight"), py::arg("bias"), py::arg("output"),
+        py::arg("relu"),
+        "output = relu?(input @ weight.T + bias); False (nothing written) where a layer of more than 4 outputs "
+        "has no product kernel on this CPU.");
+  m.def("dense_backward", &dense_backward, py::arg("grad_output"), py::arg("input"), py::arg("weight"),
+        py::arg("weight_grad"), py::arg("grad_input"),
+        "weight_grad = grad_output.T @ input; grad_input = grad_output @ weight (if not None); False as "
+        "dense_forward.");
   m.attr("dense_narrow_max_outputs") = kNarrowMaxOutputs;
 }
 

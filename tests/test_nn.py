@@ -322,18 +322,55 @@ def test_narrow_layers_match_the_blas_products(rng, out_features, dtype):
                                rtol=rtol, atol=rtol)
 
 
-def test_narrow_kernels_reject_bad_buffers():
+def test_dense_kernels_reject_bad_buffers():
     from fastloss import _cpu
     x, w = np.zeros((3, 5)), np.zeros((2, 5))
-    with pytest.raises(ValueError, match="at most 4 rows"):
-        _cpu.dense_narrow_forward(x, np.zeros((5, 5)), None, np.zeros((3, 5)), False)
+    with pytest.raises(ValueError, match="weight must be 2-D"):
+        _cpu.dense_forward(x, np.zeros(5), None, np.zeros((3, 5)), False)
     with pytest.raises(ValueError, match=r"input has shape \(3, 4\), expected \(batch, 5\)"):
-        _cpu.dense_narrow_forward(np.zeros((3, 4)), w, None, np.zeros((3, 2)), False)
+        _cpu.dense_forward(np.zeros((3, 4)), w, None, np.zeros((3, 2)), False)
     with pytest.raises(ValueError, match=r"output has shape \(3, 3\), expected \(3, 2\)"):
-        _cpu.dense_narrow_forward(x, w, None, np.zeros((3, 3)), False)
+        _cpu.dense_forward(x, w, None, np.zeros((3, 3)), False)
     with pytest.raises(ValueError, match="output shares memory"):
-        _cpu.dense_narrow_forward(x, w, None, x.reshape(-1)[:6].reshape(3, 2), False)
+        _cpu.dense_forward(x, w, None, x.reshape(-1)[:6].reshape(3, 2), False)
     with pytest.raises(ValueError, match="weight_grad shares memory"):
-        _cpu.dense_narrow_backward(np.zeros((3, 2)), x, w, w, None)
+        _cpu.dense_backward(np.zeros((3, 2)), x, w, w, None)
     with pytest.raises(ValueError, match=r"grad_input has shape \(3, 4\), expected \(3, 5\)"):
-        _cpu.dense_narrow_backward(np.zeros((3, 2)), x, w, np.zeros((2, 5)), np.zeros((3, 4)))
+        _cpu.dense_backward(np.zeros((3, 2)), x, w, np.zeros((2, 5)), np.zeros((3, 4)))
+    wide = np.zeros((40, 40))
+    with pytest.raises(ValueError, match="output shares memory"):
+        _cpu.dense_forward(np.zeros((3, 40)), wide, None, wide[:3], False)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dense_kernels_against_numpy_at_awkward_shapes(dtype):
+    """The compiled dense products (csrc/dense.cpp: register tiles of 4 rows by 4 vectors,
+    masked past the last column) against NumPy's, on shapes around every tile edge; False
+    (nothing written) only where the CPU's build has no kernel (then the layer uses BLAS)."""
+    from fastloss import _cpu
+    rng = np.random.default_rng(41)
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    for batch, inp, out in [(1, 1, 5), (3, 17, 16), (5, 30, 17), (32, 64, 64), (33, 65, 63),
+                            (7, 3, 130), (32, 30, 64), (2, 100, 200)]:
+        x = rng.standard_normal((batch, inp)).astype(dtype)
+        w = rng.standard_normal((out, inp)).astype(dtype)
+        b = rng.standard_normal(out).astype(dtype)
+        g = rng.standard_normal((batch, out)).astype(dtype)
+        for bias, relu in ((None, False), (b, True)):
+            y = np.full((batch, out), np.nan, dtype=dtype)
+            done = _cpu.dense_forward(x, w, bias, y, relu)
+            if not done:
+                assert _cpu.build_info()["isa"] != "x86_64_v4" and np.isnan(y).all()
+                continue
+            want = x.astype(np.float64) @ w.T.astype(np.float64) + (0 if bias is None else b)
+            want = np.maximum(want, 0) if relu else want
+            np.testing.assert_allclose(y, want, rtol=rtol, atol=rtol * inp)
+        dw = np.full((out, inp), np.nan, dtype=dtype)
+        dx = np.full((batch, inp), np.nan, dtype=dtype)
+        if _cpu.dense_backward(g, x, w, dw, dx):
+            g64 = g.astype(np.float64)
+            np.testing.assert_allclose(dw, g64.T @ x, rtol=rtol, atol=rtol * batch)
+            np.testing.assert_allclose(dx, g64 @ w, rtol=rtol, atol=rtol * out)
+            dw_only = np.full_like(dw, np.nan)
+            assert _cpu.dense_backward(g, x, w, dw_only, None)
+            np.testing.assert_array_equal(dw_only, dw)

@@ -4,8 +4,9 @@ Why a compiled part (csrc/training.cpp): a small network's training step is most
 overhead. At batch 32 a NumPy call on a (32, 64) array costs 3-5 us on the project's machines,
 a BLAS call on a (32, 64) x (64, 1) product about as much. For NumPy arrays the compiled module
 merges the element-wise operations around each product into one call (bias and ReLU forward;
-ReLU derivative and bias gradient backward) and runs layers of at most four outputs as plain
-loops: one SGD step of a 30-64-64-1 MLP takes 115 us, against 271 us written in NumPy
+ReLU derivative and bias gradient backward), runs layers of at most four outputs as plain
+loops and wider ones through its AVX-512 product kernel (csrc/dense.cpp; NumPy's BLAS on CPUs
+without AVX-512): one SGD step of a 30-64-64-1 MLP takes 115 us, against 271 us written in NumPy
 (bench/train_step.py, bench/NOTES.md). Other array libraries (CuPy) take the same steps as array
 expressions. ``Dense`` calls only these functions, so it has one code path for both.
 """
@@ -20,23 +21,19 @@ from .._arrays import Array, array_module
 NARROW_MAX_OUTPUTS = _cpu.dense_narrow_max_outputs
 
 
-def _is_narrow_numpy(weight: Array) -> bool:
-    return type(weight) is np.ndarray and weight.shape[0] <= NARROW_MAX_OUTPUTS
-
-
 def matmul_module(weight: Array):
     """The array library whose matmul (BLAS, cuBLAS) runs the layer's products."""
     return np if type(weight) is np.ndarray else array_module(weight)
 
 
-def narrow_forward(input: Array, weight: Array, bias: Array | None, output: Array,
-                   relu: bool) -> bool:
-    """output = relu?(input @ weight.T + bias) in one call for a NumPy layer of at most
-    NARROW_MAX_OUTPUTS outputs; False, with nothing done, for any other layer."""
-    if not _is_narrow_numpy(weight):
+def dense_forward(input: Array, weight: Array, bias: Array | None, output: Array,
+                  relu: bool) -> bool:
+    """output = relu?(input @ weight.T + bias) in one compiled call for a NumPy layer (plain
+    loops up to NARROW_MAX_OUTPUTS outputs, the AVX-512 product kernel beyond); False, with
+    nothing done, for other arrays or where this CPU has no product kernel."""
+    if type(weight) is not np.ndarray:
         return False
-    _cpu.dense_narrow_forward(input, weight, bias, output, relu)
-    return True
+    return _cpu.dense_forward(input, weight, bias, output, relu)
 
 
 def bias_relu(output: Array, bias: Array | None, relu: bool) -> None:
@@ -66,11 +63,10 @@ def pre_activation_grad(grad_output: Array, relu_output: Array | None, buffer: A
     return grad_output
 
 
-def narrow_backward(grad: Array, input: Array, weight: Array, weight_grad: Array,
-                    grad_input: Array | None) -> bool:
-    """weight_grad = grad.T @ input and grad_input = grad @ weight (if not None) in one call
-    for a NumPy layer of at most NARROW_MAX_OUTPUTS outputs; False otherwise."""
-    if not _is_narrow_numpy(weight):
+def dense_backward(grad: Array, input: Array, weight: Array, weight_grad: Array,
+                   grad_input: Array | None) -> bool:
+    """weight_grad = grad.T @ input and grad_input = grad @ weight (if not None) in one
+    compiled call for a NumPy layer; False as dense_forward."""
+    if type(weight) is not np.ndarray:
         return False
-    _cpu.dense_narrow_backward(grad, input, weight, weight_grad, grad_input)
-    return True
+    return _cpu.dense_backward(grad, input, weight, weight_grad, grad_input)

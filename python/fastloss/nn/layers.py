@@ -129,7 +129,7 @@ class Dense(Module):
         _check_input(input, weight, "Dense", self.in_features)
         output = self._buffer("output", (input.shape[0], self.out_features), weight)
         bias_data = None if bias is None else bias.data
-        if not _fused.narrow_forward(input, weight, bias_data, output, relu):
+        if not _fused.dense_forward(input, weight, bias_data, output, relu):
             _fused.matmul_module(weight).matmul(input, weight.T, out=output)
             _fused.bias_relu(output, bias_data, relu)
         self._input, self._output = input, output
@@ -144,7 +144,7 @@ class Dense(Module):
             self._buffer("grad_pre_activation", grad_output.shape, weight) if relu else None,
             None if bias is None else bias.grad)
         grad_input = self._buffer("grad_input", input.shape, weight) if need_input_grad else None
-        if not _fused.narrow_backward(grad_output, input, weight, self.weight.grad, grad_input):
+        if not _fused.dense_backward(grad_output, input, weight, self.weight.grad, grad_input):
             xp = _fused.matmul_module(weight)
             xp.matmul(grad_output.T, input, out=self.weight.grad)
             if grad_input is not None:
