@@ -5,8 +5,14 @@
 // running sum, its exps, all from the tile) and the chunks and threads over the rows.
 // Never -ffast-math: the row scans and the sums depend on the order of every addition.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "fastloss/double_double.h"
 #include "fastloss/loss_pass.h"
@@ -380,6 +386,129 @@ CrossEntropyResult check_class_indices(const CrossEntropyPass<T>& p, const Index
   return result;
 }
 
+
+#if defined(__AVX512F__)
+// ---- AVX-512 short rows: the per-element math -------------------------------------------------
+// CrossEntropyKernel::short_rows_avx512 takes float32 rows of up to kShortRow classes in groups
+// that share one tile; these are its pieces. Intrinsics, not lanes.h's generic vectors: the
+// table lookup (vpermt2pd), vscalefpd and the masked loads have no portable spelling, and
+// the other builds keep the portable short_rows.
+namespace short_avx512 {
+
+// 2^(j/16), j = 0..15, in two registers for vpermt2pd (rounded to double: 1.1e-16).
+alignas(64) constexpr double kExp2Sixteenths[16] = {
+    0x1.0000000000000p+0, 0x1.0b5586cf9890fp+0, 0x1.172b83c7d517bp+0, 0x1.2387a6e756238p+0,
+    0x1.306fe0a31b715p+0, 0x1.3dea64c123422p+0, 0x1.4bfdad5362a27p+0, 0x1.5ab07dd485429p+0,
+    0x1.6a09e667f3bcdp+0, 0x1.7a11473eb0187p+0, 0x1.8ace5422aa0dbp+0, 0x1.9c49182a3f090p+0,
+    0x1.ae89f995ad3adp+0, 0x1.c199bdd85529cp+0, 0x1.d5818dcfba487p+0, 0x1.ea4afa2a490dap+0};
+
+constexpr double kSixteenOverLn2 = 23.083120654223414;
+constexpr double kLn2OverSixteen = 0x1.62e42fefa39efp-5;
+constexpr double kRoundShift = 0x1.8p52;  // adding it rounds to an integer held in the low bits
+// Groups whose max is beyond this take the general scan: m below is then < 2^17, so the one
+// rounding of ln2/16 (3.5e-18) moves r by < 5e-13.
+constexpr double kMaxReference = 4096.0;
+
+// exp(x - R) for a group's reference R = K ln2/16 (K a multiple of 16 within 8 of
+// M 16/ln2, M the group's max, so x - R <= ln2/2), to 6e-12 relative, in 11 FP instructions
+// and no divide: n = round((x - R) 16/ln2) taken from x directly (the fma adds
+// 1.5 * 2^52 - K, exact for |K| < 2^51), r = x - (n + K) ln2/16 in one fma (|n + K| < 2^17:
+// kMaxReference), 2^((n mod 16)/16) from the table by the low bits of `shifted`, e^r - 1 by a
+// degree-4 polynomial on |r| <= ln2/32 (its constant and linear terms exact, so x = R gives 1;
+// c2..c4 fitted for relative error, 5.3e-12 against Taylor's 4.1e-11) and 2^floor(n/16) by
+// vscalefpd. x is clamped at M - 700 first (exp(-700.4) = 1e-304 instead of less: nothing a
+// float32 row shows; -inf included), which keeps `shifted` in range; NaN propagates.
+struct ExpReference {
+  __m512d low;       // M - 700
+  __m512d rounding;  // 1.5 * 2^52 - K
+  __m512d exponent;  // -K / 16
+  __m512d table_low, table_high;
+
+  explicit ExpReference(double max) {
+    const double k = std::nearbyint(max * (kSixteenOverLn2 / 16.0)) * 16.0;
+    low = _mm512_set1_pd(max - 700.0);
+    rounding = _mm512_set1_pd(kRoundShift - k);
+    exponent = _mm512_set1_pd(-k / 16.0);
+    table_low = _mm512_load_pd(kExp2Sixteenths);
+    table_high = _mm512_load_pd(kExp2Sixteenths + 8);
+  }
+
+  __m512d exp(__m512d x) const {
+    x = _mm512_max_pd(low, x);  // the second operand wins on NaN: NaN stays NaN
+    const __m512d shifted = _mm512_fmadd_pd(x, _mm512_set1_pd(kSixteenOverLn2), rounding);
+    const __m512d m = _mm512_sub_pd(shifted, rounding);
+    const __m512d r = _mm512_fnmadd_pd(m, _mm512_set1_pd(kLn2OverSixteen), x);
+    const __m512d t = _mm512_permutex2var_pd(table_low, _mm512_castpd_si512(shifted), table_high);
+    const __m512d r2 = _mm512_mul_pd(r, r);
+    __m512d c = _mm512_fmadd_pd(r, _mm512_set1_pd(0x1.55571de0af64cp-3), _mm512_set1_pd(0x1.00000006dc454p-1));
+    c = _mm512_fmadd_pd(r2, _mm512_set1_pd(0x1.55520f97ba200p-5), c);
+    const __m512d q = _mm512_fmadd_pd(r2, c, r);  // e^r - 1
+    const __m512d p = _mm512_fmadd_pd(t, q, t);
+    return _mm512_scalef_pd(p, _mm512_fmadd_pd(m, _mm512_set1_pd(0.0625), exponent));
+  }
+};
+
+// The low `count` lanes (count in [0, 16]).
+inline __mmask16 low_lanes16(int count) { return static_cast<__mmask16>((1u << count) - 1u); }
+inline __mmask8 low_lanes8(int count) { return static_cast<__mmask8>((1u << count) - 1u); }
+
+// The max of x[0..count), NaNs skipped (vmaxps keeps its second operand when the first is NaN:
+// a NaN row is caught by its own row sum instead), -inf for none.
+inline double group_max(const float* x, int count) {
+  const __m512 none = _mm512_set1_ps(-__builtin_inff());
+  __m512 a = none, b = none;
+  int j = 0;
+  for (; j + 32 <= count; j += 32) {
+    a = _mm512_max_ps(_mm512_loadu_ps(x + j), a);
+    b = _mm512_max_ps(_mm512_loadu_ps(x + j + 16), b);
+  }
+  for (; j < count; j += 16) {
+    const int n = std::min(16, count - j);
+    a = _mm512_max_ps(_mm512_mask_loadu_ps(none, low_lanes16(n), x + j), a);
+  }
+  return static_cast<double>(_mm512_reduce_max_ps(_mm512_max_ps(a, b)));
+}
+
+// log1p(t) for t >= 0 as rw::log1p_nonnegative, log(u) + (t - (u - 1)) / u with u = 1 + t,
+// within a few double ulps, with one divide instead of math::log's divide and special cases
+// and a second divide: u in [1, 2^100) needs no subnormal, zero, negative or inf case (a NaN
+// t gives a NaN or a meaningless value: the caller takes such rows apart), and the bracket,
+// u's rounding error (at most half an ulp of u), needs only 2^-27 of relative accuracy.
+inline lanes::Double8 log1p_nonnegative(lanes::Double8 t) {
+  const lanes::Double8 u = 1.0 + t;
+  const __m512d uv = (__m512d)u;
+  // u = 2^k m, m in [1, 2), then m in [sqrt(1/2), sqrt(2)) as math::log
+  __m512d k = _mm512_getexp_pd(uv);
+  __m512d m = _mm512_getmant_pd(uv, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);
+  const __mmask8 high = _mm512_cmp_pd_mask(m, _mm512_set1_pd(0x1.6a09e667f3bcdp0), _CMP_GT_OQ);
+  m = _mm512_mask_mul_pd(m, high, m, _mm512_set1_pd(0.5));
+  k = _mm512_mask_add_pd(k, high, k, _mm512_set1_pd(1.0));
+  const lanes::Double8 log_u =
+      (lanes::Double8)k * 0.693147180559945309 + math::log1p_reduced((lanes::Double8)m - 1.0);
+  return log_u + lanes::divide_for_float32(t - (u - 1.0), u);
+}
+
+// lane l of the result = the sum of the 8 lanes of v[l], in a fixed tree (21 instructions for
+// 8 rows instead of 8 horizontal sums of 6).
+inline __m512d transpose_sums(const __m512d* v) {
+  __m512d pairs[4];
+  for (int i = 0; i < 4; ++i) {
+    // 128-bit block b of pairs[i]: the sums of lanes 2b, 2b+1 of v[2i] and of v[2i+1]
+    pairs[i] = _mm512_add_pd(_mm512_unpacklo_pd(v[2 * i], v[2 * i + 1]),
+                             _mm512_unpackhi_pd(v[2 * i], v[2 * i + 1]));
+  }
+  __m512d quads[2];
+  for (int i = 0; i < 2; ++i) {
+    quads[i] = _mm512_add_pd(_mm512_shuffle_f64x2(pairs[2 * i], pairs[2 * i + 1], 0x88),
+                             _mm512_shuffle_f64x2(pairs[2 * i], pairs[2 * i + 1], 0xdd));
+  }
+  return _mm512_add_pd(_mm512_shuffle_f64x2(quads[0], quads[1], 0x88),
+                       _mm512_shuffle_f64x2(quads[0], quads[1], 0xdd));
+}
+
+}  // namespace short_avx512
+#endif
+
 template <class T, bool kSum, bool kElementwise, bool kGrad>
 struct CrossEntropyKernel {
   const CrossEntropyPass<T>& p;
@@ -473,6 +602,12 @@ struct CrossEntropyKernel {
   template <class Targets>
   void short_rows(const Targets& targets, std::int64_t begin, std::int64_t end, double* losses,
                   Tiles& tiles) const {
+#if defined(__AVX512F__)
+    if constexpr (std::is_same<T, float>::value) {
+      short_rows_avx512(targets, begin, end, losses, tiles);
+      return;
+    }
+#endif
     const std::int64_t classes = p.shape.classes;
     const int group_rows = static_cast<int>(kShortTile / classes);
     alignas(64) double e[kShortTile];
@@ -538,6 +673,150 @@ struct CrossEntropyKernel {
         losses[g + r - begin] = loss;
       }
     }
+  }
+
+#if defined(__AVX512F__)
+  // short_rows for float32 rows with AVX-512. A group is a multiple of 8 rows (at most
+  // kShortTile elements) with one reference for its exps (short_avx512::ExpReference), which
+  // are written to a tile of doubles in one pass over the group's floats. The target's exp is
+  // then taken out of each row (its own array, and 0 left in the tile), and each block of 8
+  // rows sums its rows by masked loads (a row starts anywhere in the tile; the last vector of a
+  // row is masked to its classes) and one transposed tree, giving the 8 rows' sums of the
+  // other classes in one vector: the log1p, the weight and, for the gradient, the row's factor
+  // are then taken for 8 rows at a time. Rows the fast path cannot take (a NaN in the row, a
+  // target's exp below 2^-92 against the reference, an ignored target) and every row of a
+  // group whose max is not finite or beyond kMaxReference go one by one as in short_rows.
+  template <class Targets>
+  void short_rows_avx512(const Targets& targets, std::int64_t begin, std::int64_t end, double* losses,
+                         Tiles& tiles) const {
+    // the vectors of 8 doubles a row spans, a constant in each instantiation (unrolled loads)
+    switch ((p.shape.classes + 7) / 8) {
+      case 1: return short_rows_avx512<1>(targets, begin, end, losses, tiles);
+      case 2: return short_rows_avx512<2>(targets, begin, end, losses, tiles);
+      case 3: return short_rows_avx512<3>(targets, begin, end, losses, tiles);
+      case 4: return short_rows_avx512<4>(targets, begin, end, losses, tiles);
+      case 5: return short_rows_avx512<5>(targets, begin, end, losses, tiles);
+      case 6: return short_rows_avx512<6>(targets, begin, end, losses, tiles);
+      case 7: return short_rows_avx512<7>(targets, begin, end, losses, tiles);
+      default: return short_rows_avx512<8>(targets, begin, end, losses, tiles);
+    }
+  }
+
+  template <int vectors, class Targets>
+  void short_rows_avx512(const Targets& targets, std::int64_t begin, std::int64_t end, double* losses,
+                         Tiles& tiles) const {
+    static_assert(8 * vectors <= kShortRow + 7, "a row of at most kShortRow classes");
+    namespace sa = short_avx512;
+    const int classes = static_cast<int>(p.shape.classes);
+    const int group_rows = kShortTile / (8 * classes) * 8;
+    const bool weighted = p.class_weight != nullptr;
+    const __mmask8 last_mask = sa::low_lanes8(classes - 8 * (vectors - 1));
+    alignas(64) double e[kShortTile];
+    alignas(64) double target_exp[kShortTile];
+    alignas(64) double weight[kShortTile];
+    alignas(64) double row_factor[8], target_grad[8];
+    int target_of[kShortTile];
+    const double nan = math::quiet_nan();
+    for (std::int64_t g = begin; g < end; g += group_rows) {
+      const int rows = static_cast<int>(std::min<std::int64_t>(group_rows, end - g));
+      const int count = rows * classes;
+      const float* x = p.input + g * classes;
+      const double group_max = sa::group_max(x, count);
+      if (!(std::fabs(group_max) <= sa::kMaxReference)) {  // not finite, or too far out
+        for (int r = 0; r < rows; ++r) losses[g + r - begin] = general_row(targets, g + r, tiles);
+        continue;
+      }
+      const sa::ExpReference reference(group_max);
+      for (int j = 0; j < count; j += 8) {
+        // the next group's logits, while this one computes (the max pass otherwise waits on DRAM)
+        _mm_prefetch(reinterpret_cast<const char*>(x + count + j), _MM_HINT_T0);
+        const int n = std::min(8, count - j);
+        const __m256 xf = n == 8 ? _mm256_loadu_ps(x + j) : _mm256_maskz_loadu_ps(sa::low_lanes8(n), x + j);
+        _mm512_store_pd(e + j, reference.exp(_mm512_cvtps_pd(xf)));
+      }
+      // the targets' exps out of their rows; an ignored row is marked by a NaN (a special row)
+      const int padded = (rows + 7) / 8 * 8;
+      for (int r = 0; r < rows; ++r) {
+        const std::int64_t y = targets.at(g + r);
+        const bool ignored = y == p.ignore_index;
+        const std::int64_t at = r * classes + (ignored ? 0 : y);
+        if (kGrad) target_of[r] = static_cast<int>(ignored ? 0 : y);
+        if (weighted) weight[r] = ignored ? 0.0 : static_cast<double>(p.class_weight[y]);
+        target_exp[r] = ignored ? nan : e[at];
+        e[at] = ignored ? e[at] : 0.0;
+      }
+      for (int r = rows; r < padded; ++r) {
+        target_exp[r] = 1.0;
+        weight[r] = 0.0;
+      }
+      for (int r0 = 0; r0 < rows; r0 += 8) {
+        const int live = std::min(8, rows - r0);
+        __m512d row_sums[8];
+        for (int l = 0; l < 8; ++l) {
+          const double* row = e + (l < live ? r0 + l : r0) * classes;  // absent rows: any row
+          __m512d sum = vectors == 1 ? _mm512_maskz_loadu_pd(last_mask, row) : _mm512_loadu_pd(row);
+          for (int v = 1; v + 1 < vectors; ++v) sum = _mm512_add_pd(sum, _mm512_loadu_pd(row + 8 * v));
+          if (vectors > 1) sum = _mm512_add_pd(sum, _mm512_maskz_loadu_pd(last_mask, row + 8 * (vectors - 1)));
+          row_sums[l] = sum;
+        }
+        const __m512d others = sa::transpose_sums(row_sums);
+        const __m512d e_target = _mm512_load_pd(target_exp + r0);
+        const __m512d w = weighted ? _mm512_load_pd(weight + r0) : _mm512_set1_pd(1.0);
+        const __mmask8 fast = _mm512_cmp_pd_mask(e_target, _mm512_set1_pd(0x1p-92), _CMP_GE_OQ) &
+                              _mm512_cmp_pd_mask(others, others, _CMP_ORD_Q) & sa::low_lanes8(live);
+        const lanes::Double8 ratio = sa::log1p_nonnegative((lanes::Double8)_mm512_div_pd(others, e_target));
+        const __m512d loss = _mm512_maskz_mul_pd(_mm512_cmp_pd_mask(w, _mm512_setzero_pd(), _CMP_NEQ_UQ), w,
+                                                 (__m512d)ratio);
+        _mm512_mask_storeu_pd(losses + (g + r0 - begin), sa::low_lanes8(live), loss);
+        if (kGrad && fast != 0) {
+          __m512d scale;
+          if (p.grad_output != nullptr) {
+            scale = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(sa::low_lanes8(live), p.grad_output + g + r0));
+          } else {
+            scale = _mm512_set1_pd(p.grad_scale);
+          }
+          if (p.mean) scale = _mm512_div_pd(scale, _mm512_set1_pd(divisor));
+          const __m512d sum = _mm512_add_pd(others, e_target);
+          // w == 0 adds 0 even where the scale is inf or NaN (as short_rows)
+          const __m512d scaled_weight =
+              _mm512_maskz_mul_pd(_mm512_cmp_pd_mask(w, _mm512_setzero_pd(), _CMP_NEQ_UQ), scale, w);
+          _mm512_store_pd(row_factor, _mm512_div_pd(scaled_weight, sum));
+          _mm512_store_pd(target_grad, _mm512_mul_pd(-scaled_weight, _mm512_div_pd(others, sum)));
+          for (int l = 0; l < live; ++l) {
+            if (!((fast >> l) & 1)) continue;
+            const int r = r0 + l;
+            const double* row = e + r * classes;
+            float* grad = p.grad_out + (g + r) * classes;
+            const __m512d k = _mm512_set1_pd(row_factor[l]);
+            for (int v = 0; v + 1 < vectors; ++v) {
+              _mm256_storeu_ps(grad + 8 * v, _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_loadu_pd(row + 8 * v), k)));
+            }
+            const int v = vectors - 1;
+            _mm256_mask_storeu_ps(grad + 8 * v, last_mask, _mm512_cvtpd_ps(_mm512_maskz_loadu_pd(last_mask, row + 8 * v) * k));
+            grad[target_of[r]] = static_cast<float>(target_grad[l]);
+          }
+        }
+        // the special rows, one by one
+        for (unsigned special = static_cast<unsigned>(~fast) & sa::low_lanes8(live); special != 0;
+             special &= special - 1) {
+          const int r = r0 + __builtin_ctz(special);
+          losses[g + r - begin] = general_row(targets, g + r, tiles);
+        }
+      }
+    }
+  }
+#endif
+
+  // A row of short_rows that the shared-tile path does not take: an ignored target (loss 0,
+  // gradient 0) or the general row scan.
+  template <class Targets>
+  double general_row(const Targets& targets, std::int64_t r, Tiles& tiles) const {
+    const std::int64_t y = targets.at(r);
+    if (y == p.ignore_index) {
+      if (kGrad) zero_row(p.grad_out + r * p.shape.classes, 1, p.shape.classes, tiles);
+      return 0.0;
+    }
+    return row<false>(r, y, tiles);
   }
 
   template <class Targets>
