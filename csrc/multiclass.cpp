@@ -349,6 +349,7 @@ struct ClassIndexTargets {
   static constexpr bool kIndices = true;
   const Index* index;
   std::int64_t at(std::int64_t r) const { return static_cast<std::int64_t>(index[r]); }
+  void prefetch(std::int64_t r) const { __builtin_prefetch(index + r); }
 };
 
 // The targets' pass before any output is written: every class index in range (or
@@ -433,8 +434,10 @@ struct ExpReference {
     table_high = _mm512_load_pd(kExp2Sixteenths + 8);
   }
 
-  __m512d exp(__m512d x) const {
-    x = _mm512_max_pd(low, x);  // the second operand wins on NaN: NaN stays NaN
+  // kClamp: the group holds a value below M - 700 (-inf included); else the clamp is skipped
+  template <bool kClamp>
+  __attribute__((always_inline)) __m512d exp(__m512d x) const {
+    if (kClamp) x = _mm512_max_pd(low, x);  // the second operand wins on NaN: NaN stays NaN
     const __m512d shifted = _mm512_fmadd_pd(x, _mm512_set1_pd(kSixteenOverLn2), rounding);
     const __m512d m = _mm512_sub_pd(shifted, rounding);
     const __m512d r = _mm512_fnmadd_pd(m, _mm512_set1_pd(kLn2OverSixteen), x);
@@ -449,48 +452,81 @@ struct ExpReference {
 };
 
 // The low `count` lanes (count in [0, 16]).
-inline __mmask16 low_lanes16(int count) { return static_cast<__mmask16>((1u << count) - 1u); }
-inline __mmask8 low_lanes8(int count) { return static_cast<__mmask8>((1u << count) - 1u); }
+FASTLOSS_HD __mmask16 low_lanes16(int count) { return static_cast<__mmask16>((1u << count) - 1u); }
+FASTLOSS_HD __mmask8 low_lanes8(int count) { return static_cast<__mmask8>((1u << count) - 1u); }
 
-// The max of x[0..count), NaNs skipped (vmaxps keeps its second operand when the first is NaN:
-// a NaN row is caught by its own row sum instead), -inf for none.
-inline double group_max(const float* x, int count) {
-  const __m512 none = _mm512_set1_ps(-__builtin_inff());
-  __m512 a = none, b = none;
+// The max and min of x[0..count), NaNs skipped (vmaxps and vminps keep their second operand
+// when the first is NaN: a NaN row is caught by its own row sum instead); -inf and +inf for none.
+struct Extremes {
+  double max, min;
+};
+
+inline Extremes group_extremes(const float* x, int count) {
+  const __m512 low = _mm512_set1_ps(-__builtin_inff()), high = _mm512_set1_ps(__builtin_inff());
+  __m512 max_a = low, max_b = low, min_a = high, min_b = high;
   int j = 0;
   for (; j + 32 <= count; j += 32) {
-    a = _mm512_max_ps(_mm512_loadu_ps(x + j), a);
-    b = _mm512_max_ps(_mm512_loadu_ps(x + j + 16), b);
+    const __m512 a = _mm512_loadu_ps(x + j), b = _mm512_loadu_ps(x + j + 16);
+    max_a = _mm512_max_ps(a, max_a);
+    max_b = _mm512_max_ps(b, max_b);
+    min_a = _mm512_min_ps(a, min_a);
+    min_b = _mm512_min_ps(b, min_b);
   }
   for (; j < count; j += 16) {
-    const int n = std::min(16, count - j);
-    a = _mm512_max_ps(_mm512_mask_loadu_ps(none, low_lanes16(n), x + j), a);
+    const __mmask16 lanes = low_lanes16(std::min(16, count - j));
+    max_a = _mm512_max_ps(_mm512_mask_loadu_ps(low, lanes, x + j), max_a);
+    min_a = _mm512_min_ps(_mm512_mask_loadu_ps(high, lanes, x + j), min_a);
   }
-  return static_cast<double>(_mm512_reduce_max_ps(_mm512_max_ps(a, b)));
+  return Extremes{static_cast<double>(_mm512_reduce_max_ps(_mm512_max_ps(max_a, max_b))),
+                  static_cast<double>(_mm512_reduce_min_ps(_mm512_min_ps(min_a, min_b)))};
 }
 
-// log1p(t) for t >= 0 as rw::log1p_nonnegative, log(u) + (t - (u - 1)) / u with u = 1 + t,
-// within a few double ulps, with one divide instead of math::log's divide and special cases
-// and a second divide: u in [1, 2^100) needs no subnormal, zero, negative or inf case (a NaN
-// t gives a NaN or a meaningless value: the caller takes such rows apart), and the bracket,
-// u's rounding error (at most half an ulp of u), needs only 2^-27 of relative accuracy.
-inline lanes::Double8 log1p_nonnegative(lanes::Double8 t) {
+// 1/c_j rounded, c_j = 1 + j/16, and -log of that rounded value (to 1.1e-16): log m =
+// log1p(m/c_j' - 1) - log(1/c_j') for m in [c_j, c_j + 1/16), the one-sided interval, so
+// that every term is non-negative (no cancellation near m = 1: j = 0 is 1 and 0 exactly).
+alignas(64) constexpr double kInverseCenters[16] = {
+    0x1.0000000000000p+0, 0x1.e1e1e1e1e1e1ep-1, 0x1.c71c71c71c71cp-1, 0x1.af286bca1af28p-1,
+    0x1.999999999999ap-1, 0x1.8618618618618p-1, 0x1.745d1745d1746p-1, 0x1.642c8590b2164p-1,
+    0x1.5555555555555p-1, 0x1.47ae147ae147bp-1, 0x1.3b13b13b13b14p-1, 0x1.2f684bda12f68p-1,
+    0x1.2492492492492p-1, 0x1.1a7b9611a7b96p-1, 0x1.1111111111111p-1, 0x1.0842108421084p-1};
+alignas(64) constexpr double kLogCenters[16] = {
+    0.0, 0x1.f0a30c01162a8p-5, 0x1.e27076e2af2eap-4, 0x1.5ff3070a793d6p-3,
+    0x1.c8ff7c79a9a20p-3, 0x1.1675cababa60fp-2, 0x1.4618bc21c5ec2p-2, 0x1.739d7f6bbd007p-2,
+    0x1.9f323ecbf984dp-2, 0x1.c8ff7c79a9a21p-2, 0x1.f128f5faf06ecp-2, 0x1.0be72e4252a83p-1,
+    0x1.1e85f5e7040d1p-1, 0x1.307d7334f10bep-1, 0x1.41d8fe84672afp-1, 0x1.52a2d265bc5abp-1};
+
+// log1p(t) for t >= 0 as rw::log1p_nonnegative, log(u) + (t - (u - 1)) / u with u = 1 + t, to
+// ~1e-13 relative without a divide (math::log has one, and special cases u in [1, 2^100) does
+// not need; a NaN t gives a meaningless value: the caller takes such rows apart). log u =
+// k ln2 + log(1/c_j') + log1p(r), u = 2^k m (vgetexppd, vgetmantpd), j = m's top 4 mantissa
+// bits, r = m c_j' - 1 in [0, 1/16) by one fma, log1p(r) = r + r^2 Q(r) with a degree-5 Q
+// fitted for relative error (5.1e-14). The bracket, u's rounding error (at most half an ulp of
+// u), needs only 2^-27 of relative accuracy: rcp14 and a Newton step.
+FASTLOSS_HD lanes::Double8 log1p_nonnegative(lanes::Double8 t) {
   const lanes::Double8 u = 1.0 + t;
   const __m512d uv = (__m512d)u;
-  // u = 2^k m, m in [1, 2), then m in [sqrt(1/2), sqrt(2)) as math::log
-  __m512d k = _mm512_getexp_pd(uv);
-  __m512d m = _mm512_getmant_pd(uv, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);
-  const __mmask8 high = _mm512_cmp_pd_mask(m, _mm512_set1_pd(0x1.6a09e667f3bcdp0), _CMP_GT_OQ);
-  m = _mm512_mask_mul_pd(m, high, m, _mm512_set1_pd(0.5));
-  k = _mm512_mask_add_pd(k, high, k, _mm512_set1_pd(1.0));
-  const lanes::Double8 log_u =
-      (lanes::Double8)k * 0.693147180559945309 + math::log1p_reduced((lanes::Double8)m - 1.0);
-  return log_u + lanes::divide_for_float32(t - (u - 1.0), u);
+  const __m512d k = _mm512_getexp_pd(uv);
+  const __m512d m = _mm512_getmant_pd(uv, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);
+  const __m512i j = _mm512_srli_epi64(_mm512_castpd_si512(uv), 48);  // vpermt2pd reads its low 4 bits
+  const __m512d inverse = _mm512_permutex2var_pd(_mm512_load_pd(kInverseCenters), j,
+                                                 _mm512_load_pd(kInverseCenters + 8));
+  const __m512d log_center = _mm512_permutex2var_pd(_mm512_load_pd(kLogCenters), j,
+                                                    _mm512_load_pd(kLogCenters + 8));
+  const __m512d r = _mm512_fmsub_pd(m, inverse, _mm512_set1_pd(1.0));
+  const __m512d r2 = _mm512_mul_pd(r, r);
+  const __m512d r4 = _mm512_mul_pd(r2, r2);
+  const __m512d q01 = _mm512_fmadd_pd(r, _mm512_set1_pd(0x1.5555544390756p-2), _mm512_set1_pd(-0x1.ffffffff1faa3p-2));
+  const __m512d q23 = _mm512_fmadd_pd(r, _mm512_set1_pd(0x1.996faec480846p-3), _mm512_set1_pd(-0x1.ffff21028880ap-3));
+  const __m512d q45 = _mm512_fmadd_pd(r, _mm512_set1_pd(0x1.e65cb4a9cde03p-4), _mm512_set1_pd(-0x1.51517131b9c21p-3));
+  const __m512d q = _mm512_fmadd_pd(r4, q45, _mm512_fmadd_pd(r2, q23, q01));
+  const __m512d log1p_r = _mm512_fmadd_pd(r2, q, r);
+  const __m512d log_u = _mm512_add_pd(_mm512_fmadd_pd(k, _mm512_set1_pd(0x1.62e42fefa39efp-1), log_center), log1p_r);
+  return (lanes::Double8)log_u + lanes::divide_for_float32(t - (u - 1.0), u);
 }
 
 // lane l of the result = the sum of the 8 lanes of v[l], in a fixed tree (21 instructions for
 // 8 rows instead of 8 horizontal sums of 6).
-inline __m512d transpose_sums(const __m512d* v) {
+FASTLOSS_HD __m512d transpose_sums(const __m512d* v) {
   __m512d pairs[4];
   for (int i = 0; i < 4; ++i) {
     // 128-bit block b of pairs[i]: the sums of lanes 2b, 2b+1 of v[2i] and of v[2i+1]
@@ -721,18 +757,19 @@ struct CrossEntropyKernel {
       const int rows = static_cast<int>(std::min<std::int64_t>(group_rows, end - g));
       const int count = rows * classes;
       const float* x = p.input + g * classes;
-      const double group_max = sa::group_max(x, count);
-      if (!(std::fabs(group_max) <= sa::kMaxReference)) {  // not finite, or too far out
+      const sa::Extremes extremes = sa::group_extremes(x, count);
+      if (!(std::fabs(extremes.max) <= sa::kMaxReference)) {  // not finite, or too far out
         for (int r = 0; r < rows; ++r) losses[g + r - begin] = general_row(targets, g + r, tiles);
         continue;
       }
-      const sa::ExpReference reference(group_max);
-      for (int j = 0; j < count; j += 8) {
-        // the next group's logits, while this one computes (the max pass otherwise waits on DRAM)
-        _mm_prefetch(reinterpret_cast<const char*>(x + count + j), _MM_HINT_T0);
-        const int n = std::min(8, count - j);
-        const __m256 xf = n == 8 ? _mm256_loadu_ps(x + j) : _mm256_maskz_loadu_ps(sa::low_lanes8(n), x + j);
-        _mm512_store_pd(e + j, reference.exp(_mm512_cvtps_pd(xf)));
+      const sa::ExpReference reference(extremes.max);
+      // the next group's logits and targets are fetched while this one computes (the extremes
+      // pass and the targets' pass otherwise wait on DRAM)
+      for (int r = 0; r < group_rows; r += 8) targets.prefetch(g + group_rows + r);
+      if (extremes.min >= extremes.max - 700.0) {
+        exps<false>(reference, x, count, e);
+      } else {
+        exps<true>(reference, x, count, e);
       }
       // the targets' exps out of their rows; an ignored row is marked by a NaN (a special row)
       const int padded = (rows + 7) / 8 * 8;
@@ -803,6 +840,17 @@ struct CrossEntropyKernel {
           losses[g + r - begin] = general_row(targets, g + r, tiles);
         }
       }
+    }
+  }
+
+  // e[j] = the exp of x[j] against the reference, j < count rounded up to 8 (0 beyond count)
+  template <bool kClamp>
+  static void exps(const short_avx512::ExpReference& reference, const float* x, int count, double* e) {
+    for (int j = 0; j < count; j += 8) {
+      _mm_prefetch(reinterpret_cast<const char*>(x + count + j), _MM_HINT_T0);
+      const int n = std::min(8, count - j);
+      const __m256 xf = n == 8 ? _mm256_loadu_ps(x + j) : _mm256_maskz_loadu_ps(short_avx512::low_lanes8(n), x + j);
+      _mm512_store_pd(e + j, reference.exp<kClamp>(_mm512_cvtps_pd(xf)));
     }
   }
 #endif
