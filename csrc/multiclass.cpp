@@ -874,8 +874,11 @@ struct CrossEntropyKernel {
     const bool smoothing = p.label_smoothing != 0.0;
     if constexpr (Targets::kIndices) {
       if (!smoothing && p.shape.inner == 1 && p.shape.classes <= kShortRow) {
-        std::vector<double> losses(static_cast<std::size_t>(end - begin));
-        short_rows(targets, begin, end, losses.data(), tiles);
+        // this thread's buffer, grown once (not a fresh, zeroed vector per chunk)
+        thread_local std::vector<double> buffer;
+        if (buffer.size() < static_cast<std::size_t>(end - begin)) buffer.resize(static_cast<std::size_t>(end - begin));
+        double* const losses = buffer.data();
+        short_rows(targets, begin, end, losses, tiles);
         for (std::int64_t r = begin; r < end; ++r) {
           if (kElementwise) p.loss_out[r] = static_cast<T>(losses[r - begin]);
           if (kSum) lanes.add(r - begin, losses[r - begin]);
