@@ -406,80 +406,38 @@ alignas(64) constexpr double kExp2Sixteenths[16] = {
 constexpr double kSixteenOverLn2 = 23.083120654223414;
 constexpr double kLn2OverSixteen = 0x1.62e42fefa39efp-5;
 constexpr double kRoundShift = 0x1.8p52;  // adding it rounds to an integer held in the low bits
-// Groups whose max is beyond this take the general scan: m below is then < 2^17, so the one
-// rounding of ln2/16 (3.5e-18) moves r by < 5e-13.
-constexpr double kMaxReference = 4096.0;
 
-// exp(x - R) for a group's reference R = K ln2/16 (K a multiple of 16 within 8 of
-// M 16/ln2, M the group's max, so x - R <= ln2/2), to 6e-12 relative, in 11 FP instructions
-// and no divide: n = round((x - R) 16/ln2) taken from x directly (the fma adds
-// 1.5 * 2^52 - K, exact for |K| < 2^51), r = x - (n + K) ln2/16 in one fma (|n + K| < 2^17:
-// kMaxReference), 2^((n mod 16)/16) from the table by the low bits of `shifted`, e^r - 1 by a
-// degree-4 polynomial on |r| <= ln2/32 (its constant and linear terms exact, so x = R gives 1;
-// c2..c4 fitted for relative error, 5.3e-12 against Taylor's 4.1e-11) and 2^floor(n/16) by
-// vscalefpd. x is clamped at M - 700 first (exp(-700.4) = 1e-304 instead of less: nothing a
-// float32 row shows; -inf included), which keeps `shifted` in range; NaN propagates.
-struct ExpReference {
-  __m512d low;       // M - 700
-  __m512d rounding;  // 1.5 * 2^52 - K
-  __m512d exponent;  // -K / 16
-  __m512d table_low, table_high;
+// exp(d) of a row's gap d = x_c - x_y, to 6e-12 relative, in 12 FP instructions and no
+// divide. d is clamped to [-745, 745] first (one vrangepd: e^-745 is 0 or the least subnormal,
+// e^745 is inf; NaN becomes 745 too, so a NaN gives inf: either way the row's other exps sum
+// past 2^1000 and it takes the general scan), which also keeps n small: n = round(d 16/ln2)
+// in the low bits of `shifted`, r = d - n ln2/16 in one fma (|n| < 2^14, so ln2/16 rounded
+// once moves r by < 6e-14), 2^((n mod 16)/16) from a table by vpermt2pd, e^r - 1 by a degree-4
+// polynomial on |r| <= ln2/32 (its constant and linear terms exact, so d = 0 gives exactly 1;
+// c2..c4 fitted for relative error: 5.3e-12 against Taylor's 4.1e-11) and 2^floor(n/16) by
+// vscalefpd (inf past the double range).
+struct GapExp {
+  __m512d table_low = _mm512_load_pd(kExp2Sixteenths);
+  __m512d table_high = _mm512_load_pd(kExp2Sixteenths + 8);
 
-  explicit ExpReference(double max) {
-    const double k = std::nearbyint(max * (kSixteenOverLn2 / 16.0)) * 16.0;
-    low = _mm512_set1_pd(max - 700.0);
-    rounding = _mm512_set1_pd(kRoundShift - k);
-    exponent = _mm512_set1_pd(-k / 16.0);
-    table_low = _mm512_load_pd(kExp2Sixteenths);
-    table_high = _mm512_load_pd(kExp2Sixteenths + 8);
-  }
-
-  // kClamp: the group holds a value below M - 700 (-inf included); else the clamp is skipped
-  template <bool kClamp>
-  __attribute__((always_inline)) __m512d exp(__m512d x) const {
-    if (kClamp) x = _mm512_max_pd(low, x);  // the second operand wins on NaN: NaN stays NaN
-    const __m512d shifted = _mm512_fmadd_pd(x, _mm512_set1_pd(kSixteenOverLn2), rounding);
-    const __m512d m = _mm512_sub_pd(shifted, rounding);
-    const __m512d r = _mm512_fnmadd_pd(m, _mm512_set1_pd(kLn2OverSixteen), x);
+  __attribute__((always_inline)) __m512d operator()(__m512d d) const {
+    d = _mm512_range_pd(d, _mm512_set1_pd(745.0), 0x02);  // the smaller magnitude, d's sign
+    const __m512d rounding = _mm512_set1_pd(kRoundShift);
+    const __m512d shifted = _mm512_fmadd_pd(d, _mm512_set1_pd(kSixteenOverLn2), rounding);
+    const __m512d n = _mm512_sub_pd(shifted, rounding);
+    const __m512d r = _mm512_fnmadd_pd(n, _mm512_set1_pd(kLn2OverSixteen), d);
     const __m512d t = _mm512_permutex2var_pd(table_low, _mm512_castpd_si512(shifted), table_high);
     const __m512d r2 = _mm512_mul_pd(r, r);
     __m512d c = _mm512_fmadd_pd(r, _mm512_set1_pd(0x1.55571de0af64cp-3), _mm512_set1_pd(0x1.00000006dc454p-1));
     c = _mm512_fmadd_pd(r2, _mm512_set1_pd(0x1.55520f97ba200p-5), c);
     const __m512d q = _mm512_fmadd_pd(r2, c, r);  // e^r - 1
     const __m512d p = _mm512_fmadd_pd(t, q, t);
-    return _mm512_scalef_pd(p, _mm512_fmadd_pd(m, _mm512_set1_pd(0.0625), exponent));
+    return _mm512_scalef_pd(p, _mm512_mul_pd(n, _mm512_set1_pd(0.0625)));
   }
 };
 
 // The low `count` lanes (count in [0, 16]).
-FASTLOSS_HD __mmask16 low_lanes16(int count) { return static_cast<__mmask16>((1u << count) - 1u); }
 FASTLOSS_HD __mmask8 low_lanes8(int count) { return static_cast<__mmask8>((1u << count) - 1u); }
-
-// The max and min of x[0..count), NaNs skipped (vmaxps and vminps keep their second operand
-// when the first is NaN: a NaN row is caught by its own row sum instead); -inf and +inf for none.
-struct Extremes {
-  double max, min;
-};
-
-inline Extremes group_extremes(const float* x, int count) {
-  const __m512 low = _mm512_set1_ps(-__builtin_inff()), high = _mm512_set1_ps(__builtin_inff());
-  __m512 max_a = low, max_b = low, min_a = high, min_b = high;
-  int j = 0;
-  for (; j + 32 <= count; j += 32) {
-    const __m512 a = _mm512_loadu_ps(x + j), b = _mm512_loadu_ps(x + j + 16);
-    max_a = _mm512_max_ps(a, max_a);
-    max_b = _mm512_max_ps(b, max_b);
-    min_a = _mm512_min_ps(a, min_a);
-    min_b = _mm512_min_ps(b, min_b);
-  }
-  for (; j < count; j += 16) {
-    const __mmask16 lanes = low_lanes16(std::min(16, count - j));
-    max_a = _mm512_max_ps(_mm512_mask_loadu_ps(low, lanes, x + j), max_a);
-    min_a = _mm512_min_ps(_mm512_mask_loadu_ps(high, lanes, x + j), min_a);
-  }
-  return Extremes{static_cast<double>(_mm512_reduce_max_ps(_mm512_max_ps(max_a, max_b))),
-                  static_cast<double>(_mm512_reduce_min_ps(_mm512_min_ps(min_a, min_b)))};
-}
 
 // 1/c_j rounded, c_j = 1 + j/16, and -log of that rounded value (to 1.1e-16): log m =
 // log1p(m/c_j' - 1) - log(1/c_j') for m in [c_j, c_j + 1/16), the one-sided interval, so
@@ -712,16 +670,17 @@ struct CrossEntropyKernel {
   }
 
 #if defined(__AVX512F__)
-  // short_rows for float32 rows with AVX-512. A group is a multiple of 8 rows (at most
-  // kShortTile elements) with one reference for its exps (short_avx512::ExpReference), which
-  // are written to a tile of doubles in one pass over the group's floats. The target's exp is
-  // then taken out of each row (its own array, and 0 left in the tile), and each block of 8
-  // rows sums its rows by masked loads (a row starts anywhere in the tile; the last vector of a
-  // row is masked to its classes) and one transposed tree, giving the 8 rows' sums of the
-  // other classes in one vector: the log1p, the weight and, for the gradient, the row's factor
-  // are then taken for 8 rows at a time. Rows the fast path cannot take (a NaN in the row, a
-  // target's exp below 2^-92 against the reference, an ignored target) and every row of a
-  // group whose max is not finite or beyond kMaxReference go one by one as in short_rows.
+  // short_rows for float32 rows with AVX-512, with short_rows' arithmetic: e_c = exp(x_c - x_y)
+  // against the row's own target logit (e_y = 1), the loss w_y log1p(sum_{c != y} e_c), and
+  // the same row-local rule for the general scan, so a row's bits depend on the row alone. A
+  // group is a multiple of 8 rows (at most kShortTile elements): each row's x_y is spread over
+  // its classes in a reference tile, the gaps' exps (short_avx512::GapExp) go to a tile of
+  // doubles in one pass over the group's floats, and the target's 1 is then replaced by 0
+  // (NaN where the row is special: an ignored target, or an x_y that is not finite). Each block
+  // of 8 rows sums its rows by masked loads from where each row starts (so the order of a row's
+  // additions is the same wherever it sits in the tile: the lanes of its vectors, then one
+  // transposed tree) into one vector of the 8 rows' sums; the log1p, the weight and, for the
+  // gradient, the row's factor are then taken for 8 rows at a time.
   template <class Targets>
   void short_rows_avx512(const Targets& targets, std::int64_t begin, std::int64_t end, double* losses,
                          Tiles& tiles) const {
@@ -748,44 +707,49 @@ struct CrossEntropyKernel {
     const bool weighted = p.class_weight != nullptr;
     const __mmask8 last_mask = sa::low_lanes8(classes - 8 * (vectors - 1));
     alignas(64) double e[kShortTile];
-    alignas(64) double target_exp[kShortTile];
+    alignas(64) double reference[kShortTile];
     alignas(64) double weight[kShortTile];
     alignas(64) double row_factor[8], target_grad[8];
     int target_of[kShortTile];
+    double target_mark[kShortTile];
     const double nan = math::quiet_nan();
+    const sa::GapExp gap_exp;
     for (std::int64_t g = begin; g < end; g += group_rows) {
       const int rows = static_cast<int>(std::min<std::int64_t>(group_rows, end - g));
       const int count = rows * classes;
       const float* x = p.input + g * classes;
-      const sa::Extremes extremes = sa::group_extremes(x, count);
-      if (!(std::fabs(extremes.max) <= sa::kMaxReference)) {  // not finite, or too far out
-        for (int r = 0; r < rows; ++r) losses[g + r - begin] = general_row(targets, g + r, tiles);
-        continue;
-      }
-      const sa::ExpReference reference(extremes.max);
-      // the next group's logits and targets are fetched while this one computes (the extremes
-      // pass and the targets' pass otherwise wait on DRAM)
+      // the next group's targets are fetched while this one computes
       for (int r = 0; r < group_rows; r += 8) targets.prefetch(g + group_rows + r);
-      if (extremes.min >= extremes.max - 700.0) {
-        exps<false>(reference, x, count, e);
-      } else {
-        exps<true>(reference, x, count, e);
-      }
-      // the targets' exps out of their rows; an ignored row is marked by a NaN (a special row)
-      const int padded = (rows + 7) / 8 * 8;
       for (int r = 0; r < rows; ++r) {
         const std::int64_t y = targets.at(g + r);
         const bool ignored = y == p.ignore_index;
-        const std::int64_t at = r * classes + (ignored ? 0 : y);
-        if (kGrad) target_of[r] = static_cast<int>(ignored ? 0 : y);
+        const int c = ignored ? 0 : static_cast<int>(y);
+        const float x_target_float = x[r * classes + c];
+        const double x_target = static_cast<double>(x_target_float);
+        std::uint32_t bits;
+        __builtin_memcpy(&bits, &x_target_float, sizeof bits);
+        const bool special = ignored | ((bits & 0x7f800000u) == 0x7f800000u);  // NaN or +-inf
+        target_of[r] = c;
+        target_mark[r] = special ? nan : 0.0;
         if (weighted) weight[r] = ignored ? 0.0 : static_cast<double>(p.class_weight[y]);
-        target_exp[r] = ignored ? nan : e[at];
-        e[at] = ignored ? e[at] : 0.0;
+        const __m512d spread = _mm512_set1_pd(x_target);
+        double* row = reference + r * classes;
+        for (int v = 0; v + 1 < vectors; ++v) _mm512_storeu_pd(row + 8 * v, spread);
+        _mm512_mask_storeu_pd(row + 8 * (vectors - 1), last_mask, spread);
       }
-      for (int r = rows; r < padded; ++r) {
-        target_exp[r] = 1.0;
-        weight[r] = 0.0;
+      for (int j = 0; j < count; j += 8) {
+        // the next group's logits, while this one computes (its first pass otherwise waits on DRAM)
+        _mm_prefetch(reinterpret_cast<const char*>(x + count + j), _MM_HINT_T0);
+        const int n = std::min(8, count - j);
+        const __mmask8 lanes = sa::low_lanes8(n);
+        const __m256 xf = n == 8 ? _mm256_loadu_ps(x + j) : _mm256_maskz_loadu_ps(lanes, x + j);
+        const __m512d ref = n == 8 ? _mm512_load_pd(reference + j) : _mm512_maskz_load_pd(lanes, reference + j);
+        _mm512_store_pd(e + j, gap_exp(_mm512_sub_pd(_mm512_cvtps_pd(xf), ref)));
       }
+      // the target's exp (exactly 1) out of its row's sum; a special row's sum becomes NaN
+      for (int r = 0; r < rows; ++r) e[r * classes + target_of[r]] = target_mark[r];
+      const int padded = (rows + 7) / 8 * 8;
+      for (int r = rows; r < padded; ++r) weight[r] = 0.0;
       for (int r0 = 0; r0 < rows; r0 += 8) {
         const int live = std::min(8, rows - r0);
         __m512d row_sums[8];
@@ -797,14 +761,13 @@ struct CrossEntropyKernel {
           row_sums[l] = sum;
         }
         const __m512d others = sa::transpose_sums(row_sums);
-        const __m512d e_target = _mm512_load_pd(target_exp + r0);
         const __m512d w = weighted ? _mm512_load_pd(weight + r0) : _mm512_set1_pd(1.0);
-        const __mmask8 fast = _mm512_cmp_pd_mask(e_target, _mm512_set1_pd(0x1p-92), _CMP_GE_OQ) &
-                              _mm512_cmp_pd_mask(others, others, _CMP_ORD_Q) & sa::low_lanes8(live);
-        const lanes::Double8 ratio = sa::log1p_nonnegative((lanes::Double8)_mm512_div_pd(others, e_target));
-        const __m512d loss = _mm512_maskz_mul_pd(_mm512_cmp_pd_mask(w, _mm512_setzero_pd(), _CMP_NEQ_UQ), w,
-                                                 (__m512d)ratio);
-        _mm512_mask_storeu_pd(losses + (g + r0 - begin), sa::low_lanes8(live), loss);
+        // the row-local rule of short_rows: the other exps sum below 2^1000 (false for NaN)
+        const __mmask8 fast = _mm512_cmp_pd_mask(others, _mm512_set1_pd(0x1p1000), _CMP_LT_OQ) & sa::low_lanes8(live);
+        const __mmask8 weight_nonzero = _mm512_cmp_pd_mask(w, _mm512_setzero_pd(), _CMP_NEQ_UQ);
+        const lanes::Double8 ratio = sa::log1p_nonnegative((lanes::Double8)others);
+        _mm512_mask_storeu_pd(losses + (g + r0 - begin), sa::low_lanes8(live),
+                              _mm512_maskz_mul_pd(weight_nonzero, w, (__m512d)ratio));
         if (kGrad && fast != 0) {
           __m512d scale;
           if (p.grad_output != nullptr) {
@@ -813,10 +776,9 @@ struct CrossEntropyKernel {
             scale = _mm512_set1_pd(p.grad_scale);
           }
           if (p.mean) scale = _mm512_div_pd(scale, _mm512_set1_pd(divisor));
-          const __m512d sum = _mm512_add_pd(others, e_target);
+          const __m512d sum = _mm512_add_pd(others, _mm512_set1_pd(1.0));
           // w == 0 adds 0 even where the scale is inf or NaN (as short_rows)
-          const __m512d scaled_weight =
-              _mm512_maskz_mul_pd(_mm512_cmp_pd_mask(w, _mm512_setzero_pd(), _CMP_NEQ_UQ), scale, w);
+          const __m512d scaled_weight = _mm512_maskz_mul_pd(weight_nonzero, scale, w);
           _mm512_store_pd(row_factor, _mm512_div_pd(scaled_weight, sum));
           _mm512_store_pd(target_grad, _mm512_mul_pd(-scaled_weight, _mm512_div_pd(others, sum)));
           for (int l = 0; l < live; ++l) {
@@ -829,7 +791,8 @@ struct CrossEntropyKernel {
               _mm256_storeu_ps(grad + 8 * v, _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_loadu_pd(row + 8 * v), k)));
             }
             const int v = vectors - 1;
-            _mm256_mask_storeu_ps(grad + 8 * v, last_mask, _mm512_cvtpd_ps(_mm512_maskz_loadu_pd(last_mask, row + 8 * v) * k));
+            _mm256_mask_storeu_ps(grad + 8 * v, last_mask,
+                                  _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_maskz_loadu_pd(last_mask, row + 8 * v), k)));
             grad[target_of[r]] = static_cast<float>(target_grad[l]);
           }
         }
@@ -840,17 +803,6 @@ struct CrossEntropyKernel {
           losses[g + r - begin] = general_row(targets, g + r, tiles);
         }
       }
-    }
-  }
-
-  // e[j] = the exp of x[j] against the reference, j < count rounded up to 8 (0 beyond count)
-  template <bool kClamp>
-  static void exps(const short_avx512::ExpReference& reference, const float* x, int count, double* e) {
-    for (int j = 0; j < count; j += 8) {
-      _mm_prefetch(reinterpret_cast<const char*>(x + count + j), _MM_HINT_T0);
-      const int n = std::min(8, count - j);
-      const __m256 xf = n == 8 ? _mm256_loadu_ps(x + j) : _mm256_maskz_loadu_ps(short_avx512::low_lanes8(n), x + j);
-      _mm512_store_pd(e + j, reference.exp<kClamp>(_mm512_cvtps_pd(xf)));
     }
   }
 #endif
