@@ -706,8 +706,9 @@ struct CrossEntropyKernel {
     const int group_rows = kShortTile / (8 * classes) * 8;
     const bool weighted = p.class_weight != nullptr;
     const __mmask8 last_mask = sa::low_lanes8(classes - 8 * (vectors - 1));
-    alignas(64) double e[kShortTile];
-    alignas(64) double reference[kShortTile];
+    // + 8: the last row's masked vector may reach past the group's elements (C = 1, 2, 4)
+    alignas(64) double e[kShortTile + 8];
+    alignas(64) double reference[kShortTile + 8];
     alignas(64) double weight[kShortTile];
     alignas(64) double row_factor[8], target_grad[8];
     int target_of[kShortTile];
