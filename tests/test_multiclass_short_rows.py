@@ -230,3 +230,19 @@ def test_narrower_builds_short_rows(isa):
     if got["isa"] != isa:
         pytest.skip(f"{isa} is not this machine's build or a narrower one (got {got['isa']})")
     assert got["worst"] <= 0.51 and got["grad"] < 1e-6 and got["independent"], got
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_ids)
+def test_a_rows_bits_do_not_depend_on_its_place_in_the_tile(dtype):
+    """As tests/test_multiclass_dask.py's check, in both dtypes: float64 rows take the portable
+    short_rows in every build, and their outputs show a last-bit change of a row's sum that a
+    float32 result rounds away."""
+    rng = np.random.default_rng(seed_for("short-place", np.dtype(dtype).name))
+    for classes in (5, 10, 33, 64):
+        x = np.asarray(rng.standard_normal((2000, classes)) * 4, dtype=dtype)
+        t = rng.integers(0, classes, 2000)
+        whole = fastloss.cross_entropy_and_grad(x, t, reduction="none")
+        for shift in (1, 2, 5):
+            part = fastloss.cross_entropy_and_grad(x[shift:], t[shift:], reduction="none")
+            assert_same_bits(part[0], whole[0][shift:], f"C={classes} loss, shifted by {shift}")
+            assert_same_bits(part[1], whole[1][shift:], f"C={classes} grad, shifted by {shift}")
