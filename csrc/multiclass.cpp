@@ -5,7 +5,6 @@
 // running sum, its exps, all from the tile) and the chunks and threads over the rows.
 // Never -ffast-math: the row scans and the sums depend on the order of every addition.
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -387,7 +386,6 @@ CrossEntropyResult check_class_indices(const CrossEntropyPass<T>& p, const Index
   return result;
 }
 
-
 #if defined(__AVX512F__)
 // ---- AVX-512 short rows: the per-element math -------------------------------------------------
 // CrossEntropyKernel::short_rows_avx512 takes float32 rows of up to kShortRow classes in groups
@@ -436,7 +434,7 @@ struct GapExp {
   }
 };
 
-// The low `count` lanes (count in [0, 16]).
+// The low `count` lanes (count in [0, 8]).
 FASTLOSS_HD __mmask8 low_lanes8(int count) { return static_cast<__mmask8>((1u << count) - 1u); }
 
 // 1/c_j rounded, c_j = 1 + j/16, and -log of that rounded value (to 1.1e-16): log m =
