@@ -406,9 +406,9 @@ constexpr double kLn2OverSixteen = 0x1.62e42fefa39efp-5;
 constexpr double kRoundShift = 0x1.8p52;  // adding it rounds to an integer held in the low bits
 
 // exp(d) of a row's gap d = x_c - x_y, to 6e-12 relative, in 12 FP instructions and no
-// divide. d is clamped to [-745, 745] first (one vrangepd: e^-745 is 0 or the least subnormal,
-// e^745 is inf; NaN becomes 745 too, so a NaN gives inf: either way the row's other exps sum
-// past 2^1000 and it takes the general scan), which also keeps n small: n = round(d 16/ln2)
+// divide. d is clamped to [-746, 746] first (one vrangepd: e^-746 gives exactly 0, also for
+// d = -inf, e^746 gives inf; NaN becomes 746 too, so a NaN gives inf: either way the row's
+// other exps sum past 2^1000 and it takes the general scan), which also keeps n small: n = round(d 16/ln2)
 // in the low bits of `shifted`, r = d - n ln2/16 in one fma (|n| < 2^14, so ln2/16 rounded
 // once moves r by < 6e-14), 2^((n mod 16)/16) from a table by vpermt2pd, e^r - 1 by a degree-4
 // polynomial on |r| <= ln2/32 (its constant and linear terms exact, so d = 0 gives exactly 1;
@@ -419,7 +419,7 @@ struct GapExp {
   __m512d table_high = _mm512_load_pd(kExp2Sixteenths + 8);
 
   __attribute__((always_inline)) __m512d operator()(__m512d d) const {
-    d = _mm512_range_pd(d, _mm512_set1_pd(745.0), 0x02);  // the smaller magnitude, d's sign
+    d = _mm512_range_pd(d, _mm512_set1_pd(746.0), 0x02);  // the smaller magnitude, d's sign
     const __m512d rounding = _mm512_set1_pd(kRoundShift);
     const __m512d shifted = _mm512_fmadd_pd(d, _mm512_set1_pd(kSixteenOverLn2), rounding);
     const __m512d n = _mm512_sub_pd(shifted, rounding);
@@ -673,8 +673,9 @@ struct CrossEntropyKernel {
   // the same row-local rule for the general scan, so a row's bits depend on the row alone. A
   // group is a multiple of 8 rows (at most kShortTile elements): each row's x_y is spread over
   // its classes in a reference tile, the gaps' exps (short_avx512::GapExp) go to a tile of
-  // doubles in one pass over the group's floats, and the target's 1 is then replaced by 0
-  // (NaN where the row is special: an ignored target, or an x_y that is not finite). Each block
+  // doubles in one pass over the group's floats; the target's own place in the reference tile
+  // holds +inf instead, so that its exp is 0 and the row's sum is of the other classes (NaN
+  // where the row is special: an ignored target, or an x_y that is not finite). Each block
   // of 8 rows sums its rows by masked loads from where each row starts (so the order of a row's
   // additions is the same wherever it sits in the tile: the lanes of its vectors, then one
   // transposed tree) into one vector of the 8 rows' sums; the log1p, the weight and, for the
@@ -710,7 +711,6 @@ struct CrossEntropyKernel {
     alignas(64) double weight[kShortTile];
     alignas(64) double row_factor[8], target_grad[8];
     int target_of[kShortTile];
-    double target_mark[kShortTile];
     const double nan = math::quiet_nan();
     const sa::GapExp gap_exp;
     for (std::int64_t g = begin; g < end; g += group_rows) {
@@ -729,12 +729,14 @@ struct CrossEntropyKernel {
         __builtin_memcpy(&bits, &x_target_float, sizeof bits);
         const bool special = ignored | ((bits & 0x7f800000u) == 0x7f800000u);  // NaN or +-inf
         target_of[r] = c;
-        target_mark[r] = special ? nan : 0.0;
         if (weighted) weight[r] = ignored ? 0.0 : static_cast<double>(p.class_weight[y]);
         const __m512d spread = _mm512_set1_pd(x_target);
         double* row = reference + r * classes;
         for (int v = 0; v + 1 < vectors; ++v) _mm512_storeu_pd(row + 8 * v, spread);
         _mm512_mask_storeu_pd(row + 8 * (vectors - 1), last_mask, spread);
+        // the target's own exp out of its row's sum: against +inf its gap is -inf, its exp 0;
+        // NaN makes a special row's sum NaN
+        row[c] = special ? nan : __builtin_inf();
       }
       for (int j = 0; j < count; j += 8) {
         // the next group's logits, while this one computes (its first pass otherwise waits on DRAM)
@@ -744,11 +746,6 @@ struct CrossEntropyKernel {
         const __m256 xf = n == 8 ? _mm256_loadu_ps(x + j) : _mm256_maskz_loadu_ps(lanes, x + j);
         const __m512d ref = n == 8 ? _mm512_load_pd(reference + j) : _mm512_maskz_load_pd(lanes, reference + j);
         _mm512_store_pd(e + j, gap_exp(_mm512_sub_pd(_mm512_cvtps_pd(xf), ref)));
-      }
-      // the target's exp (exactly 1) out of its row's sum; a special row's sum becomes NaN
-      for (int r = 0; r < rows; ++r) {
-        e[r * classes + target_of[r]] = target_mark[r];
-        __asm__ volatile("" ::: "memory");  // one store a row: GCC would make it a vscatterdpd (15+ cycles here)
       }
       const int padded = (rows + 7) / 8 * 8;
       for (int r = rows; r < padded; ++r) weight[r] = 0.0;
