@@ -117,7 +117,10 @@ CPP_FAULTS = (
     Fault("CE_ROW_SUM_BY_TILE_POSITION",
           "multi-class short rows: a row's other exps are summed in an order set by its place "
           "in the tile",
-          ("tests/test_multiclass_dask.py", "-k", "do_not_depend"), ci=False),
+          # and the short-row tests': the AVX-512 build has its own float32 kernel, the fault is
+          # in the portable one (float64 rows, the narrower builds)
+          ("tests/test_multiclass_dask.py", "tests/test_multiclass_short_rows.py", "-k",
+           "do_not_depend or narrower_builds"), ci=False),
 )
 
 PY_FAULTS = (

@@ -6,7 +6,12 @@
 // Never -ffast-math: the row scans and the sums depend on the order of every addition.
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "fastloss/double_double.h"
 #include "fastloss/loss_pass.h"
@@ -343,6 +348,7 @@ struct ClassIndexTargets {
   static constexpr bool kIndices = true;
   const Index* index;
   std::int64_t at(std::int64_t r) const { return static_cast<std::int64_t>(index[r]); }
+  void prefetch(std::int64_t r) const { __builtin_prefetch(index + r); }
 };
 
 // The targets' pass before any output is written: every class index in range (or
@@ -379,6 +385,121 @@ CrossEntropyResult check_class_indices(const CrossEntropyPass<T>& p, const Index
   }
   return result;
 }
+
+#if defined(__AVX512F__)
+// ---- AVX-512 short rows: the per-element math -------------------------------------------------
+// CrossEntropyKernel::short_rows_avx512 takes float32 rows of up to kShortRow classes in groups
+// that share one tile; these are its pieces. Intrinsics, not lanes.h's generic vectors: the
+// table lookup (vpermt2pd), vscalefpd and the masked loads have no portable spelling, and
+// the other builds keep the portable short_rows.
+namespace short_avx512 {
+
+// 2^(j/16), j = 0..15, in two registers for vpermt2pd (rounded to double: 1.1e-16).
+alignas(64) constexpr double kExp2Sixteenths[16] = {
+    0x1.0000000000000p+0, 0x1.0b5586cf9890fp+0, 0x1.172b83c7d517bp+0, 0x1.2387a6e756238p+0,
+    0x1.306fe0a31b715p+0, 0x1.3dea64c123422p+0, 0x1.4bfdad5362a27p+0, 0x1.5ab07dd485429p+0,
+    0x1.6a09e667f3bcdp+0, 0x1.7a11473eb0187p+0, 0x1.8ace5422aa0dbp+0, 0x1.9c49182a3f090p+0,
+    0x1.ae89f995ad3adp+0, 0x1.c199bdd85529cp+0, 0x1.d5818dcfba487p+0, 0x1.ea4afa2a490dap+0};
+
+constexpr double kSixteenOverLn2 = 23.083120654223414;
+constexpr double kLn2OverSixteen = 0x1.62e42fefa39efp-5;
+constexpr double kRoundShift = 0x1.8p52;  // adding it rounds to an integer held in the low bits
+
+// exp(d) of a row's gap d = x_c - x_y, to 6e-12 relative, in 12 FP instructions and no
+// divide. d is clamped to [-746, 746] first (one vrangepd: e^-746 gives exactly 0, also for
+// d = -inf, e^746 gives inf; NaN becomes 746 too, so a NaN gives inf: either way the row's
+// other exps sum past 2^1000 and it takes the general scan), which also keeps n small: n = round(d 16/ln2)
+// in the low bits of `shifted`, r = d - n ln2/16 in one fma (|n| < 2^14, so ln2/16 rounded
+// once moves r by < 6e-14), 2^((n mod 16)/16) from a table by vpermt2pd, e^r - 1 by a degree-4
+// polynomial on |r| <= ln2/32 (its constant and linear terms exact, so d = 0 gives exactly 1;
+// c2..c4 fitted for relative error: 5.3e-12 against Taylor's 4.1e-11) and 2^floor(n/16) by
+// vscalefpd (inf past the double range).
+struct GapExp {
+  __m512d table_low = _mm512_load_pd(kExp2Sixteenths);
+  __m512d table_high = _mm512_load_pd(kExp2Sixteenths + 8);
+
+  __attribute__((always_inline)) __m512d operator()(__m512d d) const {
+    d = _mm512_range_pd(d, _mm512_set1_pd(746.0), 0x02);  // the smaller magnitude, d's sign
+    const __m512d rounding = _mm512_set1_pd(kRoundShift);
+    const __m512d shifted = _mm512_fmadd_pd(d, _mm512_set1_pd(kSixteenOverLn2), rounding);
+    const __m512d n = _mm512_sub_pd(shifted, rounding);
+    const __m512d r = _mm512_fnmadd_pd(n, _mm512_set1_pd(kLn2OverSixteen), d);
+    const __m512d t = _mm512_permutex2var_pd(table_low, _mm512_castpd_si512(shifted), table_high);
+    const __m512d r2 = _mm512_mul_pd(r, r);
+    __m512d c = _mm512_fmadd_pd(r, _mm512_set1_pd(0x1.55571de0af64cp-3), _mm512_set1_pd(0x1.00000006dc454p-1));
+    c = _mm512_fmadd_pd(r2, _mm512_set1_pd(0x1.55520f97ba200p-5), c);
+    const __m512d q = _mm512_fmadd_pd(r2, c, r);  // e^r - 1
+    const __m512d p = _mm512_fmadd_pd(t, q, t);
+    return _mm512_scalef_pd(p, _mm512_mul_pd(n, _mm512_set1_pd(0.0625)));
+  }
+};
+
+// The low `count` lanes (count in [0, 8]).
+FASTLOSS_HD __mmask8 low_lanes8(int count) { return static_cast<__mmask8>((1u << count) - 1u); }
+
+// 1/c_j rounded, c_j = 1 + j/16, and -log of that rounded value (to 1.1e-16): log m =
+// log1p(m/c_j' - 1) - log(1/c_j') for m in [c_j, c_j + 1/16), the one-sided interval, so
+// that every term is non-negative (no cancellation near m = 1: j = 0 is 1 and 0 exactly).
+alignas(64) constexpr double kInverseCenters[16] = {
+    0x1.0000000000000p+0, 0x1.e1e1e1e1e1e1ep-1, 0x1.c71c71c71c71cp-1, 0x1.af286bca1af28p-1,
+    0x1.999999999999ap-1, 0x1.8618618618618p-1, 0x1.745d1745d1746p-1, 0x1.642c8590b2164p-1,
+    0x1.5555555555555p-1, 0x1.47ae147ae147bp-1, 0x1.3b13b13b13b14p-1, 0x1.2f684bda12f68p-1,
+    0x1.2492492492492p-1, 0x1.1a7b9611a7b96p-1, 0x1.1111111111111p-1, 0x1.0842108421084p-1};
+alignas(64) constexpr double kLogCenters[16] = {
+    0.0, 0x1.f0a30c01162a8p-5, 0x1.e27076e2af2eap-4, 0x1.5ff3070a793d6p-3,
+    0x1.c8ff7c79a9a20p-3, 0x1.1675cababa60fp-2, 0x1.4618bc21c5ec2p-2, 0x1.739d7f6bbd007p-2,
+    0x1.9f323ecbf984dp-2, 0x1.c8ff7c79a9a21p-2, 0x1.f128f5faf06ecp-2, 0x1.0be72e4252a83p-1,
+    0x1.1e85f5e7040d1p-1, 0x1.307d7334f10bep-1, 0x1.41d8fe84672afp-1, 0x1.52a2d265bc5abp-1};
+
+// log1p(t) for t >= 0 as rw::log1p_nonnegative, log(u) + (t - (u - 1)) / u with u = 1 + t, to
+// ~1e-13 relative without a divide (math::log has one, and special cases u in [1, 2^100) does
+// not need; a NaN t gives a meaningless value: the caller takes such rows apart). log u =
+// k ln2 + log(1/c_j') + log1p(r), u = 2^k m (vgetexppd, vgetmantpd), j = m's top 4 mantissa
+// bits, r = m c_j' - 1 in [0, 1/16) by one fma, log1p(r) = r + r^2 Q(r) with a degree-5 Q
+// fitted for relative error (5.1e-14). The bracket, u's rounding error (at most half an ulp of
+// u), needs only 2^-27 of relative accuracy: rcp14 and a Newton step.
+FASTLOSS_HD lanes::Double8 log1p_nonnegative(lanes::Double8 t) {
+  const lanes::Double8 u = 1.0 + t;
+  const __m512d uv = (__m512d)u;
+  const __m512d k = _mm512_getexp_pd(uv);
+  const __m512d m = _mm512_getmant_pd(uv, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);
+  const __m512i j = _mm512_srli_epi64(_mm512_castpd_si512(uv), 48);  // vpermt2pd reads its low 4 bits
+  const __m512d inverse = _mm512_permutex2var_pd(_mm512_load_pd(kInverseCenters), j,
+                                                 _mm512_load_pd(kInverseCenters + 8));
+  const __m512d log_center = _mm512_permutex2var_pd(_mm512_load_pd(kLogCenters), j,
+                                                    _mm512_load_pd(kLogCenters + 8));
+  const __m512d r = _mm512_fmsub_pd(m, inverse, _mm512_set1_pd(1.0));
+  const __m512d r2 = _mm512_mul_pd(r, r);
+  const __m512d r4 = _mm512_mul_pd(r2, r2);
+  const __m512d q01 = _mm512_fmadd_pd(r, _mm512_set1_pd(0x1.5555544390756p-2), _mm512_set1_pd(-0x1.ffffffff1faa3p-2));
+  const __m512d q23 = _mm512_fmadd_pd(r, _mm512_set1_pd(0x1.996faec480846p-3), _mm512_set1_pd(-0x1.ffff21028880ap-3));
+  const __m512d q45 = _mm512_fmadd_pd(r, _mm512_set1_pd(0x1.e65cb4a9cde03p-4), _mm512_set1_pd(-0x1.51517131b9c21p-3));
+  const __m512d q = _mm512_fmadd_pd(r4, q45, _mm512_fmadd_pd(r2, q23, q01));
+  const __m512d log1p_r = _mm512_fmadd_pd(r2, q, r);
+  const __m512d log_u = _mm512_add_pd(_mm512_fmadd_pd(k, _mm512_set1_pd(0x1.62e42fefa39efp-1), log_center), log1p_r);
+  return (lanes::Double8)log_u + lanes::divide_for_float32(t - (u - 1.0), u);
+}
+
+// lane l of the result = the sum of the 8 lanes of v[l], in a fixed tree (21 instructions for
+// 8 rows instead of 8 horizontal sums of 6).
+FASTLOSS_HD __m512d transpose_sums(const __m512d* v) {
+  __m512d pairs[4];
+  for (int i = 0; i < 4; ++i) {
+    // 128-bit block b of pairs[i]: the sums of lanes 2b, 2b+1 of v[2i] and of v[2i+1]
+    pairs[i] = _mm512_add_pd(_mm512_unpacklo_pd(v[2 * i], v[2 * i + 1]),
+                             _mm512_unpackhi_pd(v[2 * i], v[2 * i + 1]));
+  }
+  __m512d quads[2];
+  for (int i = 0; i < 2; ++i) {
+    quads[i] = _mm512_add_pd(_mm512_shuffle_f64x2(pairs[2 * i], pairs[2 * i + 1], 0x88),
+                             _mm512_shuffle_f64x2(pairs[2 * i], pairs[2 * i + 1], 0xdd));
+  }
+  return _mm512_add_pd(_mm512_shuffle_f64x2(quads[0], quads[1], 0x88),
+                       _mm512_shuffle_f64x2(quads[0], quads[1], 0xdd));
+}
+
+}  // namespace short_avx512
+#endif
 
 template <class T, bool kSum, bool kElementwise, bool kGrad>
 struct CrossEntropyKernel {
@@ -473,6 +594,12 @@ struct CrossEntropyKernel {
   template <class Targets>
   void short_rows(const Targets& targets, std::int64_t begin, std::int64_t end, double* losses,
                   Tiles& tiles) const {
+#if defined(__AVX512F__)
+    if constexpr (std::is_same<T, float>::value) {
+      short_rows_avx512(targets, begin, end, losses, tiles);
+      return;
+    }
+#endif
     const std::int64_t classes = p.shape.classes;
     const int group_rows = static_cast<int>(kShortTile / classes);
     alignas(64) double e[kShortTile];
@@ -540,6 +667,157 @@ struct CrossEntropyKernel {
     }
   }
 
+#if defined(__AVX512F__)
+  // short_rows for float32 rows with AVX-512, with short_rows' arithmetic: e_c = exp(x_c - x_y)
+  // against the row's own target logit (e_y = 1), the loss w_y log1p(sum_{c != y} e_c), and
+  // the same row-local rule for the general scan, so a row's bits depend on the row alone. A
+  // group is a multiple of 8 rows (at most kShortTile elements): each row's x_y is spread over
+  // its classes in a reference tile, the gaps' exps (short_avx512::GapExp) go to a tile of
+  // doubles in one pass over the group's floats; the target's own place in the reference tile
+  // holds +inf instead, so that its exp is 0 and the row's sum is of the other classes (NaN
+  // where the row is special: an ignored target, or an x_y that is not finite). Each block
+  // of 8 rows sums its rows by masked loads from where each row starts (so the order of a row's
+  // additions is the same wherever it sits in the tile: the lanes of its vectors, then one
+  // transposed tree) into one vector of the 8 rows' sums; the log1p, the weight and, for the
+  // gradient, the row's factor are then taken for 8 rows at a time.
+  template <class Targets>
+  void short_rows_avx512(const Targets& targets, std::int64_t begin, std::int64_t end, double* losses,
+                         Tiles& tiles) const {
+    // the vectors of 8 doubles a row spans, a constant in each instantiation (unrolled loads)
+    switch ((p.shape.classes + 7) / 8) {
+      case 1: return short_rows_avx512<1>(targets, begin, end, losses, tiles);
+      case 2: return short_rows_avx512<2>(targets, begin, end, losses, tiles);
+      case 3: return short_rows_avx512<3>(targets, begin, end, losses, tiles);
+      case 4: return short_rows_avx512<4>(targets, begin, end, losses, tiles);
+      case 5: return short_rows_avx512<5>(targets, begin, end, losses, tiles);
+      case 6: return short_rows_avx512<6>(targets, begin, end, losses, tiles);
+      case 7: return short_rows_avx512<7>(targets, begin, end, losses, tiles);
+      default: return short_rows_avx512<8>(targets, begin, end, losses, tiles);
+    }
+  }
+
+  template <int vectors, class Targets>
+  void short_rows_avx512(const Targets& targets, std::int64_t begin, std::int64_t end, double* losses,
+                         Tiles& tiles) const {
+    static_assert(8 * vectors <= kShortRow + 7, "a row of at most kShortRow classes");
+    namespace sa = short_avx512;
+    const int classes = static_cast<int>(p.shape.classes);
+    const int group_rows = kShortTile / (8 * classes) * 8;
+    const bool weighted = p.class_weight != nullptr;
+    const __mmask8 last_mask = sa::low_lanes8(classes - 8 * (vectors - 1));
+    // + 8: the last row's masked vector may reach past the group's elements (C = 1, 2, 4)
+    alignas(64) double e[kShortTile + 8];
+    alignas(64) double reference[kShortTile + 8];
+    alignas(64) double weight[kShortTile];
+    alignas(64) double row_factor[8], target_grad[8];
+    int target_of[kShortTile];
+    const double nan = math::quiet_nan();
+    const sa::GapExp gap_exp;
+    for (std::int64_t g = begin; g < end; g += group_rows) {
+      const int rows = static_cast<int>(std::min<std::int64_t>(group_rows, end - g));
+      const int count = rows * classes;
+      const float* x = p.input + g * classes;
+      // the next group's targets are fetched while this one computes
+      for (int r = 0; r < group_rows; r += 8) targets.prefetch(g + group_rows + r);
+      for (int r = 0; r < rows; ++r) {
+        const std::int64_t y = targets.at(g + r);
+        const bool ignored = y == p.ignore_index;
+        const int c = ignored ? 0 : static_cast<int>(y);
+        const float x_target_float = x[r * classes + c];
+        const double x_target = static_cast<double>(x_target_float);
+        std::uint32_t bits;
+        __builtin_memcpy(&bits, &x_target_float, sizeof bits);
+        const bool special = ignored | ((bits & 0x7f800000u) == 0x7f800000u);  // NaN or +-inf
+        target_of[r] = c;
+        if (weighted) weight[r] = ignored ? 0.0 : static_cast<double>(p.class_weight[y]);
+        const __m512d spread = _mm512_set1_pd(x_target);
+        double* row = reference + r * classes;
+        for (int v = 0; v + 1 < vectors; ++v) _mm512_storeu_pd(row + 8 * v, spread);
+        _mm512_mask_storeu_pd(row + 8 * (vectors - 1), last_mask, spread);
+        // the target's own exp out of its row's sum: against +inf its gap is -inf, its exp 0;
+        // NaN makes a special row's sum NaN
+        row[c] = special ? nan : __builtin_inf();
+      }
+      for (int j = 0; j < count; j += 8) {
+        // the next group's logits, while this one computes (its first pass otherwise waits on DRAM)
+        _mm_prefetch(reinterpret_cast<const char*>(x + count + j), _MM_HINT_T0);
+        const int n = std::min(8, count - j);
+        const __mmask8 lanes = sa::low_lanes8(n);
+        const __m256 xf = n == 8 ? _mm256_loadu_ps(x + j) : _mm256_maskz_loadu_ps(lanes, x + j);
+        const __m512d ref = n == 8 ? _mm512_load_pd(reference + j) : _mm512_maskz_load_pd(lanes, reference + j);
+        _mm512_store_pd(e + j, gap_exp(_mm512_sub_pd(_mm512_cvtps_pd(xf), ref)));
+      }
+      const int padded = (rows + 7) / 8 * 8;
+      for (int r = rows; r < padded; ++r) weight[r] = 0.0;
+      for (int r0 = 0; r0 < rows; r0 += 8) {
+        const int live = std::min(8, rows - r0);
+        __m512d row_sums[8];
+        for (int l = 0; l < 8; ++l) {
+          const double* row = e + (l < live ? r0 + l : r0) * classes;  // absent rows: any row
+          __m512d sum = vectors == 1 ? _mm512_maskz_loadu_pd(last_mask, row) : _mm512_loadu_pd(row);
+          for (int v = 1; v + 1 < vectors; ++v) sum = _mm512_add_pd(sum, _mm512_loadu_pd(row + 8 * v));
+          if (vectors > 1) sum = _mm512_add_pd(sum, _mm512_maskz_loadu_pd(last_mask, row + 8 * (vectors - 1)));
+          row_sums[l] = sum;
+        }
+        const __m512d others = sa::transpose_sums(row_sums);
+        const __m512d w = weighted ? _mm512_load_pd(weight + r0) : _mm512_set1_pd(1.0);
+        // the row-local rule of short_rows: the other exps sum below 2^1000 (false for NaN)
+        const __mmask8 fast = _mm512_cmp_pd_mask(others, _mm512_set1_pd(0x1p1000), _CMP_LT_OQ) & sa::low_lanes8(live);
+        const __mmask8 weight_nonzero = _mm512_cmp_pd_mask(w, _mm512_setzero_pd(), _CMP_NEQ_UQ);
+        const lanes::Double8 ratio = sa::log1p_nonnegative((lanes::Double8)others);
+        _mm512_mask_storeu_pd(losses + (g + r0 - begin), sa::low_lanes8(live),
+                              _mm512_maskz_mul_pd(weight_nonzero, w, (__m512d)ratio));
+        if (kGrad && fast != 0) {
+          __m512d scale;
+          if (p.grad_output != nullptr) {
+            scale = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(sa::low_lanes8(live), p.grad_output + g + r0));
+          } else {
+            scale = _mm512_set1_pd(p.grad_scale);
+          }
+          if (p.mean) scale = _mm512_div_pd(scale, _mm512_set1_pd(divisor));
+          const __m512d sum = _mm512_add_pd(others, _mm512_set1_pd(1.0));
+          // w == 0 adds 0 even where the scale is inf or NaN (as short_rows)
+          const __m512d scaled_weight = _mm512_maskz_mul_pd(weight_nonzero, scale, w);
+          _mm512_store_pd(row_factor, _mm512_div_pd(scaled_weight, sum));
+          _mm512_store_pd(target_grad, _mm512_mul_pd(-scaled_weight, _mm512_div_pd(others, sum)));
+          for (int l = 0; l < live; ++l) {
+            if (!((fast >> l) & 1)) continue;
+            const int r = r0 + l;
+            const double* row = e + r * classes;
+            float* grad = p.grad_out + (g + r) * classes;
+            const __m512d k = _mm512_set1_pd(row_factor[l]);
+            for (int v = 0; v + 1 < vectors; ++v) {
+              _mm256_storeu_ps(grad + 8 * v, _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_loadu_pd(row + 8 * v), k)));
+            }
+            const int v = vectors - 1;
+            _mm256_mask_storeu_ps(grad + 8 * v, last_mask,
+                                  _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_maskz_loadu_pd(last_mask, row + 8 * v), k)));
+            grad[target_of[r]] = static_cast<float>(target_grad[l]);
+          }
+        }
+        // the special rows, one by one
+        for (unsigned special = static_cast<unsigned>(~fast) & sa::low_lanes8(live); special != 0;
+             special &= special - 1) {
+          const int r = r0 + __builtin_ctz(special);
+          losses[g + r - begin] = general_row(targets, g + r, tiles);
+        }
+      }
+    }
+  }
+#endif
+
+  // A row of short_rows that the shared-tile path does not take: an ignored target (loss 0,
+  // gradient 0) or the general row scan.
+  template <class Targets>
+  double general_row(const Targets& targets, std::int64_t r, Tiles& tiles) const {
+    const std::int64_t y = targets.at(r);
+    if (y == p.ignore_index) {
+      if (kGrad) zero_row(p.grad_out + r * p.shape.classes, 1, p.shape.classes, tiles);
+      return 0.0;
+    }
+    return row<false>(r, y, tiles);
+  }
+
   template <class Targets>
   void chunk(const Targets& targets, std::int64_t index, std::int64_t begin, std::int64_t end) const {
     Tiles tiles;
@@ -547,8 +825,11 @@ struct CrossEntropyKernel {
     const bool smoothing = p.label_smoothing != 0.0;
     if constexpr (Targets::kIndices) {
       if (!smoothing && p.shape.inner == 1 && p.shape.classes <= kShortRow) {
-        std::vector<double> losses(static_cast<std::size_t>(end - begin));
-        short_rows(targets, begin, end, losses.data(), tiles);
+        // this thread's buffer, grown once (not a fresh, zeroed vector per chunk)
+        thread_local std::vector<double> buffer;
+        if (buffer.size() < static_cast<std::size_t>(end - begin)) buffer.resize(static_cast<std::size_t>(end - begin));
+        double* const losses = buffer.data();
+        short_rows(targets, begin, end, losses, tiles);
         for (std::int64_t r = begin; r < end; ++r) {
           if (kElementwise) p.loss_out[r] = static_cast<T>(losses[r - begin]);
           if (kSum) lanes.add(r - begin, losses[r - begin]);
