@@ -257,13 +257,7 @@ loss_pass(long long n, const T* input, const T* target, const T* weight, long lo
     }
   }
 
-  if constexpr (kWantSum) {
-    sums::block_tree<kThreads>(hi, lo);
-    if (threadIdx.x == 0) {
-      block_sums[2 * static_cast<long long>(blockIdx.x)] = hi;
-      block_sums[2 * static_cast<long long>(blockIdx.x) + 1] = lo;
-    }
-  }
+  if constexpr (kWantSum) sums::write_block_pair<kThreads>(hi, lo, block_sums);
   if constexpr (Op::kInputIsProbability) {
     // A block-wide OR, then one integer atomic per block that found something.
     if (__syncthreads_or(bad) && threadIdx.x == 0) atomicOr(out_of_range, 1);

@@ -193,15 +193,6 @@ row_pass(long long rows, long long classes, long long inner, const T* first, con
 }
 
 // ---- cross-entropy ------------------------------------------------------------------------------
-// The block's pairs added (sums::block_tree) and written unrounded to block_sums[2 b], [2 b + 1].
-__device__ __forceinline__ void write_block_pair(double hi, double lo, double* block_sums) {
-  sums::block_tree<kThreads>(hi, lo);
-  if (threadIdx.x == 0) {
-    block_sums[2 * static_cast<long long>(blockIdx.x)] = hi;
-    block_sums[2 * static_cast<long long>(blockIdx.x) + 1] = lo;
-  }
-}
-
 // The targets before the loss pass: per block, the summed weights of its non-ignored class
 // indices as an unrounded double-double (thread t takes rows t, t + T, ... of the grid; pairs
 // into block_sums[2 b], [2 b + 1]), and the lowest row holding an index outside [0, classes)
@@ -221,7 +212,7 @@ check_targets(long long rows, long long classes, const Index* target, const T* c
     }
     dd::add_term(hi, lo, class_weight != nullptr ? static_cast<double>(class_weight[y]) : 1.0);
   }
-  write_block_pair(hi, lo, block_sums);
+  sums::write_block_pair<kThreads>(hi, lo, block_sums);
 }
 
 // The `count` block pairs of check_targets or of a loss pass added in a fixed order
@@ -336,7 +327,7 @@ cross_entropy(long long rows, long long classes, long long inner, const T* input
   }
   if (kSum) {
     // the groups' sums in the block's fixed tree (lane 0 of each holds one; the others add 0)
-    write_block_pair(lane == 0 ? group_hi : 0.0, lane == 0 ? group_lo : 0.0, block_sums);
+    sums::write_block_pair<kThreads>(lane == 0 ? group_hi : 0.0, lane == 0 ? group_lo : 0.0, block_sums);
   }
 }
 

@@ -57,6 +57,17 @@ __device__ __forceinline__ void block_tree(double& hi, double& lo) {
   }
 }
 
+// The block's pairs added (block_tree) and written unrounded by thread 0 to block_sums[2 b],
+// block_sums[2 b + 1], b the block's index. Every thread of the block must call it.
+template <int kThreads>
+__device__ __forceinline__ void write_block_pair(double hi, double lo, double* block_sums) {
+  block_tree<kThreads>(hi, lo);
+  if (threadIdx.x == 0) {
+    block_sums[2 * static_cast<long long>(blockIdx.x)] = hi;
+    block_sums[2 * static_cast<long long>(blockIdx.x) + 1] = lo;
+  }
+}
+
 // The `count` pairs (partials[2 b], partials[2 b + 1]) added in a fixed order that depends on
 // count alone, normalized: valid in thread 0 of the one block that runs it (every thread must
 // call it). Thread t adds pairs t, t + kThreads, ... in that order, loading them kBatch at a
