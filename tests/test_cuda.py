@@ -245,14 +245,15 @@ def _resident_blocks_per_sm(registers_per_thread, gpu=H100):
                gpu["threads"] // _cuda.THREADS, gpu["blocks"])
 
 
-def _ptxas_report(arch):
-    """{name expression: (registers, spill stores, spill loads)} of every kernel, from ptxas
-    as the run-time compile runs it (NVRTC, the run-time options, a cubin for sm_<arch>)."""
+def _ptxas_report(arch, file_name="losses.cu"):
+    """{name expression: (registers, spill stores, spill loads)} of every kernel of
+    cuda/<file_name>, from ptxas as the run-time compile runs it (NVRTC, the run-time options,
+    a cubin for sm_<arch>). tests/test_cuda_multiclass.py and test_cuda_partials.py use it."""
     from cupy.cuda import nvrtc
-    source, options, names = _cuda.kernel_sources_and_options()
+    source, options, names = _cuda.kernel_sources_and_options(file_name)
     target, kind = _cuda._nvrtc_target(arch)
     assert kind == "cubin", target
-    program = nvrtc.createProgram(source, "losses.cu", [], [])
+    program = nvrtc.createProgram(source, file_name, [], [])
     try:
         for name in names:
             nvrtc.addNameExpression(program, name)

@@ -24,8 +24,8 @@ from _helpers import (
 )
 from fastloss import _codes, _cuda
 from fastloss import reference as R
-from test_cuda import _assert_no_contracted_multiply_adds
-from test_cuda import nvrtc_or_skip  # noqa: F401  (a fixture)
+from test_cuda import _assert_no_contracted_multiply_adds, _ptxas_report
+from test_cuda import fake_cupy, nvrtc_or_skip  # noqa: F401  (fixtures)
 
 SOURCE = "multiclass.cu"
 
@@ -74,28 +74,12 @@ SPILL_ALLOWED = {f"fastloss::gpu::cross_entropy<{t}, 3, {k}, 32>": 16
 
 
 def test_no_kernel_spills(nvrtc_or_skip):  # noqa: F811
-    from cupy.cuda import nvrtc
-    source, options, names = _cuda.kernel_sources_and_options(SOURCE)
-    target, kind = _cuda._nvrtc_target(90)
-    assert kind == "cubin"
-    program = nvrtc.createProgram(source, SOURCE, [], [])
-    try:
-        for name in names:
-            nvrtc.addNameExpression(program, name)
-        nvrtc.compileProgram(program, [*options, target, "--ptxas-options=-v"])
-        log = nvrtc.getProgramLog(program)
-        by_mangled = {nvrtc.getLoweredName(program, name): name for name in names}
-    finally:
-        nvrtc.destroyProgram(program)
-    seen, entry = set(), None
-    for line in log.splitlines():
-        if match := re.search(r"Compiling entry function '(\w+)'", line):
-            entry = by_mangled[match.group(1)]
-        elif match := re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line):
-            seen.add(entry)
-            allowed = SPILL_ALLOWED.get(entry, 0)
-            assert int(match.group(1)) <= allowed and int(match.group(2)) <= allowed, (entry, line)
-    assert seen == set(names)
+    _, _, names = _cuda.kernel_sources_and_options(SOURCE)
+    report = _ptxas_report(90, SOURCE)
+    for entry, (_, stores, loads) in report.items():
+        allowed = SPILL_ALLOWED.get(entry, 0)
+        assert stores <= allowed and loads <= allowed, (entry, stores, loads)
+    assert set(report) == set(names)
 
 
 def test_grid_depends_on_the_row_count_only():
@@ -107,15 +91,6 @@ def test_grid_depends_on_the_row_count_only():
 
 
 # ---- device placement, with a stand-in for CuPy (no GPU needed) --------------------------------
-@pytest.fixture
-def fake_cupy(monkeypatch):
-    from _fake_cupy import FakeCupy
-    fake = FakeCupy()
-    monkeypatch.setattr(_cuda, "_cupy", lambda: fake)
-    monkeypatch.setattr(_cuda, "_kernel", fake.kernel)
-    return fake
-
-
 def _calls(fake):
     rng = np.random.default_rng(0)
     x, t = make_logits_and_target((6, 5, 2), "int64", np.float32, rng)
@@ -136,7 +111,7 @@ def _calls(fake):
     ]
 
 
-def test_every_call_works_on_its_inputs_device(fake_cupy):
+def test_every_call_works_on_its_inputs_device(fake_cupy):  # noqa: F811
     for call in _calls(fake_cupy):
         fake_cupy.log.clear()
         result = call()
@@ -147,7 +122,7 @@ def test_every_call_works_on_its_inputs_device(fake_cupy):
             assert array.device.id == 1
 
 
-def test_cuda_argument_errors(fake_cupy):
+def test_cuda_argument_errors(fake_cupy):  # noqa: F811
     with fake_cupy.cuda.Device(0):
         x = fake_cupy.asarray(np.zeros((4, 3), np.float32))
         t = fake_cupy.asarray(np.zeros(4, np.int64))

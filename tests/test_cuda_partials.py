@@ -21,7 +21,6 @@ A stand-in for CuPy (tests/_fake_cupy.py) also runs loss_partial's Python path h
 from __future__ import annotations
 
 import math
-import os
 import pickle
 import re
 import subprocess
@@ -42,8 +41,9 @@ from _helpers import (
     seed_for,
 )
 from fastloss import _codes, _cuda, _dd, _dispatch
+from test_cuda import _ptxas_report
+from test_cuda import fake_cupy, nvrtc_or_skip  # noqa: F401  (fixtures)
 
-REQUIRE_NVRTC = "FASTLOSS_TEST_REQUIRE_NVRTC"
 AWKWARD_N = (1, 7, 8191, 8193, 10**6 + 3)
 EQUAL_TERMS = 2**24
 OP_CODES = {"mse": _codes.SQUARED_ERROR, "bce": _codes.BINARY_CROSS_ENTROPY,
@@ -52,20 +52,6 @@ dtype_ids = lambda d: np.dtype(d).name  # noqa: E731
 
 
 # ==== compile tests: no GPU needed ================================================================
-
-@pytest.fixture(scope="module")
-def nvrtc_or_skip():
-    try:
-        from cupy.cuda import nvrtc
-        program = nvrtc.createProgram("__global__ void k() {}", "probe.cu", [], [])
-        nvrtc.compileProgram(program, ["--gpu-architecture=compute_90"])
-        nvrtc.destroyProgram(program)
-    except Exception as error:  # not installed, or no NVRTC library
-        reason = f"NVRTC does not work here ({type(error).__name__}: {error})"
-        if os.environ.get(REQUIRE_NVRTC) == "1":
-            pytest.fail(f"{REQUIRE_NVRTC}=1 but {reason}")
-        pytest.skip(reason)
-
 
 # The Itanium mangling of the parameter lists _cuda.py launches with (T_ is the storage type):
 # finish_sum(const double* partials, long long count, long long n, int mean, T* out,
@@ -79,7 +65,7 @@ LOSS_PASS_PARAMETERS = r"xPKT_S\d+_S\d+_xS\d+_xPS\d+_S\d+_dPdPi"
 
 @pytest.mark.parametrize("dtype_name", ("float32", "float64", "float16"))
 @pytest.mark.parametrize("op", _codes.LOSS_OPS)
-def test_every_loss_module_compiles_under_nvrtc(nvrtc_or_skip, op, dtype_name):
+def test_every_loss_module_compiles_under_nvrtc(nvrtc_or_skip, op, dtype_name):  # noqa: F811
     """Each run-time module (one per op and dtype: every outputs code, weighted or not, and
     finish_sum) compiles as the run-time path compiles it, and its kernels take the arguments
     _cuda.py passes (the mangled parameter lists)."""
@@ -94,40 +80,13 @@ def test_every_loss_module_compiles_under_nvrtc(nvrtc_or_skip, op, dtype_name):
         assert re.search(f"EEv{wanted}$", mangled), (name, mangled)
 
 
-def _ptxas_report(arch=90):
-    """{name expression: (registers, spill store bytes, spill load bytes)} of every kernel of
-    cuda/losses.cu, from ptxas as the run-time compile runs it (a cubin for sm_<arch>)."""
-    from cupy.cuda import nvrtc
-    source, options, names = _cuda.kernel_sources_and_options()
-    target, kind = _cuda._nvrtc_target(arch)
-    assert kind == "cubin", target
-    program = nvrtc.createProgram(source, "losses.cu", [], [])
-    try:
-        for name in names:
-            nvrtc.addNameExpression(program, name)
-        nvrtc.compileProgram(program, [*options, target, "--ptxas-options=-v"])
-        log = nvrtc.getProgramLog(program)
-        by_mangled = {nvrtc.getLoweredName(program, name): name for name in names}
-    finally:
-        nvrtc.destroyProgram(program)
-    report, spills, entry = {}, None, None
-    for line in log.splitlines():
-        if match := re.search(r"Compiling entry function '(\w+)'", line):
-            entry = by_mangled[match.group(1)]
-        elif match := re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line):
-            spills = (int(match.group(1)), int(match.group(2)))
-        elif match := re.search(r"Used (\d+) registers", line):
-            report[entry] = (int(match.group(1)), *spills)
-    return report
-
-
 def _reduces(name):
     match = re.fullmatch(r"fastloss::gpu::loss_pass<[^,]+, \d, (\d), \w+>", name)
     return "finish_sum" in name or (match is not None and int(match.group(1)) in (
         _codes.SUM, _codes.SUM_AND_GRAD))
 
 
-def test_reducing_kernels_do_not_spill(nvrtc_or_skip):
+def test_reducing_kernels_do_not_spill(nvrtc_or_skip):  # noqa: F811
     """The double-double accumulators (two doubles a thread, both words through the shuffles)
     fit: ptxas for sm_90 reports no spills and at most 64 registers (4 resident blocks of 256
     threads per SM) for finish_sum and every Sum/SumAndGrad loss pass (bench/NOTES.md has the
@@ -307,18 +266,9 @@ def test_emulated_equal_terms(dtype):
 
 # ==== loss_partial's Python path, with a stand-in for CuPy (no GPU needed) ======================
 
-@pytest.fixture
-def fake_cupy(monkeypatch):
-    from _fake_cupy import FakeCupy
-    fake = FakeCupy()
-    monkeypatch.setattr(_cuda, "_cupy", lambda: fake)
-    monkeypatch.setattr(_cuda, "_kernel", fake.kernel)
-    return fake
-
-
 @pytest.mark.parametrize("want_grad", (False, True))
 @pytest.mark.parametrize("op_name", ("mse", "bce", "logits"))
-def test_loss_partial_runs_on_the_inputs_device(fake_cupy, op_name, want_grad):
+def test_loss_partial_runs_on_the_inputs_device(fake_cupy, op_name, want_grad):  # noqa: F811
     """_dispatch.loss_partial takes the CUDA backend: the pass and finish_sum launch on the
     input's device (GPU 1 while GPU 0 is current), the pair comes back as Python floats (the
     stand-in's kernels do nothing: the zeros the total starts as), the gradient on GPU 1."""
@@ -339,7 +289,7 @@ def test_loss_partial_runs_on_the_inputs_device(fake_cupy, op_name, want_grad):
         assert result[2].shape == x.shape and result[2].device.id == 1
 
 
-def test_loss_partial_takes_sums_only(fake_cupy):
+def test_loss_partial_takes_sums_only(fake_cupy):  # noqa: F811
     gx = fake_cupy.asarray(np.ones(3, np.float32))
     with pytest.raises(ValueError, match="SUM or SUM_AND_GRAD"):
         _cuda.loss_partial(_codes.SQUARED_ERROR, _codes.ELEMENTWISE, gx, gx, None, None, 1.0)
