@@ -204,18 +204,7 @@ const T* transposed(const T* b, std::int64_t rows, std::int64_t cols) {
 template <class T>
 bool run_with_transposed_b(std::int64_t m, std::int64_t n, std::int64_t k, const T* a, const T* b, T* c) {
 #if defined(__AVX512F__)
-  Product<T> p;
-  p.m = m;
-  p.n = n;
-  p.k = k;
-  p.a = a;
-  p.a_row = k;
-  p.a_col = 1;
-  p.b = transposed(b, n, k);
-  p.ldb = n;
-  p.c = c;
-  p.ldc = n;
-  product(p);
+  product(Product<T>{m, n, k, a, k, 1, transposed(b, n, k), n, c, n});
   return true;
 #else
   (void)m, (void)n, (void)k, (void)a, (void)b, (void)c;

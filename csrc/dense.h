@@ -8,7 +8,8 @@ namespace fastloss {
 
 // C = A B: C (m x n, row stride ldc), A(i, k) = a[i * a_row + k * a_col] (either layout, so
 // that A may be a transposed view), B row-major (k x n, row stride ldb). C is written, not
-// added to; it may not overlap A or B.
+// added to; it may not overlap A or B. Built as Product<T>{m, n, k, a, a_row, a_col, b, ldb,
+// c, ldc}, the fields' order.
 template <class T>
 struct Product {
   std::int64_t m = 0, n = 0, k = 0;

@@ -419,32 +419,14 @@ bool dense_backward(py::handle grad_obj, py::handle input_obj, py::handle weight
       done = true;
       return;
     }
-    Product<T> weights;  // (out x batch, grad read transposed) times (batch x in)
-    weights.m = out;
-    weights.n = in;
-    weights.k = batch;
-    weights.a = g;
-    weights.a_row = 1;
-    weights.a_col = out;
-    weights.b = read_ptr<T>(input);
-    weights.ldb = in;
-    weights.c = write_ptr<T>(weight_grad);
-    weights.ldc = in;
-    if (!product(weights)) return;
+    // (out x batch, grad read transposed) times (batch x in)
+    if (!product(Product<T>{out, in, batch, g, 1, out, read_ptr<T>(input), in, write_ptr<T>(weight_grad), in})) {
+      return;
+    }
     done = true;
     if (!want_input_grad) return;
-    Product<T> inputs;  // (batch x out) times (out x in)
-    inputs.m = batch;
-    inputs.n = in;
-    inputs.k = out;
-    inputs.a = g;
-    inputs.a_row = out;
-    inputs.a_col = 1;
-    inputs.b = read_ptr<T>(weight);
-    inputs.ldb = in;
-    inputs.c = write_ptr<T>(grad_input);
-    inputs.ldc = in;
-    product(inputs);
+    // (batch x out) times (out x in)
+    product(Product<T>{batch, in, out, g, out, 1, read_ptr<T>(weight), in, write_ptr<T>(grad_input), in});
   });
   return done;
 }
@@ -470,7 +452,6 @@ void register_training(py::module_& m) {
         py::arg("weight_grad"), py::arg("grad_input"),
         "weight_grad = grad_output.T @ input; grad_input = grad_output @ weight (if not None); False as "
         "dense_forward.");
-  m.attr("dense_narrow_max_outputs") = kNarrowMaxOutputs;
 }
 
 }  // namespace fastloss

@@ -18,8 +18,6 @@ import numpy as np
 from .. import _cpu
 from .._arrays import Array, array_module
 
-NARROW_MAX_OUTPUTS = _cpu.dense_narrow_max_outputs
-
 
 def matmul_module(weight: Array):
     """The array library whose matmul (BLAS, cuBLAS) runs the layer's products."""
@@ -29,7 +27,7 @@ def matmul_module(weight: Array):
 def dense_forward(input: Array, weight: Array, bias: Array | None, output: Array,
                   relu: bool) -> bool:
     """output = relu?(input @ weight.T + bias) in one compiled call for a NumPy layer (plain
-    loops up to NARROW_MAX_OUTPUTS outputs, the AVX-512 product kernel beyond); False, with
+    loops up to four outputs, the AVX-512 product kernel beyond); False, with
     nothing done, for other arrays or where this CPU has no product kernel."""
     if type(weight) is not np.ndarray:
         return False
