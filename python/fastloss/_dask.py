@@ -579,10 +579,9 @@ def cross_entropy(entries, kind, input, target, weight, ignore_index, reduction,
     if grad_rows is not None:
         extra.append(_with_class_axis(grad_rows).rechunk(row_chunks))
     elif kind.want_grad and reduction == "mean":
-        rows_of_target = _with_class_axis(target).rechunk(row_chunks) if indices else t
         divisor_blocks = da.map_blocks(
-            partial(_divisor_block, indices, weight, ignore_index, classes), rows_of_target,
-            dtype=DIVISOR, chunks=tuple((1,) * b for b in rows_of_target.numblocks),
+            partial(_divisor_block, indices, weight, ignore_index, classes), t,
+            dtype=DIVISOR, chunks=tuple((1,) * b for b in t.numblocks),
             meta=np.empty((0,) * ndim, dtype=DIVISOR))
         extra.append(da.reduction(divisor_blocks, _identity, _combine, combine=_combine,
                                   axis=None, dtype=DIVISOR, concatenate=True,
