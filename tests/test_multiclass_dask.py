@@ -189,6 +189,8 @@ def test_bad_input_is_named():
         fastloss.cross_entropy(lazy_x, lazy_t, weight=np.ones(12, np.float32))
     with pytest.raises(TypeError, match="target is a numpy.ndarray but input is a"):
         fastloss.cross_entropy(lazy_x, t)
+    with pytest.raises(TypeError, match="grad_output is a builtins.list but input is a dask"):
+        fastloss.cross_entropy_grad(lazy_x, lazy_t, reduction="none", grad_output=[1.0] * ROWS)
     with pytest.raises(TypeError, match="out= is not taken with Dask arrays"):
         fastloss.softmax(lazy_x, out=x)
     with pytest.raises(ValueError, match=r"dim must be in \[-2, 1\]"):

@@ -514,7 +514,7 @@ def _finish_ce(block, *, mean, dtype):
     return _dd.rounded(hi, lo, dtype)
 
 
-def _ce_grad_output(grad_output, reduction, loss_shape):
+def _ce_grad_output(grad_output, reduction, loss_shape, input):
     """(scale, None) for a real grad_output, or (1.0, the per-row Dask array) for 'none'."""
     import dask.array as da
     if _checks.is_real_scalar(grad_output) or (getattr(grad_output, "ndim", None) == 0
@@ -526,7 +526,7 @@ def _ce_grad_output(grad_output, reduction, loss_shape):
     if isinstance(grad_output, np.ndarray):
         grad_output = da.from_array(grad_output)
     if not is_dask(grad_output):
-        raise _mixed("grad_output", grad_output, "input", None)
+        raise _mixed("grad_output", grad_output, "input", input)
     try:
         return 1.0, da.broadcast_to(grad_output, loss_shape)
     except ValueError:
@@ -554,7 +554,7 @@ def cross_entropy(entries, kind, input, target, weight, ignore_index, reduction,
     _, classes, loss_shape = _checks.cross_entropy_rows(input.shape)
     indices = _ce_target_is_indices(target, input, loss_shape)
     weight = _ce_weight(weight, input, classes)
-    scale, grad_rows = (_ce_grad_output(grad_output, reduction, loss_shape) if kind.want_grad
+    scale, grad_rows = (_ce_grad_output(grad_output, reduction, loss_shape, input) if kind.want_grad
                         else (1.0, None))
     one_row = input.ndim == 1  # (C,): one row, computed as (1, C)
     if one_row:
