@@ -15,8 +15,9 @@ namespace arrays {
 
 namespace py = pybind11;
 
-// Float16 and BFloat16 are storage types of the elementwise loss kernels only (module.cpp
-// recognises them); float_dtype, for the other kernels, answers Other for them.
+// Float16 and BFloat16 are storage types of the loss, row and activation kernels
+// (numpy_storage.h recognises them); float_dtype, for the training layer's kernels, answers
+// Other for them.
 enum class Dtype { Float32, Float64, Float16, BFloat16, Other };
 
 // float32 or float64 in native byte order (a swapped one would be read as garbage), else Other.

@@ -22,6 +22,7 @@
 #include "fastloss/half.h"
 #include "fastloss/loss_pass.h"
 #include "kernels.h"
+#include "storage.h"
 
 #ifndef FASTLOSS_ISA
 #error "compile with -DFASTLOSS_ISA=<namespace>"
@@ -190,12 +191,6 @@ void store(BFloat16* p, V v) {
 void store(Float16* p, V v) { store_bits<half::Float16Format>(p, v); }
 void store(BFloat16* p, V v) { store_bits<half::BFloat16Format>(p, v); }
 #endif
-
-// The grade of the math for storage type T (elementwise.h's MathFor): the 16-bit formats
-// compute as float32 does (each term in double to ~1e-9 relative, far below their ulp).
-template <class T> struct MathOf { typedef T type; };
-template <> struct MathOf<Float16> { typedef float type; };
-template <> struct MathOf<BFloat16> { typedef float type; };
 
 // The first `count` < kWidth elements, the other lanes 0.
 template <class T>

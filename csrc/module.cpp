@@ -32,6 +32,7 @@
 #include "isa.h"
 #include "kernels.h"
 #include "multiclass_module.h"
+#include "numpy_storage.h"
 #include "training.h"
 
 namespace py = pybind11;
@@ -118,44 +119,10 @@ bool sigmoid_backward(std::int64_t n, const T* g, const T* y, T* out) {
 // a 16-element loss computes in ~20 ns, and pybind11's dispatcher, its handles and its
 // conversions took ~110 ns of a ~180 ns entry (bench/NOTES.md, the 16-element call).
 using arrays::Dtype;
-
-// The type number NumPy gave ml_dtypes.bfloat16 (a user-defined dtype: its number depends on
-// the order of registration), set by register_bfloat16 when the dispatch first meets one; -1
-// until then, so the entries answer None to bfloat16 before it and `import fastloss` never
-// needs ml_dtypes. Written under the GIL, read by the entries, which hold it.
-int bfloat16_type = -1;
-
-int numpy_type(Dtype d) {
-  switch (d) {
-    case Dtype::Float32: return NPY_FLOAT;
-    case Dtype::Float16: return NPY_HALF;
-    case Dtype::BFloat16: return bfloat16_type;
-    default: return NPY_DOUBLE;
-  }
-}
-
-// float32, float64, float16 or (once registered) bfloat16 in native byte order, else Other.
-Dtype dtype_of(PyArrayObject* a) {
-  const PyArray_Descr* descr = PyArray_DESCR(a);
-  if (!PyArray_ISNBO(descr->byteorder)) return Dtype::Other;
-  switch (descr->type_num) {
-    case NPY_FLOAT: return Dtype::Float32;
-    case NPY_DOUBLE: return Dtype::Float64;
-    case NPY_HALF: return Dtype::Float16;
-    default: return descr->type_num == bfloat16_type && bfloat16_type >= 0 ? Dtype::BFloat16 : Dtype::Other;
-  }
-}
-
-// Runs body(T{}) with T the C++ storage type of dtype (not Other).
-template <typename Body>
-auto with_storage_type(Dtype dtype, Body&& body) {
-  switch (dtype) {
-    case Dtype::Float32: return body(float{});
-    case Dtype::Float16: return body(Float16{});
-    case Dtype::BFloat16: return body(BFloat16{});
-    default: return body(double{});
-  }
-}
+using storage::dtype_of;
+using storage::numpy_type;
+using storage::scalar_of;
+using storage::with_storage_type;
 
 // obj as an array the kernels may read as T[size]: C-contiguous, aligned, of `dtype`; else
 // null. With kExact, NumPy's own ndarray only (subclasses take the dispatch's checked path).
@@ -209,31 +176,6 @@ PyObject* new_array(PyArrayObject* like, Dtype dtype) {
   return PyArray_SimpleNew(PyArray_NDIM(like), PyArray_DIMS(like), numpy_type(dtype));
 }
 
-// A NumPy scalar of `dtype` (a new reference, or null with an exception set). A 16-bit one is
-// `value` rounded once to nearest even (half.h; through float32 it would round twice).
-PyObject* scalar_of(double value, Dtype dtype) {
-  if (dtype == Dtype::Float16) {
-    PyObject* s = PyArrayScalar_New(Half);
-    if (s != nullptr) PyArrayScalar_VAL(s, Half) = static_cast<npy_half>(half::round_to_bits<half::Float16Format>(value));
-    return s;
-  }
-  if (dtype == Dtype::BFloat16) {
-    auto bits = static_cast<std::uint16_t>(half::round_to_bits<half::BFloat16Format>(value));
-    PyArray_Descr* descr = PyArray_DescrFromType(bfloat16_type);  // a new reference
-    if (descr == nullptr) return nullptr;
-    PyObject* s = PyArray_Scalar(&bits, descr, nullptr);
-    Py_DECREF(descr);
-    return s;
-  }
-  if (dtype == Dtype::Float32) {
-    PyObject* s = PyArrayScalar_New(Float);
-    if (s != nullptr) PyArrayScalar_VAL(s, Float) = static_cast<float>(value);
-    return s;
-  }
-  PyObject* s = PyArrayScalar_New(Double);
-  if (s != nullptr) PyArrayScalar_VAL(s, Double) = value;
-  return s;
-}
 
 PyObject* none() {
   Py_INCREF(Py_None);
@@ -608,7 +550,7 @@ void register_bfloat16(const py::object& dtype) {
   if (PyDataType_ELSIZE(descr) != 2 || descr->type_num < NPY_USERDEF) {
     throw py::value_error("register_bfloat16: expected the 2-byte user-defined dtype of ml_dtypes.bfloat16");
   }
-  bfloat16_type = descr->type_num;
+  storage::bfloat16_type = descr->type_num;
 }
 
 py::dict build_info() {

@@ -18,6 +18,7 @@
 #include "fastloss/softmax.h"
 #include "kernels.h"
 #include "multiclass.h"
+#include "storage.h"
 
 #ifndef FASTLOSS_ISA
 #error "compile with -DFASTLOSS_ISA=<namespace>"
@@ -89,22 +90,22 @@ double tile_max(const double* tile, int count) {
   return nan != nan ? nan : m;
 }
 
-// Elements c0 .. c0 + count of a row, `stride` apart, widened into the tile.
+// Elements c0 .. c0 + count of a row, `stride` apart, widened into the tile (storage.h).
 template <class T>
 void load(const T* row, std::int64_t stride, std::int64_t c0, int count, double* tile) {
   if (stride == 1) {
-    for (int j = 0; j < count; ++j) tile[j] = static_cast<double>(row[c0 + j]);
+    for (int j = 0; j < count; ++j) tile[j] = to_double(row[c0 + j]);
   } else {
-    for (int j = 0; j < count; ++j) tile[j] = static_cast<double>(row[(c0 + j) * stride]);
+    for (int j = 0; j < count; ++j) tile[j] = to_double(row[(c0 + j) * stride]);
   }
 }
 
 template <class T>
 void store(T* row, std::int64_t stride, std::int64_t c0, int count, const double* tile) {
   if (stride == 1) {
-    for (int j = 0; j < count; ++j) row[c0 + j] = static_cast<T>(tile[j]);
+    for (int j = 0; j < count; ++j) row[c0 + j] = from_double<T>(tile[j]);
   } else {
-    for (int j = 0; j < count; ++j) row[(c0 + j) * stride] = static_cast<T>(tile[j]);
+    for (int j = 0; j < count; ++j) row[(c0 + j) * stride] = from_double<T>(tile[j]);
   }
 }
 
@@ -134,8 +135,8 @@ struct Coefficients {
 
   void fill(std::int64_t stride, std::int64_t c0, int count, double* a) const {
     for (int j = 0; j < count; ++j) {
-      const double w = weight != nullptr ? static_cast<double>(weight[c0 + j]) : 1.0;
-      const double t = target != nullptr ? static_cast<double>(target[(c0 + j) * stride]) : 0.0;
+      const double w = weight != nullptr ? to_double(weight[c0 + j]) : 1.0;
+      const double t = target != nullptr ? to_double(target[(c0 + j) * stride]) : 0.0;
       a[j] = rw::coefficient(w, t, keep, spread);
     }
   }
@@ -181,7 +182,7 @@ Scan scan_row(const T* row, std::int64_t stride, std::int64_t classes, const Coe
     }
     // the exps go straight where they are kept (the tile otherwise)
     double* exps = kept != nullptr ? kept->values + c0 : tiles.x;
-    for (int j = 0; j < count; ++j) exps[j] = rw::row_exp(tiles.x[j], block_max, T());
+    for (int j = 0; j < count; ++j) exps[j] = rw::row_exp(tiles.x[j], block_max, typename MathOf<T>::type());
     if (kept != nullptr) kept->block_max[c0 / kBlock] = block_max;
 #ifdef FASTLOSS_PLANTED_FAULT_SOFTMAX_BLOCK_RESCALE_DROPPED
     if (c0 > 0) s.sum = 0.0;
@@ -368,7 +369,7 @@ CrossEntropyResult check_class_indices(const CrossEntropyPass<T>& p, const Index
         if (bad[c] < 0) bad[c] = r;
         continue;
       }
-      lanes.add(r - begin, p.class_weight != nullptr ? static_cast<double>(p.class_weight[y]) : 1.0);
+      lanes.add(r - begin, p.class_weight != nullptr ? to_double(p.class_weight[y]) : 1.0);
     }
     sums[c] = lanes.total();
   });
@@ -523,9 +524,9 @@ struct CrossEntropyKernel {
     const bool probabilities = y < 0;
     if (probabilities) coef.target = static_cast<const T*>(p.target) + start;
     // read before the gradient overwrites it (out may be the input)
-    const double x_target = probabilities ? 0.0 : static_cast<double>(x[y * stride]);
+    const double x_target = probabilities ? 0.0 : to_double(x[y * stride]);
     const double w_target =
-        probabilities ? 0.0 : (p.class_weight != nullptr ? static_cast<double>(p.class_weight[y]) : 1.0);
+        probabilities ? 0.0 : (p.class_weight != nullptr ? to_double(p.class_weight[y]) : 1.0);
 
     const KeptExps kept = kGrad ? kept_exps(shape.classes) : KeptExps{};
     Scan s = scan_row<T, kCoefficients>(x, stride, shape.classes, coef, tiles, kGrad ? &kept : nullptr);
@@ -561,23 +562,23 @@ struct CrossEntropyKernel {
         store(grad, stride, c0, count, tiles.x);
       }
       if (!probabilities) {
-        const double e_target = rw::row_exp(x_target, s.max, T());
+        const double e_target = rw::row_exp(x_target, s.max, typename MathOf<T>::type());
         const double g = kCoefficients
                              ? rw::grad_element(e_target, k, scale * (coef.keep * w_target + coef.spread * w_target))
                              : rw::target_grad(e_target, s.sum, scale * w_target);
-        grad[y * stride] = static_cast<T>(g);
+        grad[y * stride] = from_double<T>(g);
       }
     }
     return loss;
   }
 
   static void zero_row(T* grad, std::int64_t stride, std::int64_t classes, Tiles&) {
-    for (std::int64_t c = 0; c < classes; ++c) grad[c * stride] = T(0);
+    for (std::int64_t c = 0; c < classes; ++c) grad[c * stride] = from_double<T>(0.0);
   }
 
   // The upstream gradient of row r, divided by the mean's divisor for reduction='mean'.
   double row_scale(std::int64_t r) const {
-    const double scale = p.grad_output != nullptr ? static_cast<double>(p.grad_output[r]) : p.grad_scale;
+    const double scale = p.grad_output != nullptr ? to_double(p.grad_output[r]) : p.grad_scale;
     return p.mean ? scale / divisor : scale;
   }
 
@@ -615,7 +616,7 @@ struct CrossEntropyKernel {
         const double x_target = y >= 0 && y < classes ? e[r * classes + y] : 0.0;
         for (std::int64_t c = 0; c < classes; ++c) reference[r * classes + c] = x_target;
       }
-      for (int j = 0; j < count; ++j) e[j] = rw::gap_exp(e[j], reference[j], T());
+      for (int j = 0; j < count; ++j) e[j] = rw::gap_exp(e[j], reference[j], typename MathOf<T>::type());
       for (int r = 0; r < rows; ++r) {
         const std::int64_t y = targets.at(g + r);
         others_of[r] = -1.0;  // the general scan
@@ -651,15 +652,15 @@ struct CrossEntropyKernel {
         } else if (others_of[r] < 0.0) {
           loss = row<false>(g + r, y, tiles);
         } else {
-          const double w = p.class_weight != nullptr ? static_cast<double>(p.class_weight[y]) : 1.0;
+          const double w = p.class_weight != nullptr ? to_double(p.class_weight[y]) : 1.0;
           loss = w == 0.0 ? 0.0 : w * rw::class_index_loss(others_of[r], 1.0);
           if (kGrad) {
             const double* row = e + r * classes;
             const double sum = others_of[r] + 1.0;
             const double scaled_weight = w == 0.0 ? 0.0 : row_scale(g + r) * w;
             const double k = scaled_weight / sum;
-            for (std::int64_t c = 0; c < classes; ++c) grad[c] = static_cast<T>(row[c] * k);
-            grad[y] = static_cast<T>(-scaled_weight * (others_of[r] / sum));
+            for (std::int64_t c = 0; c < classes; ++c) grad[c] = from_double<T>(row[c] * k);
+            grad[y] = from_double<T>(-scaled_weight * (others_of[r] / sum));
           }
         }
         losses[g + r - begin] = loss;
@@ -831,7 +832,7 @@ struct CrossEntropyKernel {
         double* const losses = buffer.data();
         short_rows(targets, begin, end, losses, tiles);
         for (std::int64_t r = begin; r < end; ++r) {
-          if (kElementwise) p.loss_out[r] = static_cast<T>(losses[r - begin]);
+          if (kElementwise) p.loss_out[r] = from_double<T>(losses[r - begin]);
           if (kSum) lanes.add(r - begin, losses[r - begin]);
         }
         if (kSum) chunk_sums[index] = lanes.total();
@@ -850,7 +851,7 @@ struct CrossEntropyKernel {
       } else {
         loss = row<true>(r, -1, tiles);
       }
-      if (kElementwise) p.loss_out[r] = static_cast<T>(loss);
+      if (kElementwise) p.loss_out[r] = from_double<T>(loss);
       if (kSum) lanes.add(r - begin, loss);
     }
     if (kSum) chunk_sums[index] = lanes.total();
@@ -916,14 +917,15 @@ CrossEntropyResult run_cross_entropy_impl(PassOutputs outputs, const CrossEntrop
 
 }  // namespace
 
-void run_row_op(RowOp op, const RowPass<float>& p) { run_row_op_impl(op, p); }
-void run_row_op(RowOp op, const RowPass<double>& p) { run_row_op_impl(op, p); }
-CrossEntropyResult run_cross_entropy(PassOutputs outputs, const CrossEntropyPass<float>& p) {
-  return run_cross_entropy_impl(outputs, p);
-}
-CrossEntropyResult run_cross_entropy(PassOutputs outputs, const CrossEntropyPass<double>& p) {
-  return run_cross_entropy_impl(outputs, p);
-}
+#define FASTLOSS_MULTICLASS_KERNELS_OF(T)                                                     \
+  void run_row_op(RowOp op, const RowPass<T>& p) { run_row_op_impl(op, p); }                   \
+  CrossEntropyResult run_cross_entropy(PassOutputs outputs, const CrossEntropyPass<T>& p) {    \
+    return run_cross_entropy_impl(outputs, p);                                                 \
+  }
+FASTLOSS_MULTICLASS_KERNELS_OF(float)
+FASTLOSS_MULTICLASS_KERNELS_OF(double)
+FASTLOSS_MULTICLASS_KERNELS_OF(Float16)
+FASTLOSS_MULTICLASS_KERNELS_OF(BFloat16)
 
 }  // namespace FASTLOSS_ISA
 }  // namespace fastloss

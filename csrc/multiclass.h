@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "fastloss/codes.h"
+#include "kernels.h"
 
 namespace fastloss {
 
@@ -69,14 +70,19 @@ struct CrossEntropyResult {
   std::int64_t bad_class = 0;  // ignore_index, and that index; nothing was written then
 };
 
-#define FASTLOSS_DECLARE_MULTICLASS_KERNELS(isa)                                                     \
-  namespace isa {                                                                                    \
-  void run_row_op(RowOp op, const RowPass<float>& p);                                                \
-  void run_row_op(RowOp op, const RowPass<double>& p);                                               \
-  CrossEntropyResult run_cross_entropy(PassOutputs outputs, const CrossEntropyPass<float>& p);       \
-  CrossEntropyResult run_cross_entropy(PassOutputs outputs, const CrossEntropyPass<double>& p);      \
-  void run_activation(Activation op, std::int64_t n, const float* x, const float* y, float* out);    \
-  void run_activation(Activation op, std::int64_t n, const double* x, const double* y, double* out); \
+// One storage type's kernels (float, double, Float16, BFloat16: kernels.h; the 16-bit ones
+// are read and written as 16-bit values and computed as float32 is).
+#define FASTLOSS_DECLARE_MULTICLASS_KERNELS_OF(T)                                       \
+  void run_row_op(RowOp op, const RowPass<T>& p);                                       \
+  CrossEntropyResult run_cross_entropy(PassOutputs outputs, const CrossEntropyPass<T>& p); \
+  void run_activation(Activation op, std::int64_t n, const T* x, const T* y, T* out);
+
+#define FASTLOSS_DECLARE_MULTICLASS_KERNELS(isa)    \
+  namespace isa {                                   \
+  FASTLOSS_DECLARE_MULTICLASS_KERNELS_OF(float)     \
+  FASTLOSS_DECLARE_MULTICLASS_KERNELS_OF(double)    \
+  FASTLOSS_DECLARE_MULTICLASS_KERNELS_OF(Float16)   \
+  FASTLOSS_DECLARE_MULTICLASS_KERNELS_OF(BFloat16)  \
   }
 
 FASTLOSS_DECLARE_MULTICLASS_KERNELS(baseline)

@@ -13,6 +13,7 @@
 #define PY_ARRAY_UNIQUE_SYMBOL fastloss_ARRAY_API
 #define NO_IMPORT_ARRAY
 #include <numpy/arrayobject.h>
+#include <numpy/arrayscalars.h>
 
 #include <cstdint>
 #include <cstdlib>
@@ -25,6 +26,7 @@
 #include "kernels.h"
 #include "multiclass.h"
 #include "multiclass_module.h"
+#include "numpy_storage.h"
 
 namespace py = pybind11;
 
@@ -33,20 +35,33 @@ namespace {
 
 using arrays::Dtype;
 
-struct MulticlassKernels {
-  const char* name;
-  void (*row_f32)(RowOp, const RowPass<float>&);
-  void (*row_f64)(RowOp, const RowPass<double>&);
-  CrossEntropyResult (*cross_entropy_f32)(PassOutputs, const CrossEntropyPass<float>&);
-  CrossEntropyResult (*cross_entropy_f64)(PassOutputs, const CrossEntropyPass<double>&);
-  void (*activation_f32)(Activation, std::int64_t, const float*, const float*, float*);
-  void (*activation_f64)(Activation, std::int64_t, const double*, const double*, double*);
+// One storage type's kernels of a build (multiclass.h).
+template <class T>
+struct MulticlassKernelsOf {
+  void (*row)(RowOp, const RowPass<T>&);
+  CrossEntropyResult (*cross_entropy)(PassOutputs, const CrossEntropyPass<T>&);
+  void (*activation)(Activation, std::int64_t, const T*, const T*, T*);
 };
 
-#define FASTLOSS_MULTICLASS_KERNELS(isa)                                                                 \
-  MulticlassKernels {                                                                                    \
-#isa, isa::run_row_op, isa::run_row_op, isa::run_cross_entropy, isa::run_cross_entropy, isa::run_activation, \
-        isa::run_activation                                                                              \
+struct MulticlassKernels {
+  const char* name;
+  MulticlassKernelsOf<float> f32;
+  MulticlassKernelsOf<double> f64;
+  MulticlassKernelsOf<Float16> f16;
+  MulticlassKernelsOf<BFloat16> bf16;
+
+  const MulticlassKernelsOf<float>& of(const float*) const { return f32; }
+  const MulticlassKernelsOf<double>& of(const double*) const { return f64; }
+  const MulticlassKernelsOf<Float16>& of(const Float16*) const { return f16; }
+  const MulticlassKernelsOf<BFloat16>& of(const BFloat16*) const { return bf16; }
+};
+
+#define FASTLOSS_MULTICLASS_KERNELS_OF(isa, T) \
+  MulticlassKernelsOf<T> { isa::run_row_op, isa::run_cross_entropy, isa::run_activation }
+#define FASTLOSS_MULTICLASS_KERNELS(isa)                                                                   \
+  MulticlassKernels {                                                                                      \
+#isa, FASTLOSS_MULTICLASS_KERNELS_OF(isa, float), FASTLOSS_MULTICLASS_KERNELS_OF(isa, double),          \
+        FASTLOSS_MULTICLASS_KERNELS_OF(isa, Float16), FASTLOSS_MULTICLASS_KERNELS_OF(isa, BFloat16)        \
   }
 
 // The build module.cpp's loss kernels use (isa.h).
@@ -66,28 +81,27 @@ const MulticlassKernels& kernels() {
   return chosen;
 }
 
-void run_row_op(RowOp op, const RowPass<float>& p) { kernels().row_f32(op, p); }
-void run_row_op(RowOp op, const RowPass<double>& p) { kernels().row_f64(op, p); }
-CrossEntropyResult run_cross_entropy(PassOutputs o, const CrossEntropyPass<float>& p) {
-  return kernels().cross_entropy_f32(o, p);
+template <class T>
+void run_row_op(RowOp op, const RowPass<T>& p) {
+  kernels().of(p.first).row(op, p);
 }
-CrossEntropyResult run_cross_entropy(PassOutputs o, const CrossEntropyPass<double>& p) {
-  return kernels().cross_entropy_f64(o, p);
+template <class T>
+CrossEntropyResult run_cross_entropy(PassOutputs o, const CrossEntropyPass<T>& p) {
+  return kernels().of(p.input).cross_entropy(o, p);
 }
-void run_activation(Activation op, std::int64_t n, const float* x, const float* y, float* out) {
-  kernels().activation_f32(op, n, x, y, out);
-}
-void run_activation(Activation op, std::int64_t n, const double* x, const double* y, double* out) {
-  kernels().activation_f64(op, n, x, y, out);
+template <class T>
+void run_activation(Activation op, std::int64_t n, const T* x, const T* y, T* out) {
+  kernels().of(x).activation(op, n, x, y, out);
 }
 
 py::array borrow(py::handle obj) { return py::reinterpret_borrow<py::array>(obj); }
 
-int numpy_type(Dtype d) { return d == Dtype::Float32 ? NPY_FLOAT : NPY_DOUBLE; }
+// float32, float64 or a 16-bit storage dtype (numpy_storage.h), else Other.
+Dtype dtype_of(const py::array& a) { return storage::dtype_of(reinterpret_cast<PyArrayObject*>(a.ptr())); }
 
 py::array new_array(const std::vector<npy_intp>& shape, Dtype dtype) {
   PyObject* a = PyArray_SimpleNew(static_cast<int>(shape.size()), const_cast<npy_intp*>(shape.data()),
-                                  numpy_type(dtype));
+                                  storage::numpy_type(dtype));
   if (a == nullptr) throw py::error_already_set();
   return py::reinterpret_steal<py::array>(a);
 }
@@ -95,9 +109,7 @@ py::array new_array(const std::vector<npy_intp>& shape, Dtype dtype) {
 std::vector<npy_intp> shape_of(const py::array& a) { return std::vector<npy_intp>(a.shape(), a.shape() + a.ndim()); }
 
 py::object scalar_of(double value, Dtype dtype) {
-  const float value_f32 = static_cast<float>(value);
-  const void* data = dtype == Dtype::Float32 ? static_cast<const void*>(&value_f32) : &value;
-  PyObject* s = PyArray_Scalar(const_cast<void*>(data), PyArray_DescrFromType(numpy_type(dtype)), nullptr);
+  PyObject* s = storage::scalar_of(value, dtype);
   if (s == nullptr) throw py::error_already_set();
   return py::reinterpret_steal<py::object>(s);
 }
@@ -106,7 +118,7 @@ py::object scalar_of(double value, Dtype dtype) {
 bool readable(py::handle obj, Dtype dtype, std::int64_t count) {
   if (!py::isinstance<py::array>(obj)) return false;
   const py::array a = borrow(obj);
-  return arrays::float_dtype(a) == dtype && arrays::contiguous_and_aligned(a) && a.size() == count;
+  return dtype_of(a) == dtype && arrays::contiguous_and_aligned(a) && a.size() == count;
 }
 
 // int64 or int32 class indices, native order, C-contiguous and aligned, `count` of them.
@@ -168,7 +180,7 @@ py::object row_pass(int op_code, py::handle first, py::handle second, std::int64
   const bool backward = op == RowOp::SoftmaxBackward || op == RowOp::LogSoftmaxBackward;
   if (!py::isinstance<py::array>(first)) return py::none();
   const py::array first_array = borrow(first);
-  const Dtype dtype = arrays::float_dtype(first_array);
+  const Dtype dtype = dtype_of(first_array);
   const RowShape shape{outer, classes, inner};
   if (dtype == Dtype::Other || !readable(first, dtype, shape.elements())) return py::none();
   if (backward && (!readable(second, dtype, shape.elements()) || !arrays::same_shape(first_array, borrow(second)))) {
@@ -177,7 +189,7 @@ py::object row_pass(int op_code, py::handle first, py::handle second, std::int64
   if (!backward && !second.is_none()) return py::none();
   if (!out.is_none() && !writable_output(out, first_array, dtype, {first, second})) return py::none();
   py::array result = out.is_none() ? new_array(shape_of(first_array), dtype) : borrow(out);
-  arrays::with_element_type(dtype, [&](auto zero) {
+  storage::with_storage_type(dtype, [&](auto zero) {
     using T = decltype(zero);
     RowPass<T> p;
     p.shape = shape;
@@ -268,7 +280,7 @@ py::object cross_entropy_checked(int outputs_code, Answer answer, int target_cod
   const auto outputs = static_cast<PassOutputs>(outputs_code);
   const auto kind = static_cast<TargetKind>(target_code);
   const py::array input_array = borrow(input);
-  const Dtype dtype = arrays::float_dtype(input_array);
+  const Dtype dtype = dtype_of(input_array);
   const RowShape shape{outer, classes, inner};
   if (dtype == Dtype::Other || !readable(input, dtype, shape.elements())) return py::none();
   std::int64_t loss_size = 1;
@@ -290,7 +302,7 @@ py::object cross_entropy_checked(int outputs_code, Answer answer, int target_cod
     return py::none();
   }
   py::object result;
-  arrays::with_element_type(dtype, [&](auto zero) {
+  storage::with_storage_type(dtype, [&](auto zero) {
     result = cross_entropy_typed<decltype(zero)>(outputs, answer, kind, mean, input_array, target, weight, ignore_index,
                                                  label_smoothing, grad_output, out, shape, loss_shape, dtype);
   });
@@ -325,7 +337,7 @@ py::object activation(int op_code, py::handle x, py::handle y, py::handle out) {
   const auto op = static_cast<Activation>(op_code);
   const bool backward = op == Activation::TanhBackward || op == Activation::ReluBackward;
   const py::array x_array = borrow(x);
-  const Dtype dtype = arrays::float_dtype(x_array);
+  const Dtype dtype = dtype_of(x_array);
   const std::int64_t n = x_array.size();
   if (dtype == Dtype::Other || !readable(x, dtype, n)) return py::none();
   if (backward ? !(readable(y, dtype, n) && arrays::same_shape(x_array, borrow(y))) : !y.is_none()) {
@@ -333,7 +345,7 @@ py::object activation(int op_code, py::handle x, py::handle y, py::handle out) {
   }
   if (!out.is_none() && !writable_output(out, x_array, dtype, {x, y})) return py::none();
   py::array result = out.is_none() ? new_array(shape_of(x_array), dtype) : borrow(out);
-  arrays::with_element_type(dtype, [&](auto zero) {
+  storage::with_storage_type(dtype, [&](auto zero) {
     using T = decltype(zero);
     const T* second = backward ? static_cast<const T*>(borrow(y).data()) : nullptr;
     run_releasing_gil_if_large(n, [&] {

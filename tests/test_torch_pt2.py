@@ -333,8 +333,7 @@ def test_cpu_autocast_cross_entropy_and_a_compiled_bfloat16_step():
 
 
 # ---- dtypes that are refused, by name -----------------------------------------------------------
-# (float16 and bfloat16 CPU tensors are taken by the elementwise losses and sigmoid, refused by
-# the multi-class functions: tests/test_torch_half.py)
+# (float16 and bfloat16 CPU tensors are taken by every function: tests/test_torch_half.py)
 BAD_DTYPES = [torch.int64, torch.int32, torch.bool, torch.complex64, torch.float8_e4m3fn]
 
 

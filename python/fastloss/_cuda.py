@@ -445,8 +445,10 @@ def _grid(n, dtype_name):
 ARRAY = "cupy.ndarray"
 WHERE = "the same GPU"
 MOVE_HINT = "move it with cupy.asarray"
-# float16 in the elementwise losses and sigmoid (cuda/losses.cu); CuPy has no bfloat16
+# float16 in the elementwise losses and sigmoid (cuda/losses.cu); CuPy has no bfloat16, and
+# the row kernels (cuda/multiclass.cu) and activations read float32 and float64 only
 HALF_DTYPES: tuple[str, ...] = ("float16",)
+ROW_HALF_DTYPES: tuple[str, ...] = ()
 
 
 class ProbabilityOutOfRange(ValueError):

@@ -23,7 +23,8 @@ live), ``MOVE_HINT`` (how to bring an array there), ``array_module()``, ``is_arr
 ``elsewhere(obj)`` (a description of obj if it is an array of another device, else None),
 ``on_device_of(a)`` (a context for allocations), ``same_device(a, b)``, ``device_name(a)``,
 ``address(a)``, ``writeable(a)``, ``HALF_DTYPES`` (the names of the 16-bit dtypes its
-elementwise losses and sigmoid take: "float16", "bfloat16"), ``readable(a, name)`` (an error if the array library itself
+elementwise losses and sigmoid take: "float16", "bfloat16"), ``ROW_HALF_DTYPES`` (those its
+softmax family, cross_entropy, tanh and relu take), ``readable(a, name)`` (an error if the array library itself
 cannot read ``a``: CuPy faults on a misaligned array), ``contiguous(a, name)`` (the array as
 the kernels read it, a copy or an error),
 ``loss_pass(op, outputs, mean, input, target, weight, pos_weight, grad_output, out)``,
@@ -153,8 +154,8 @@ def sigmoid(input, out=None):
     input, out = adopt(input, "input"), adopt(out, "out")
     backend = _backend_of(input, "input")
     with backend.on_device_of(input):
-        x = _prepared_input(backend, input, "input", halves=True)
-        out = _checked_out(backend, out, x, "input", [(x, "input")], halves=True)
+        x = _prepared_input(backend, input, "input", backend.HALF_DTYPES)
+        out = _checked_out(backend, out, x, "input", [(x, "input")], backend.HALF_DTYPES)
         return backend.sigmoid(x, out)
 
 
@@ -176,9 +177,9 @@ def sigmoid_backward(grad_output, output, out=None):
     _check_array(backend, output, "output", grad_output, "grad_output")
     with backend.on_device_of(grad_output):
         g, y = _prepared_pair(backend, grad_output, "grad_output", output, "output",
-                              halves=True)
+                              backend.HALF_DTYPES)
         out = _checked_out(backend, out, g, "grad_output", [(g, "grad_output"), (y, "output")],
-                           halves=True)
+                           backend.HALF_DTYPES)
         try:
             return backend.sigmoid_backward(g, y, out)
         except backend.ProbabilityOutOfRange:
@@ -206,7 +207,8 @@ def _checked_loss(kind, input, target, weight, pos_weight, reduction, grad_outpu
 
 def _loss_on_device(backend, kind, input, target, weight, pos_weight, reduction, grad_output,
                     out):
-    input, target = _prepared_pair(backend, input, "input", target, "target", halves=True)
+    input, target = _prepared_pair(backend, input, "input", target, "target",
+                                   backend.HALF_DTYPES)
     weights = _weight_buffer(backend, weight, input, "weight")
     pos_weights = _weight_buffer(backend, pos_weight, input, "pos_weight")
     scale, grad_array = 1.0, None
@@ -224,7 +226,7 @@ def _loss_on_device(backend, kind, input, target, weight, pos_weight, reduction,
         reads.append((grad_weights, "grad_output"))
     if kind.want_grad:
         out = _checked_out(backend, out, input, "input",
-                           [(a, name) for a, name in reads if a is not None], halves=True)
+                           [(a, name) for a, name in reads if a is not None], backend.HALF_DTYPES)
     try:
         if grad_weights is None:
             plan = kind.passes[reduction]
@@ -337,32 +339,32 @@ def _check_same_device(backend, a, name, like, like_name):
                          "same device")
 
 
-def _prepared_input(backend, a, name, halves=False):
-    """An array as the kernels read it; ``halves``: the call takes the 16-bit dtypes too
-    (those of ``backend.HALF_DTYPES``: the elementwise losses and sigmoid)."""
-    _check_float_dtype(a, name, halves=backend.HALF_DTYPES if halves else ())
+def _prepared_input(backend, a, name, halves=()):
+    """An array as the kernels read it; ``halves``: the 16-bit dtypes the call takes too (the
+    backend's ``HALF_DTYPES`` for the elementwise losses and sigmoid, ``ROW_HALF_DTYPES`` for
+    the softmax family, cross_entropy, tanh and relu)."""
+    _check_float_dtype(a, name, halves=halves)
     return backend.contiguous(a, name)
 
 
-def _prepared_pair(backend, a, a_name, b, b_name, halves=False):
+def _prepared_pair(backend, a, a_name, b, b_name, halves=()):
     """Two arrays of one shape, dtype and device, as the kernels read them."""
-    accepted = backend.HALF_DTYPES if halves else ()
-    _check_float_dtype(a, a_name, halves=accepted)
-    _check_float_dtype(b, b_name, a, a_name, halves=accepted)
+    _check_float_dtype(a, a_name, halves=halves)
+    _check_float_dtype(b, b_name, a, a_name, halves=halves)
     _check_same_dtype(b, b_name, a, a_name)
     _check_same_device(backend, b, b_name, a, a_name)
     _check_same_shape(b, b_name, a, a_name)
     return backend.contiguous(a, a_name), backend.contiguous(b, b_name)
 
 
-def _checked_out(backend, out, like, like_name, reads, halves=False):
+def _checked_out(backend, out, like, like_name, reads, halves=()):
     """A caller's out= for an array of ``like``'s shape (None: the backend allocates one). It
     may be exactly one of the arrays the kernels read, ``reads`` [(array, name)], each element
     being read before it is written, but must not overlap any other."""
     if out is None:
         return None
     _check_array(backend, out, "out", like, like_name)
-    _check_float_dtype(out, "out", like, like_name, backend.HALF_DTYPES if halves else ())
+    _check_float_dtype(out, "out", like, like_name, halves)
     _check_same_dtype(out, "out", like, like_name)
     _check_same_device(backend, out, "out", like, like_name)
     _check_same_shape(out, "out", like, like_name)
@@ -510,8 +512,8 @@ def softmax_forward(op, input, dim, out=None):
     backend = _backend_of(input, "input")
     axis = checked_dim(dim, input.ndim)
     with backend.on_device_of(input):
-        x = _prepared_input(backend, input, "input")
-        out = _checked_out(backend, out, x, "input", [(x, "input")])
+        x = _prepared_input(backend, input, "input", backend.ROW_HALF_DTYPES)
+        out = _checked_out(backend, out, x, "input", [(x, "input")], backend.ROW_HALF_DTYPES)
         shape = _row_shape(x.shape, axis)
         if shape[1] == 0:  # no classes: nothing to compute
             return backend.array_module().empty_like(x) if out is None else out
@@ -540,8 +542,10 @@ def softmax_backward(op, grad_output, output, dim, out=None):
     _check_array(backend, output, "output")
     axis = checked_dim(dim, grad_output.ndim)
     with backend.on_device_of(grad_output):
-        g, y = _prepared_pair(backend, grad_output, "grad_output", output, "output")
-        out = _checked_out(backend, out, g, "grad_output", [(g, "grad_output"), (y, "output")])
+        g, y = _prepared_pair(backend, grad_output, "grad_output", output, "output",
+                              backend.ROW_HALF_DTYPES)
+        out = _checked_out(backend, out, g, "grad_output", [(g, "grad_output"), (y, "output")],
+                           backend.ROW_HALF_DTYPES)
         shape = _row_shape(g.shape, axis)
         if shape[1] == 0:
             return backend.array_module().empty_like(g) if out is None else out
@@ -560,8 +564,8 @@ def activation(op, input, out=None):
     input, out = adopt(input, "input"), adopt(out, "out")
     backend = _backend_of(input, "input")
     with backend.on_device_of(input):
-        x = _prepared_input(backend, input, "input")
-        out = _checked_out(backend, out, x, "input", [(x, "input")])
+        x = _prepared_input(backend, input, "input", backend.ROW_HALF_DTYPES)
+        out = _checked_out(backend, out, x, "input", [(x, "input")], backend.ROW_HALF_DTYPES)
         return backend.activation(op, x, None, out)
 
 
@@ -581,8 +585,10 @@ def activation_backward(op, grad_output, output, out=None):
     backend = _backend_of(grad_output, "grad_output")
     _check_array(backend, output, "output")
     with backend.on_device_of(grad_output):
-        g, y = _prepared_pair(backend, grad_output, "grad_output", output, "output")
-        out = _checked_out(backend, out, g, "grad_output", [(g, "grad_output"), (y, "output")])
+        g, y = _prepared_pair(backend, grad_output, "grad_output", output, "output",
+                              backend.ROW_HALF_DTYPES)
+        out = _checked_out(backend, out, g, "grad_output", [(g, "grad_output"), (y, "output")],
+                           backend.ROW_HALF_DTYPES)
         return backend.activation(op, g, y, out)
 
 
@@ -667,7 +673,7 @@ def _checked_cross_entropy_numbers(reduction, ignore_index, label_smoothing):
 
 def _cross_entropy_on_device(backend, kind, input, target, weight, ignore_index, reduction,
                              label_smoothing, grad_output, out, partial=False):
-    _check_float_dtype(input, "input")
+    _check_float_dtype(input, "input", halves=backend.ROW_HALF_DTYPES)
     class_axis, classes, loss_shape = cross_entropy_rows(input.shape)
     target_kind = _cross_entropy_target_kind(backend, target, input, loss_shape)
     x = backend.contiguous(input, "input")
@@ -690,7 +696,8 @@ def _cross_entropy_on_device(backend, kind, input, target, weight, ignore_index,
     reads = [(x, "input"), (t, "target"), (weights, "weight"), (grad_array, "grad_output")]
     if kind.want_grad:
         out = _checked_out(backend, out, x, "input",
-                           [(a, name) for a, name in reads if a is not None])
+                           [(a, name) for a, name in reads if a is not None],
+                           backend.ROW_HALF_DTYPES)
     plan = kind.passes[reduction]
     shape = _row_shape(x.shape, class_axis)
     try:
@@ -734,10 +741,10 @@ def _cross_entropy_target_kind(backend, target, input, loss_shape):
                              f"class index per row of the input {input.shape}, which has its "
                              "classes along dimension 1)")
         return _INDEX_KINDS[dtype]
-    if dtype.kind != "f":
+    if dtype.kind != "f" and storage_name(dtype) is None:
         raise TypeError(f"target has dtype {dtype}; expected int64 or int32 class indices or "
                         f"class probabilities of dtype {input.dtype}")
-    _check_float_dtype(target, "target")
+    _check_float_dtype(target, "target", halves=backend.ROW_HALF_DTYPES)
     _check_same_dtype(target, "target", input, "input")
     if target.shape != input.shape:
         raise ValueError(f"target holds class probabilities (dtype {dtype}) and must have the "

@@ -15,8 +15,10 @@ ARRAY = "numpy.ndarray"
 WHERE = "the CPU"
 MOVE_HINT = "copy it with cupy.asnumpy, or pass CuPy arrays only"
 # The 16-bit dtypes of the elementwise losses and sigmoid (bfloat16: ml_dtypes.bfloat16, which
-# the dispatch registers with the kernels the first time it sees one).
+# the dispatch registers with the kernels the first time it sees one), and of the softmax
+# family, cross_entropy, tanh and relu (the same).
 HALF_DTYPES = ("float16", "bfloat16")
+ROW_HALF_DTYPES = HALF_DTYPES
 register_bfloat16 = _cpu.register_bfloat16
 
 ProbabilityOutOfRange = _cpu.ProbabilityOutOfRange

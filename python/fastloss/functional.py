@@ -501,14 +501,16 @@ def softmax(input: _ArrayLike, dim: int = -1, *, out: _ArrayLike | None = None) 
     float32 results are correctly rounded but for rare ties; NaN in a row makes the row NaN.
 
     Args:
-        input: float32 or float64 array, any shape (NumPy, CuPy, or another library's array).
+        input: float32 or float64 array, any shape (NumPy, CuPy, or another library's array)
+            (a NumPy array also float16 or ``ml_dtypes.bfloat16``, read
+            and written as 16-bit values, computed as float32 is, rounded once).
         dim: the axis of the classes (negative counts from the end).
         out: optional C-contiguous, writeable array of the input's shape and dtype; it may be
             input itself (in place) but must not overlap it in part.
     Returns:
         An array of the input's shape and dtype (``out`` when given).
     Raises:
-        TypeError: input is no array, or of a dtype other than float32/float64; ``dim`` not an
+        TypeError: input is no array, or of a dtype it cannot take (above); ``dim`` not an
             int; ``out`` of another dtype.
         ValueError: ``dim`` out of range; a bad ``out`` (shape, read-only, not C-contiguous,
             partly overlapping).
@@ -523,14 +525,16 @@ def log_softmax(input: _ArrayLike, dim: int = -1, *, out: _ArrayLike | None = No
     ulp but for rare ties). NaN in a row makes the row NaN.
 
     Args:
-        input: float32 or float64 array, any shape (NumPy, CuPy, or another library's array).
+        input: float32 or float64 array, any shape (NumPy, CuPy, or another library's array)
+            (a NumPy array also float16 or ``ml_dtypes.bfloat16``, read
+            and written as 16-bit values, computed as float32 is, rounded once).
         dim: the axis of the classes (negative counts from the end).
         out: optional C-contiguous, writeable array of the input's shape and dtype; it may be
             input itself (in place) but must not overlap it in part.
     Returns:
         An array of the input's shape and dtype (``out`` when given).
     Raises:
-        TypeError: input is no array, or of a dtype other than float32/float64; ``dim`` not an
+        TypeError: input is no array, or of a dtype it cannot take (above); ``dim`` not an
             int; ``out`` of another dtype.
         ValueError: ``dim`` out of range; a bad ``out``.
     """
@@ -543,7 +547,8 @@ def softmax_backward(grad_output: _ArrayLike, output: _ArrayLike, dim: int = -1,
     along ``dim`` (PyTorch's ``_softmax_backward_data``).
 
     Args:
-        grad_output: the upstream gradient, float32 or float64, of the output's shape.
+        grad_output: the upstream gradient, float32 or float64 (NumPy: also float16 or
+            bfloat16), of the output's shape.
         output: what ``softmax`` returned (of the same dtype).
         dim: the axis ``softmax`` ran along.
         out: optional C-contiguous, writeable array of that shape and dtype; it may be
@@ -551,7 +556,7 @@ def softmax_backward(grad_output: _ArrayLike, output: _ArrayLike, dim: int = -1,
     Returns:
         An array of the output's shape and dtype (``out`` when given).
     Raises:
-        TypeError: an argument that is no array, dtypes other than float32/float64 or differing.
+        TypeError: an argument that is no array, a dtype not taken, or dtypes that differ.
         ValueError: shapes differ, ``dim`` out of range, a bad ``out``.
     """
     return _dispatch.softmax_backward(_codes.SOFTMAX_BACKWARD, grad_output, output, dim, out)
@@ -563,7 +568,8 @@ def log_softmax_backward(grad_output: _ArrayLike, output: _ArrayLike, dim: int =
     sum(grad_output)`` along ``dim`` (PyTorch's ``_log_softmax_backward_data``).
 
     Args:
-        grad_output: the upstream gradient, float32 or float64, of the output's shape.
+        grad_output: the upstream gradient, float32 or float64 (NumPy: also float16 or
+            bfloat16), of the output's shape.
         output: what ``log_softmax`` returned (of the same dtype).
         dim: the axis ``log_softmax`` ran along.
         out: optional C-contiguous, writeable array of that shape and dtype; it may be
@@ -571,7 +577,7 @@ def log_softmax_backward(grad_output: _ArrayLike, output: _ArrayLike, dim: int =
     Returns:
         An array of the output's shape and dtype (``out`` when given).
     Raises:
-        TypeError: an argument that is no array, dtypes other than float32/float64 or differing.
+        TypeError: an argument that is no array, a dtype not taken, or dtypes that differ.
         ValueError: shapes differ, ``dim`` out of range, a bad ``out``.
     """
     return _dispatch.softmax_backward(_codes.LOG_SOFTMAX_BACKWARD, grad_output, output, dim,
@@ -595,8 +601,10 @@ def cross_entropy(input: _ArrayLike, target: _ArrayLike, *, weight: _ArrayLike |
     (online softmax, in double); no (N, C) temporary.
 
     Args:
-        input: logits, float32 or float64, of shape (C,), (N, C) or (N, C, d1, ...): the
-            classes along dimension 1 (0 for (C,)).
+        input: logits, float32 or float64 (a NumPy array also float16 or
+            ``ml_dtypes.bfloat16``: read as 16-bit values, computed as float32 is, every result
+            rounded once to it), of shape (C,), (N, C) or (N, C, d1, ...): the classes along
+            dimension 1 (0 for (C,)).
         target: class indices (int64 or int32, the input's shape without the class dimension)
             or class probabilities (the input's shape and dtype).
         weight: optional (C,) array of the input's dtype, one weight per class.
@@ -610,7 +618,7 @@ def cross_entropy(input: _ArrayLike, target: _ArrayLike, *, weight: _ArrayLike |
         within about 1 ulp of the exact value (float32: also for equal rows) and the same bits
         for any thread count. 'none': an array of the row losses.
     Raises:
-        TypeError: arguments not arrays of one family; input not float32/float64, class
+        TypeError: arguments not arrays of one family; input of a dtype not taken, class
             indices not int64/int32, probabilities or weight not of the input's dtype;
             ``ignore_index`` not an int.
         ValueError: a class index outside [0, C) that is not ``ignore_index`` (the message
@@ -631,7 +639,8 @@ def cross_entropy_grad(input: _ArrayLike, target: _ArrayLike, *, weight: _ArrayL
     loss, times ``grad_output``, divided by the mean's divisor for 'mean'; 0 on ignored rows.
 
     Args:
-        input: logits, float32 or float64, of shape (C,), (N, C) or (N, C, d1, ...).
+        input: logits, float32 or float64 (NumPy: also float16 or bfloat16), of shape (C,),
+            (N, C) or (N, C, d1, ...).
         target: class indices (int64 or int32, the input's shape without the class dimension)
             or class probabilities (the input's shape and dtype).
         weight: optional (C,) array of the input's dtype, one weight per class.
@@ -661,7 +670,8 @@ def cross_entropy_and_grad(input: _ArrayLike, target: _ArrayLike, *, weight: _Ar
     gradient is written from cache, right after its row's loss).
 
     Args:
-        input: logits, float32 or float64, of shape (C,), (N, C) or (N, C, d1, ...).
+        input: logits, float32 or float64 (NumPy: also float16 or bfloat16), of shape (C,),
+            (N, C) or (N, C, d1, ...).
         target: class indices (int64 or int32, the input's shape without the class dimension)
             or class probabilities (the input's shape and dtype).
         weight: optional (C,) array of the input's dtype, one weight per class.
@@ -688,13 +698,15 @@ def tanh(input: _ArrayLike, *, out: _ArrayLike | None = None) -> Any:
     rounded but for rare ties, +-1 exactly at saturation.
 
     Args:
-        input: float32 or float64 array, any shape.
+        input: float32 or float64 array, any shape (a NumPy array also float16 or
+            ``ml_dtypes.bfloat16``, read and written as 16-bit values, computed in double,
+            rounded once).
         out: optional C-contiguous, writeable array of the input's shape and dtype; it may be
             input itself.
     Returns:
         An array of the input's shape and dtype (``out`` when given).
     Raises:
-        TypeError: input is no array or of a dtype other than float32/float64; ``out`` of
+        TypeError: input is no array or of a dtype it cannot take (above); ``out`` of
             another dtype.
         ValueError: a bad ``out``.
     """
@@ -706,14 +718,15 @@ def tanh_backward(grad_output: _ArrayLike, output: _ArrayLike, *, out: _ArrayLik
     ``tanh_backward``).
 
     Args:
-        grad_output: the upstream gradient, float32 or float64.
+        grad_output: the upstream gradient, float32 or float64 (NumPy: also float16 or
+            bfloat16).
         output: what ``tanh`` returned, of grad_output's shape and dtype.
         out: optional C-contiguous, writeable array of that shape and dtype; it may be one of
             the inputs.
     Returns:
         An array of that shape and dtype (``out`` when given).
     Raises:
-        TypeError: an argument that is no array, dtypes other than float32/float64 or differing.
+        TypeError: an argument that is no array, a dtype not taken, or dtypes that differ.
         ValueError: shapes differ, a bad ``out``.
     """
     return _dispatch.activation_backward(_codes.TANH_BACKWARD, grad_output, output, out)
@@ -723,13 +736,15 @@ def relu(input: _ArrayLike, *, out: _ArrayLike | None = None) -> Any:
     """``max(input, 0)``, elementwise, like ``torch.relu``: NaN and -0.0 pass through.
 
     Args:
-        input: float32 or float64 array, any shape.
+        input: float32 or float64 array, any shape (a NumPy array also float16 or
+            ``ml_dtypes.bfloat16``, read and written as 16-bit values, computed in double,
+            rounded once).
         out: optional C-contiguous, writeable array of the input's shape and dtype; it may be
             input itself.
     Returns:
         An array of the input's shape and dtype (``out`` when given).
     Raises:
-        TypeError: input is no array or of a dtype other than float32/float64; ``out`` of
+        TypeError: input is no array or of a dtype it cannot take (above); ``out`` of
             another dtype.
         ValueError: a bad ``out``.
     """
@@ -741,14 +756,15 @@ def relu_backward(grad_output: _ArrayLike, output: _ArrayLike, *, out: _ArrayLik
     (PyTorch's ``threshold_backward``: 0 at the kink).
 
     Args:
-        grad_output: the upstream gradient, float32 or float64.
+        grad_output: the upstream gradient, float32 or float64 (NumPy: also float16 or
+            bfloat16).
         output: what ``relu`` returned, of grad_output's shape and dtype.
         out: optional C-contiguous, writeable array of that shape and dtype; it may be one of
             the inputs.
     Returns:
         An array of that shape and dtype (``out`` when given).
     Raises:
-        TypeError: an argument that is no array, dtypes other than float32/float64 or differing.
+        TypeError: an argument that is no array, a dtype not taken, or dtypes that differ.
         ValueError: shapes differ, a bad ``out``.
     """
     return _dispatch.activation_backward(_codes.RELU_BACKWARD, grad_output, output, out)
