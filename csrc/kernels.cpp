@@ -123,7 +123,13 @@ void store_bits(T* p, V v) {
 // round-to-odd): 5 instructions for 8 lanes where half.h's bit arithmetic takes ~20 (the
 // fused loss+gradient pass was compute-bound on it: bench/NOTES.md). Rounding toward zero
 // never overflows: a double beyond the float32 range becomes FLT_MAX, odd, which the 16-bit
-// rounding takes to inf as it should; NaN stays NaN.
+// rounding takes to inf as it should; NaN stays NaN. With kFloat16 the inexact lanes are told
+// by the double's 29 low mantissa bits, which the conversion drops, in one integer test instead
+// of a widening and a compare (two of the two-pipe instructions a vector's store spent, a tenth
+// of the fused float16 pass): exact for every double at or above float32's smallest normal,
+// and below it the test's answer does not matter, as all those round to a zero of float16
+// (its smallest half-way point is 2^-25). bfloat16, whose range is float32's, compares.
+template <bool kFloat16>
 __m256 round_to_odd_float32(V v) {
 #ifdef FASTLOSS_PLANTED_FAULT_HALF_STORE_VIA_FLOAT32
   for (int k = 0; k < kWidth; ++k) {
@@ -134,19 +140,21 @@ __m256 round_to_odd_float32(V v) {
   const __m512d d = (__m512d)v;
   const __m256i truncated =
       _mm256_castps_si256(_mm512_cvt_roundpd_ps(d, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
-  const __mmask8 inexact = _mm512_cmp_pd_mask(_mm512_cvtps_pd(_mm256_castsi256_ps(truncated)), d, _CMP_NEQ_UQ);
+  const __mmask8 inexact =
+      kFloat16 ? _mm512_test_epi64_mask(_mm512_castpd_si512(d), _mm512_set1_epi64(0x1fffffff))
+               : _mm512_cmp_pd_mask(_mm512_cvtps_pd(_mm256_castsi256_ps(truncated)), d, _CMP_NEQ_UQ);
   return _mm256_castsi256_ps(_mm256_mask_or_epi32(truncated, inexact, truncated, _mm256_set1_epi32(1)));
 }
 
 void store(Float16* p, V v) {
-  const __m128i halves = _mm256_cvtps_ph(round_to_odd_float32(v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m128i halves = _mm256_cvtps_ph(round_to_odd_float32<true>(v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), halves);
 }
 
 // bfloat16 from the float32 bits: + 0x7fff + the kept lowest bit rounds to nearest even (a
 // carry into the exponent is the next binade, or inf); NaN keeps its sign and is made quiet.
 void store(BFloat16* p, V v) {
-  const __m256i bits = _mm256_castps_si256(round_to_odd_float32(v));
+  const __m256i bits = _mm256_castps_si256(round_to_odd_float32<false>(v));
   const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
   const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), odd)), 16);
   const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(bits, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
