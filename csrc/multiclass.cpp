@@ -241,6 +241,23 @@ struct ExactLanes {
     const int k = static_cast<int>(index % kLanes);
     dd::add_term(hi[k], lo[k], term);
   }
+  // add(j, terms[j]) for j in [0, count): the same additions, lane by lane, a vector of kLanes
+  // rows at a time (the per-row scalar add was a fifth of the short-row kernel's time).
+  void add_all(const double* terms, std::int64_t count) {
+    static_assert(kLanes == 8, "one Double8 of lanes");
+    lanes::Double8 h, l;
+    __builtin_memcpy(&h, hi, sizeof h);
+    __builtin_memcpy(&l, lo, sizeof l);
+    std::int64_t j = 0;
+    for (; j + kLanes <= count; j += kLanes) {
+      lanes::Double8 t;
+      __builtin_memcpy(&t, terms + j, sizeof t);
+      dd::add_term(h, l, t);
+    }
+    __builtin_memcpy(hi, &h, sizeof h);
+    __builtin_memcpy(lo, &l, sizeof l);
+    for (; j < count; ++j) add(j, terms[j]);
+  }
   ExactSum total() const {
     double h[kLanes], l[kLanes];
     for (int k = 0; k < kLanes; ++k) {
@@ -353,25 +370,41 @@ struct ClassIndexTargets {
 };
 
 // The targets' pass before any output is written: every class index in range (or
-// ignore_index), and the mean's divisor, the summed weights of the non-ignored targets.
+// ignore_index), and the mean's divisor, the summed weights of the non-ignored targets. Without
+// weights that sum is a count, kept in an integer (exact, and what the double-double lanes
+// would hold: whole numbers below 2^53); the rows are then scanned without a branch and only
+// a chunk holding a bad index looks for its first one.
 template <class T, class Index>
 CrossEntropyResult check_class_indices(const CrossEntropyPass<T>& p, const Index* index) {
   const std::int64_t rows = p.shape.rows();
   const std::int64_t chunks = num_chunks(rows);
   std::vector<ExactSum> sums(static_cast<std::size_t>(chunks));
   std::vector<std::int64_t> bad(static_cast<std::size_t>(chunks), -1);
+  const std::int64_t classes = p.shape.classes, ignore_index = p.ignore_index;
   for_each_row_chunk(rows, kChunkSize, rows, [&](std::int64_t c, std::int64_t begin, std::int64_t end) {
+    if (p.class_weight == nullptr) {
+      std::int64_t kept = 0, out_of_range = 0;
+      for (std::int64_t r = begin; r < end; ++r) {
+        const std::int64_t y = static_cast<std::int64_t>(index[r]);
+        const std::int64_t counted = y != ignore_index;
+        const std::int64_t in_range = static_cast<std::uint64_t>(y) < static_cast<std::uint64_t>(classes);
+        kept += counted & in_range;
+        out_of_range |= counted & (in_range ^ 1);
+      }
+      sums[c] = ExactSum{static_cast<double>(kept), 0.0};
+      if (out_of_range == 0) return;
+    }
     ExactLanes lanes;
     for (std::int64_t r = begin; r < end; ++r) {
       const std::int64_t y = static_cast<std::int64_t>(index[r]);
-      if (y == p.ignore_index) continue;
-      if (y < 0 || y >= p.shape.classes) {
+      if (y == ignore_index) continue;
+      if (y < 0 || y >= classes) {
         if (bad[c] < 0) bad[c] = r;
         continue;
       }
-      lanes.add(r - begin, p.class_weight != nullptr ? to_double(p.class_weight[y]) : 1.0);
+      if (p.class_weight != nullptr) lanes.add(r - begin, to_double(p.class_weight[y]));
     }
-    sums[c] = lanes.total();
+    if (p.class_weight != nullptr) sums[c] = lanes.total();
   });
   CrossEntropyResult result;
   const ExactSum divisor = pairwise_exact_sum(sums.data(), chunks);
@@ -831,10 +864,10 @@ struct CrossEntropyKernel {
         if (buffer.size() < static_cast<std::size_t>(end - begin)) buffer.resize(static_cast<std::size_t>(end - begin));
         double* const losses = buffer.data();
         short_rows(targets, begin, end, losses, tiles);
-        for (std::int64_t r = begin; r < end; ++r) {
-          if (kElementwise) p.loss_out[r] = from_double<T>(losses[r - begin]);
-          if (kSum) lanes.add(r - begin, losses[r - begin]);
+        if (kElementwise) {
+          for (std::int64_t r = begin; r < end; ++r) p.loss_out[r] = from_double<T>(losses[r - begin]);
         }
+        if (kSum) lanes.add_all(losses, end - begin);
         if (kSum) chunk_sums[index] = lanes.total();
         return;
       }
