@@ -123,13 +123,13 @@ void store_bits(T* p, V v) {
 // round-to-odd): 5 instructions for 8 lanes where half.h's bit arithmetic takes ~20 (the
 // fused loss+gradient pass was compute-bound on it: bench/NOTES.md). Rounding toward zero
 // never overflows: a double beyond the float32 range becomes FLT_MAX, odd, which the 16-bit
-// rounding takes to inf as it should; NaN stays NaN. With kFloat16 the inexact lanes are told
-// by the double's 29 low mantissa bits, which the conversion drops, in one integer test instead
-// of a widening and a compare (two of the two-pipe instructions a vector's store spent, a tenth
-// of the fused float16 pass): exact for every double at or above float32's smallest normal,
-// and below it the test's answer does not matter, as all those round to a zero of float16
-// (its smallest half-way point is 2^-25). bfloat16, whose range is float32's, compares.
-template <bool kFloat16>
+// rounding takes to inf as it should; NaN stays NaN. With kTestDroppedBits the inexact lanes
+// are told by the double's 29 low mantissa bits, which the conversion drops, in one integer test
+// instead of a widening and a compare (two of the two-pipe instructions a vector's store spent,
+// a tenth of the fused float16 pass): exact for every double at or above float32's smallest
+// normal. Below it float16 does not care (all those round to one of its zeros: its smallest
+// half-way point is 2^-25); bfloat16, of float32's range, does (its store below).
+template <bool kTestDroppedBits>
 __m256 round_to_odd_float32(V v) {
 #ifdef FASTLOSS_PLANTED_FAULT_HALF_STORE_VIA_FLOAT32
   for (int k = 0; k < kWidth; ++k) {
@@ -141,7 +141,7 @@ __m256 round_to_odd_float32(V v) {
   const __m256i truncated =
       _mm256_castps_si256(_mm512_cvt_roundpd_ps(d, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
   const __mmask8 inexact =
-      kFloat16 ? _mm512_test_epi64_mask(_mm512_castpd_si512(d), _mm512_set1_epi64(0x1fffffff))
+      kTestDroppedBits ? _mm512_test_epi64_mask(_mm512_castpd_si512(d), _mm512_set1_epi64(0x1fffffff))
                : _mm512_cmp_pd_mask(_mm512_cvtps_pd(_mm256_castsi256_ps(truncated)), d, _CMP_NEQ_UQ);
   return _mm256_castsi256_ps(_mm256_mask_or_epi32(truncated, inexact, truncated, _mm256_set1_epi32(1)));
 }
@@ -151,12 +151,33 @@ void store(Float16* p, V v) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), halves);
 }
 
+#if defined(__AVX512BF16__)
+// Whether this CPU has AVX512_BF16's conversions (the x86-64-v4 build also runs on AVX-512 CPUs
+// without them; the build may use them only through the checks below).
+const bool kHasBFloat16Conversion = __builtin_cpu_supports("avx512bf16");
+#endif
+
 // bfloat16 from the float32 bits: + 0x7fff + the kept lowest bit rounds to nearest even (a
 // carry into the exponent is the next binade, or inf); NaN keeps its sign and is made quiet.
-// (Tried, both slower, bench/NOTES.md: float16's test of the dropped bits, with the compare
-// only for vectors holding a double below 2^-126, and the NaN lanes by mask registers; a byte
-// shuffle and a permute for the narrowing instead of vpmovdw.)
+// vcvtneps2bf16 does exactly that in one instruction, where the CPU has it, but reads float32
+// subnormals as zero. So with it: the round to odd by the dropped bits' test, and a vector with
+// no subnormal lane is right (a lane at or above 2^-126 is tested exactly; one below it comes
+// out subnormal, or 0 where the double is below 2^-149 and was taken as exact, which rounds to
+// bfloat16's zero anyway); a vector with one (a double below 2^-126, where bfloat16 still has
+// subnormals to round to) takes the exact compare and the integer steps. (Without the
+// instruction, tried and slower, bench/NOTES.md: the test, with the compare only for vectors
+// holding a double below 2^-126, and the NaN lanes by mask registers; a byte shuffle and a
+// permute for the narrowing instead of vpmovdw.)
 void store(BFloat16* p, V v) {
+#if defined(__AVX512BF16__)
+  if (kHasBFloat16Conversion) {
+    const __m256 rounded_to_odd = round_to_odd_float32<true>(v);
+    if (_mm256_fpclass_ps_mask(rounded_to_odd, 0x20) == 0) {  // 0x20: subnormal
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(p), (__m128i)_mm256_cvtneps_pbh(rounded_to_odd));
+      return;
+    }
+  }
+#endif
   const __m256i bits = _mm256_castps_si256(round_to_odd_float32<false>(v));
   const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
   const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), odd)), 16);
