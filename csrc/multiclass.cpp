@@ -158,6 +158,13 @@ KeptExps kept_exps(std::int64_t classes) {
   return KeptExps{values.data(), block_max.data()};
 }
 
+#if defined(__AVX512F__)
+// exp(x[j] - max) into out[j], j < count, for float32-grade rows in the AVX-512 build: the table
+// exp of the short rows (short_avx512::GapExp, 12 instructions per 8 against ~17 for the
+// portable polynomial, and 6e-12 relative against 1e-10). Defined below.
+void tile_exps(const double* x, double max, double* out, int count);
+#endif
+
 // The scan of fastloss/softmax.h over a row, block by block; with `kept`, each block's exps and
 // its max are stored there.
 template <class T, bool kCoefficients>
@@ -182,7 +189,14 @@ Scan scan_row(const T* row, std::int64_t stride, std::int64_t classes, const Coe
     }
     // the exps go straight where they are kept (the tile otherwise)
     double* exps = kept != nullptr ? kept->values + c0 : tiles.x;
-    for (int j = 0; j < count; ++j) exps[j] = rw::row_exp(tiles.x[j], block_max, typename MathOf<T>::type());
+#if defined(__AVX512F__)
+    if constexpr (std::is_same<typename MathOf<T>::type, float>::value) {
+      tile_exps(tiles.x, block_max, exps, count);
+    } else
+#endif
+    {
+      for (int j = 0; j < count; ++j) exps[j] = rw::row_exp(tiles.x[j], block_max, typename MathOf<T>::type());
+    }
     if (kept != nullptr) kept->block_max[c0 / kBlock] = block_max;
 #ifdef FASTLOSS_PLANTED_FAULT_SOFTMAX_BLOCK_RESCALE_DROPPED
     if (c0 > 0) s.sum = 0.0;
@@ -533,6 +547,22 @@ FASTLOSS_HD __m512d transpose_sums(const __m512d* v) {
 }
 
 }  // namespace short_avx512
+
+// (GapExp takes a NaN gap to inf; here NaN stays NaN, as the portable exp keeps it.)
+void tile_exps(const double* x, double max, double* out, int count) {
+  const short_avx512::GapExp gap_exp;
+  const __m512d m = _mm512_set1_pd(max);
+  const auto exps = [&](__m512d v) {
+    const __m512d d = _mm512_sub_pd(v, m);
+    return _mm512_mask_mov_pd(gap_exp(d), _mm512_cmp_pd_mask(d, d, _CMP_UNORD_Q), d);
+  };
+  int j = 0;
+  for (; j + 8 <= count; j += 8) _mm512_storeu_pd(out + j, exps(_mm512_loadu_pd(x + j)));
+  if (j < count) {
+    const __mmask8 lanes = short_avx512::low_lanes8(count - j);
+    _mm512_mask_storeu_pd(out + j, lanes, exps(_mm512_maskz_loadu_pd(lanes, x + j)));
+  }
+}
 #endif
 
 template <class T, bool kSum, bool kElementwise, bool kGrad>
