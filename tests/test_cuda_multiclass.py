@@ -10,6 +10,8 @@ repeated calls.
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -80,6 +82,51 @@ def test_no_kernel_spills(nvrtc_or_skip):  # noqa: F811
         allowed = SPILL_ALLOWED.get(entry, 0)
         assert stores <= allowed and loads <= allowed, (entry, stores, loads)
     assert set(report) == set(names)
+
+
+_WIDEN_PROGRAM = r"""
+#include <cstdio>
+#include "fastloss/device_half.h"
+int main() {
+  for (unsigned h = 0; h < 65536; ++h) {
+    const unsigned long long bits[2] = {
+        fastloss::lanes::to_bits(fastloss::gpu::widen_float16(h)),
+        fastloss::lanes::to_bits(fastloss::half::float16_to_double(h))};
+    if (std::fwrite(bits, sizeof bits, 1, stdout) != 1) return 1;
+  }
+  return 0;
+}
+"""
+
+
+def test_float16_widening_of_the_cuda_kernels_on_every_bit_pattern(tmp_path):
+    """fastloss/device_half.h's widen_float16, which the CUDA kernels' Float16 loads with,
+    compiled for the host (it is FASTLOSS_HD; its operations are IEEE doubles and integers,
+    the same on either side): the bits half.h's float16_to_double gives on the CPU for every
+    one of the 65536 patterns (NaN payloads and signs included), and NumPy's value for every
+    non-NaN."""
+    compiler = shutil.which("c++") or shutil.which("g++")
+    if compiler is None:
+        pytest.skip("no C++ compiler on PATH")
+    source, binary = tmp_path / "widen.cpp", tmp_path / "widen"
+    source.write_text(_WIDEN_PROGRAM)
+    build = subprocess.run([compiler, "-std=c++17", "-O2", f"-I{_cuda.include_dir()}",
+                            str(source), "-o", str(binary)], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    run = subprocess.run([str(binary)], capture_output=True)
+    assert run.returncode == 0
+    widened, cpu = np.frombuffer(run.stdout, np.uint64).reshape(-1, 2).T
+    assert widened.size == 1 << 16
+    assert np.array_equal(widened, cpu)
+    patterns = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    values = patterns.astype(np.float64)
+    finite_or_inf = ~np.isnan(values)
+    assert np.array_equal(widened[finite_or_inf], values[finite_or_inf].view(np.uint64))
+    # and those that are NaN in float16 are NaN in double with the sign and payload moved up
+    bits = patterns.view(np.uint16).astype(np.uint64)
+    nan = ~finite_or_inf
+    assert np.array_equal(widened[nan], ((bits[nan] & 0x8000) << 48) | (0x7ff << 52)
+                          | ((bits[nan] & 0x3ff) << 42))
 
 
 def test_grid_depends_on_the_row_count_only():
