@@ -54,9 +54,9 @@
 // where the exact value lies within ~u sum|terms| of a rounding boundary: often in a float64
 // result's last bit, rarely in a float32 one. tests/test_cuda_partials.py compares against
 // the baseline build.
+#include "fastloss/device_half.h"
 #include "fastloss/device_sums.h"
 #include "fastloss/double_double.h"
-#include "fastloss/half.h"
 #include "fastloss/loss_pass.h"
 
 #if !defined(FASTLOSS_CUDA_THREADS) || !defined(FASTLOSS_CUDA_GROUP_BYTES)
@@ -68,17 +68,7 @@ namespace gpu {
 
 namespace ew = fastloss::elementwise;
 
-// float16 storage: the bits, converted by fastloss/half.h (widened exactly, rounded once from
-// the double to nearest even, as the CPU kernels do), not CUDA's __half, whose header NVRTC
-// does not have without CUDA's include directory (this file includes no header but ours).
-struct Float16 {
-  unsigned short bits;
-  Float16() = default;
-  __device__ explicit Float16(double d)
-      : bits(static_cast<unsigned short>(half::round_to_bits<half::Float16Format>(d))) {}
-  __device__ explicit operator double() const { return half::float16_to_double(bits); }
-};
-
+// float16 storage: fastloss/device_half.h's Float16 (rounded once from double, as on the CPU).
 // The grade of the math for storage type T (elementwise.h's MathFor): float16 computes as
 // float32 does.
 template <class T> struct MathOf { typedef T type; };

@@ -23,7 +23,20 @@
 // deterministic). A row's loss is the CPU's per-row math, but its exps and logs are evaluated
 // on other paths than the CPU's short-row kernel, so the GPU's sums equal the CPU's bits only
 // where the row losses agree bit for bit (the general scan, with the baseline build).
+//
+// Storage types: float, double and float16 (fastloss/device_half.h's Float16, as in
+// losses.cu). Every value is widened to double where it is read (static_cast<double>: exact
+// for each) and every stored value, a row's loss and a reduced loss (sums::stored_loss) is
+// rounded once from its double (static_cast<T>): to nearest even, for float16 never through
+// float32, as csrc/multiclass.cpp and activations.cpp do. The math between is the double math
+// above for every storage type, so a float16 result is the float32 kernel's double value
+// rounded to float16 instead of float32. (The CPU's float32 and float16 rows take float32-grade
+// exps, softmax.h's exp_for_float_rows (~1e-10) or the AVX-512 build's table exp (~6e-12),
+// these kernels math::exp for every type: the two doubles lie within ~1e-10 relative of each
+// other, so a stored float16 has the CPU's bits except where the exact value lies about that
+// close to a half-way point between two float16s.)
 #include "fastloss/activations.h"
+#include "fastloss/device_half.h"
 #include "fastloss/device_sums.h"
 #include "fastloss/loss_pass.h"
 #include "fastloss/softmax.h"
@@ -321,7 +334,7 @@ cross_entropy(long long rows, long long classes, long long inner, const T* input
         }
       }
     } else if (kGrad) {
-      for (long long c = lane; c < classes; c += kGroup) grad_out[start + c * inner] = T(0);
+      for (long long c = lane; c < classes; c += kGroup) grad_out[start + c * inner] = static_cast<T>(0.0);
     }
     if (lane == 0) add_loss<kSum, kElementwise>(loss, r, loss_out, group_hi, group_lo);
   }
@@ -332,6 +345,25 @@ cross_entropy(long long rows, long long classes, long long inner, const T* input
 }
 
 // ---- tanh and relu -----------------------------------------------------------------------------
+// relu of a float or double: fastloss/activations.h's on the value itself; of a Float16 (which
+// has no comparisons) through its double, exact both ways, as csrc/activations.cpp's 16-bit
+// relu: a value passes or becomes +0, -0.0 keeps its sign, a NaN comes out quiet (its payload
+// dropped by the rounding, on both).
+template <class T>
+__device__ __forceinline__ T relu_of(T x) {
+  return activations::relu(x);
+}
+__device__ __forceinline__ Float16 relu_of(Float16 x) {
+  return Float16(activations::relu(static_cast<double>(x)));
+}
+template <class T>
+__device__ __forceinline__ T relu_backward_of(T grad_output, T y) {
+  return activations::relu_backward(grad_output, y);
+}
+__device__ __forceinline__ Float16 relu_backward_of(Float16 grad_output, Float16 y) {
+  return Float16(activations::relu_backward(static_cast<double>(grad_output), static_cast<double>(y)));
+}
+
 // kOp: Activation. Forward ops read x; backward ops read grad_output (x) and the output (y).
 template <class T, int kOp>
 __global__ void __launch_bounds__(kThreads)
@@ -344,8 +376,8 @@ activation(long long n, const T* x, const T* y, T* out) {
     if (op == Activation::TanhBackward) {
       r = static_cast<T>(activations::tanh_backward(static_cast<double>(x[i]), static_cast<double>(y[i])));
     }
-    if (op == Activation::Relu) r = activations::relu(x[i]);
-    if (op == Activation::ReluBackward) r = activations::relu_backward(x[i], y[i]);
+    if (op == Activation::Relu) r = relu_of(x[i]);
+    if (op == Activation::ReluBackward) r = relu_backward_of(x[i], y[i]);
     out[i] = r;
   }
 }

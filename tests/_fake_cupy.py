@@ -4,7 +4,9 @@ Arrays are NumPy arrays that remember the device they were allocated on (views k
 base's); a device is current inside ``with fake.cuda.Device(i):``, as in CuPy, and device 0
 otherwise. Every allocation and every kernel launch is logged with the device that was current,
 so a test can check that a call does all of its work on its input's device without a second
-GPU. Kernels do nothing: only argument checks and device placement can be tested this way.
+GPU; each launch is also listed with the dtypes of its array arguments (``launches``), so a test
+can check which instantiation a call picks and what it hands it. Kernels do nothing: only
+argument checks, kernel choice and device placement can be tested this way.
 
     fake = FakeCupy()
     monkeypatch.setattr(_cuda, "_cupy", lambda: fake)
@@ -40,6 +42,8 @@ class FakeCupy:
     def __init__(self):
         self.current = [0]
         self.log: list[tuple[str, int]] = []  # (allocation or launch, device current then)
+        # (name expression, the dtype names of the launch's array arguments, in order)
+        self.launches: list[tuple[str, tuple[str, ...]]] = []
         fake = self
 
         class ndarray(np.ndarray):
@@ -108,6 +112,8 @@ class FakeCupy:
     def kernel(self, family, dtype_name, name, device):
         def launch(grid, block, args):
             self.log.append((f"launch {name}", self.current[-1]))
+            self.launches.append((name, tuple(arg.dtype.name for arg in args
+                                              if isinstance(arg, self.ndarray))))
             for arg in args:
                 if isinstance(arg, self.ndarray):
                     self.log.append((f"argument of {name}", arg.device_id))

@@ -9,6 +9,9 @@ round from double directly), except where the reference lies so close to a half-
 the format that the kernel's ~1e-9 may put it on the other side: `assert_correctly_rounded`
 allows a neighbour there and nowhere else. tanh and relu (and their backward passes) are
 checked on every bit pattern, against the same double math rounded by NumPy / ml_dtypes.
+
+CuPy float16 (the CUDA kernels of cuda/multiclass.cu): tests/test_cuda_multiclass.py, with
+``assert_correctly_rounded`` from here.
 """
 
 from __future__ import annotations
@@ -278,22 +281,3 @@ def _names():
 def test_the_same_bits_in_every_build_and_for_one_thread(overrides):
     this = run_python_json(CODE, python_env(), str(TESTS_DIR), *_names())
     assert run_python_json(CODE, python_env(**overrides), str(TESTS_DIR), *_names()) == this
-
-
-# ---- CuPy: the CUDA row kernels have no 16-bit path ---------------------------------------------
-def test_cupy_float16_is_refused_by_the_row_functions_naming_it(monkeypatch):
-    """The dispatch's checks on a stand-in for CuPy (tests/_fake_cupy.py): the error comes
-    before any kernel is chosen."""
-    from _fake_cupy import FakeCupy
-
-    from fastloss import _cuda
-    fake = FakeCupy()
-    monkeypatch.setattr(_cuda, "_cupy", lambda: fake)
-    monkeypatch.setattr(_cuda, "_kernel", fake.kernel)
-    x = fake.asarray(np.zeros((4, 3), np.float16))
-    message = "^input has dtype float16; fastloss supports float32 and float64: convert it"
-    for call in (lambda: fastloss.softmax(x, dim=1), lambda: fastloss.log_softmax(x, dim=1),
-                 lambda: fastloss.tanh(x), lambda: fastloss.relu(x),
-                 lambda: fastloss.cross_entropy(x, fake.asarray(np.zeros(4, np.int64)))):
-        with pytest.raises(TypeError, match=message):
-            call()

@@ -234,7 +234,8 @@ def test_cross_entropy_loss_module_and_opcheck(dtype):
 def test_cuda_half_tensors_are_refused_where_the_cuda_kernels_have_none():
     """Checked from the tensor's dtype and device alone, before anything is converted, so an
     object with a CUDA device stands for a CUDA tensor on this GPU-less machine: float16
-    passes the elementwise check, bfloat16 and the row functions' float16 do not."""
+    passes (every op has CUDA float16 kernels: cuda/losses.cu, cuda/multiclass.cu, the same
+    check for all of them), bfloat16 does not (CuPy has no bfloat16)."""
     from fastloss.torch import _check_floats
 
     class OnCuda:  # a tensor's dtype and device, as _check_floats reads them
@@ -242,13 +243,51 @@ def test_cuda_half_tensors_are_refused_where_the_cuda_kernels_have_none():
             self.dtype, self.device = dtype, torch.device("cuda", 0)
 
     _check_floats(OnCuda(torch.float16))
+    _check_floats(OnCuda(torch.float16), target=OnCuda(torch.float16))
     with pytest.raises(TypeError, match="^input has dtype bfloat16 on cuda:0; fastloss's CUDA "
                                         "kernels take float16 but no bfloat16"):
         _check_floats(OnCuda(torch.bfloat16))
-    with pytest.raises(TypeError, match="^input has dtype float16 on cuda:0; fastloss's CUDA "
-                                        "kernels take float16 in the elementwise losses and "
-                                        "sigmoid"):
-        _check_floats(OnCuda(torch.float16), rows=True)
+
+
+def _neighbours_or_equal(got, want):
+    """Each element of got (a float16 tensor) is want's or one of its two float16 neighbours
+    (NaN for NaN)."""
+    a, b = got.detach().cpu().numpy(), want.detach().cpu().numpy()
+    assert a.dtype == b.dtype == np.float16 and a.shape == b.shape
+    nan = np.isnan(b)
+    close = (a == b) | (np.nextafter(b, a) == a)
+    return bool(np.array_equal(np.isnan(a), nan) and np.all(close | nan))
+
+
+def test_cuda_float16_row_ops_on_the_gpu():
+    """On a GPU (skipped otherwise): float16 CUDA tensors through softmax, log_softmax and
+    cross_entropy, forward and backward, run the float16 kernels of cuda/multiclass.cu: float16
+    results on the tensor's device, each the CPU's result or, near a half-way point (where the
+    CPU's float32-grade exps and the GPU's double ones may round apart), its neighbour."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from _helpers import import_cupy_or_skip
+    import_cupy_or_skip()
+    x, target, _ = _inputs((37, 300), torch.float16, 23)
+    indices = torch.randint(0, 300, (37,), generator=torch.Generator().manual_seed(24))
+    weight = torch.linspace(0.5, 2.0, 300).to(torch.float16)
+    results = {}
+    for device in ("cpu", "cuda"):
+        outputs = []
+        for function in (lambda v: ft.softmax(v, 1), lambda v: ft.log_softmax(v, 1),
+                         lambda v: ft.cross_entropy(v, indices.to(device),
+                                                    weight=weight.to(device),
+                                                    label_smoothing=0.1, reduction="none")):
+            leaf = x.to(device).requires_grad_()
+            y = function(leaf)
+            assert y.dtype == torch.float16 and y.device.type == device
+            upstream = target.to(device) if y.dim() == 2 else target[:, 0].to(device)
+            (y * upstream).sum().backward()
+            assert leaf.grad.dtype == torch.float16 and leaf.grad.device.type == device
+            outputs += [y, leaf.grad]
+        results[device] = outputs
+    for i, (gpu, cpu) in enumerate(zip(results["cuda"], results["cpu"])):
+        assert _neighbours_or_equal(gpu, cpu), i
 
 
 @pytest.mark.parametrize("dtype", HALVES, ids=str)

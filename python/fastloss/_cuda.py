@@ -63,8 +63,10 @@ MAX_BLOCKS = 8192
 GROUP_BYTES = 16
 
 _CTYPE = {"float32": "float", "float64": "double", "float16": "fastloss::gpu::Float16"}
-# The storage dtypes of each source's kernels: cuda/multiclass.cu has no 16-bit path.
-_DTYPES = {"losses.cu": ("float32", "float64", "float16"), "multiclass.cu": ("float32", "float64")}
+# The storage dtypes of each source's kernels (float16: fastloss/device_half.h's Float16, read
+# and written as 16 bits, computed as float32 is).
+_DTYPES = {"losses.cu": ("float32", "float64", "float16"),
+           "multiclass.cu": ("float32", "float64", "float16")}
 
 
 def _loss_pass_name(dtype_name, op, outputs, weighted):
@@ -445,10 +447,10 @@ def _grid(n, dtype_name):
 ARRAY = "cupy.ndarray"
 WHERE = "the same GPU"
 MOVE_HINT = "move it with cupy.asarray"
-# float16 in the elementwise losses and sigmoid (cuda/losses.cu); CuPy has no bfloat16, and
-# the row kernels (cuda/multiclass.cu) and activations read float32 and float64 only
+# float16 in the elementwise losses and sigmoid (cuda/losses.cu) and in the row functions,
+# cross_entropy, tanh and relu (cuda/multiclass.cu); CuPy has no bfloat16
 HALF_DTYPES: tuple[str, ...] = ("float16",)
-ROW_HALF_DTYPES: tuple[str, ...] = ()
+ROW_HALF_DTYPES: tuple[str, ...] = ("float16",)
 
 
 class ProbabilityOutOfRange(ValueError):

@@ -502,8 +502,8 @@ def softmax(input: _ArrayLike, dim: int = -1, *, out: _ArrayLike | None = None) 
 
     Args:
         input: float32 or float64 array, any shape (NumPy, CuPy, or another library's array)
-            (a NumPy array also float16 or ``ml_dtypes.bfloat16``, read
-            and written as 16-bit values, computed as float32 is, rounded once).
+            (a NumPy array also float16 or ``ml_dtypes.bfloat16``, a CuPy array float16,
+            read and written as 16-bit values, computed as float32 is, rounded once).
         dim: the axis of the classes (negative counts from the end).
         out: optional C-contiguous, writeable array of the input's shape and dtype; it may be
             input itself (in place) but must not overlap it in part.
@@ -526,8 +526,8 @@ def log_softmax(input: _ArrayLike, dim: int = -1, *, out: _ArrayLike | None = No
 
     Args:
         input: float32 or float64 array, any shape (NumPy, CuPy, or another library's array)
-            (a NumPy array also float16 or ``ml_dtypes.bfloat16``, read
-            and written as 16-bit values, computed as float32 is, rounded once).
+            (a NumPy array also float16 or ``ml_dtypes.bfloat16``, a CuPy array float16,
+            read and written as 16-bit values, computed as float32 is, rounded once).
         dim: the axis of the classes (negative counts from the end).
         out: optional C-contiguous, writeable array of the input's shape and dtype; it may be
             input itself (in place) but must not overlap it in part.
@@ -602,9 +602,9 @@ def cross_entropy(input: _ArrayLike, target: _ArrayLike, *, weight: _ArrayLike |
 
     Args:
         input: logits, float32 or float64 (a NumPy array also float16 or
-            ``ml_dtypes.bfloat16``: read as 16-bit values, computed as float32 is, every result
-            rounded once to it), of shape (C,), (N, C) or (N, C, d1, ...): the classes along
-            dimension 1 (0 for (C,)).
+            ``ml_dtypes.bfloat16``, a CuPy array float16: read as 16-bit values, computed as
+            float32 is, every result rounded once to it), of shape (C,), (N, C) or
+            (N, C, d1, ...): the classes along dimension 1 (0 for (C,)).
         target: class indices (int64 or int32, the input's shape without the class dimension)
             or class probabilities (the input's shape and dtype).
         weight: optional (C,) array of the input's dtype, one weight per class.
@@ -699,8 +699,8 @@ def tanh(input: _ArrayLike, *, out: _ArrayLike | None = None) -> Any:
 
     Args:
         input: float32 or float64 array, any shape (a NumPy array also float16 or
-            ``ml_dtypes.bfloat16``, read and written as 16-bit values, computed in double,
-            rounded once).
+            ``ml_dtypes.bfloat16``, a CuPy array float16, read and written as 16-bit values,
+            computed in double, rounded once).
         out: optional C-contiguous, writeable array of the input's shape and dtype; it may be
             input itself.
     Returns:
@@ -737,8 +737,8 @@ def relu(input: _ArrayLike, *, out: _ArrayLike | None = None) -> Any:
 
     Args:
         input: float32 or float64 array, any shape (a NumPy array also float16 or
-            ``ml_dtypes.bfloat16``, read and written as 16-bit values, computed in double,
-            rounded once).
+            ``ml_dtypes.bfloat16``, a CuPy array float16, read and written as 16-bit values,
+            computed in double, rounded once).
         out: optional C-contiguous, writeable array of the input's shape and dtype; it may be
             input itself.
     Returns:

@@ -27,10 +27,9 @@ CUDA, where binary_cross_entropy is refused as torch refuses it; softmax and log
 CUDA); float64 arguments stay float64. Outside autocast the tensors must be all of one
 dtype: float32, float64, or on the CPU float16 or bfloat16 (read and written as 16-bit values
 by the kernels, computed in double, results in the input's dtype as torch's own; bfloat16 goes
-through ``ml_dtypes.bfloat16``, which must be installed); CUDA tensors may be float16 in the
-elementwise losses and ``sigmoid``. Any other dtype (integers, bool, complex, float8; bfloat16
-on CUDA, a float16 CUDA tensor for cross_entropy, softmax or log_softmax) is a TypeError
-naming it.
+through ``ml_dtypes.bfloat16``, which must be installed); CUDA tensors may be float16 too
+(CuPy float16 arrays, in every op), never bfloat16. Any other dtype (integers, bool, complex,
+float8; bfloat16 on CUDA) is a TypeError naming it.
 
 Gradients flow to ``input`` only: a ``target``, ``weight`` or ``pos_weight`` that requires grad
 is a ValueError (detach it). Double backward is not supported. This module imports torch;
@@ -54,7 +53,7 @@ __all__ = ["mse_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits
 
 _Tensor = torch.Tensor  # the operators' annotations, from which torch infers their schemas
 _FLOATS = (torch.float32, torch.float64)
-_HALVES = (torch.float16, torch.bfloat16)  # on the CPU; float16 on CUDA: _check_floats
+_HALVES = (torch.float16, torch.bfloat16)  # on the CPU; float16 only on CUDA: _check_floats
 _CLASS_INDICES = (torch.int64, torch.int32)
 
 
@@ -143,22 +142,21 @@ def _dtype_name(dtype):
     return str(dtype).removeprefix("torch.")
 
 
-def _check_floats(input, rows=False, **others):
+def _check_floats(input, **others):
     """input float32, float64, float16 or bfloat16, every other tensor (None: absent) of its
     dtype: checked before ``.numpy()``, which knows no bfloat16, and before any kernel converts
-    anything. On CUDA the 16-bit tensors are float16 in the elementwise losses and sigmoid
-    (cuda/losses.cu); ``rows``: the softmax family and cross_entropy, which have none there."""
+    anything. On CUDA the 16-bit tensors are float16 only: the CUDA kernels (cuda/losses.cu,
+    cuda/multiclass.cu) read CuPy arrays, and CuPy has no bfloat16 dtype."""
     name = _dtype_name(input.dtype)
     if input.dtype not in _FLOATS and input.dtype not in _HALVES:
         raise TypeError(f"input has dtype {name}; fastloss.torch supports float32, float64, "
                         "float16 and bfloat16 tensors (inside torch.autocast the losses run in "
                         "float32)")
     if input.dtype in _HALVES:
-        if input.device.type != "cpu" and (rows or input.dtype == torch.bfloat16):
-            taken = ("float16 in the elementwise losses and sigmoid" if rows else
-                     "float16 but no bfloat16 (CuPy has no bfloat16 dtype)")
+        if input.device.type != "cpu" and input.dtype == torch.bfloat16:
             raise TypeError(f"input has dtype {name} on {input.device}; fastloss's CUDA "
-                            f"kernels take {taken}: pass input.float() (or run it on the CPU)")
+                            "kernels take float16 but no bfloat16 (CuPy has no bfloat16 dtype): "
+                            "pass input.float() (or run it on the CPU)")
         if input.dtype == torch.bfloat16:
             try:
                 import ml_dtypes  # noqa: F401
@@ -257,9 +255,9 @@ def _(input, target, weight, pos_weight, reduction):
 
 
 def _check_cross_entropy(input, target, weight):
-    _check_floats(input, rows=True, weight=weight)
+    _check_floats(input, weight=weight)
     if target.is_floating_point():
-        _check_floats(input, rows=True, target=target)
+        _check_floats(input, target=target)
     elif target.dtype not in _CLASS_INDICES:
         raise TypeError(f"target has dtype {_dtype_name(target.dtype)}; cross_entropy takes "
                         f"class indices (int64 or int32) or probabilities of the input's dtype")
@@ -291,16 +289,16 @@ def _(input, target, weight, ignore_index, label_smoothing, reduction):
     return input.new_empty(shape), _empty_like(input)
 
 
-def _elementwise(forward, input, rows=False):
-    _check_floats(input, rows)
+def _elementwise(forward, input):
+    _check_floats(input)
     out = _output_like(input)
     with _stream_of(input):
         forward(_as_array(input, "input"), out=_as_array(out, "out"))
     return out
 
 
-def _elementwise_backward(backward, grad_output, output, *dim, rows=False):
-    _check_floats(output, rows, grad_output=grad_output)
+def _elementwise_backward(backward, grad_output, output, *dim):
+    _check_floats(output, grad_output=grad_output)
     out = _output_like(output)
     with _stream_of(output):
         backward(_as_array(grad_output, "grad_output"), _as_array(output, "output"), *dim,
@@ -320,42 +318,41 @@ def _sigmoid_backward_op(grad_output: _Tensor, output: _Tensor) -> _Tensor:
 
 @torch.library.custom_op("fastloss::softmax", mutates_args=())
 def _softmax_op(input: _Tensor, dim: int) -> _Tensor:
-    return _elementwise(lambda x, out: F.softmax(x, dim, out=out), input, rows=True)
+    return _elementwise(lambda x, out: F.softmax(x, dim, out=out), input)
 
 
 @torch.library.custom_op("fastloss::log_softmax", mutates_args=())
 def _log_softmax_op(input: _Tensor, dim: int) -> _Tensor:
-    return _elementwise(lambda x, out: F.log_softmax(x, dim, out=out), input, rows=True)
+    return _elementwise(lambda x, out: F.log_softmax(x, dim, out=out), input)
 
 
 @torch.library.custom_op("fastloss::softmax_backward", mutates_args=())
 def _softmax_backward_op(grad_output: _Tensor, output: _Tensor, dim: int) -> _Tensor:
-    return _elementwise_backward(F.softmax_backward, grad_output, output, dim, rows=True)
+    return _elementwise_backward(F.softmax_backward, grad_output, output, dim)
 
 
 @torch.library.custom_op("fastloss::log_softmax_backward", mutates_args=())
 def _log_softmax_backward_op(grad_output: _Tensor, output: _Tensor, dim: int) -> _Tensor:
-    return _elementwise_backward(F.log_softmax_backward, grad_output, output, dim,
-                                 rows=True)
+    return _elementwise_backward(F.log_softmax_backward, grad_output, output, dim)
 
 
-def _fake_elementwise(input, *dim, rows=False):
-    _check_floats(input, rows)
+def _fake_elementwise(input, *dim):
+    _check_floats(input)
     return _empty_like(input)
 
 
-def _fake_elementwise_backward(grad_output, output, *dim, rows=False):
-    _check_floats(output, rows, grad_output=grad_output)
+def _fake_elementwise_backward(grad_output, output, *dim):
+    _check_floats(output, grad_output=grad_output)
     return _empty_like(output)
 
 
 _sigmoid_op.register_fake(_fake_elementwise)
 _sigmoid_backward_op.register_fake(_fake_elementwise_backward)
 for _op in (_softmax_op, _log_softmax_op):
-    _op.register_fake(lambda input, dim: _fake_elementwise(input, rows=True))
+    _op.register_fake(lambda input, dim: _fake_elementwise(input))
 for _op in (_softmax_backward_op, _log_softmax_backward_op):
     _op.register_fake(lambda grad_output, output, dim:
-                      _fake_elementwise_backward(grad_output, output, rows=True))
+                      _fake_elementwise_backward(grad_output, output))
 
 
 # ---- backward formulas (shared by the operators' autograd and the autograd functions) -----------

@@ -17,8 +17,8 @@
 //
 // Written over the lane types (a GCC vector of doubles, or a plain double: then the masks are
 // bools and `mask ? a : b` is the scalar conditional). Header rules as for lanes.h: no
-// standard headers (NVRTC compiles the shared headers; the CUDA kernels use the device's own
-// conversions, __double2half_rn, which round once too).
+// standard headers (NVRTC compiles the shared headers: the CUDA kernels' Float16,
+// fastloss/device_half.h, rounds with round_to_bits too).
 #pragma once
 
 #include "fastloss/lanes.h"
