@@ -58,8 +58,9 @@ from . import _codes
 # against ptxas's register counts, and that no kernel spills.
 THREADS = 256
 MAX_BLOCKS = 8192
-# Each thread reads groups of consecutive elements with one 16-byte load per array: 4 float32,
-# 2 float64 or 8 float16. Both numbers reach cuda/losses.cu as -D options (kernel_sources_and_options).
+# Each thread reads groups of consecutive elements with one 16-byte load per array (4 float32 or
+# 2 float64; float16 groups are 4 halves, one 8-byte load). Both numbers reach cuda/losses.cu as
+# -D options (kernel_sources_and_options).
 GROUP_BYTES = 16
 
 _CTYPE = {"float32": "float", "float64": "double", "float16": "fastloss::gpu::Float16"}
