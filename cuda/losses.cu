@@ -184,8 +184,12 @@ __device__ __forceinline__ long long wrap(long long index, long long period) {
 // For binary cross-entropy, *out_of_range is set to 1 (never cleared) if an input lies
 // outside [0, 1]. Outputs may be the very arrays of the inputs (in place): every element is
 // read before it is written, by the same thread.
+// At least 4 resident blocks per SM, i.e. up to 64 registers: without the bound ptxas held the
+// float16 BCE pass with both outputs at 48 registers and spilled (the table-driven logs of
+// scalar_math.h); 64 is what the widest kernels used anyway, and 4 blocks keep the grid 15.5
+// waves deep on an H100 (_cuda.py).
 template <class T, int kOp, int kOutputs, bool kWeighted>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 4)
 loss_pass(long long n, const T* input, const T* target, const T* weight, long long weight_period,
           const T* pos_weight, long long pos_weight_period, T* loss_out, T* grad_out,
           double grad_scale, double* block_sums, int* out_of_range) {

@@ -52,7 +52,7 @@ from . import _codes
 # The grid is a function of N alone (not of the device): a reduction's summation order, and so
 # its bits, is the same on every GPU; each thread walks the array with a grid stride. As the
 # grid cannot be sized to a device's resident blocks, it is made many waves deep, so the
-# ragged last one costs little: the kernels use 30-62 registers (4-8 resident blocks of 256
+# ragged last one costs little: the kernels use 30-64 registers (4-8 resident blocks of 256
 # per SM), which on an H100 (132 SMs) makes 8192 blocks 7.8-15.5 waves, at least 94% of the
 # time of whole waves (1024 blocks were 1.3-1.9 waves: down to 65%). tests/test_cuda.py checks this
 # against ptxas's register counts, and that no kernel spills.

@@ -43,7 +43,7 @@ struct MathFor<float> {
   // 1 / (1 + e^-x), x clamped to [-120, 120] (the result rounds to the same float32): no
   // select of the numerator, no multiply by it.
   template <class V> FASTLOSS_HD V sigmoid(V x) {
-    x = lanes::select(x < -120.0, lanes::splat<V>(-120.0), x);
+    x = lanes::at_least(x, -120.0);
     return lanes::divide_for_float32(lanes::splat<V>(1.0), 1.0 + math::exp_neg_for_float32(x));
   }
 };
@@ -74,10 +74,7 @@ struct MathFor<double> {
 };
 
 // A branch-free max that propagates NaN (a NaN `a` compares false and is returned).
-template <class V>
-FASTLOSS_HD V at_least(V a, double floor) {
-  return select(a < floor, splat<V>(floor), a);
-}
+using lanes::at_least;
 
 // ---- mean squared error: (x - y)^2 ----------------------------------------------------------
 // x - y of two floats is exact in double but for a difference beyond 2^29 of their

@@ -144,5 +144,127 @@ FASTLOSS_HD V times_power_of_two(V p, V n, V shifted) {
   return p * bits_as<V>((to_bits(shifted) + 1023ull) << 52);
 }
 
+// max(a, floor) and min(a, ceiling) with a NaN `a` returned as it is: select(a < floor, floor,
+// a) and select(a > ceiling, ceiling, a), which is exactly what x86's maxpd(floor, a) and
+// minpd(ceiling, a) compute (the second operand is returned when the comparison is false or
+// unordered). GCC does not make that substitution itself without -ffinite-math-only, so on the
+// CPU it is spelled here: one instruction instead of a comparison and a blend. CUDA selects (its
+// fmax drops a NaN).
+template <class V>
+FASTLOSS_HD V at_least(V a, double floor) {
+#if !FASTLOSS_DEVICE_COMPILER && defined(__AVX512F__)
+  if constexpr (sizeof(V) == 64) {
+    return __builtin_ia32_maxpd512_mask(splat<V>(floor), a, V{}, static_cast<unsigned char>(0xff), 4);
+  }
+#endif
+#if !FASTLOSS_DEVICE_COMPILER && defined(__AVX__)
+  if constexpr (sizeof(V) == 32) return __builtin_ia32_maxpd256(splat<V>(floor), a);
+#endif
+#if !FASTLOSS_DEVICE_COMPILER && defined(__SSE2__)
+  if constexpr (sizeof(V) == 16) return __builtin_ia32_maxpd(splat<V>(floor), a);
+#endif
+  return select(a < floor, splat<V>(floor), a);
+}
+
+template <class V>
+FASTLOSS_HD V at_most(V a, double ceiling) {
+#if !FASTLOSS_DEVICE_COMPILER && defined(__AVX512F__)
+  if constexpr (sizeof(V) == 64) {
+    return __builtin_ia32_minpd512_mask(splat<V>(ceiling), a, V{}, static_cast<unsigned char>(0xff), 4);
+  }
+#endif
+#if !FASTLOSS_DEVICE_COMPILER && defined(__AVX__)
+  if constexpr (sizeof(V) == 32) return __builtin_ia32_minpd256(splat<V>(ceiling), a);
+#endif
+#if !FASTLOSS_DEVICE_COMPILER && defined(__SSE2__)
+  if constexpr (sizeof(V) == 16) return __builtin_ia32_minpd(splat<V>(ceiling), a);
+#endif
+  return select(a > ceiling, splat<V>(ceiling), a);
+}
+
+// a clamped to [-bound, bound] for a finite bound > 0 (NaN: NaN here; with AVX-512, where it is
+// one vrangepd, NaN gives +bound: callers must not depend on which).
+template <class V>
+FASTLOSS_HD V clamp_magnitude(V a, double bound) {
+#if !FASTLOSS_DEVICE_COMPILER && defined(__AVX512F__)
+  if constexpr (sizeof(V) == 64) {
+    // _mm512_range_pd(a, bound, 2): the one of smaller magnitude, with a's sign
+    return __builtin_ia32_rangepd512_mask(a, splat<V>(bound), 2, V{}, static_cast<unsigned char>(0xff), 4);
+  }
+#endif
+  return at_least(at_most(a, bound), -bound);
+}
+
+// The tables of the float32-grade functions (scalar_math.h): runs of 16 doubles, read by
+// lookup16. On the GPU they live in global memory (__device__), where lanes of a warp that
+// read different entries are served by the cache; __constant__ memory would serialise them.
+// Two tables a function reads with one index are one array (the second at +16), so the GPU
+// computes one address for both (a register per element fewer: ptxas spilled without it).
+#if FASTLOSS_DEVICE_COMPILER
+#define FASTLOSS_TABLE(name, size) static __device__ const double name[size]
+#else
+#define FASTLOSS_TABLE(name, size) alignas(64) static const double name[size]
+#endif
+
+// table[index & 15] in each lane. With AVX-512 the 16 doubles are two registers and this is
+// one vpermt2pd, which reads only the low 4 bits of each index lane (so callers pass bits with
+// the index in their low 4 and anything above); AVX2 gathers; elsewhere one load per lane.
+// Every build reads the same entry: the results are the same bits.
+template <class V>
+FASTLOSS_HD V lookup16(const double* table, typename Traits<V>::Bits index) {
+#if !FASTLOSS_DEVICE_COMPILER && defined(__AVX512F__)
+  if constexpr (sizeof(V) == 64) {
+    typedef long long Int8 __attribute__((vector_size(64)));
+    V low, high;
+    __builtin_memcpy(&low, table, sizeof low);
+    __builtin_memcpy(&high, table + 8, sizeof high);
+    return __builtin_ia32_vpermt2varpd512_mask((Int8)index, low, high, static_cast<unsigned char>(0xff));
+  }
+#endif
+#if !FASTLOSS_DEVICE_COMPILER && defined(__AVX2__)
+  if constexpr (sizeof(V) == 32) {
+    typedef long long Int4 __attribute__((vector_size(32)));
+    // _mm256_i64gather_pd(table, index & 15, 8), all lanes (mask -1.0: every sign bit set)
+    return __builtin_ia32_gatherdiv4df(V{}, table, (Int4)(index & 15ull), splat<V>(-1.0), 8);
+  }
+#endif
+  V result{};
+  if constexpr (Traits<V>::kWidth == 1) {
+    // a 32-bit index: the GPU then widens one register into the address (ptxas spilled the
+    // float16 BCE kernels with 64-bit index arithmetic for their four logs)
+#if FASTLOSS_DEVICE_COMPILER
+    result = __ldg(table + (static_cast<unsigned>(index) & 15u));
+#else
+    result = table[static_cast<unsigned>(index) & 15u];
+#endif
+  } else {
+    for (int k = 0; k < Traits<V>::kWidth; ++k) result[k] = table[index[k] & 15ull];
+  }
+  return result;
+}
+
+// x = 2^e * M with M in [1, 2) the exact split of a normal positive double x, given as the
+// exponent e (a double) and m = M, or M / 2 where M >= 1.5, so m lies in [0.75, 1.5): a log's
+// table then covers m by the 4 bits of the mantissa below the leading one (scalar_math.h).
+// AVX-512: vgetexppd and vgetmantpd (0 gives e = -inf, m = 1; NaN gives NaN); elsewhere from
+// the bits (0 gives e = -1023, m = 1; NaN a finite e and m). Equal for the positive normal x
+// the callers' results depend on.
+template <class V>
+FASTLOSS_HD void exponent_and_mantissa(V x, V& e, V& m) {
+#if !FASTLOSS_DEVICE_COMPILER && defined(__AVX512F__)
+  if constexpr (sizeof(V) == 64) {
+    e = __builtin_ia32_getexppd512_mask(x, V{}, static_cast<unsigned char>(0xff), 4);
+    // _mm512_getmant_pd(x, _MM_MANT_NORM_p75_1p5, _MM_MANT_SIGN_src)
+    m = __builtin_ia32_getmantpd512_mask(x, 3, V{}, static_cast<unsigned char>(0xff), 4);
+    return;
+  }
+#endif
+  const auto bits = to_bits(x);
+  e = bits_as<V>(splat_bits<V>(0x4330000000000000ull) | (bits >> 52)) - (0x1p52 + 1023.0);
+  // the exponent of 1.0, or of 0.5 where the mantissa's top bit (M >= 1.5) is set
+  const auto top = (bits >> 51) & 1ull;
+  m = bits_as<V>(((bits & 0x000fffffffffffffull) | 0x3ff0000000000000ull) - (top << 52));
+}
+
 }  // namespace lanes
 }  // namespace fastloss

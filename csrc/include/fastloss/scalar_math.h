@@ -7,10 +7,10 @@
 //
 // Two grades, both in double:
 // - for float64 inputs, a few double ulps (exp, log, log_one_to_two);
-// - for float32 inputs, ~1e-9 relative (exp_neg_for_float32, log1p_unit_for_float32,
+// - for float32 inputs, below 5e-10 relative (exp_neg_for_float32, log1p_unit_for_float32,
 //   log_for_float32): a float32 result rounded from them is within 0.5 ulp of the exact value
-//   but for about 1e-9 of an ulp (so a mean of 2^24 equal terms is within 1 ulp), at a third of
-//   the polynomial degree and with no division.
+//   but for about 1e-8 of an ulp (so a mean of 2^24 equal terms is within 1 ulp), from
+//   16-entry tables and polynomials of degree 4-5, with no division.
 // tests/test_scalar_math.py measures the first grade against NumPy, tests/test_term_accuracy.py
 // the second, over the whole range.
 //
@@ -128,78 +128,116 @@ FASTLOSS_HD V log_one_to_two(V u) {
 }
 
 // ---- float32 grade ---------------------------------------------------------------------------
-// Minimax polynomials (Remez, relative error), evaluated by Estrin's scheme: a third of the
-// dependency depth of Horner's rule for two or three more operations. These loops are bound by
-// how far the out-of-order core can overlap elements, and Horner's 10-deep chains left the FMA
-// pipes half idle (bench/NOTES.md).
+// The float32 grade is table-driven: a 16-entry table (lanes::lookup16, one vpermt2pd with
+// AVX-512) takes the reduced argument to |r| <= 1/30, where a degree 4 or 5 polynomial reaches
+// the accuracy that degrees 7-10 needed on the whole interval. That is a third of the
+// instructions and half the dependency depth, and on Zen 5 these loops are bound by both: the
+// FP scheduler holds only so many operations waiting on long chains (bench/NOTES.md).
 
-// c0 + c1 x + ... + c7 x^7, given x^2 and x^4.
-template <class V>
-FASTLOSS_HD V estrin7(V x, V x2, V x4, double c0, double c1, double c2, double c3, double c4,
-                      double c5, double c6, double c7) {
-  const V low = (c0 + c1 * x) + x2 * (c2 + c3 * x);
-  const V high = (c4 + c5 * x) + x2 * (c6 + c7 * x);
-  return low + x4 * high;
-}
+// 2^(j/16) as bits, minus j << 48: adding the bits of the reduction's rounding constant, whose
+// low 16 bits hold the integer m = 16 q + j (two's complement), shifted left by 48, makes the
+// bits of 2^(j/16) * 2^q, an exact power-of-two scaling without a shift of m's top bits.
+FASTLOSS_TABLE(kExp2SixteenthsMinusIndex, 16) = {
+    0x1.0000000000000p+0, 0x1.fb5586cf9890fp-1, 0x1.f72b83c7d517bp-1, 0x1.f387a6e756238p-1,
+    0x1.f06fe0a31b715p-1, 0x1.edea64c123422p-1, 0x1.ebfdad5362a27p-1, 0x1.eab07dd485429p-1,
+    0x1.ea09e667f3bcdp-1, 0x1.ea11473eb0187p-1, 0x1.eace5422aa0dbp-1, 0x1.ec49182a3f090p-1,
+    0x1.ee89f995ad3adp-1, 0x1.f199bdd85529cp-1, 0x1.f5818dcfba487p-1, 0x1.fa4afa2a490dap-1};
 
-// exp(-t) for t <= 120 within 4.1e-11 relative (NaN propagates). t is clamped at 120:
+// exp(-t) for t <= 120 within 2.5e-12 relative (NaN propagates). t is clamped at 120:
 // e^-120 = 7.7e-53, and everything a float32 kernel computes from a smaller value rounds to
 // the same float32 (0 for a sigmoid, no change to a loss of 1 + e or e*c); the callers keep
-// t >= -120. Reduction t = n*ln2 - r, |r| <= ln2/2, with ln2 rounded once: |n| <= 174, so the
-// product's error is below 2e-14 absolute. Then degree 7 for e^r, times 2^-n.
+// t >= -120. Reduction -t = m ln2/16 + r, m = 16 q + j an integer (|m| <= 2771, so m times
+// ln2/16 rounded once errs by < 2e-14 absolute), |r| <= ln2/32; then e^r by a degree-4
+// minimax polynomial, times 2^(j/16) from the table and 2^q, both in one integer addition.
 template <class V>
 FASTLOSS_HD V exp_neg_for_float32(V t) {
-  t = select(t > 120.0, splat<V>(120.0), t);
+  t = lanes::at_most(t, 120.0);
   const double round_shift = 0x1.8p52;
-  const V shifted = round_shift - t * 0x1.71547652b82fep0;  // low bits: -round(t log2(e))
-  const V minus_n = shifted - round_shift;
-  const V r = -t - minus_n * 0x1.62e42fefa39efp-1;  // n ln2 - t, in [-ln2/2, ln2/2]
+  const V shifted = round_shift - t * 0x1.71547652b82fep4;  // low bits: m = -round(16 t log2(e))
+  const V m = shifted - round_shift;
+  const V r = -t - m * 0x1.62e42fefa39efp-5;  // -t - m ln2/16, in [-ln2/32, ln2/32]
   const V r2 = r * r;
-  const V p = estrin7(r, r2, r2 * r2, 0x1.ffffffffabbcep-1, 0x1.000000010b490p+0, 0x1.00000059cbbebp-1,
-                      0x1.555553440456cp-3, 0x1.55546871a0af4p-5, 0x1.1112fa2a3035fp-7,
-                      0x1.6da4ac7ac6b53p-10, 0x1.9eb726c71680cp-13);
-  return lanes::times_power_of_two(p, minus_n, shifted);
+  const V p = (0x1.ffffffffffe6cp-1 + r * 0x1.fffffffb1374dp-1) +
+              r2 * ((0x1.00000005bf1d0p-1 + r * 0x1.5557e54b8a041p-3) + r2 * 0x1.55539fd44ab62p-5);
+  const auto m_bits = lanes::to_bits(shifted);
+  const auto scale = lanes::to_bits(lanes::lookup16<V>(kExp2SixteenthsMinusIndex, m_bits)) + (m_bits << 48);
+  return p * bits_as<V>(scale);
 }
 
-// log1p(e) for e in [0, 1] (NaN propagates) within 7.5e-10 relative: e times a degree-10
-// polynomial, no range reduction, no division, relative accuracy down to e = 0.
+// log1p(r) for |r| <= 0.0334 within 4.4e-10 relative: r + r^2 Q(r), Q a degree-3 minimax fit
+// (Lawson), so the result keeps its relative accuracy down to r = 0 (r itself is exact there).
+template <class V>
+FASTLOSS_HD V log1p_small_for_float32(V r) {
+  const V r2 = r * r;
+  const V q = (-0x1.fffffba5d7339p-2 + r * 0x1.55555058714b6p-2) +
+              r2 * (-0x1.003cf7806199dp-2 + r * 0x1.9a0cad95fb33ap-3);
+  return r + r2 * q;
+}
+
+// For log1p(e), e in [0, 1]: j = round(15 e), c = j/15; ic = 1/(1 + c) rounded, and
+// -log(ic) rounded. Then (1 + e) ic - 1 = e ic + (ic - 1) (ic - 1 exact) is within 1/30 of 0.
+FASTLOSS_TABLE(kLog1pUnitTables, 32) = {
+    // ic
+    0x1.0000000000000p+0, 0x1.e000000000000p-1, 0x1.c3c3c3c3c3c3cp-1, 0x1.aaaaaaaaaaaabp-1,
+    0x1.9435e50d79436p-1, 0x1.8000000000000p-1, 0x1.6db6db6db6db7p-1, 0x1.5d1745d1745d1p-1,
+    0x1.4de9bd37a6f4ep-1, 0x1.4000000000000p-1, 0x1.3333333333333p-1, 0x1.2762762762762p-1,
+    0x1.1c71c71c71c72p-1, 0x1.1249249249249p-1, 0x1.08d3dcb08d3ddp-1, 0x1.0000000000000p-1,
+    // -log(ic)
+    0x0.0p+0,             0x1.08598b59e3a07p-4, 0x1.005588ad375aep-3, 0x1.7565011e49675p-3,
+    0x1.e41fccb76b0d7p-3, 0x1.269621134db92p-2, 0x1.588c2d913348fp-2, 0x1.882f1ef83ed45p-2,
+    0x1.b5b3e24235e88p-2, 0x1.e148a1a2726cep-2, 0x1.058aefa811452p-1, 0x1.199fac68b4ab8p-1,
+    0x1.2cf25fad8f1c3p-1, 0x1.3f91275240811p-1, 0x1.5188a4a02d7fep-1, 0x1.62e42fefa39efp-1};
+
+// log1p(e) for e in [0, 1] (NaN propagates) within 4.5e-10 relative: log(1 + c) from the table
+// plus log1p of the reduced argument. j = 0 has c = 0, ic = 1: there the result is
+// log1p_small(e) itself, relative accuracy down to e = 0; elsewhere log(1 + c) >= 0.064 is at
+// least twice the reduced part, so nothing cancels.
 template <class V>
 FASTLOSS_HD V log1p_unit_for_float32(V e) {
-  const V e2 = e * e;
-  const V e4 = e2 * e2;
-  const V low = estrin7(e, e2, e4, 0x1.fffffff99dbd6p-1, -0x1.fffff38a50abep-2, 0x1.55534e1b2723fp-2,
-                        -0x1.ffbd433ec4560p-3, 0x1.975ccdae8e3bbp-3, -0x1.49d8354f70d10p-3,
-                        0x1.fca8bdd5885bbp-4, -0x1.51ae71e1ecfedp-4);
-  const V high = (0x1.53ca265cff24ap-5 + e * -0x1.b75684f7894f5p-7) + e2 * 0x1.0a1b998bf01e0p-9;
-  return e * (low + (e4 * e4) * high);
+  const auto j = lanes::to_bits(e * 15.0 + 0x1.8p52);  // low bits: round(15 e), in [0, 15]
+  const V ic = lanes::lookup16<V>(kLog1pUnitTables, j);
+  const V r = e * ic + (ic - 1.0);
+  return lanes::lookup16<V>(kLog1pUnitTables + 16, j) + log1p_small_for_float32(r);
 }
 
-// log(x) for x = 0 or a normal double, the range of float32 values (NaN propagates), within
-// 7e-10 relative: x = 2^k * m with m in [sqrt(1/2), sqrt(2)), from the bits; then
-// k*ln2 + f*Q(f) with f = m - 1 (exact) and a degree-10 Q, so a result near 0 (x near 1)
-// keeps its relative accuracy. 0 gives -1023 ln2 = -709.1 (the callers clamp at -100), a
-// negative x a finite value of no meaning (the callers flag it).
+// For log(x), x = 2^e * M (lanes::exponent_and_mantissa): j, the 4 mantissa bits below the
+// leading one, picks an interval of m (M, or M/2 where M >= 1.5: j >= 8), ic = 1/c for its
+// midpoint c rounded, and log(c) (+ ln2 where m = M/2) rounded. c = 1 at j = 0 (m in
+// [1, 1.0625): only x = 1 itself among the callers' inputs, 0 exactly) and j = 15 (m in
+// [0.96875, 1)), so next to 1 the reduced argument m - 1 is exact and the result keeps its
+// relative accuracy (e ln2 and the table's ln2 cancel exactly); |m ic - 1| <= 1/32 everywhere.
+FASTLOSS_TABLE(kLogTables, 32) = {
+    // ic
+    0x1.0000000000000p+0, 0x1.d41d41d41d41dp-1, 0x1.bacf914c1bad0p-1, 0x1.a41a41a41a41ap-1,
+    0x1.8f9c18f9c18fap-1, 0x1.7d05f417d05f4p-1, 0x1.6c16c16c16c17p-1, 0x1.5c9882b931057p-1,
+    0x1.4e5e0a72f0539p+0, 0x1.4141414141414p+0, 0x1.3521cfb2b78c1p+0, 0x1.29e4129e4129ep+0,
+    0x1.1f7047dc11f70p+0, 0x1.15b1e5f75270dp+0, 0x1.0c9714fbcda3bp+0, 0x1.0000000000000p+0,
+    // log(c), + ln2 for j >= 8
+    0x0.0p+0,             0x1.6f0d28ae56b4ep-4, 0x1.29552f81ff521p-3, 0x1.9525a9cf456b6p-3,
+    0x1.fb9186d5e3e29p-3, 0x1.2e8e2bae11d31p-2, 0x1.5d1bdbf5809cap-2, 0x1.89a3386c1425bp-2,
+    0x1.b44f77bcc8f64p-2, 0x1.dd46a04c1c4a1p-2, 0x1.02552a5a5d0ffp-1, 0x1.154c3d2f4d5eap-1,
+    0x1.2795e1289b11bp-1, 0x1.393e0d3562a1ap-1, 0x1.4a4f85db03ebbp-1, 0x1.62e42fefa39efp-1};
+
+// log(x) for x = 0 or a normal double in [0, 1], the callers' probabilities and their
+// complements (NaN propagates), within 4.4e-10 relative: e ln2 + log(c) + log1p(m ic - 1).
+// 0 gives a value <= -709 (-inf with AVX-512, -1023 ln2 elsewhere: the callers clamp at
+// -100), a negative x or one above 1 a value of no meaning (the callers flag it).
 template <class V>
 FASTLOSS_HD V log_for_float32(V x) {
-  const auto bits = lanes::to_bits(x);
-  V k = bits_as<V>(splat_bits<V>(0x4330000000000000ull) | (bits >> 52)) - (0x1p52 + 1023.0);
-  V m = bits_as<V>((bits & 0x000fffffffffffffull) | 0x3ff0000000000000ull);
-  k = select(m > 0x1.6a09e667f3bcdp0, k + 1.0, k);
-  m = select(m > 0x1.6a09e667f3bcdp0, m * 0.5, m);
-  const V f = m - 1.0;
-  const V f2 = f * f;
-  const V f4 = f2 * f2;
-  const V low = estrin7(f, f2, f4, 0x1.00000002b60bap+0, -0x1.ffffffc706a2cp-2, 0x1.5555400a58d7ap-2,
-                        -0x1.0000121986c25p-2, 0x1.99a71b2b19d76p-3, -0x1.555be32429d8dp-3,
-                        0x1.2312994074957p-3, -0x1.fbf1fce68e9b0p-4);
-  const V high = (0x1.e87deddf5f9d5p-4 + f * -0x1.dffe2a2a6a7b4p-4) + f2 * 0x1.137dd7f62976fp-4;
-  const V result = k * 0x1.62e42fefa39efp-1 + f * (low + (f4 * f4) * high);
+  V e, m;
+  lanes::exponent_and_mantissa(x, e, m);
+  const auto j = lanes::to_bits(x) >> 48;  // m has x's mantissa bits
+  const V r = m * lanes::lookup16<V>(kLogTables, j) - 1.0;
+  const V result = (e * 0x1.62e42fefa39efp-1 + lanes::lookup16<V>(kLogTables + 16, j)) + log1p_small_for_float32(r);
+#if !FASTLOSS_DEVICE_COMPILER && defined(__AVX512F__)
+  if constexpr (sizeof(V) == 64) return result;  // vgetexppd already made a NaN x's e NaN
+#endif
   return select(x != x, x, result);
 }
 
-// log(1 - p) for p in [0, 1] a float32 value (NaN propagates), within 7e-10 relative: 1 - p
+// log(1 - p) for p in [0, 1] a float32 value (NaN propagates), within 4.5e-10 relative: 1 - p
 // is exact in double for p >= 2^-29; below, its rounding error (exact by Fast2Sum) is added
-// back, log(q + c) = log(q) + c to within 2^-29 of c. p = 1 gives -709.1, like log(0).
+// back, log(q + c) = log(q) + c to within 2^-29 of c. p = 1 gives log(0) (<= -709).
 template <class V>
 FASTLOSS_HD V log1m_for_float32(V p) {
   const V q = 1.0 - p;
