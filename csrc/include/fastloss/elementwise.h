@@ -76,6 +76,10 @@ struct MathFor<double> {
 // A branch-free max that propagates NaN (a NaN `a` compares false and is returned).
 using lanes::at_least;
 
+// The pos_weight of an unweighted pass: 1, known when the kernel is compiled, so a loss can
+// take a form that only holds for 1 (BinaryCrossEntropyWithLogits).
+struct UnitWeight {};
+
 // ---- mean squared error: (x - y)^2 ----------------------------------------------------------
 // x - y of two floats is exact in double but for a difference beyond 2^29 of their
 // magnitudes, so a float32 term is exact to 1 double rounding.
@@ -84,20 +88,20 @@ using lanes::at_least;
 struct SquaredError {
   static const bool kInputIsProbability = false;
   static constexpr double kGradFactor = 2.0;
-  template <class T, class V>
-  FASTLOSS_HD V loss(V x, V y, V) {
+  template <class T, class V, class PW>
+  FASTLOSS_HD V loss(V x, V y, PW) {
     const V d = x - y;
     return d * d;
   }
-  template <class T, class V>
-  FASTLOSS_HD V grad(V x, V y, V) {
+  template <class T, class V, class PW>
+  FASTLOSS_HD V grad(V x, V y, PW) {
 #ifdef FASTLOSS_PLANTED_FAULT_MSE_GRAD_SIGN
     return y - x;
 #endif
     return x - y;
   }
-  template <class T, class V>
-  FASTLOSS_HD void loss_and_grad(V x, V y, V, V& loss, V& grad) {
+  template <class T, class V, class PW>
+  FASTLOSS_HD void loss_and_grad(V x, V y, PW, V& loss, V& grad) {
     const V d = x - y;
     loss = d * d;
     grad = d;
@@ -111,20 +115,20 @@ struct SquaredError {
 struct BinaryCrossEntropy {
   static const bool kInputIsProbability = true;
   static constexpr double kGradFactor = 1.0;
-  template <class T, class V>
-  FASTLOSS_HD V loss(V p, V y, V) {
+  template <class T, class V, class PW>
+  FASTLOSS_HD V loss(V p, V y, PW) {
     typedef MathFor<T> M;
 #ifdef FASTLOSS_PLANTED_FAULT_BCE_LOG_CLAMP
     return -(y * at_least(M::log(p), -50.0) + (1.0 - y) * at_least(M::log1m(p), -50.0));
 #endif
     return -(y * at_least(M::log(p), -100.0) + (1.0 - y) * at_least(M::log1m(p), -100.0));
   }
-  template <class T, class V>
-  FASTLOSS_HD V grad(V p, V y, V) {
+  template <class T, class V, class PW>
+  FASTLOSS_HD V grad(V p, V y, PW) {
     return MathFor<T>::divide(p - y, at_least(p * (1.0 - p), static_cast<double>(T(1e-12))));
   }
-  template <class T, class V>
-  FASTLOSS_HD void loss_and_grad(V p, V y, V pw, V& loss, V& grad) {
+  template <class T, class V, class PW>
+  FASTLOSS_HD void loss_and_grad(V p, V y, PW pw, V& loss, V& grad) {
     loss = BinaryCrossEntropy::loss<T>(p, y, pw);
     grad = BinaryCrossEntropy::grad<T>(p, y, pw);
   }
@@ -149,7 +153,26 @@ FASTLOSS_HD auto outside_unit_interval(V p) -> decltype(p < 0.0) {
 struct BinaryCrossEntropyWithLogits {
   static const bool kInputIsProbability = false;
   static constexpr double kGradFactor = 1.0;
-  template <class V>
+  // pos_weight 1: loss = max(z, 0) - y z + log1p(e), one multiply-add for the selects and
+  // products above and the same bits: y z is exact (two float32 values), so z - y z rounds
+  // (1 - y) z once, as (1 - y) * z did, and 0 - y z is exact like y * (-z). Only for float32
+  // math (T = float), whose results are rounded to float32 or narrower: an infinite z is clamped
+  // to +-2^1000 first, which gives 0 where the label agrees (the limit) and, elsewhere, a term
+  // of at least 2^976 that rounds to inf in float32, in the mean and sum too. float64 keeps the
+  // general form, where 2^1000 would be a value.
+  template <class T, class V>
+  FASTLOSS_HD V loss_from_parts(V z, V y, UnitWeight unit, V log1p_e) {
+    if constexpr (sizeof(T) == sizeof(float)) {
+      (void)unit;
+#ifndef FASTLOSS_PLANTED_FAULT_LOGITS_INF_LIMIT
+      z = lanes::clamp_magnitude(z, 0x1p1000);
+#endif
+      return (at_least(z, 0.0) - y * z) + log1p_e;
+    } else {
+      return loss_from_parts<T>(z, y, splat<V>(1.0), log1p_e);
+    }
+  }
+  template <class T, class V>
   FASTLOSS_HD V loss_from_parts(V z, V y, V pos_weight, V log1p_e) {
     V neg_part = at_least(-z, 0.0);  // max(-z, 0), zero where pos_weight*y == 0
 #ifndef FASTLOSS_PLANTED_FAULT_LOGITS_INF_LIMIT
@@ -161,7 +184,17 @@ struct BinaryCrossEntropyWithLogits {
     const V coef_pos = 1.0 - y;
     return coef_neg * neg_part + coef_pos * pos_part + (coef_neg + coef_pos) * log1p_e;
   }
-  template <class V>
+  // pos_weight 1, float32 math: coef_total = y + (1 - y) is exactly 1 for a float32 y, so the
+  // general form's multiply-add by +-1 is this subtraction, bit for bit.
+  template <class T, class V>
+  FASTLOSS_HD V grad_from_parts(V z, V y, UnitWeight, V small_sigmoid) {
+    if constexpr (sizeof(T) == sizeof(float)) {
+      return select(z >= 0.0, (1.0 - y) - small_sigmoid, small_sigmoid - y);
+    } else {
+      return grad_from_parts<T>(z, y, splat<V>(1.0), small_sigmoid);
+    }
+  }
+  template <class T, class V>
   FASTLOSS_HD V grad_from_parts(V z, V y, V pos_weight, V small_sigmoid) {
     // z >= 0: (1 - y) - total*sigmoid(-|z|);  z < 0: total*sigmoid(-|z|) - coef_neg.
     const V coef_neg = pos_weight * y;
@@ -170,23 +203,23 @@ struct BinaryCrossEntropyWithLogits {
     const V slope = select(z >= 0.0, -coef_total, coef_total);
     return base + slope * small_sigmoid;
   }
-  template <class T, class V>
-  FASTLOSS_HD V loss(V z, V y, V pos_weight) {
+  template <class T, class V, class PW>
+  FASTLOSS_HD V loss(V z, V y, PW pos_weight) {
     typedef MathFor<T> M;
-    return loss_from_parts(z, y, pos_weight, M::log1p_of_exp_neg(M::exp_neg(absolute(z))));
+    return loss_from_parts<T>(z, y, pos_weight, M::log1p_of_exp_neg(M::exp_neg(absolute(z))));
   }
-  template <class T, class V>
-  FASTLOSS_HD V grad(V z, V y, V pos_weight) {
+  template <class T, class V, class PW>
+  FASTLOSS_HD V grad(V z, V y, PW pos_weight) {
     typedef MathFor<T> M;
     const V e = M::exp_neg(absolute(z));
-    return grad_from_parts(z, y, pos_weight, M::divide(e, 1.0 + e));
+    return grad_from_parts<T>(z, y, pos_weight, M::divide(e, 1.0 + e));
   }
-  template <class T, class V>
-  FASTLOSS_HD void loss_and_grad(V z, V y, V pos_weight, V& loss, V& grad) {
+  template <class T, class V, class PW>
+  FASTLOSS_HD void loss_and_grad(V z, V y, PW pos_weight, V& loss, V& grad) {
     typedef MathFor<T> M;
     const V e = M::exp_neg(absolute(z));
-    loss = loss_from_parts(z, y, pos_weight, M::log1p_of_exp_neg(e));
-    grad = grad_from_parts(z, y, pos_weight, M::divide(e, 1.0 + e));
+    loss = loss_from_parts<T>(z, y, pos_weight, M::log1p_of_exp_neg(e));
+    grad = grad_from_parts<T>(z, y, pos_weight, M::divide(e, 1.0 + e));
   }
 };
 

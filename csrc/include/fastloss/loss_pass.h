@@ -32,6 +32,20 @@ struct Wants {
                             kOutputs == PassOutputs::ElementwiseAndGrad || kOutputs == PassOutputs::Grad;
 };
 
+// Op's loss and/or gradient at (x, y) with pos_weight pw: lanes V, or ew::UnitWeight in an
+// unweighted pass.
+template <class T, class Op, PassOutputs kOutputs, class V, class PW>
+FASTLOSS_HD void evaluate(V x, V y, PW pw, V& loss, V& grad) {
+  typedef Wants<kOutputs> want;
+  if (want::kLoss && want::kGrad) {
+    Op::template loss_and_grad<T>(x, y, pw, loss, grad);
+  } else if (want::kLoss) {
+    loss = Op::template loss<T>(x, y, pw);
+  } else {
+    grad = Op::template grad<T>(x, y, pw);
+  }
+}
+
 // One element per lane: x, y its input and target, w its weight and pw its pos_weight (1 when
 // the pass is unweighted), all widened to double lanes V; T the input's storage type (it picks
 // the grade of the math: elementwise.h), grad_scale = grad_output [/ N]. Sets loss (times w)
@@ -46,12 +60,11 @@ FASTLOSS_HD void element(V x, V y, V w, V pw, double grad_scale, V& loss, V& gra
 #endif
   loss = V{};
   grad = V{};
-  if (want::kLoss && want::kGrad) {
-    Op::template loss_and_grad<T>(x, y, pw, loss, grad);
-  } else if (want::kLoss) {
-    loss = Op::template loss<T>(x, y, pw);
+  if constexpr (kWeighted) {
+    evaluate<T, Op, kOutputs>(x, y, pw, loss, grad);
   } else {
-    grad = Op::template grad<T>(x, y, pw);
+    (void)pw;
+    evaluate<T, Op, kOutputs>(x, y, ew::UnitWeight{}, loss, grad);
   }
 #ifdef FASTLOSS_PLANTED_FAULT_FUSED_LOSS_UNWEIGHTED
   if (kWeighted && !want::kGrad) loss = loss * w;
