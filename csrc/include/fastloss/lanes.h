@@ -208,7 +208,9 @@ FASTLOSS_HD V clamp_magnitude(V a, double bound) {
 
 // table[index & 15] in each lane. With AVX-512 the 16 doubles are two registers and this is
 // one vpermt2pd, which reads only the low 4 bits of each index lane (so callers pass bits with
-// the index in their low 4 and anything above); AVX2 gathers; elsewhere one load per lane.
+// the index in their low 4 and anything above); elsewhere one load per lane. (AVX2's
+// vgatherqpd was tried: ~7 cycles a gather on Zen 5 made the AVX2 build's BCE 1.8x slower than
+// with its former polynomials; lane loads keep it within 0.95-1.18x of them, bench/NOTES.md.)
 // Every build reads the same entry: the results are the same bits.
 template <class V>
 FASTLOSS_HD V lookup16(const double* table, typename Traits<V>::Bits index) {
@@ -219,13 +221,6 @@ FASTLOSS_HD V lookup16(const double* table, typename Traits<V>::Bits index) {
     __builtin_memcpy(&low, table, sizeof low);
     __builtin_memcpy(&high, table + 8, sizeof high);
     return __builtin_ia32_vpermt2varpd512_mask((Int8)index, low, high, static_cast<unsigned char>(0xff));
-  }
-#endif
-#if !FASTLOSS_DEVICE_COMPILER && defined(__AVX2__)
-  if constexpr (sizeof(V) == 32) {
-    typedef long long Int4 __attribute__((vector_size(32)));
-    // _mm256_i64gather_pd(table, index & 15, 8), all lanes (mask -1.0: every sign bit set)
-    return __builtin_ia32_gatherdiv4df(V{}, table, (Int4)(index & 15ull), splat<V>(-1.0), 8);
   }
 #endif
   V result{};
