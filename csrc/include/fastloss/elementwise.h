@@ -35,8 +35,10 @@ template <class T> struct MathFor;
 template <>
 struct MathFor<float> {
   template <class V> FASTLOSS_HD V exp_neg(V t) { return math::exp_neg_for_float32(t); }
-  // log1p(e) = softplus(-|z|) for e = exp_neg(|z|) in [0, 1]
-  template <class V> FASTLOSS_HD V log1p_of_exp_neg(V e) { return math::log1p_unit_for_float32(e); }
+  // e = exp_neg(t) and log1p(e) = softplus(-t), t >= 0
+  template <class V> FASTLOSS_HD void exp_neg_and_log1p(V t, V& e, V& log1p_e) {
+    math::exp_neg_and_log1p_for_float32(t, e, log1p_e);
+  }
   template <class V> FASTLOSS_HD V log(V p) { return math::log_for_float32(p); }
   template <class V> FASTLOSS_HD V log1m(V p) { return math::log1m_for_float32(p); }
   template <class V> FASTLOSS_HD V divide(V a, V b) { return lanes::divide_for_float32(a, b); }
@@ -57,6 +59,10 @@ struct MathFor<double> {
   template <class V> FASTLOSS_HD V log1p_of_exp_neg(V e) {
     const V u = 1.0 + e;
     return math::log_one_to_two(u) + (e - (u - 1.0));
+  }
+  template <class V> FASTLOSS_HD void exp_neg_and_log1p(V t, V& e, V& log1p_e) {
+    e = exp_neg(t);
+    log1p_e = log1p_of_exp_neg(e);
   }
   template <class V> FASTLOSS_HD V log(V p) { return math::log(p); }
   // log1p(-p) for p <= 1, as above with u = 1 - p
@@ -205,8 +211,9 @@ struct BinaryCrossEntropyWithLogits {
   }
   template <class T, class V, class PW>
   FASTLOSS_HD V loss(V z, V y, PW pos_weight) {
-    typedef MathFor<T> M;
-    return loss_from_parts<T>(z, y, pos_weight, M::log1p_of_exp_neg(M::exp_neg(absolute(z))));
+    V e, log1p_e;
+    MathFor<T>::exp_neg_and_log1p(absolute(z), e, log1p_e);
+    return loss_from_parts<T>(z, y, pos_weight, log1p_e);
   }
   template <class T, class V, class PW>
   FASTLOSS_HD V grad(V z, V y, PW pos_weight) {
@@ -217,8 +224,9 @@ struct BinaryCrossEntropyWithLogits {
   template <class T, class V, class PW>
   FASTLOSS_HD void loss_and_grad(V z, V y, PW pos_weight, V& loss, V& grad) {
     typedef MathFor<T> M;
-    const V e = M::exp_neg(absolute(z));
-    loss = loss_from_parts<T>(z, y, pos_weight, M::log1p_of_exp_neg(e));
+    V e, log1p_e;
+    M::exp_neg_and_log1p(absolute(z), e, log1p_e);
+    loss = loss_from_parts<T>(z, y, pos_weight, log1p_e);
     grad = grad_from_parts<T>(z, y, pos_weight, M::divide(e, 1.0 + e));
   }
 };

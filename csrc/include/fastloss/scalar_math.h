@@ -149,39 +149,53 @@ FASTLOSS_TABLE(kExp2SixteenthsMinusIndex, 16) = {
 // t >= -120. Reduction -t = m ln2/16 + r, m = 16 q + j an integer (|m| <= 2771, so m times
 // ln2/16 rounded once errs by < 2e-14 absolute), |r| <= ln2/32; then e^r by a degree-4
 // minimax polynomial, times 2^(j/16) from the table and 2^q, both in one integer addition.
+// exp(-t) = p * scale, the two factors (the result is their product).
 template <class V>
-FASTLOSS_HD V exp_neg_for_float32(V t) {
+FASTLOSS_HD void exp_neg_parts_for_float32(V t, V& p, V& scale) {
   t = lanes::at_most(t, 120.0);
   const double round_shift = 0x1.8p52;
   const V shifted = round_shift - t * 0x1.71547652b82fep4;  // low bits: m = -round(16 t log2(e))
   const V m = shifted - round_shift;
   const V r = -t - m * 0x1.62e42fefa39efp-5;  // -t - m ln2/16, in [-ln2/32, ln2/32]
   const V r2 = r * r;
-  const V p = (0x1.ffffffffffe6cp-1 + r * 0x1.fffffffb1374dp-1) +
-              r2 * ((0x1.00000005bf1d0p-1 + r * 0x1.5557e54b8a041p-3) + r2 * 0x1.55539fd44ab62p-5);
+  p = (0x1.ffffffffffe6cp-1 + r * 0x1.fffffffb1374dp-1) +
+      r2 * ((0x1.00000005bf1d0p-1 + r * 0x1.5557e54b8a041p-3) + r2 * 0x1.55539fd44ab62p-5);
   const auto m_bits = lanes::to_bits(shifted);
-  const auto scale = lanes::to_bits(lanes::lookup16<V>(kExp2SixteenthsMinusIndex, m_bits)) + (m_bits << 48);
-  return p * bits_as<V>(scale);
+  scale = bits_as<V>(lanes::to_bits(lanes::lookup16<V>(kExp2SixteenthsMinusIndex, m_bits)) + (m_bits << 48));
 }
 
-// log1p(r) for |r| <= 0.0334 within 4.4e-10 relative: r + r^2 Q(r), Q a degree-3 minimax fit
-// (Lawson), so the result keeps its relative accuracy down to r = 0 (r itself is exact there).
 template <class V>
-FASTLOSS_HD V log1p_small_for_float32(V r) {
+FASTLOSS_HD V exp_neg_for_float32(V t) {
+  V p, scale;
+  exp_neg_parts_for_float32(t, p, scale);
+  return p * scale;
+}
+
+// base + log1p(r) for |r| <= 0.0334, log1p within 4.4e-10 relative: (base + r) + r^2 Q(r), Q a
+// degree-3 minimax fit (Lawson), so with base = 0 the result keeps its relative accuracy down
+// to r = 0; base + r is added while Q is evaluated, off the chain.
+template <class V>
+FASTLOSS_HD V plus_log1p_small_for_float32(V base, V r) {
   const V r2 = r * r;
   const V q = (-0x1.fffffba5d7339p-2 + r * 0x1.55555058714b6p-2) +
               r2 * (-0x1.003cf7806199dp-2 + r * 0x1.9a0cad95fb33ap-3);
-  return r + r2 * q;
+  return (base + r) + r2 * q;
 }
 
-// For log1p(e), e in [0, 1]: j = round(15 e), c = j/15; ic = 1/(1 + c) rounded, and
-// -log(ic) rounded. Then (1 + e) ic - 1 = e ic + (ic - 1) (ic - 1 exact) is within 1/30 of 0.
-FASTLOSS_TABLE(kLog1pUnitTables, 32) = {
+// For log1p(e), e in [0, 1]: j = round(15 e), c = j/15; ic = 1/(1 + c) rounded, ic - 1 (exact:
+// a table of its own keeps the subtraction off the chain), and -log(ic) rounded. Then
+// (1 + e) ic - 1 = e ic + (ic - 1) is within 1/30 of 0.
+FASTLOSS_TABLE(kLog1pUnitTables, 48) = {
     // ic
     0x1.0000000000000p+0, 0x1.e000000000000p-1, 0x1.c3c3c3c3c3c3cp-1, 0x1.aaaaaaaaaaaabp-1,
     0x1.9435e50d79436p-1, 0x1.8000000000000p-1, 0x1.6db6db6db6db7p-1, 0x1.5d1745d1745d1p-1,
     0x1.4de9bd37a6f4ep-1, 0x1.4000000000000p-1, 0x1.3333333333333p-1, 0x1.2762762762762p-1,
     0x1.1c71c71c71c72p-1, 0x1.1249249249249p-1, 0x1.08d3dcb08d3ddp-1, 0x1.0000000000000p-1,
+    // ic - 1
+    0x0.0p+0,              -0x1.0000000000000p-4, -0x1.e1e1e1e1e1e20p-4, -0x1.5555555555554p-3,
+    -0x1.af286bca1af28p-3, -0x1.0000000000000p-2, -0x1.2492492492492p-2, -0x1.45d1745d1745ep-2,
+    -0x1.642c8590b2164p-2, -0x1.8000000000000p-2, -0x1.999999999999ap-2, -0x1.b13b13b13b13cp-2,
+    -0x1.c71c71c71c71cp-2, -0x1.db6db6db6db6ep-2, -0x1.ee58469ee5846p-2, -0x1.0000000000000p-1,
     // -log(ic)
     0x0.0p+0,             0x1.08598b59e3a07p-4, 0x1.005588ad375aep-3, 0x1.7565011e49675p-3,
     0x1.e41fccb76b0d7p-3, 0x1.269621134db92p-2, 0x1.588c2d913348fp-2, 0x1.882f1ef83ed45p-2,
@@ -191,13 +205,24 @@ FASTLOSS_TABLE(kLog1pUnitTables, 32) = {
 // log1p(e) for e in [0, 1] (NaN propagates) within 4.5e-10 relative: log(1 + c) from the table
 // plus log1p of the reduced argument. j = 0 has c = 0, ic = 1: there the result is
 // log1p_small(e) itself, relative accuracy down to e = 0; elsewhere log(1 + c) >= 0.064 is at
-// least twice the reduced part, so nothing cancels.
+// least twice the reduced part, so nothing cancels. j: bits whose low 4 are round(15 e) (or its
+// neighbour where 15 e is within 2^-20 of a tie: the reduced argument stays within 0.0334).
 template <class V>
-FASTLOSS_HD V log1p_unit_for_float32(V e) {
-  const auto j = lanes::to_bits(e * 15.0 + 0x1.8p52);  // low bits: round(15 e), in [0, 15]
-  const V ic = lanes::lookup16<V>(kLog1pUnitTables, j);
-  const V r = e * ic + (ic - 1.0);
-  return lanes::lookup16<V>(kLog1pUnitTables + 16, j) + log1p_small_for_float32(r);
+FASTLOSS_HD V log1p_unit_for_float32(V e, typename lanes::Traits<V>::Bits j) {
+  const V r = e * lanes::lookup16<V>(kLog1pUnitTables, j) + lanes::lookup16<V>(kLog1pUnitTables + 16, j);
+  return plus_log1p_small_for_float32(lanes::lookup16<V>(kLog1pUnitTables + 32, j), r);
+}
+
+// e = exp(-t) and log1p(e), t >= -120 (softplus(-t) for t >= 0): the table index round(15 e)
+// of log1p_unit_for_float32 is taken from the factors of e,
+// p * (15 scale), so it does not wait for their product (a multiply fewer on the chain of a
+// loop that is bound by its chains; 15 scale rounds, which moves j only at a tie).
+template <class V>
+FASTLOSS_HD void exp_neg_and_log1p_for_float32(V t, V& e, V& log1p_e) {
+  V p, scale;
+  exp_neg_parts_for_float32(t, p, scale);
+  e = p * scale;
+  log1p_e = log1p_unit_for_float32(e, lanes::to_bits(p * (scale * 15.0) + 0x1.8p52));
 }
 
 // For log(x), x = 2^e * M (lanes::exponent_and_mantissa): j, the 4 mantissa bits below the
@@ -218,30 +243,40 @@ FASTLOSS_TABLE(kLogTables, 32) = {
     0x1.b44f77bcc8f64p-2, 0x1.dd46a04c1c4a1p-2, 0x1.02552a5a5d0ffp-1, 0x1.154c3d2f4d5eap-1,
     0x1.2795e1289b11bp-1, 0x1.393e0d3562a1ap-1, 0x1.4a4f85db03ebbp-1, 0x1.62e42fefa39efp-1};
 
-// log(x) for x = 0 or a normal double in [0, 1], the callers' probabilities and their
-// complements (NaN propagates), within 4.4e-10 relative: e ln2 + log(c) + log1p(m ic - 1).
-// 0 gives a value <= -709 (-inf with AVX-512, -1023 ln2 elsewhere: the callers clamp at
-// -100), a negative x or one above 1 a value of no meaning (the callers flag it).
-template <class V>
-FASTLOSS_HD V log_for_float32(V x) {
+// log(x) + c for x = 0 or a normal double in [0, 1], the callers' probabilities and their
+// complements, and a c that is 0 or tiny (NaN propagates), the log within 4.4e-10 relative:
+// (e ln2 + log(c) + c) + log1p(m ic - 1). 0 gives a value <= -709 (-inf with AVX-512, -1023 ln2
+// elsewhere: the callers clamp at -100), a negative x or one above 1 a value of no meaning (the
+// callers flag it).
+template <bool kPlusC, class V>
+FASTLOSS_HD V log_plus_for_float32(V x, V c) {
   V e, m;
   lanes::exponent_and_mantissa(x, e, m);
   const auto j = lanes::to_bits(x) >> 48;  // m has x's mantissa bits
   const V r = m * lanes::lookup16<V>(kLogTables, j) - 1.0;
-  const V result = (e * 0x1.62e42fefa39efp-1 + lanes::lookup16<V>(kLogTables + 16, j)) + log1p_small_for_float32(r);
+  V base = e * 0x1.62e42fefa39efp-1 + lanes::lookup16<V>(kLogTables + 16, j);
+  if (kPlusC) base = base + c;  // (x + 0.0 is no identity in IEEE arithmetic: skipped, not folded)
+  const V result = plus_log1p_small_for_float32(base, r);
 #if !FASTLOSS_DEVICE_COMPILER && defined(__AVX512F__)
   if constexpr (sizeof(V) == 64) return result;  // vgetexppd already made a NaN x's e NaN
 #endif
   return select(x != x, x, result);
 }
 
+template <class V>
+FASTLOSS_HD V log_for_float32(V x) {
+  return log_plus_for_float32<false>(x, x);
+}
+
 // log(1 - p) for p in [0, 1] a float32 value (NaN propagates), within 4.5e-10 relative: 1 - p
-// is exact in double for p >= 2^-29; below, its rounding error (exact by Fast2Sum) is added
-// back, log(q + c) = log(q) + c to within 2^-29 of c. p = 1 gives log(0) (<= -709).
+// is exact in double for p >= 2^-29; below, its rounding error c (exact by Fast2Sum) is added
+// back, log(q + c) = log(q) + c to within 2^-29 of c; there q lies in [0.96875, 1], where the
+// table's terms are 0 and m ic - 1 = q - 1 exactly, so the sum is log1p(-p) itself. p = 1 gives
+// log(0) (<= -709).
 template <class V>
 FASTLOSS_HD V log1m_for_float32(V p) {
   const V q = 1.0 - p;
-  return log_for_float32(q) + ((1.0 - q) - p);
+  return log_plus_for_float32<true>(q, (1.0 - q) - p);
 }
 
 }  // namespace math
