@@ -159,6 +159,12 @@ FASTLOSS_HD auto outside_unit_interval(V p) -> decltype(p < 0.0) {
 struct BinaryCrossEntropyWithLogits {
   static const bool kInputIsProbability = false;
   static constexpr double kGradFactor = 1.0;
+  // The limit 0 at z = +-inf where the label agrees (both forms of loss_from_parts).
+#ifndef FASTLOSS_PLANTED_FAULT_LOGITS_INF_LIMIT
+  static constexpr bool kInfiniteLimit = true;
+#else
+  static constexpr bool kInfiniteLimit = false;
+#endif
   // pos_weight 1: loss = max(z, 0) - y z + log1p(e), one multiply-add for the selects and
   // products above and the same bits: y z is exact (two float32 values), so z - y z rounds
   // (1 - y) z once, as (1 - y) * z did, and 0 - y z is exact like y * (-z). Only for float32
@@ -170,9 +176,7 @@ struct BinaryCrossEntropyWithLogits {
   FASTLOSS_HD V loss_from_parts(V z, V y, UnitWeight unit, V log1p_e) {
     if constexpr (sizeof(T) == sizeof(float)) {
       (void)unit;
-#ifndef FASTLOSS_PLANTED_FAULT_LOGITS_INF_LIMIT
-      z = lanes::clamp_magnitude(z, 0x1p1000);
-#endif
+      if (kInfiniteLimit) z = lanes::clamp_magnitude(z, 0x1p1000);
       return (at_least(z, 0.0) - y * z) + log1p_e;
     } else {
       return loss_from_parts<T>(z, y, splat<V>(1.0), log1p_e);
@@ -181,9 +185,7 @@ struct BinaryCrossEntropyWithLogits {
   template <class T, class V>
   FASTLOSS_HD V loss_from_parts(V z, V y, V pos_weight, V log1p_e) {
     V neg_part = at_least(-z, 0.0);  // max(-z, 0), zero where pos_weight*y == 0
-#ifndef FASTLOSS_PLANTED_FAULT_LOGITS_INF_LIMIT
-    neg_part = select(y == 0.0, splat<V>(0.0), neg_part);
-#endif
+    if (kInfiniteLimit) neg_part = select(y == 0.0, splat<V>(0.0), neg_part);
     neg_part = select(pos_weight == 0.0, splat<V>(0.0), neg_part);
     const V pos_part = select(y == 1.0, splat<V>(0.0), at_least(z, 0.0));  // zero where 1 - y == 0
     const V coef_neg = pos_weight * y;
