@@ -204,15 +204,16 @@ __m128 round_to_odd_float32(V v) {
   return _mm_castsi128_ps(_mm_or_si128(truncated, inexact32));
 }
 
-// float16 only: the double rounded to odd at float32's precision in the double's own bits (the
-// 29 mantissa bits float32 drops cleared, the lowest kept one set where any was set), which
-// float32 then holds exactly, so vcvtpd2ps does not round: 5 integer instructions for 4 lanes
-// where the general version above takes ~13 (the fused float16 pass spent most of its time on
-// them). Exact for every double at or above float32's smallest normal; below it vcvtpd2ps
-// rounds, but every such double rounds to a float16 zero either way (float16's smallest
-// half-way point is 2^-25). Above FLT_MAX it gives inf, as the float16 rounding would; a NaN
-// keeps a mantissa bit (set by the inexact test where its only ones were dropped).
-__m128 round_to_odd_float32_for_float16(V v) {
+// The double rounded to odd at float32's precision in the double's own bits (the 29 mantissa
+// bits float32 drops cleared, the lowest kept one set where any was set), which float32 then
+// holds exactly, so vcvtpd2ps does not round: 5 integer instructions for 4 lanes where the
+// general version above takes ~13 (the fused 16-bit passes spent most of their time on them).
+// Exact for every double at or above float32's smallest normal; below it vcvtpd2ps rounds,
+// which float16 does not mind (every such double rounds to one of its zeros: its smallest
+// half-way point is 2^-25) and bfloat16 avoids (its store below). Above FLT_MAX it gives FLT_MAX
+// (odd) or inf, both of which the 16-bit rounding takes to inf, as it should; a NaN keeps a
+// mantissa bit (set by the inexact test where its only ones were dropped).
+__m128 round_to_odd_float32_by_bits(V v) {
   const __m256i bits = _mm256_castpd_si256((__m256d)v);
   const __m256i dropped_mask = _mm256_set1_epi64x(0x1fffffff);
   const __m256i exact = _mm256_cmpeq_epi64(_mm256_and_si256(bits, dropped_mask), _mm256_setzero_si256());
@@ -225,19 +226,31 @@ void store(Float16* p, V v) {
 #ifdef FASTLOSS_PLANTED_FAULT_AVX2_FLOAT16_STORE_VIA_FLOAT32
   const __m128 narrowed = _mm256_cvtpd_ps((__m256d)v);
 #else
-  const __m128 narrowed = round_to_odd_float32_for_float16(v);
+  const __m128 narrowed = round_to_odd_float32_by_bits(v);
 #endif
   const __m128i halves = _mm_cvtps_ph(narrowed, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   _mm_storel_epi64(reinterpret_cast<__m128i*>(p), halves);
 }
 
+// bfloat16 from the float32 bits: + 0x7fff + the kept lowest bit rounds to nearest even (a
+// carry into the exponent is the next binade, or inf); NaN keeps its sign and is made quiet.
+// bfloat16 has float32's exponent range, so a double below 2^-126 in magnitude rounds to one of
+// its subnormals, whose round to odd needs float32's subnormal grid: a vector with such a lane,
+// or a NaN (one unordered compare finds both; both are rare), takes the general round to odd
+// and the NaN blend, every other one the bit test and the rounding alone.
 void store(BFloat16* p, V v) {
-  const __m128i bits = _mm_castps_si128(round_to_odd_float32(v));
+  const __m256d magnitude = _mm256_andnot_pd(_mm256_set1_pd(-0.0), (__m256d)v);
+  const bool tiny_or_nan =
+      _mm256_movemask_pd(_mm256_cmp_pd(magnitude, _mm256_set1_pd(0x1p-126), _CMP_NGE_UQ)) != 0;
+  const __m128i bits = _mm_castps_si128(tiny_or_nan ? round_to_odd_float32(v)
+                                                    : round_to_odd_float32_by_bits(v));
   const __m128i odd = _mm_and_si128(_mm_srli_epi32(bits, 16), _mm_set1_epi32(1));
-  const __m128i rounded = _mm_srli_epi32(_mm_add_epi32(bits, _mm_add_epi32(_mm_set1_epi32(0x7fff), odd)), 16);
-  const __m128i nan = _mm_cmpgt_epi32(_mm_and_si128(bits, _mm_set1_epi32(0x7fffffff)), _mm_set1_epi32(0x7f800000));
-  const __m128i quiet = _mm_or_si128(_mm_srli_epi32(bits, 16), _mm_set1_epi32(0x40));
-  const __m128i chosen = _mm_blendv_epi8(rounded, quiet, nan);
+  __m128i chosen = _mm_srli_epi32(_mm_add_epi32(bits, _mm_add_epi32(_mm_set1_epi32(0x7fff), odd)), 16);
+  if (tiny_or_nan) {
+    const __m128i nan = _mm_cmpgt_epi32(_mm_and_si128(bits, _mm_set1_epi32(0x7fffffff)), _mm_set1_epi32(0x7f800000));
+    const __m128i quiet = _mm_or_si128(_mm_srli_epi32(bits, 16), _mm_set1_epi32(0x40));
+    chosen = _mm_blendv_epi8(chosen, quiet, nan);
+  }
   // the low 16 bits of each 32-bit lane, packed (values < 2^16: no saturation in packus)
   _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packus_epi32(chosen, chosen));
 }
