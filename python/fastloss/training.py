@@ -375,7 +375,9 @@ def predict(model: Module, X: Array, *, batch_size: int | None = None) -> Array:
 
 
 def _predict_block(model: Module, batch_size: int | None, block: Array) -> Array:
-    return predict(model, block, batch_size=batch_size)
+    import copy
+
+    return predict(copy.deepcopy(model), block, batch_size=batch_size)  # as _forward_block
 
 
 def _predict_chunks(model: Module, X: Any, batch_size: int | None) -> Any:
@@ -402,7 +404,11 @@ def evaluate(model: Module, X: Array, Y: Array, *, loss: _Loss) -> float:
 
 
 def _forward_block(layers: list[Module], block: Array) -> Array:
-    return _run_forward(_fused_stages(layers), block).copy()
+    import copy
+
+    # each block on its own copy: the threaded scheduler runs blocks at once, and the layers
+    # keep their forward's buffers (shared, they raced: a val_loss 7 % off, now and then)
+    return _run_forward(_fused_stages(copy.deepcopy(layers)), block).copy()
 
 
 def _evaluate_chunks(layers: list[Module], evaluation: _Loss, X: Any, Y: Any) -> float:
