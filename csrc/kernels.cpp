@@ -577,10 +577,75 @@ void map_chunk(std::int64_t begin, std::int64_t end, T* out, F f, const T* a, co
   }
 }
 
+#if defined(__AVX2__) && !defined(__AVX512F__)
+// The float32-grade sigmoid on AVX2, software-pipelined in five steps: each turn of the loop
+// loads vector i, reduces vector i - 1, evaluates the exponential of i - 2, adds 1 to that of
+// i - 3 and divides and stores i - 4. The plain loop is bound by its ~60-cycle chain over the FP
+// scheduler's window, not by a unit (bench/NOTES.md); here an instruction waits on a result of
+// an earlier turn, so fewer wait in the window at once. The same bits as ew::sigmoid (the same
+// functions on the same values). Stores trail loads by four vectors: out may be x itself.
+template <class T>
+void sigmoid_chunk_pipelined(std::int64_t begin, std::int64_t end, const T* x, T* out) {
+  typedef ew::MathFor<float> M;
+  std::int64_t i = begin;
+  if (end - begin >= 4 * kWidth) {
+    // each step's vector, with its input for sigmoid_result (dead code but in a planted fault)
+    V loaded, reduced_x, r, shifted, exp_x, e, denominator_x, denominator;
+    const auto load_step = [&](std::int64_t at) { loaded = load(x + at); };
+    const auto reduce_step = [&] {
+      reduced_x = M::sigmoid_floor(loaded);
+      math::exp_neg_reduce_for_float32(reduced_x, r, shifted);
+    };
+    const auto exp_step = [&] {
+      exp_x = reduced_x;
+      e = math::exp_neg_from_reduced_for_float32(r, shifted);
+    };
+    const auto denominator_step = [&] {
+      denominator_x = exp_x;
+      denominator = e + 1.0;
+    };
+    const auto result = [&] { return ew::sigmoid_result(denominator_x, M::sigmoid_from_denominator(denominator)); };
+    load_step(i);
+    reduce_step();
+    exp_step();
+    denominator_step();
+    load_step(i + kWidth);
+    reduce_step();
+    exp_step();
+    load_step(i + 2 * kWidth);
+    reduce_step();
+    load_step(i + 3 * kWidth);
+    for (i += 4 * kWidth; i + kWidth <= end; i += kWidth) {
+      const V done = result();
+      denominator_step();
+      exp_step();
+      reduce_step();
+      load_step(i);
+      store(out + i - 4 * kWidth, done);
+    }
+    for (std::int64_t lag = 4; lag >= 1; --lag) {  // drain: the steps of the last four vectors
+      store(out + i - lag * kWidth, result());
+      denominator_step();
+      exp_step();
+      reduce_step();
+    }
+  }
+  map_chunk(i, end, out, [](V v) { return ew::sigmoid<float>(v); }, x);
+}
+#endif
+
 template <class T>
 void sigmoid_impl(std::int64_t n, const T* x, T* out) {
   for_each_chunk(n, [=](std::int64_t, std::int64_t begin, std::int64_t end) {
+#if defined(__AVX2__) && !defined(__AVX512F__)
+    if constexpr (std::is_same<typename MathOf<T>::type, float>::value) {
+      sigmoid_chunk_pipelined(begin, end, x, out);
+    } else {
+      map_chunk(begin, end, out, [](V v) { return ew::sigmoid<typename MathOf<T>::type>(v); }, x);
+    }
+#else
     map_chunk(begin, end, out, [](V v) { return ew::sigmoid<typename MathOf<T>::type>(v); }, x);
+#endif
 #ifdef FASTLOSS_PLANTED_FAULT_BASELINE_SIGMOID
 #define FASTLOSS_STRING_OF(x) #x
 #define FASTLOSS_STRING(x) FASTLOSS_STRING_OF(x)

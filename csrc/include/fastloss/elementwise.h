@@ -45,8 +45,12 @@ struct MathFor<float> {
   // 1 / (1 + e^-x), x clamped to [-120, 120] (the result rounds to the same float32): no
   // select of the numerator, no multiply by it.
   template <class V> FASTLOSS_HD V sigmoid(V x) {
-    x = lanes::at_least(x, -120.0);
-    return lanes::divide_for_float32(lanes::splat<V>(1.0), 1.0 + math::exp_neg_for_float32(x));
+    return sigmoid_from_denominator(math::exp_neg_for_float32(sigmoid_floor(x)) + 1.0);
+  }
+  // Its steps, which the AVX2 kernel interleaves across vectors (kernels.cpp)
+  template <class V> FASTLOSS_HD V sigmoid_floor(V x) { return lanes::at_least(x, -120.0); }
+  template <class V> FASTLOSS_HD V sigmoid_from_denominator(V one_plus_e) {
+    return lanes::divide_for_float32(lanes::splat<V>(1.0), one_plus_e);
   }
 };
 
@@ -236,13 +240,18 @@ struct BinaryCrossEntropyWithLogits {
 // ---- sigmoid ------------------------------------------------------------------------------
 // A float32 result is within 0.56 ulp (float32 grade), a float64 one within a few ulps;
 // exactly 0 and 1 at saturation, the subnormal tail kept, never NaN for a non-NaN input.
-template <class T, class V>
-FASTLOSS_HD V sigmoid(V x) {
-  V result = MathFor<T>::sigmoid(x);
+template <class V>
+FASTLOSS_HD V sigmoid_result(V x, V result) {
 #ifdef FASTLOSS_PLANTED_FAULT_SIGMOID_FLUSHES_TAIL
   result = select(x < -80.0, splat<V>(0.0), result);
 #endif
+  (void)x;
   return result;
+}
+
+template <class T, class V>
+FASTLOSS_HD V sigmoid(V x) {
+  return sigmoid_result(x, MathFor<T>::sigmoid(x));
 }
 
 // d sigmoid / dx from the forward output y, like PyTorch's sigmoid_backward.

@@ -164,8 +164,46 @@ FASTLOSS_HD void exp_neg_parts_for_float32(V t, V& p, V& scale) {
   scale = bits_as<V>(lanes::to_bits(lanes::lookup16<V>(kExp2SixteenthsMinusIndex, m_bits)) + (m_bits << 48));
 }
 
+// exp(-t) as exp_neg_parts_for_float32 gives it, for the AVX2 build's 4 lanes, which have no
+// instruction to read a table: lookup16 there is 4 lane extracts and 4 loads per table, and
+// those loops are bound by their chains (bench/NOTES.md). Without the table: -t = q ln2 + r,
+// |r| <= ln2/2, e^r by a degree-8 polynomial (a Lawson fit, 7.8e-13 relative: finer than the
+// table's form) in Estrin's scheme, 2^q added into the exponent bits (the result's exponent
+// stays in [849, 1197] for |t| <= 120: no carry into the sign). In two stages, the reduction
+// and the rest, which the AVX2 sigmoid interleaves across vectors (kernels.cpp).
+template <class V>
+FASTLOSS_HD void exp_neg_reduce_for_float32(V t, V& r, V& shifted) {
+  t = lanes::at_most(t, 120.0);
+  const double round_shift = 0x1.8p52;
+  shifted = round_shift - t * 0x1.71547652b82fep0;  // low bits: q = -round(t log2(e))
+  const V q = shifted - round_shift;
+  r = -t - q * 0x1.62e42fefa39efp-1;  // |q| <= 174: q ln2 rounded once errs by < 1e-14
+}
+
+template <class V>
+FASTLOSS_HD V exp_neg_from_reduced_for_float32(V r, V shifted) {
+  const V r2 = r * r;
+  const V r4 = r2 * r2;
+  const V low = (0x1.ffffffffff7a0p-1 + r * 0x1.ffffffffd5651p-1) +
+                r2 * (0x1.0000000088297p-1 + r * 0x1.555555a080174p-3);
+  const V high = (0x1.55555404835cdp-5 + r * 0x1.111082b0f1e03p-7) +
+                 r2 * ((0x1.6c18b428d86e5p-10 + r * 0x1.a1a819de3b39bp-13) + r2 * 0x1.9ed9994cc577ap-16);
+  const V p = low + r4 * high;
+  return bits_as<V>(lanes::to_bits(p) + (lanes::to_bits(shifted) << 52));
+}
+
+template <class V>
+FASTLOSS_HD V exp_neg_without_table_for_float32(V t) {
+  V r, shifted;
+  exp_neg_reduce_for_float32(t, r, shifted);
+  return exp_neg_from_reduced_for_float32(r, shifted);
+}
+
 template <class V>
 FASTLOSS_HD V exp_neg_for_float32(V t) {
+#if !FASTLOSS_DEVICE_COMPILER && defined(__AVX2__) && !defined(__AVX512F__)
+  if constexpr (sizeof(V) == 32) return exp_neg_without_table_for_float32(t);
+#endif
   V p, scale;
   exp_neg_parts_for_float32(t, p, scale);
   return p * scale;
@@ -219,6 +257,13 @@ FASTLOSS_HD V log1p_unit_for_float32(V e, typename lanes::Traits<V>::Bits j) {
 // loop that is bound by its chains; 15 scale rounds, which moves j only at a tie).
 template <class V>
 FASTLOSS_HD void exp_neg_and_log1p_for_float32(V t, V& e, V& log1p_e) {
+#if !FASTLOSS_DEVICE_COMPILER && defined(__AVX2__) && !defined(__AVX512F__)
+  if constexpr (sizeof(V) == 32) {
+    e = exp_neg_without_table_for_float32(t);
+    log1p_e = log1p_unit_for_float32(e, lanes::to_bits(e * 15.0 + 0x1.8p52));
+    return;
+  }
+#endif
   V p, scale;
   exp_neg_parts_for_float32(t, p, scale);
   e = p * scale;
