@@ -640,12 +640,11 @@ void sigmoid_impl(std::int64_t n, const T* x, T* out) {
 #if defined(__AVX2__) && !defined(__AVX512F__)
     if constexpr (std::is_same<typename MathOf<T>::type, float>::value) {
       sigmoid_chunk_pipelined(begin, end, x, out);
-    } else {
+    } else
+#endif
+    {
       map_chunk(begin, end, out, [](V v) { return ew::sigmoid<typename MathOf<T>::type>(v); }, x);
     }
-#else
-    map_chunk(begin, end, out, [](V v) { return ew::sigmoid<typename MathOf<T>::type>(v); }, x);
-#endif
 #ifdef FASTLOSS_PLANTED_FAULT_BASELINE_SIGMOID
 #define FASTLOSS_STRING_OF(x) #x
 #define FASTLOSS_STRING(x) FASTLOSS_STRING_OF(x)
