@@ -81,7 +81,9 @@ struct KernelSet {
 KernelSet choose_kernels() {
   switch (chosen_isa()) {
 #if defined(__x86_64__)
+#if !defined(FASTLOSS_WITHOUT_X86_64_V4)
     case Isa::X86_64_V4: return FASTLOSS_KERNEL_SET(x86_64_v4);
+#endif
     case Isa::X86_64_V3: return FASTLOSS_KERNEL_SET(x86_64_v3);
 #endif
     default: break;

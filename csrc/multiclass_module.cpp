@@ -68,7 +68,9 @@ struct MulticlassKernels {
 MulticlassKernels choose_kernels() {
   switch (chosen_isa()) {
 #if defined(__x86_64__)
+#if !defined(FASTLOSS_WITHOUT_X86_64_V4)
     case Isa::X86_64_V4: return FASTLOSS_MULTICLASS_KERNELS(x86_64_v4);
+#endif
     case Isa::X86_64_V3: return FASTLOSS_MULTICLASS_KERNELS(x86_64_v3);
 #endif
     default: break;

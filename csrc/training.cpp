@@ -331,7 +331,9 @@ template <typename T>
 bool product(const Product<T>& p) {
   switch (chosen_isa()) {
 #if defined(__x86_64__)
+#if !defined(FASTLOSS_WITHOUT_X86_64_V4)
     case Isa::X86_64_V4: return x86_64_v4::dense_product(p);
+#endif
     case Isa::X86_64_V3: return x86_64_v3::dense_product(p);
 #endif
     default: return baseline::dense_product(p);
@@ -342,7 +344,9 @@ template <typename T>
 bool product_bt(std::int64_t m, std::int64_t n, std::int64_t k, const T* a, const T* b, T* c) {
   switch (chosen_isa()) {
 #if defined(__x86_64__)
+#if !defined(FASTLOSS_WITHOUT_X86_64_V4)
     case Isa::X86_64_V4: return x86_64_v4::dense_product_bt(m, n, k, a, b, c);
+#endif
     case Isa::X86_64_V3: return x86_64_v3::dense_product_bt(m, n, k, a, b, c);
 #endif
     default: return baseline::dense_product_bt(m, n, k, a, b, c);
