@@ -1,6 +1,7 @@
 """The root conftest.py's split of the suite: a plain ``pytest`` at the repository root collects
 the tests (testpaths) and no benchmark; ``pytest --benchmark`` there collects bench/ alone."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +11,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _collected_files(*options):
     """The files of the test ids that ``pytest --collect-only`` at the root lists."""
+    # Not as an xdist worker (CI's sanitizer job runs the suite with -n 2): pytest-benchmark
+    # turns --benchmark-disable on under xdist, which --benchmark-only then refuses.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
     result = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
-                             "-p", "no:cacheprovider", *options],
-                            cwd=ROOT, capture_output=True, text=True)
+                             "-p", "no:cacheprovider", "-p", "no:xdist", *options],
+                            cwd=ROOT, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return {line.split("::")[0] for line in result.stdout.splitlines() if "::" in line}
 
