@@ -11,11 +11,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _collected_files(*options):
     """The files of the test ids that ``pytest --collect-only`` at the root lists."""
-    # Not as an xdist worker (CI's sanitizer job runs the suite with -n 2): pytest-benchmark
-    # turns --benchmark-disable on under xdist, which --benchmark-only then refuses.
+    # Not as an xdist worker (CI's sanitizer job runs the suite with -n 2): pytest-benchmark reads
+    # an inherited PYTEST_XDIST_WORKER as "under xdist" and turns --benchmark-disable on, which
+    # --benchmark-only then refuses.
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
     result = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
-                             "-p", "no:cacheprovider", "-p", "no:xdist", *options],
+                             "-p", "no:cacheprovider", *options],
                             cwd=ROOT, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return {line.split("::")[0] for line in result.stdout.splitlines() if "::" in line}
