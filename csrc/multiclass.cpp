@@ -2,7 +2,8 @@
 // Compiled once per instruction set with -DFASTLOSS_ISA=<namespace>, like kernels.cpp; the
 // per-row math is fastloss/softmax.h's. This file adds how a row is walked (blocks of kBlock
 // elements, each loaded once into an L1 tile of doubles: the block's max, the rescale of the
-// running sum, its exps, all from the tile) and the chunks and threads over the rows.
+// running sum, its exps, all from the tile; contiguous float32 blocks in the AVX-512 build read
+// from the floats instead, which are in L1 just the same) and the chunks and threads over the rows.
 // Never -ffast-math: the row scans and the sums depend on the order of every addition.
 #include <algorithm>
 #include <cstdint>
@@ -163,18 +164,41 @@ KeptExps kept_exps(std::int64_t classes) {
 // exp of the short rows (short_avx512::GapExp, 12 instructions per 8 against ~17 for the
 // portable polynomial, and 6e-12 relative against 1e-10). Defined below.
 void tile_exps(const double* x, double max, double* out, int count);
+constexpr bool kDirectFloatBlocks = true;
+#else
+constexpr bool kDirectFloatBlocks = false;
 #endif
+
+// A float32 block of a contiguous row in the AVX-512 build, read from the floats themselves
+// instead of from a tile of their doubles: one pass for the max, one for the exps (kept in out
+// where out is not null) and their sum, the gradient or softmax output scaled and narrowed in
+// one. Each gives what load + tile_max, tile_exps + tile_sum, and the scaled tile + store give
+// (the same values added in the same order: tile_sum's 8 lanes are the vector's), so the same
+// bits. Defined with tile_exps; declared in every build for scan_row's discarded branches.
+double float_block_max(const float* x, int count, double* scratch);
+template <bool kKeep, bool kNaNs>
+double float_block_exps(const float* x, int count, double max, double* out);
+void float_block_scaled(const double* e, int count, double factor, float* out);
 
 // The scan of fastloss/softmax.h over a row, block by block; with `kept`, each block's exps and
 // its max are stored there.
 template <class T, bool kCoefficients>
 Scan scan_row(const T* row, std::int64_t stride, std::int64_t classes, const Coefficients<T>& coef,
               Tiles& tiles, const KeptExps* kept = nullptr) {
+  constexpr bool kDirect = kDirectFloatBlocks && std::is_same<T, float>::value && !kCoefficients;
+  const bool direct = kDirect && stride == 1;
   Scan s;
   for (std::int64_t c0 = 0; c0 < classes; c0 += kBlock) {
     const int count = static_cast<int>(std::min<std::int64_t>(kBlock, classes - c0));
-    load(row, stride, c0, count, tiles.x);
-    const double block_max = rw::max_propagating_nan(s.max, tile_max(tiles.x, count));
+    double maximum;
+    if constexpr (kDirect) {
+      if (direct) maximum = float_block_max(row + c0, count, tiles.x);
+    }
+    if (!direct) {
+      load(row, stride, c0, count, tiles.x);
+      maximum = tile_max(tiles.x, count);
+    }
+    const double block_max = rw::max_propagating_nan(s.max, maximum);
     s.sum *= rw::rescale(s.max, block_max);
     if (kCoefficients) s.offsets = rw::shift_offsets(s.offsets, s.coefficients, s.max, block_max);
     s.max = block_max;
@@ -189,19 +213,36 @@ Scan scan_row(const T* row, std::int64_t stride, std::int64_t classes, const Coe
     }
     // the exps go straight where they are kept (the tile otherwise)
     double* exps = kept != nullptr ? kept->values + c0 : tiles.x;
+    double block_sum;
+    if constexpr (kDirect) {
+      if (direct) {
+        // a finite max: the block holds no NaN (tile_max's would be NaN) and no x - max is NaN
+        const bool finite = block_max - block_max == 0.0;
+        if (kept != nullptr) {
+          block_sum = finite ? float_block_exps<true, false>(row + c0, count, block_max, exps)
+                             : float_block_exps<true, true>(row + c0, count, block_max, exps);
+        } else {
+          block_sum = finite ? float_block_exps<false, false>(row + c0, count, block_max, nullptr)
+                             : float_block_exps<false, true>(row + c0, count, block_max, nullptr);
+        }
+      }
+    }
+    if (!direct) {
 #if defined(__AVX512F__)
-    if constexpr (std::is_same<typename MathOf<T>::type, float>::value) {
-      tile_exps(tiles.x, block_max, exps, count);
-    } else
+      if constexpr (std::is_same<typename MathOf<T>::type, float>::value) {
+        tile_exps(tiles.x, block_max, exps, count);
+      } else
 #endif
-    {
-      for (int j = 0; j < count; ++j) exps[j] = rw::row_exp(tiles.x[j], block_max, typename MathOf<T>::type());
+      {
+        for (int j = 0; j < count; ++j) exps[j] = rw::row_exp(tiles.x[j], block_max, typename MathOf<T>::type());
+      }
+      block_sum = tile_sum(exps, count);
     }
     if (kept != nullptr) kept->block_max[c0 / kBlock] = block_max;
 #ifdef FASTLOSS_PLANTED_FAULT_SOFTMAX_BLOCK_RESCALE_DROPPED
     if (c0 > 0) s.sum = 0.0;
 #endif
-    s.sum += tile_sum(exps, count);
+    s.sum += block_sum;
   }
   return s;
 }
@@ -322,6 +363,12 @@ void softmax_forward_row(RowOp op, const T* x, T* out, std::int64_t stride, std:
     } else {
       const double* e = kept.values + c0;
       const double factor = rw::rescale(kept.block_max[c0 / kBlock], s.max) * inverse_sum;
+      if constexpr (kDirectFloatBlocks && std::is_same<T, float>::value) {
+        if (stride == 1) {
+          float_block_scaled(e, count, factor, out + c0);
+          continue;
+        }
+      }
       for (int j = 0; j < count; ++j) tiles.x[j] = e[j] * factor;
     }
     store(out, stride, c0, count, tiles.x);
@@ -563,6 +610,69 @@ void tile_exps(const double* x, double max, double* out, int count) {
     _mm512_mask_storeu_pd(out + j, lanes, exps(_mm512_maskz_loadu_pd(lanes, x + j)));
   }
 }
+
+// A block with a NaN, or whose max is a zero (+0 and -0 tie: which one tile_max returns depends
+// on its order), takes tile_max itself.
+double float_block_max(const float* x, int count, double* scratch) {
+  const __m512 low = _mm512_set1_ps(-__builtin_inff());
+  __m512 max = low;
+  __mmask16 unordered = 0;
+  int j = 0;
+  for (; j + 16 <= count; j += 16) {
+    const __m512 v = _mm512_loadu_ps(x + j);
+    max = _mm512_max_ps(v, max);
+    unordered |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  }
+  if (j < count) {
+    const __m512 v = _mm512_mask_loadu_ps(low, static_cast<__mmask16>((1u << (count - j)) - 1u), x + j);
+    max = _mm512_max_ps(v, max);
+    unordered |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  }
+  const float result = _mm512_reduce_max_ps(max);
+  if (unordered != 0 || result == 0.0f) {
+    load(x, 1, 0, count, scratch);
+    return tile_max(scratch, count);
+  }
+  return static_cast<double>(result);
+}
+
+// kNaNs: some x - max may be NaN (GapExp would make it inf); it stays NaN, as in tile_exps.
+template <bool kKeep, bool kNaNs>
+double float_block_exps(const float* x, int count, double max, double* out) {
+  const short_avx512::GapExp gap_exp;
+  const __m512d m = _mm512_set1_pd(max);
+  const auto exps = [&](__m512d v) {
+    const __m512d d = _mm512_sub_pd(v, m);
+    if (!kNaNs) return gap_exp(d);
+    return _mm512_mask_mov_pd(gap_exp(d), _mm512_cmp_pd_mask(d, d, _CMP_UNORD_Q), d);
+  };
+  __m512d sum = _mm512_setzero_pd();
+  int j = 0;
+  for (; j + 8 <= count; j += 8) {
+    const __m512d e = exps(_mm512_cvtps_pd(_mm256_loadu_ps(x + j)));
+    if (kKeep) _mm512_storeu_pd(out + j, e);
+    sum = _mm512_add_pd(sum, e);
+  }
+  if (j < count) {
+    const __mmask8 lanes = short_avx512::low_lanes8(count - j);
+    const __m512d e = exps(_mm512_cvtps_pd(_mm256_maskz_loadu_ps(lanes, x + j)));
+    if (kKeep) _mm512_mask_storeu_pd(out + j, lanes, e);
+    sum = _mm512_mask_add_pd(sum, lanes, sum, e);
+  }
+  alignas(64) double lane[kLanes];
+  _mm512_store_pd(lane, sum);
+  return pairwise_sum(lane, kLanes);
+}
+
+void float_block_scaled(const double* e, int count, double factor, float* out) {
+  const __m512d k = _mm512_set1_pd(factor);
+  int j = 0;
+  for (; j + 8 <= count; j += 8) _mm256_storeu_ps(out + j, _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_loadu_pd(e + j), k)));
+  if (j < count) {
+    const __mmask8 lanes = short_avx512::low_lanes8(count - j);
+    _mm256_mask_storeu_ps(out + j, lanes, _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_maskz_loadu_pd(lanes, e + j), k)));
+  }
+}
 #endif
 
 template <class T, bool kSum, bool kElementwise, bool kGrad>
@@ -620,6 +730,12 @@ struct CrossEntropyKernel {
           coef.fill(stride, c0, count, tiles.a);
           for (int j = 0; j < count; ++j) tiles.x[j] = rw::grad_element(e[j], block_k, scale * tiles.a[j]);
         } else {
+          if constexpr (kDirectFloatBlocks && std::is_same<T, float>::value) {
+            if (stride == 1) {
+              float_block_scaled(e, count, block_k, grad + c0);
+              continue;
+            }
+          }
           for (int j = 0; j < count; ++j) tiles.x[j] = e[j] * block_k;
         }
         store(grad, stride, c0, count, tiles.x);
