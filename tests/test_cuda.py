@@ -1121,10 +1121,11 @@ def test_describe_with_a_device(cp):
 def test_the_2_to_the_31_test_is_opt_in():
     """Skipped without --largemem (before it asks for a device), like tests/test_large_arrays.py."""
     root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}  # CI's -n 2: one test here
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
          f"{Path(__file__).resolve()}::test_more_than_2_to_the_31_elements"],
-        cwd=root, capture_output=True, text=True)
+        cwd=root, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 skipped" in result.stdout and "run with --largemem" in result.stdout, result.stdout
 

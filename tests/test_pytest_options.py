@@ -11,10 +11,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _collected_files(*options):
     """The files of the test ids that ``pytest --collect-only`` at the root lists."""
-    # Not as an xdist worker (CI's sanitizer job runs the suite with -n 2): pytest-benchmark reads
-    # an inherited PYTEST_XDIST_WORKER as "under xdist" and turns --benchmark-disable on, which
-    # --benchmark-only then refuses.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    # Not as an xdist worker (CI runs the suite with -n 2): pytest-benchmark reads an inherited
+    # PYTEST_XDIST_WORKER as "under xdist" and turns --benchmark-disable on, which
+    # --benchmark-only then refuses; and without CI's PYTEST_ADDOPTS (-n 2: a collection by
+    # xdist workers lists no test ids).
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("PYTEST_XDIST") and k != "PYTEST_ADDOPTS"}
     result = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
                              "-p", "no:cacheprovider", *options],
                             cwd=ROOT, capture_output=True, text=True, env=env)
