@@ -180,6 +180,18 @@ template <bool kKeep, bool kNaNs>
 double float_block_exps(const float* x, int count, double max, double* out);
 void float_block_scaled(const double* e, int count, double factor, float* out);
 
+// out[c0 + j] = e[j] factor, j < count, rounded to T: the softmax output and the gradient of
+// the kept exps.
+template <class T>
+void store_scaled(T* out, std::int64_t stride, std::int64_t c0, int count, const double* e, double factor,
+                  Tiles& tiles) {
+  if constexpr (kDirectFloatBlocks && std::is_same<T, float>::value) {
+    if (stride == 1) return float_block_scaled(e, count, factor, out + c0);
+  }
+  for (int j = 0; j < count; ++j) tiles.x[j] = e[j] * factor;
+  store(out, stride, c0, count, tiles.x);
+}
+
 // The scan of fastloss/softmax.h over a row, block by block; with `kept`, each block's exps and
 // its max are stored there.
 template <class T, bool kCoefficients>
@@ -360,18 +372,11 @@ void softmax_forward_row(RowOp op, const T* x, T* out, std::int64_t stride, std:
     if (op == RowOp::LogSoftmax) {
       load(x, stride, c0, count, tiles.x);
       for (int j = 0; j < count; ++j) tiles.x[j] = rw::log_softmax_element(tiles.x[j], s.max, log_sum);
+      store(out, stride, c0, count, tiles.x);
     } else {
-      const double* e = kept.values + c0;
       const double factor = rw::rescale(kept.block_max[c0 / kBlock], s.max) * inverse_sum;
-      if constexpr (kDirectFloatBlocks && std::is_same<T, float>::value) {
-        if (stride == 1) {
-          float_block_scaled(e, count, factor, out + c0);
-          continue;
-        }
-      }
-      for (int j = 0; j < count; ++j) tiles.x[j] = e[j] * factor;
+      store_scaled(out, stride, c0, count, kept.values + c0, factor, tiles);
     }
-    store(out, stride, c0, count, tiles.x);
   }
 }
 
@@ -595,14 +600,16 @@ FASTLOSS_HD __m512d transpose_sums(const __m512d* v) {
 
 }  // namespace short_avx512
 
-// (GapExp takes a NaN gap to inf; here NaN stays NaN, as the portable exp keeps it.)
+// exp(d) of a row's x - max, where GapExp takes a NaN d to inf: here NaN stays NaN, as the
+// portable exp keeps it.
+__attribute__((always_inline)) inline __m512d exp_keeping_nan(const short_avx512::GapExp& gap_exp, __m512d d) {
+  return _mm512_mask_mov_pd(gap_exp(d), _mm512_cmp_pd_mask(d, d, _CMP_UNORD_Q), d);
+}
+
 void tile_exps(const double* x, double max, double* out, int count) {
   const short_avx512::GapExp gap_exp;
   const __m512d m = _mm512_set1_pd(max);
-  const auto exps = [&](__m512d v) {
-    const __m512d d = _mm512_sub_pd(v, m);
-    return _mm512_mask_mov_pd(gap_exp(d), _mm512_cmp_pd_mask(d, d, _CMP_UNORD_Q), d);
-  };
+  const auto exps = [&](__m512d v) { return exp_keeping_nan(gap_exp, _mm512_sub_pd(v, m)); };
   int j = 0;
   for (; j + 8 <= count; j += 8) _mm512_storeu_pd(out + j, exps(_mm512_loadu_pd(x + j)));
   if (j < count) {
@@ -636,15 +643,14 @@ double float_block_max(const float* x, int count, double* scratch) {
   return static_cast<double>(result);
 }
 
-// kNaNs: some x - max may be NaN (GapExp would make it inf); it stays NaN, as in tile_exps.
+// kNaNs: some x - max may be NaN, and must stay NaN (exp_keeping_nan).
 template <bool kKeep, bool kNaNs>
 double float_block_exps(const float* x, int count, double max, double* out) {
   const short_avx512::GapExp gap_exp;
   const __m512d m = _mm512_set1_pd(max);
   const auto exps = [&](__m512d v) {
     const __m512d d = _mm512_sub_pd(v, m);
-    if (!kNaNs) return gap_exp(d);
-    return _mm512_mask_mov_pd(gap_exp(d), _mm512_cmp_pd_mask(d, d, _CMP_UNORD_Q), d);
+    return kNaNs ? exp_keeping_nan(gap_exp, d) : gap_exp(d);
   };
   __m512d sum = _mm512_setzero_pd();
   int j = 0;
@@ -729,16 +735,10 @@ struct CrossEntropyKernel {
         if (kCoefficients) {
           coef.fill(stride, c0, count, tiles.a);
           for (int j = 0; j < count; ++j) tiles.x[j] = rw::grad_element(e[j], block_k, scale * tiles.a[j]);
+          store(grad, stride, c0, count, tiles.x);
         } else {
-          if constexpr (kDirectFloatBlocks && std::is_same<T, float>::value) {
-            if (stride == 1) {
-              float_block_scaled(e, count, block_k, grad + c0);
-              continue;
-            }
-          }
-          for (int j = 0; j < count; ++j) tiles.x[j] = e[j] * block_k;
+          store_scaled(grad, stride, c0, count, e, block_k, tiles);
         }
-        store(grad, stride, c0, count, tiles.x);
       }
       if (!probabilities) {
         const double e_target = rw::row_exp(x_target, s.max, typename MathOf<T>::type());
