@@ -379,6 +379,27 @@ struct LaneSums {
   }
 };
 
+// The plain sums of LossPass::plain_sum: the same round-robin over 4 vectors as LaneSums, one
+// add per term; the vectors, then the lanes, in a fixed pairwise tree. The total goes out as
+// a double-double (total, 0), for the chunks' double-double tree.
+struct PlainLaneSums {
+  static constexpr int kCount = 4;
+  V sum[kCount] = {};
+
+  void add(int k, V term) { sum[k] += term; }
+
+  void total(double* out) const {
+    const V both = (sum[0] + sum[1]) + (sum[2] + sum[3]);
+    double lane[kWidth];
+    std::memcpy(lane, &both, sizeof lane);
+    for (int width = 1; width < kWidth; width *= 2) {
+      for (int j = 0; j + width < kWidth; j += 2 * width) lane[j] += lane[j + width];
+    }
+    out[0] = lane[0];
+    out[1] = 0.0;
+  }
+};
+
 // Calls chunk(begin, end) for every chunk of [0, n): serially below kParallelThreshold or in a
 // forked child, else split statically over the OpenMP threads. Returns the OR of the calls.
 template <class ChunkFn>
@@ -404,7 +425,9 @@ struct LossPassKernel {
   static constexpr bool kSum = Wants<kOutputs>::kSum;
   static constexpr bool kElementwise = Wants<kOutputs>::kElementwise;
   static constexpr bool kGrad = Wants<kOutputs>::kGrad;
-  typedef LaneSums Lanes;
+  // where LossPass::plain_sum applies (kernels.h: its bound needs terms >= 0)
+  static constexpr bool kPlainSumAllowed = kSum && !kWeighted && !std::is_same<T, double>::value &&
+                                           std::is_same<Op, pass::OpOf<LossOp::SquaredError>::type>::value;
 
   const LossPass<T>& p;
 
@@ -451,6 +474,7 @@ struct LossPassKernel {
   }
 
   // Elements [i, end) of one contiguous run (weights contiguous over it too, from w and pw).
+  template <class Lanes>
   static void run(Streams s, std::int64_t i, std::int64_t end, const T* w, const T* pw, Lanes& lanes,
                   Mask& out_of_range) {
     constexpr int kBlock = Lanes::kCount * kWidth;
@@ -481,6 +505,14 @@ struct LossPassKernel {
 
   // Processes [begin, end); stores the chunk's sum when reducing.
   int chunk(std::int64_t index, std::int64_t begin, std::int64_t end) const {
+    if constexpr (kPlainSumAllowed) {
+      if (p.plain_sum) return chunk_summed_by<PlainLaneSums>(index, begin, end);
+    }
+    return chunk_summed_by<LaneSums>(index, begin, end);
+  }
+
+  template <class Lanes>
+  int chunk_summed_by(std::int64_t index, std::int64_t begin, std::int64_t end) const {
     Lanes lanes;
     Mask out_of_range = {};
     const Streams streams{p.input, p.target, p.loss_out, p.grad_out, p.grad_scale};

@@ -30,6 +30,17 @@ namespace fastloss {
 // condition: that is what makes a Dask result equal to the in-memory one. The terms
 // themselves depend on each element only (and on the instruction-set build: elementwise.h).
 constexpr std::int64_t kChunkSize = 8192;
+// The unweighted squared error's sums in float32 and the 16-bit dtypes may instead add plain
+// doubles inside a chunk (LossPass::plain_sum), a third of the double-double's instructions, which
+// bound the small-call and 16-bit passes. Its terms are >= 0, so recursive summation's bound is
+// relative to the sum itself: a lane of k terms (k <= kChunkSize / (4 * width) <= 1024, SSE2's
+// 2 lanes) is within (k - 1) u, each of the <= 5 levels of the fixed tree over a chunk's vectors
+// and lanes adds at most u, and the chunks' sums (>= 0, each within that of its own) are added as
+// double-doubles: the total is within ~1027 u < kPlainSumRelativeError of the exact sum of the
+// terms (u = 2^-53). The caller (module.cpp) rounds the result only where every value within
+// that distance rounds alike, so it is the exact path's bits; where one does not (one call in
+// ~2^16 for float32), or the sum is not finite, it sums again exactly.
+constexpr double kPlainSumRelativeError = 0x1p-42;
 // Below this many elements a call runs serially and keeps the GIL: an OpenMP region costs
 // ~0.6 us, more than the whole computation on a few thousand elements.
 constexpr std::int64_t kParallelThreshold = 1 << 15;
@@ -67,6 +78,9 @@ struct LossPass {
   T* grad_out = nullptr;       // *Grad
   double grad_scale = 1.0;     // grad_output, divided by n for reduction='mean'
   double* chunk_sums = nullptr;  // 2 num_chunks(n) doubles of workspace for Sum*: (hi, lo) per chunk
+  // Plain double sums inside the chunks (see kPlainSumRelativeError); honoured by the unweighted
+  // squared error's Sum* passes in float32, float16 and bfloat16 only, ignored elsewhere.
+  bool plain_sum = false;
 };
 
 struct LossPassResult {

@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -275,6 +276,24 @@ double final_value(const LossPassResult& r, bool mean, std::int64_t n, Dtype dty
   return dtype == Dtype::Float64 ? hi : dd::round_to_odd(hi, lo);
 }
 
+// Whether every value within kPlainSumRelativeError of `value` (a plain-sum pass's final value,
+// kernels.h) rounds to the same value of `dtype`, float32 or a 16-bit one: then, rounding being
+// monotonic, the exact sum (mean) does too and `value` gives the exact path's bits. Twice the
+// bound, for the final value's own roundings.
+bool rounding_is_certain(double value, Dtype dtype) {
+  if (!std::isfinite(value)) return false;
+  const double margin = std::fabs(value) * (2 * kPlainSumRelativeError);
+  const double below = value - margin, above = value + margin;
+  switch (dtype) {
+    case Dtype::Float16:
+      return half::round_to_bits<half::Float16Format>(below) == half::round_to_bits<half::Float16Format>(above);
+    case Dtype::BFloat16:
+      return half::round_to_bits<half::BFloat16Format>(below) == half::round_to_bits<half::BFloat16Format>(above);
+    case Dtype::Float32: return static_cast<float>(below) == static_cast<float>(above);
+    default: return false;
+  }
+}
+
 // Whether the arrays of `call` are what the kernels need (call.op, outputs and grad_output
 // set); fills in the array fields.
 template <bool kExact>
@@ -332,6 +351,13 @@ PyObject* run_loss(const LossCall& call) {
     loss = py::reinterpret_steal<py::object>(l);
     p.loss_out = data_of<T>(l);
   }
+  // Plain sums where they apply (kernels.h), unless the gradient overwrites the input or the
+  // target, which an exact rerun would have to read again.
+  const bool gradient_overwrites_an_argument =
+      call.out != nullptr && (PyArray_DATA(call.out) == PyArray_DATA(call.input) ||
+                              PyArray_DATA(call.out) == PyArray_DATA(call.target));
+  p.plain_sum = call.op == LossOp::SquaredError && call.dtype != Dtype::Float64 && !call.partial &&
+                p.weight == nullptr && !gradient_overwrites_an_argument;
   double small_workspace[16];
   std::vector<double> workspace;
   if (wants_sum(call.outputs)) {
@@ -342,7 +368,7 @@ PyObject* run_loss(const LossCall& call) {
 
   const LossOp op = call.op;
   const PassOutputs outputs = call.outputs;
-  const LossPassResult result = run_releasing_gil_if_large(n, [&] { return run_loss_pass(op, outputs, p); });
+  LossPassResult result = run_releasing_gil_if_large(n, [&] { return run_loss_pass(op, outputs, p); });
   if (result.input_out_of_range) {
     PyErr_SetNone(probability_out_of_range);
     return nullptr;
@@ -359,7 +385,18 @@ PyObject* run_loss(const LossCall& call) {
     return Py_BuildValue("(ddO)", result.sum, lo, grad.ptr());
   }
   if (wants_sum(outputs)) {
-    PyObject* s = scalar_of(final_value(result, call.mean, n, call.dtype), call.dtype);
+    double value = final_value(result, call.mean, n, call.dtype);
+#ifdef FASTLOSS_PLANTED_FAULT_PLAIN_SUM_UNCHECKED
+    if (false) {
+#else
+    if (p.plain_sum && !rounding_is_certain(value, call.dtype)) {
+#endif
+      LossPass<T> exact = p;
+      exact.plain_sum = false;
+      result = run_releasing_gil_if_large(n, [&] { return run_loss_pass(op, PassOutputs::Sum, exact); });
+      value = final_value(result, call.mean, n, call.dtype);
+    }
+    PyObject* s = scalar_of(value, call.dtype);
     if (s == nullptr) return nullptr;
     loss = py::reinterpret_steal<py::object>(s);
   }

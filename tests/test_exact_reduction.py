@@ -92,3 +92,68 @@ def test_infinite_and_nan_sums_stay_what_they_are(dtype):
     assert fastloss.mse_loss(x, y) == np.inf
     x[5] = np.nan
     assert np.isnan(fastloss.mse_loss(x, y))
+
+
+# The unweighted MSE sums float32 and 16-bit terms as plain doubles inside a chunk and checks
+# that the rounding is certain, else sums again exactly (csrc/kernels.h, kPlainSumRelativeError).
+# Each case below is one whose plain double sum is a midpoint of the dtype that rounds to even,
+# while the exact sum lies just above it: only the exact rerun gets it right.
+def _bfloat16():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def _plain_sum_traps():
+    # (dtype, x placed at {index: value} in n zeros, reduction, the correctly rounded result)
+    chunk_crossing = {CHUNK + 3: 1.0, 2 * CHUNK + 7: 2.0**-12, 2 * CHUNK + 9: 2.0**-40}
+    return [
+        ("float32", {0: 1.0, 1: 2.0**-12, 2: 2.0**-40}, 4, "mean", (1.0 + 2.0**-23) / 4),
+        ("float32", chunk_crossing, 3 * CHUNK + 5, "sum", 1.0 + 2.0**-23),
+        # float16 at 2**14: an ulp of 16, the midpoint 8 above; 2**-48 / 2**16 beyond it
+        ("float16", {0: 2.0**15, 1: 2.0**9, 2: 2.0**9, 3: 2.0**-24}, 2**16, "mean", 2.0**14 + 16),
+        ("bfloat16", {0: 1.0, 1: 2.0**-4, 2: 2.0**-40}, 3, "sum", 1.0 + 2.0**-7),
+    ]
+
+
+def _trap_arrays(dtype_name, placed, n):
+    dtype = _bfloat16() if dtype_name == "bfloat16" else np.dtype(dtype_name)
+    x = np.zeros(n, dtype=dtype)
+    for index, value in placed.items():
+        x[index] = value
+    return x, np.zeros(n, dtype=dtype)
+
+
+@pytest.mark.parametrize("trap", range(4))
+def test_plain_sum_near_a_rounding_boundary_is_summed_again_exactly(trap):
+    dtype_name, placed, n, reduction, expected = _plain_sum_traps()[trap]
+    x, y = _trap_arrays(dtype_name, placed, n)
+    got = fastloss.mse_loss(x, y, reduction=reduction)
+    assert got.dtype == x.dtype and float(got) == expected, (dtype_name, float(got), expected)
+    loss, grad = fastloss.mse_loss_and_grad(x, y, reduction=reduction)
+    assert loss.dtype == x.dtype and float(loss) == expected
+    np.testing.assert_array_equal(grad, fastloss.mse_loss_grad(x, y, reduction=reduction))
+
+
+@pytest.mark.parametrize("into", ["new", "input", "target", "other"])
+def test_plain_sum_and_grad_written_over_an_argument(into):
+    # out= the input or the target: the gradient overwrites what a rerun would read, so such a
+    # call sums exactly at once; the loss is the same either way
+    x, y = _trap_arrays("float32", {0: 1.0, 1: 2.0**-12, 2: 2.0**-40}, 3)
+    y[:] = -x  # the target counts too: terms (2 x)**2 = 4, 2**-22, 2**-78
+    expected_grad = fastloss.mse_loss_grad(x, y, reduction="sum")
+    out = {"new": None, "input": x, "target": y, "other": np.empty_like(x)}[into]
+    loss, grad = fastloss.mse_loss_and_grad(x, y, reduction="sum", out=out)
+    assert_same_bits(loss, np.float32(4.0 + 2.0**-21))
+    np.testing.assert_array_equal(grad, expected_grad)
+    if out is not None:
+        assert grad is out
+
+
+def test_plain_sum_of_infinite_and_nan_terms():
+    # a non-finite plain sum is never taken as certain: the exact pass decides
+    for dtype in (np.float32, np.float16):
+        x = np.full(40_000, np.finfo(dtype).max, dtype=dtype)
+        y = -x
+        assert fastloss.mse_loss(x, y, reduction="sum") == np.inf
+        x[17] = np.nan
+        assert np.isnan(fastloss.mse_loss(x, y, reduction="sum"))
