@@ -83,7 +83,7 @@ SIGMOID_OUTPUT_OUT_OF_RANGE = ("output must hold sigmoid outputs in [0, 1] (sigm
 MIN_PERIOD = 4096
 
 _ndarray = np.ndarray
-_cpu_loss = _numpy_backend.loss_or_none
+_cpu_loss = cpu_loss_or_none = _numpy_backend.loss_or_none
 _cpu_sigmoid = _numpy_backend.sigmoid_or_none
 _cpu_sigmoid_backward = _numpy_backend.sigmoid_backward_or_none
 _CpuOutOfRange = _numpy_backend.ProbabilityOutOfRange
