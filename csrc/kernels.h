@@ -37,7 +37,8 @@ constexpr std::int64_t kChunkSize = 8192;
 // 2 lanes) is within (k - 1) u, each of the <= 5 levels of the fixed tree over a chunk's vectors
 // and lanes adds at most u, and the chunks' sums (>= 0, each within that of its own) are added as
 // double-doubles: the total is within ~1027 u < kPlainSumRelativeError of the exact sum of the
-// terms (u = 2^-53). The caller (module.cpp) rounds the result only where every value within
+// terms (u = 2^-53). (GCC contracts a term's d * d into its addition, an fma: that sums the exact
+// squares, which are within u of the rounded terms the exact path adds: 1028 u, still inside.) The caller (module.cpp) rounds the result only where every value within
 // that distance rounds alike, so it is the exact path's bits; where one does not (one call in
 // ~2^16 for float32), or the sum is not finite, it sums again exactly.
 constexpr double kPlainSumRelativeError = 0x1p-42;
