@@ -13,7 +13,7 @@ A control run first builds without any fault and runs every subset: all of them 
 broken harness can never look like a caught fault.
 
     python .ci/planted_faults.py                 every fault (about 9 minutes on 2 Zen 5 cores)
-    python .ci/planted_faults.py --ci            CI's selection: every Python fault, 4 C++ ones
+    python .ci/planted_faults.py --ci            CI's selection: every Python fault, 3 C++ ones
     python .ci/planted_faults.py --list          the faults and their subsets
     python .ci/planted_faults.py --only NAME...  some of them (after the control run)
 
@@ -91,8 +91,10 @@ CPP_FAULTS = (
     Fault("FLOAT32_DOUBLE_ROUNDING",
           "module: a float32 loss is the double-double's high word rounded to float32 again",
           ("tests/test_exact_reduction.py", "-k", "not_its_double"), ci=False),
+    # (out of CI's selection, 2026-12-03: CI stood at 1794 s of its 30 minutes on Zen 4;
+    # PY_DASK_COMBINE_NAIVE keeps the Dask partials' combination in it)
     Fault("PARTIAL_DROPS_LO", "module: a Dask block's partial sum loses its low word",
-          ("tests/test_dask.py", "-k", "threaded and float64 and loss")),
+          ("tests/test_dask.py", "-k", "threaded and float64 and loss"), ci=False),
     Fault("CE_LANE_LO_DROPPED",
           "multi-class double-double lanes: each lane's sum of the exact errors is dropped",
           ("tests/test_multiclass.py", "-k", "row_sums_are_exact"), ci=False),
