@@ -543,7 +543,7 @@ struct LossPassKernel {
   LossPassResult run() const {
     const int out_of_range = for_each_chunk(
         p.n, [this](std::int64_t index, std::int64_t begin, std::int64_t end) { return chunk(index, begin, end); });
-    LossPassResult result{0.0, 0.0, out_of_range != 0};
+    LossPassResult result{0.0, 0.0, out_of_range != 0, kPlainSumAllowed && p.plain_sum};
     if constexpr (kSum) {
       pairwise_sum(p.chunk_sums, num_chunks(p.n));
       result.sum = p.chunk_sums[0];
@@ -570,7 +570,7 @@ LossPassResult run_op(PassOutputs outputs, const LossPass<T>& p) {
       return run_weighted_or_not<T, Op, PassOutputs::ElementwiseAndGrad>(p);
     case PassOutputs::Grad: return run_weighted_or_not<T, Op, PassOutputs::Grad>(p);
   }
-  return LossPassResult{0.0, 0.0, false};
+  return LossPassResult{0.0, 0.0, false, false};
 }
 
 template <class T>
@@ -583,7 +583,7 @@ LossPassResult run_loss_pass_impl(LossOp op, PassOutputs outputs, const LossPass
     case LossOp::BinaryCrossEntropyWithLogits:
       return run_op<T, pass::OpOf<LossOp::BinaryCrossEntropyWithLogits>::type>(outputs, p);
   }
-  return LossPassResult{0.0, 0.0, false};
+  return LossPassResult{0.0, 0.0, false, false};
 }
 
 // ---- elementwise maps ------------------------------------------------------------------------

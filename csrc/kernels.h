@@ -38,9 +38,10 @@ constexpr std::int64_t kChunkSize = 8192;
 // and lanes adds at most u, and the chunks' sums (>= 0, each within that of its own) are added as
 // double-doubles: the total is within ~1027 u < kPlainSumRelativeError of the exact sum of the
 // terms (u = 2^-53). (GCC contracts a term's d * d into its addition, an fma: that sums the exact
-// squares, which are within u of the rounded terms the exact path adds: 1028 u, still inside.) The caller (module.cpp) rounds the result only where every value within
-// that distance rounds alike, so it is the exact path's bits; where one does not (one call in
-// ~2^16 for float32), or the sum is not finite, it sums again exactly.
+// squares, which are within u of the rounded terms the exact path adds: 1028 u, still inside.)
+// The caller (module.cpp) rounds the result only where every value within that distance rounds
+// alike, so it is the exact path's bits; where one does not (one call in ~2^16 for float32), or
+// the sum is not finite, it sums again exactly.
 constexpr double kPlainSumRelativeError = 0x1p-42;
 // Below this many elements a call runs serially and keeps the GIL: an OpenMP region costs
 // ~0.6 us, more than the whole computation on a few thousand elements.
@@ -79,8 +80,9 @@ struct LossPass {
   T* grad_out = nullptr;       // *Grad
   double grad_scale = 1.0;     // grad_output, divided by n for reduction='mean'
   double* chunk_sums = nullptr;  // 2 num_chunks(n) doubles of workspace for Sum*: (hi, lo) per chunk
-  // Plain double sums inside the chunks (see kPlainSumRelativeError); honoured by the unweighted
-  // squared error's Sum* passes in float32, float16 and bfloat16 only, ignored elsewhere.
+  // Plain double sums inside the chunks (see kPlainSumRelativeError) where the pass allows them:
+  // the unweighted squared error's Sum* passes in float32, float16 and bfloat16 (kernels.cpp,
+  // kPlainSumAllowed); ignored elsewhere. LossPassResult::summed_plainly tells which it was.
   bool plain_sum = false;
 };
 
@@ -88,6 +90,7 @@ struct LossPassResult {
   double sum;               // Sum* only: the sum as a normalized double-double sum + sum_lo
   double sum_lo;
   bool input_out_of_range;  // binary_cross_entropy: some input outside [0, 1]
+  bool summed_plainly;      // the chunks took LossPass::plain_sum: the caller checks the rounding
 };
 
 #define FASTLOSS_DECLARE_KERNELS_OF(T)                                                       \

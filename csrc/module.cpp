@@ -351,13 +351,13 @@ PyObject* run_loss(const LossCall& call) {
     loss = py::reinterpret_steal<py::object>(l);
     p.loss_out = data_of<T>(l);
   }
-  // Plain sums where they apply (kernels.h), unless the gradient overwrites the input or the
-  // target, which an exact rerun would have to read again.
+  // Plain sums where the pass allows them (kernels.h), but not for a Dask block (its partial is
+  // the unrounded double-double) nor where the gradient overwrites the input or the target,
+  // which an exact rerun would have to read again.
   const bool gradient_overwrites_an_argument =
       call.out != nullptr && (PyArray_DATA(call.out) == PyArray_DATA(call.input) ||
                               PyArray_DATA(call.out) == PyArray_DATA(call.target));
-  p.plain_sum = call.op == LossOp::SquaredError && call.dtype != Dtype::Float64 && !call.partial &&
-                p.weight == nullptr && !gradient_overwrites_an_argument;
+  p.plain_sum = !call.partial && !gradient_overwrites_an_argument;
   double small_workspace[16];
   std::vector<double> workspace;
   if (wants_sum(call.outputs)) {
@@ -389,7 +389,7 @@ PyObject* run_loss(const LossCall& call) {
 #ifdef FASTLOSS_PLANTED_FAULT_PLAIN_SUM_UNCHECKED
     if (false) {
 #else
-    if (p.plain_sum && !rounding_is_certain(value, call.dtype)) {
+    if (result.summed_plainly && !rounding_is_certain(value, call.dtype)) {
 #endif
       LossPass<T> exact = p;
       exact.plain_sum = false;
