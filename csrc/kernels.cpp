@@ -381,12 +381,23 @@ struct LaneSums {
 
 // The plain sums of LossPass::plain_sum: the same round-robin over 4 vectors as LaneSums, one
 // add per term; the vectors, then the lanes, in a fixed pairwise tree. The total goes out as
-// a double-double (total, 0), for the chunks' double-double tree.
-struct PlainLaneSums {
+// a double-double (total, 0), for the chunks' double-double tree. kTermsMayBeNegative (the BCE
+// losses, whose terms are >= 0 only for targets in [0, 1]): the least term is kept too (one
+// min a vector), and a chunk with a negative one gives NaN, where the bound relative to the sum
+// would not hold: the caller then sums again exactly, as it does for any sum not finite.
+template <bool kTermsMayBeNegative>
+struct PlainLaneSumsOf {
   static constexpr int kCount = 4;
   V sum[kCount] = {};
+  V least = {};
 
-  void add(int k, V term) { sum[k] += term; }
+  void add(int k, V term) {
+    sum[k] += term;
+#ifndef FASTLOSS_PLANTED_FAULT_PLAIN_SUM_SIGN_UNCHECKED
+    // a NaN term leaves `least` as it was and makes the sum NaN
+    if constexpr (kTermsMayBeNegative) least = select(term < least, term, least);
+#endif
+  }
 
   void total(double* out) const {
     const V both = (sum[0] + sum[1]) + (sum[2] + sum[3]);
@@ -397,6 +408,9 @@ struct PlainLaneSums {
     }
     out[0] = lane[0];
     out[1] = 0.0;
+    if constexpr (kTermsMayBeNegative) {
+      if (lanes::any(least < V{})) out[0] = __builtin_nan("");
+    }
   }
 };
 
@@ -425,9 +439,12 @@ struct LossPassKernel {
   static constexpr bool kSum = Wants<kOutputs>::kSum;
   static constexpr bool kElementwise = Wants<kOutputs>::kElementwise;
   static constexpr bool kGrad = Wants<kOutputs>::kGrad;
-  // where LossPass::plain_sum applies (kernels.h: its bound needs terms >= 0)
-  static constexpr bool kPlainSumAllowed = kSum && !kWeighted && !std::is_same<T, double>::value &&
-                                           std::is_same<Op, pass::OpOf<LossOp::SquaredError>::type>::value;
+  // where LossPass::plain_sum applies (kernels.h: its bound needs terms >= 0, which
+  // PlainLaneSumsOf checks where the op does not guarantee it)
+  static constexpr bool kPlainSumAllowed = kSum && !kWeighted && !std::is_same<T, double>::value;
+  // the squared error's terms are >= 0 whatever the inputs; BCE's only for targets in [0, 1]
+  using PlainLaneSums =
+      PlainLaneSumsOf<!std::is_same<Op, pass::OpOf<LossOp::SquaredError>::type>::value>;
 
   const LossPass<T>& p;
 

@@ -30,15 +30,18 @@ namespace fastloss {
 // condition: that is what makes a Dask result equal to the in-memory one. The terms
 // themselves depend on each element only (and on the instruction-set build: elementwise.h).
 constexpr std::int64_t kChunkSize = 8192;
-// The unweighted squared error's sums in float32 and the 16-bit dtypes may instead add plain
-// doubles inside a chunk (LossPass::plain_sum), a third of the double-double's instructions, which
-// bound the small-call and 16-bit passes. Its terms are >= 0, so recursive summation's bound is
-// relative to the sum itself: a lane of k terms (k <= kChunkSize / (4 * width) <= 1024, SSE2's
-// 2 lanes) is within (k - 1) u, each of the <= 5 levels of the fixed tree over a chunk's vectors
-// and lanes adds at most u, and the chunks' sums (>= 0, each within that of its own) are added as
-// double-doubles: the total is within ~1027 u < kPlainSumRelativeError of the exact sum of the
-// terms (u = 2^-53). (GCC contracts a term's d * d into its addition, an fma: that sums the exact
-// squares, which are within u of the rounded terms the exact path adds: 1028 u, still inside.)
+// The unweighted sums in float32 and the 16-bit dtypes (squared error, BCE, BCE with logits) may
+// instead add plain doubles inside a chunk (LossPass::plain_sum), one add a term instead of the
+// double-double's six, which bound the small-call and 16-bit passes and a sixth of the BCE ones.
+// Where the terms are >= 0, recursive summation's bound is relative to the sum itself: a lane of
+// k terms (k <= kChunkSize / (4 * width) <= 1024, SSE2's 2 lanes) is within (k - 1) u, each of
+// the <= 5 levels of the fixed tree over a chunk's vectors and lanes adds at most u, and the
+// chunks' sums (>= 0, each within that of its own) are added as double-doubles: the total is
+// within ~1027 u < kPlainSumRelativeError of the exact sum of the terms (u = 2^-53). (GCC may
+// contract a term's last multiply, the squared error's d * d, into its addition, an fma: that
+// sums the unrounded product, within u of the rounded term the exact path adds: 1028 u, still
+// inside.) The squared error's terms are >= 0 for any input; BCE's only for targets in [0, 1],
+// so its plain sums keep their least term too and give NaN for a chunk with a negative one.
 // The caller (module.cpp) rounds the result only where every value within that distance rounds
 // alike, so it is the exact path's bits; where one does not (one call in ~2^16 for float32), or
 // the sum is not finite, it sums again exactly.
@@ -81,7 +84,7 @@ struct LossPass {
   double grad_scale = 1.0;     // grad_output, divided by n for reduction='mean'
   double* chunk_sums = nullptr;  // 2 num_chunks(n) doubles of workspace for Sum*: (hi, lo) per chunk
   // Plain double sums inside the chunks (see kPlainSumRelativeError) where the pass allows them:
-  // the unweighted squared error's Sum* passes in float32, float16 and bfloat16 (kernels.cpp,
+  // the unweighted Sum* passes in float32, float16 and bfloat16 (kernels.cpp,
   // kPlainSumAllowed); ignored elsewhere. LossPassResult::summed_plainly tells which it was.
   bool plain_sum = false;
 };

@@ -157,3 +157,54 @@ def test_plain_sum_of_infinite_and_nan_terms():
         assert fastloss.mse_loss(x, y, reduction="sum") == np.inf
         x[17] = np.nan
         assert np.isnan(fastloss.mse_loss(x, y, reduction="sum"))
+
+
+# The BCE losses sum plainly too (kernels.h), checked the same way; their terms are >= 0 only
+# for targets in [0, 1], which the kernel checks.
+def _exact_path_loss(op, x, y, **kwargs):
+    # the fused pass with its gradient written over a copy of the input sums exactly at once
+    copy = x.copy()
+    loss, _ = getattr(fastloss, f"{op}_and_grad")(copy, y, out=copy, **kwargs)
+    return loss
+
+
+def test_plain_bce_sum_near_a_rounding_boundary_is_summed_again_exactly():
+    # p = 0 clamps the log at -100, so an element's term is exactly 100 y: the mean over 100
+    # elements of the targets 1, 2**-24 and 2**-60 is 1 + 2**-24 + 2**-60, just past float32's
+    # midpoint 1 + 2**-24, which is where the plain double sum (without its 2**-60) lies
+    p = np.zeros(100, np.float32)
+    y = np.zeros(100, np.float32)
+    y[:3] = [1.0, 2.0**-24, 2.0**-60]
+    expected = np.float32(1.0 + 2.0**-23)
+    assert_same_bits(fastloss.binary_cross_entropy(p, y), expected)
+    assert_same_bits(fastloss.binary_cross_entropy_and_grad(p, y)[0], expected)
+
+
+def test_plain_bce_sum_of_negative_terms_is_summed_exactly():
+    # targets of 2 make the logits' terms -30.3 + 7e-14 beside +30.3 + 7e-14 (target 0): a plain
+    # sum loses the small parts to the large cancelling ones, which the bound relative to the
+    # sum does not cover; the kernel sees the negative terms and the exact pass decides
+    n = 3 * CHUNK + 6
+    z = np.full(n, 30.3, np.float32)
+    y = np.zeros(n, np.float32)
+    y[1::2] = 2.0
+    op = "binary_cross_entropy_with_logits"
+    got = fastloss.binary_cross_entropy_with_logits(z, y, reduction="sum")
+    assert_same_bits(got, _exact_path_loss(op, z, y, reduction="sum"))
+    assert 1e-9 < float(got) < 3e-9  # n/2 pairs of 2 log1p(e^-30.3) ~ 1.4e-13 each
+
+
+@pytest.mark.parametrize("dtype_name", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("op", ["binary_cross_entropy", "binary_cross_entropy_with_logits"])
+def test_plain_bce_sums_are_the_exact_paths_bits(op, dtype_name):
+    dtype = _bfloat16() if dtype_name == "bfloat16" else np.dtype(dtype_name)
+    rng = np.random.default_rng(seed_for(op, dtype_name))
+    for n in (7, CHUNK + 1, 5 * CHUNK + 3):
+        x = rng.random(n) if op == "binary_cross_entropy" else 8 * rng.standard_normal(n)
+        y = rng.random(n) < 0.5
+        x, y = x.astype(dtype), y.astype(dtype)
+        for reduction in ("sum", "mean"):
+            got = getattr(fastloss, op)(x, y, reduction=reduction)
+            assert_same_bits(got, _exact_path_loss(op, x, y, reduction=reduction))
+        y[3] = 1.5  # outside [0, 1]: the term may be negative, and the check decides
+        assert_same_bits(getattr(fastloss, op)(x, y), _exact_path_loss(op, x, y))
