@@ -383,7 +383,7 @@ struct LaneSums {
 // add per term; the vectors, then the lanes, in a fixed pairwise tree. The total goes out as
 // a double-double (total, 0), for the chunks' double-double tree. kTermsMayBeNegative (the BCE
 // losses, whose terms are >= 0 only for targets in [0, 1]): the least term is kept too (one
-// min a vector), and a chunk with a negative one gives NaN, where the bound relative to the sum
+// select a vector), and a chunk with a negative one gives NaN, where the bound relative to the sum
 // would not hold: the caller then sums again exactly, as it does for any sum not finite.
 template <bool kTermsMayBeNegative>
 struct PlainLaneSumsOf {
