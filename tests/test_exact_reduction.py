@@ -98,7 +98,9 @@ def test_infinite_and_nan_sums_stay_what_they_are(dtype):
 # that the rounding is certain, else sums again exactly (csrc/kernels.h, kPlainSumRelativeError).
 # Each case below is one whose plain double sum is a midpoint of the dtype that rounds to even,
 # while the exact sum lies just above it: only the exact rerun gets it right.
-def _bfloat16():
+def _dtype_named(name):
+    if name != "bfloat16":
+        return np.dtype(name)
     ml_dtypes = pytest.importorskip("ml_dtypes")
     return np.dtype(ml_dtypes.bfloat16)
 
@@ -116,7 +118,7 @@ def _plain_sum_traps():
 
 
 def _trap_arrays(dtype_name, placed, n):
-    dtype = _bfloat16() if dtype_name == "bfloat16" else np.dtype(dtype_name)
+    dtype = _dtype_named(dtype_name)
     x = np.zeros(n, dtype=dtype)
     for index, value in placed.items():
         x[index] = value
@@ -197,7 +199,7 @@ def test_plain_bce_sum_of_negative_terms_is_summed_exactly():
 @pytest.mark.parametrize("dtype_name", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("op", ["binary_cross_entropy", "binary_cross_entropy_with_logits"])
 def test_plain_bce_sums_are_the_exact_paths_bits(op, dtype_name):
-    dtype = _bfloat16() if dtype_name == "bfloat16" else np.dtype(dtype_name)
+    dtype = _dtype_named(dtype_name)
     rng = np.random.default_rng(seed_for(op, dtype_name))
     for n in (7, CHUNK + 1, 5 * CHUNK + 3):
         x = rng.random(n) if op == "binary_cross_entropy" else 8 * rng.standard_normal(n)
