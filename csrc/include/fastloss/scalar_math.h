@@ -220,20 +220,17 @@ FASTLOSS_HD V plus_log1p_small_for_float32(V base, V r) {
   return (base + r) + r2 * q;
 }
 
-// For log1p(e), e in [0, 1]: j = round(15 e), c = j/15; ic = 1/(1 + c) rounded, ic - 1 (exact:
-// a table of its own keeps the subtraction off the chain), and -log(ic) rounded. Then
-// (1 + e) ic - 1 = e ic + (ic - 1) is within 1/30 of 0.
-FASTLOSS_TABLE(kLog1pUnitTables, 48) = {
+// For log1p(e), e in [0, 1]: j = round(15 e), c = j/15; ic = 1/(1 + c) rounded and -log(ic)
+// rounded. Then (1 + e) ic - 1 = e ic + (ic - 1) is within 1/30 of 0. ic - 1 is exact (ic in
+// [1/2, 1]), so a subtraction gives what a third table would, cheaper: an AVX2 lookup is 4
+// extracts and 4 loads, and with AVX-512 a vpermt2pd takes the multiply-adds' pipes where a
+// subtraction does not (bench/NOTES.md).
+FASTLOSS_TABLE(kLog1pUnitTables, 32) = {
     // ic
     0x1.0000000000000p+0, 0x1.e000000000000p-1, 0x1.c3c3c3c3c3c3cp-1, 0x1.aaaaaaaaaaaabp-1,
     0x1.9435e50d79436p-1, 0x1.8000000000000p-1, 0x1.6db6db6db6db7p-1, 0x1.5d1745d1745d1p-1,
     0x1.4de9bd37a6f4ep-1, 0x1.4000000000000p-1, 0x1.3333333333333p-1, 0x1.2762762762762p-1,
     0x1.1c71c71c71c72p-1, 0x1.1249249249249p-1, 0x1.08d3dcb08d3ddp-1, 0x1.0000000000000p-1,
-    // ic - 1
-    0x0.0p+0,              -0x1.0000000000000p-4, -0x1.e1e1e1e1e1e20p-4, -0x1.5555555555554p-3,
-    -0x1.af286bca1af28p-3, -0x1.0000000000000p-2, -0x1.2492492492492p-2, -0x1.45d1745d1745ep-2,
-    -0x1.642c8590b2164p-2, -0x1.8000000000000p-2, -0x1.999999999999ap-2, -0x1.b13b13b13b13cp-2,
-    -0x1.c71c71c71c71cp-2, -0x1.db6db6db6db6ep-2, -0x1.ee58469ee5846p-2, -0x1.0000000000000p-1,
     // -log(ic)
     0x0.0p+0,             0x1.08598b59e3a07p-4, 0x1.005588ad375aep-3, 0x1.7565011e49675p-3,
     0x1.e41fccb76b0d7p-3, 0x1.269621134db92p-2, 0x1.588c2d913348fp-2, 0x1.882f1ef83ed45p-2,
@@ -247,8 +244,9 @@ FASTLOSS_TABLE(kLog1pUnitTables, 48) = {
 // neighbour where 15 e is within 2^-20 of a tie: the reduced argument stays within 0.0334).
 template <class V>
 FASTLOSS_HD V log1p_unit_for_float32(V e, typename lanes::Traits<V>::Bits j) {
-  const V r = e * lanes::lookup16<V>(kLog1pUnitTables, j) + lanes::lookup16<V>(kLog1pUnitTables + 16, j);
-  return plus_log1p_small_for_float32(lanes::lookup16<V>(kLog1pUnitTables + 32, j), r);
+  const V ic = lanes::lookup16<V>(kLog1pUnitTables, j);
+  const V r = e * ic + (ic - 1.0);
+  return plus_log1p_small_for_float32(lanes::lookup16<V>(kLog1pUnitTables + 16, j), r);
 }
 
 // e = exp(-t) and log1p(e), t >= -120 (softplus(-t) for t >= 0): the table index round(15 e)
