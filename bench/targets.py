@@ -35,6 +35,10 @@ LARGE_OPS = ("mse_loss", "mse_loss_and_grad", "binary_cross_entropy",
 LARGE_PEERS = ("torch", "jax")
 SMALL_PEERS = ("numba", "numpy-naive", "numpy-out", "torch", "jax")
 SMALL_SIZES = (16, 10**3, 10**4)
+# the pause before each 1e8 sample (timing.interleaved_minimums: a JAX call's work after it
+# returns slowed the next sample by 30-40 %); none between the small in-cache loops, which
+# a pause would leave to a cooled cache
+LARGE_SETTLE_S = 0.3
 
 
 def cases_of(op_name, inputs, impls, missing):
@@ -62,7 +66,7 @@ def large(args):
         op = OPS[op_name]
         cases = cases_of(op_name, inputs, ("fastloss",) + LARGE_PEERS, missing)
         cases.update({f"ceiling:{k}": v for k, v in ceiling_cases.items()})
-        times = interleaved_minimums(cases, rounds=args.rounds, min_sample_s=0.0)
+        times = interleaved_minimums(cases, rounds=args.rounds, min_sample_s=0.0, settle_s=LARGE_SETTLE_S)
         ceiling = {"read_gbs": 4 * n / times["ceiling:read"] / 1e9,
                    "copy_gbs": 8 * n / times["ceiling:copy"] / 1e9}[op.ceiling]
         for impl in ("fastloss",) + LARGE_PEERS:

@@ -66,11 +66,18 @@ def time_case(case: Callable, repeats: int = 7, min_sample_s: float = 1e-3):
     return statistics.median(samples), result
 
 
-def interleaved_minimums(cases: dict, rounds: int = 15, min_sample_s: float = 2e-3) -> dict:
+def interleaved_minimums(cases: dict, rounds: int = 15, min_sample_s: float = 2e-3,
+                         settle_s: float = 0.0) -> dict:
     """{name: least seconds per call} of zero-argument ``cases``, timed in interleaved rounds:
     each round times every case once (a loop of calls lasting >= ``min_sample_s``), so a drift
     of the machine (the memory ceiling of a shared VM moves within minutes) hits every case
-    alike; the minimum over the rounds is the sample least disturbed by other processes."""
+    alike; the minimum over the rounds is the sample least disturbed by other processes.
+
+    ``settle_s``: a pause before each sample, for cases whose work goes on after they return
+    and would land in the next case's sample. At N = 1e8 a JAX call leaves one of two cores
+    busy for a while after it (its fresh 400 MB outputs are freed, its pool winds down): the
+    sample after it, whichever case, ran 30-40 % slower, the copy probe 24.8 GB/s instead of
+    32.4 (bench/NOTES.md)."""
     loops = {}
     for name, case in cases.items():
         case()  # warm-up: page faults of fresh outputs, thread pools, JIT compiles
@@ -80,6 +87,8 @@ def interleaved_minimums(cases: dict, rounds: int = 15, min_sample_s: float = 2e
     best = dict.fromkeys(cases, math.inf)
     for _ in range(rounds):
         for name, case in cases.items():
+            if settle_s:
+                time.sleep(settle_s)
             start = time.perf_counter()
             for _ in range(loops[name]):
                 case()
