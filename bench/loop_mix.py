@@ -9,6 +9,12 @@ per trip are those conversions over the kernel's inputs. "fp" counts what runs o
 (arithmetic, conversions, shifts, compares, masked moves); logic, shuffles and plain moves are
 apart, as they cost little or nothing beside them on Zen 5. -v lists the fp and shuffle
 mnemonics.
+
+The second line of each kernel splits that work the way a Zen 4 core runs 512-bit instructions
+(bench/NOTES.md, "Issue 14's account per op on Zen 4"): group M (multiply-adds, multiplies,
+permutes, vscalefpd, vrcp14pd) and group A (the other fp and shuffle instructions), each one
+instruction a cycle, a float32 <-> double conversion of 8 lanes taking two of A's; the larger
+group over 8 is the fewest cycles per element the loop allows.
 """
 
 from __future__ import annotations
@@ -41,6 +47,18 @@ def classify(op: str, args: str) -> str:
     if op.startswith(("vmov", "vbroadcast")):
         return "fp" if "{%k" in args else "mem/move"  # a masked move is a blend
     return "fp"
+
+
+ZEN4_M = ("vfmadd", "vfmsub", "vfnmadd", "vfnmsub", "vmul", "vperm", "vscalef", "vrcp14", "vdiv")
+
+
+def zen4_slots(op: str, args: str) -> tuple[str, int] | None:
+    """(group, slots) of a Zen 4 512-bit instruction, None for what either group takes."""
+    if classify(op, args) not in ("fp", "shuffle"):
+        return None
+    if op.startswith(ZEN4_M):
+        return "M", 1
+    return "A", 2 if op in ("vcvtps2pd", "vcvtpd2ps") else 1
 
 
 def functions(obj: str) -> dict[str, list[tuple[int, str, str]]]:
@@ -94,6 +112,12 @@ def main() -> None:
         kinds = collections.Counter(classify(op, a) for _, op, a in loop)
         print(f"{name}: {len(loop)} instructions, {vectors:g} vectors of 8 a trip; per 8 elements: "
               + ", ".join(f"{k} {v / vectors:.1f}" for k, v in sorted(kinds.items())))
+        groups: collections.Counter = collections.Counter()
+        for _, op, a in loop:
+            if slots := zen4_slots(op, a):
+                groups[slots[0]] += slots[1]
+        print(f"    Zen 4: M {groups['M'] / vectors:.1f}, A {groups['A'] / vectors:.1f} per 8 elements: "
+              f">= {max(groups.values(), default=0) / vectors / 8:.2f} cycles per element")
         if "-v" in sys.argv:
             ops = collections.Counter(op for _, op, a in loop if classify(op, a) in ("fp", "shuffle"))
             print("   ", ", ".join(f"{k} {v / vectors:g}" for k, v in ops.most_common()))
