@@ -12,9 +12,9 @@ mnemonics.
 
 The second line of each kernel splits that work the way a Zen 4 core runs 512-bit instructions
 (bench/NOTES.md, "Issue 14's account per op on Zen 4"): group M (multiply-adds, multiplies,
-permutes, vscalefpd, vrcp14pd) and group A (the other fp and shuffle instructions), each one
-instruction a cycle, a float32 <-> double conversion of 8 lanes taking two of A's; the larger
-group over 8 is the fewest cycles per element the loop allows.
+divides, permutes, vscalefpd, vrcp14pd) and group A (the other fp and shuffle instructions),
+each one instruction a cycle, a float32 <-> double conversion of 8 lanes taking two of A's; the
+larger group over 8 is the fewest cycles per element the loop allows.
 """
 
 from __future__ import annotations
