@@ -90,15 +90,20 @@ V load(const Float16* p) {
 #endif
 }
 
-// bfloat16: its bits are the top half of a float32's, so zero-extended and shifted by 16 they
-// are the float32, widened as such.
+// bfloat16: its bits are the top half of a float32's, so placed there, the low half zero, they
+// are the float32, widened as such. One byte shuffle places them (the 8 values loaded into both
+// 128-bit lanes, 4 to a lane): on Zen 4 a zero extension and a shift took 0.8 cycles more per
+// 8 values (bench/NOTES.md).
 V load(const BFloat16* p) {
 #if defined(__AVX512F__)
-  const __m256i widened = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  return (V)_mm512_cvtps_pd(_mm256_castsi256_ps(_mm256_slli_epi32(widened, 16)));
+  const __m256i to_top_halves = _mm256_setr_epi8(-1, -1, 0, 1, -1, -1, 2, 3, -1, -1, 4, 5, -1, -1, 6, 7,  //
+                                                 -1, -1, 8, 9, -1, -1, 10, 11, -1, -1, 12, 13, -1, -1, 14, 15);
+  const __m256i both_lanes = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return (V)_mm512_cvtps_pd(_mm256_castsi256_ps(_mm256_shuffle_epi8(both_lanes, to_top_halves)));
 #elif defined(__AVX2__)
-  const __m128i widened = _mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-  return (V)_mm256_cvtps_pd(_mm_castsi128_ps(_mm_slli_epi32(widened, 16)));
+  const __m128i to_top_halves = _mm_setr_epi8(-1, -1, 0, 1, -1, -1, 2, 3, -1, -1, 4, 5, -1, -1, 6, 7);
+  const __m128i four = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  return (V)_mm256_cvtps_pd(_mm_castsi128_ps(_mm_shuffle_epi8(four, to_top_halves)));
 #else
   V v;
   for (int k = 0; k < kWidth; ++k) v[k] = half::bfloat16_to_double(p[k].bits);
@@ -185,6 +190,18 @@ void store(BFloat16* p, V v) {
   const __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(0x40));
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtepi32_epi16(_mm256_blendv_epi8(rounded, quiet, nan)));
 }
+
+#if defined(__AVX512BF16__)
+// The same store without its branch, for the loss passes' gradients: the test and the jump on
+// the mask cost ~0.8 cycles per 8 values on Zen 4, a fifth of this store (bench/NOTES.md). The
+// lanes it could not take (subnormal float32) are ORed into `subnormal_lanes`, and the pass
+// redoes its chunk's gradient with store() where any were (LossPassKernel::chunk_summed_by).
+void store_noting_subnormals(BFloat16* p, V v, unsigned& subnormal_lanes) {
+  const __m256 rounded_to_odd = round_to_odd_float32<true>(v);
+  subnormal_lanes |= _mm256_fpclass_ps_mask(rounded_to_odd, 0x20);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), (__m128i)_mm256_cvtneps_pbh(rounded_to_odd));
+}
+#endif
 #elif defined(__AVX2__) && defined(__F16C__)
 // AVX2 has no conversion toward zero: the float32 rounded to nearest is moved one ulp toward
 // zero where it landed beyond the double (a magnitude decrement of its bits: the float32 below
@@ -414,6 +431,96 @@ struct PlainLaneSumsOf {
   }
 };
 
+// ---- the 16-bit squared errors' sum in float32 lanes ----------------------------------------
+// (kernels.h, kFloat32TermsRelativeError.) A float16 or bfloat16 widens to float32 exactly in one
+// instruction, and 16 float32 lanes a register hold twice the doubles' 8: the unweighted
+// squared error's sum takes its differences, squares and first additions there, in blocks of
+// 16 steps of two float32 vectors a step, two steps over 4 accumulators (8 multiply-adds
+// each), added in a (0 + 1) + (2 + 3) tree and widened into the plain double lanes once a
+// block. A term goes through at most 8 + 2 float32 roundings, besides its difference's.
+#if defined(__AVX512F__)
+typedef __m512 FloatLanes;
+#define FASTLOSS_FLOAT32_TERMS 1
+#elif defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
+typedef __m256 FloatLanes;
+#define FASTLOSS_FLOAT32_TERMS 1
+#endif
+
+#ifdef FASTLOSS_FLOAT32_TERMS
+constexpr int kFloatWidth = static_cast<int>(sizeof(FloatLanes) / sizeof(float));
+constexpr int kFloat32TermSteps = 16;
+constexpr std::int64_t kFloat32TermBlock = kFloat32TermSteps * 2 * kFloatWidth;
+
+// 2 kFloatWidth values from p, as two float32 vectors; which lanes the values land in is no
+// matter to a sum, as long as input and target land alike.
+void load_float_pair(const Float16* p, FloatLanes& first, FloatLanes& second) {
+#if defined(__AVX512F__)
+  first = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  second = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16)));
+#else
+  first = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  second = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8)));
+#endif
+}
+
+// bfloat16 pairs: the even values shifted into their 32-bit lane's top half, the odd ones
+// there already (the low half masked off).
+void load_float_pair(const BFloat16* p, FloatLanes& first, FloatLanes& second) {
+#if defined(__AVX512F__)
+  const __m512i both = _mm512_loadu_si512(p);
+  first = _mm512_castsi512_ps(_mm512_slli_epi32(both, 16));
+  second = _mm512_castsi512_ps(_mm512_and_si512(both, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
+#else
+  const __m256i both = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  first = _mm256_castsi256_ps(_mm256_slli_epi32(both, 16));
+  second = _mm256_castsi256_ps(_mm256_and_si256(both, _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
+#endif
+}
+
+FloatLanes add_square(FloatLanes sum, FloatLanes difference) {
+#if defined(__AVX512F__)
+  return _mm512_fmadd_ps(difference, difference, sum);
+#else
+  return _mm256_fmadd_ps(difference, difference, sum);
+#endif
+}
+
+// The float32 lanes widened into the first two double vectors of the plain sums.
+void add_widened(V* sum, FloatLanes block) {
+#if defined(__AVX512F__)
+  sum[0] += (V)_mm512_cvtps_pd(_mm512_castps512_ps256(block));
+  sum[1] += (V)_mm512_cvtps_pd(_mm512_extractf32x8_ps(block, 1));
+#else
+  sum[0] += (V)_mm256_cvtps_pd(_mm256_castps256_ps128(block));
+  sum[1] += (V)_mm256_cvtps_pd(_mm256_extractf128_ps(block, 1));
+#endif
+}
+
+// Adds the squared errors of the whole blocks from i on to `sum`; returns where they end.
+template <class T>
+std::int64_t add_squared_errors_in_float32(const T* input, const T* target, std::int64_t i, std::int64_t end,
+                                           V* sum) {
+  for (; i + kFloat32TermBlock <= end; i += kFloat32TermBlock) {
+    // (named, not an array indexed by the step: GCC kept that one in memory)
+    FloatLanes p0 = {}, p1 = {}, p2 = {}, p3 = {};
+    for (int step = 0; step < kFloat32TermSteps; step += 2) {
+      const std::int64_t at = i + step * 2 * kFloatWidth;
+      FloatLanes x0, x1, x2, x3, y0, y1, y2, y3;
+      load_float_pair(input + at, x0, x1);
+      load_float_pair(target + at, y0, y1);
+      load_float_pair(input + at + 2 * kFloatWidth, x2, x3);
+      load_float_pair(target + at + 2 * kFloatWidth, y2, y3);
+      p0 = add_square(p0, x0 - y0);
+      p1 = add_square(p1, x1 - y1);
+      p2 = add_square(p2, x2 - y2);
+      p3 = add_square(p3, x3 - y3);
+    }
+    add_widened(sum, (p0 + p1) + (p2 + p3));
+  }
+  return i;
+}
+#endif
+
 // Calls chunk(begin, end) for every chunk of [0, n): serially below kParallelThreshold or in a
 // forked child, else split statically over the OpenMP threads. Returns the OR of the calls.
 template <class ChunkFn>
@@ -445,8 +552,17 @@ struct LossPassKernel {
   // the squared error's terms are >= 0 whatever the inputs; BCE's only for targets in [0, 1]
   using PlainLaneSums =
       PlainLaneSumsOf<!std::is_same<Op, pass::OpOf<LossOp::SquaredError>::type>::value>;
+  // where a plain sum's whole blocks take float32 lanes (above): the 16-bit squared error alone
+#ifdef FASTLOSS_FLOAT32_TERMS
+  static constexpr bool kFloat32Terms =
+      kOutputs == PassOutputs::Sum && !kWeighted && std::is_same<Op, pass::OpOf<LossOp::SquaredError>::type>::value &&
+      (std::is_same<T, Float16>::value || std::is_same<T, BFloat16>::value);
+#else
+  static constexpr bool kFloat32Terms = false;
+#endif
 
   const LossPass<T>& p;
+  bool may_defer_subnormal_check = true;  // (false for the redo itself)
 
   // The arrays and the scale, as values: the stores go through may-alias vector types, after
   // which the compiler would reload every field of `p` (measured: +3 instructions a vector).
@@ -456,7 +572,29 @@ struct LossPassKernel {
     T* loss_out;
     T* grad_out;
     double grad_scale;
+    unsigned* subnormal_lanes;  // bfloat16 gradients: store_noting_subnormals' lanes, or null
   };
+
+  // bfloat16 gradients on a CPU with AVX512_BF16 may defer the store's subnormal check to the
+  // chunk's end (store_noting_subnormals): where the gradient overwrites none of the pass's
+  // arguments, which a redo reads again.
+#if defined(__AVX512BF16__)
+  static constexpr bool kMayDeferSubnormals = kGrad && std::is_same<T, BFloat16>::value;
+#else
+  static constexpr bool kMayDeferSubnormals = false;
+#endif
+
+  static void store_grad(Streams s, std::int64_t i, V grad) {
+#if defined(__AVX512BF16__)
+    if constexpr (kMayDeferSubnormals) {
+      if (s.subnormal_lanes != nullptr) {
+        store_noting_subnormals(s.grad_out + i, grad, *s.subnormal_lanes);
+        return;
+      }
+    }
+#endif
+    store(s.grad_out + i, grad);
+  }
 
   // The vector of elements i .. i + kWidth (kWhole), or its first `count` (weights w and pw
   // at the same offsets): writes its elementwise outputs, returns its weighted losses (0 in
@@ -479,7 +617,7 @@ struct LossPassKernel {
 #endif
     if (kWhole) {
       if constexpr (kElementwise) store(s.loss_out + i, loss);
-      if constexpr (kGrad) store(s.grad_out + i, grad);
+      if constexpr (kGrad) store_grad(s, i, grad);
       return loss;
     }
     if constexpr (kElementwise) store_partial(s.loss_out + i, loss, count);
@@ -532,8 +670,22 @@ struct LossPassKernel {
   int chunk_summed_by(std::int64_t index, std::int64_t begin, std::int64_t end) const {
     Lanes lanes;
     Mask out_of_range = {};
-    const Streams streams{p.input, p.target, p.loss_out, p.grad_out, p.grad_scale};
+    unsigned subnormal_lanes = 0;
+    bool deferring = false;
+#if defined(__AVX512BF16__)
+    if constexpr (kMayDeferSubnormals) {
+      deferring = may_defer_subnormal_check && kHasBFloat16Conversion && p.grad_out != p.input &&
+                  p.grad_out != p.target && p.grad_out != p.weight && p.grad_out != p.pos_weight;
+    }
+#endif
+    const Streams streams{p.input, p.target, p.loss_out, p.grad_out, p.grad_scale,
+                          deferring ? &subnormal_lanes : nullptr};
     std::int64_t i = begin;
+#ifdef FASTLOSS_FLOAT32_TERMS
+    if constexpr (kFloat32Terms && std::is_same<Lanes, PlainLaneSums>::value) {
+      i = add_squared_errors_in_float32(p.input, p.target, i, end, lanes.sum);
+    }
+#endif
     while (i < end) {
       // A run ends where the input range or a weight's period does.
       std::int64_t run_end = end;
@@ -554,13 +706,26 @@ struct LossPassKernel {
       i = run_end;
     }
     if constexpr (kSum) lanes.total(p.chunk_sums + 2 * index);
+    if constexpr (kMayDeferSubnormals) {
+      // the gradient again with the checked store: the same values (the Grad pass's element
+      // math is this one's), the careful lanes right
+#ifndef FASTLOSS_PLANTED_FAULT_BFLOAT16_SUBNORMAL_GRAD_NOT_REDONE
+      if (subnormal_lanes != 0) {
+        LossPassKernel<T, Op, PassOutputs::Grad, kWeighted>{p, false}.template chunk_summed_by<LaneSums>(index, begin, end);
+      }
+#endif
+    }
     return lanes::any(out_of_range) ? 1 : 0;
   }
+
 
   LossPassResult run() const {
     const int out_of_range = for_each_chunk(
         p.n, [this](std::int64_t index, std::int64_t begin, std::int64_t end) { return chunk(index, begin, end); });
-    LossPassResult result{0.0, 0.0, out_of_range != 0, kPlainSumAllowed && p.plain_sum};
+    LossPassResult result{0.0, 0.0, out_of_range != 0, kPlainSumAllowed && p.plain_sum, false};
+#ifdef FASTLOSS_FLOAT32_TERMS
+    result.float32_terms = kFloat32Terms && p.plain_sum && p.n >= kFloat32TermBlock;
+#endif
     if constexpr (kSum) {
       pairwise_sum(p.chunk_sums, num_chunks(p.n));
       result.sum = p.chunk_sums[0];
@@ -587,7 +752,7 @@ LossPassResult run_op(PassOutputs outputs, const LossPass<T>& p) {
       return run_weighted_or_not<T, Op, PassOutputs::ElementwiseAndGrad>(p);
     case PassOutputs::Grad: return run_weighted_or_not<T, Op, PassOutputs::Grad>(p);
   }
-  return LossPassResult{0.0, 0.0, false, false};
+  return LossPassResult{0.0, 0.0, false, false, false};
 }
 
 template <class T>
@@ -600,7 +765,7 @@ LossPassResult run_loss_pass_impl(LossOp op, PassOutputs outputs, const LossPass
     case LossOp::BinaryCrossEntropyWithLogits:
       return run_op<T, pass::OpOf<LossOp::BinaryCrossEntropyWithLogits>::type>(outputs, p);
   }
-  return LossPassResult{0.0, 0.0, false, false};
+  return LossPassResult{0.0, 0.0, false, false, false};
 }
 
 // ---- elementwise maps ------------------------------------------------------------------------

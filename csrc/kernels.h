@@ -46,6 +46,20 @@ constexpr std::int64_t kChunkSize = 8192;
 // alike, so it is the exact path's bits; where one does not (one call in ~2^16 for float32), or
 // the sum is not finite, it sums again exactly.
 constexpr double kPlainSumRelativeError = 0x1p-42;
+// The float16 and bfloat16 squared error's plain sums go further in the x86-64-v3 and v4 builds:
+// a whole block's terms (kernels.cpp, add_squared_errors_in_float32) are formed and first added
+// in float32 lanes, twice the doubles' and with no widening per element. The difference of two
+// 16-bit values rounded to float32 is within u = 2^-24 of its own (exact where their exponents
+// are within 13 of each other, float16), its square then within 2u + u^2, and each term goes
+// through at most 10 float32 roundings (a multiply-add chain of 8, a tree of 2) before it is a
+// double: (10 + 2) u (1 + 12 u) relative to the exact sum of the terms, all >= 0, plus the
+// double lanes' kPlainSumRelativeError: within kFloat32TermsRelativeError. A float32 rounding
+// in bfloat16's range may also underflow, off by at most 2^-150 each (a float16 term is
+// >= 2^-48 when not 0): with at most 2 roundings per term, kFloat32TermsAbsoluteErrorPerTerm
+// per element. Checked like the plain sums (module.cpp): the window is 2^-19 of a value where
+// float16's ulp is 2^-10 to 2^-11 of it, so one random call in ~2^7 to 2^8 sums again exactly.
+constexpr double kFloat32TermsRelativeError = 0x1p-20;
+constexpr double kFloat32TermsAbsoluteErrorPerTerm = 0x1p-149;
 // Below this many elements a call runs serially and keeps the GIL: an OpenMP region costs
 // ~0.6 us, more than the whole computation on a few thousand elements.
 constexpr std::int64_t kParallelThreshold = 1 << 15;
@@ -94,6 +108,7 @@ struct LossPassResult {
   double sum_lo;
   bool input_out_of_range;  // binary_cross_entropy: some input outside [0, 1]
   bool summed_plainly;      // the chunks took LossPass::plain_sum: the caller checks the rounding
+  bool float32_terms;       // ... and some terms were summed in float32 (kFloat32TermsRelativeError)
 };
 
 #define FASTLOSS_DECLARE_KERNELS_OF(T)                                                       \

@@ -276,14 +276,26 @@ double final_value(const LossPassResult& r, bool mean, std::int64_t n, Dtype dty
   return dtype == Dtype::Float64 ? hi : dd::round_to_odd(hi, lo);
 }
 
-// Whether every value within kPlainSumRelativeError of `value` (a plain-sum pass's final value,
-// kernels.h) rounds to the same value of `dtype`, float32 or a 16-bit one: then, rounding being
-// monotonic, the exact sum (mean) does too and `value` gives the exact path's bits. Twice the
-// bound, for the final value's own roundings.
-bool rounding_is_certain(double value, Dtype dtype) {
+// Whether every value within the plain sum's bound of `value` (the final value of a pass that
+// summed plainly, kernels.h: kPlainSumRelativeError, or kFloat32TermsRelativeError and
+// kFloat32TermsAbsoluteErrorPerTerm where it took float32 terms) rounds to the same value of
+// `dtype`, float32 or a 16-bit one: then, rounding being monotonic, the exact sum (mean) does
+// too and `value` gives the exact path's bits. Twice the bound, for the final value's own
+// roundings. A plain sum's terms are >= 0 (or it is NaN), so nothing below 0 is in question.
+bool rounding_is_certain(double value, Dtype dtype, const LossPassResult& result, std::int64_t n, bool mean) {
   if (!std::isfinite(value)) return false;
-  const double margin = std::fabs(value) * (2 * kPlainSumRelativeError);
-  const double below = value - margin, above = value + margin;
+#ifdef FASTLOSS_PLANTED_FAULT_FLOAT32_TERMS_BOUND_AS_DOUBLES
+  const bool float32_terms = false;
+#else
+  const bool float32_terms = result.float32_terms;
+#endif
+  const double relative = float32_terms ? kFloat32TermsRelativeError : kPlainSumRelativeError;
+  double absolute = 0.0;
+#ifndef FASTLOSS_PLANTED_FAULT_FLOAT32_TERMS_UNDERFLOW_IGNORED
+  if (float32_terms) absolute = kFloat32TermsAbsoluteErrorPerTerm * (mean ? 1.0 : static_cast<double>(n));
+#endif
+  const double margin = 2 * (std::fabs(value) * relative + absolute);
+  const double below = std::max(value - margin, 0.0), above = value + margin;
   switch (dtype) {
     case Dtype::Float16:
       return half::round_to_bits<half::Float16Format>(below) == half::round_to_bits<half::Float16Format>(above);
@@ -389,7 +401,7 @@ PyObject* run_loss(const LossCall& call) {
 #ifdef FASTLOSS_PLANTED_FAULT_PLAIN_SUM_UNCHECKED
     if (false) {
 #else
-    if (result.summed_plainly && !rounding_is_certain(value, call.dtype)) {
+    if (result.summed_plainly && !rounding_is_certain(value, call.dtype, result, n, call.mean)) {
 #endif
       LossPass<T> exact = p;
       exact.plain_sum = false;

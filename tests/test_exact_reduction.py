@@ -136,6 +136,51 @@ def test_plain_sum_near_a_rounding_boundary_is_summed_again_exactly(trap):
     np.testing.assert_array_equal(grad, fastloss.mse_loss_grad(x, y, reduction=reduction))
 
 
+# The float16 and bfloat16 squared errors go further (kernels.h, kFloat32TermsRelativeError):
+# whole blocks of 512 (AVX-512) or 256 (AVX2) terms are formed and first summed in float32.
+# 1024 equal elements put the same 32 terms in every float32 lane whatever the layout, so these
+# float32 sums are the same in both builds: x - y is inexact in float32 (y is 29 or 23 of
+# float16's smallest subnormal), the 8-term chains round, and the plain mean lands a float32
+# ulp or two past float16's midpoint 1291.5 / 1024 (or short of 1930.5 / 1024) where the exact
+# mean does not, far outside the double sums' 2^-41: only the float32 bound sends it back.
+@pytest.mark.parametrize("x, subnormals, exact_sum", [(1.123046875, 29, 1291.0), (1.373046875, 23, 1931.0)])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_float16_squares_summed_in_float32_near_a_midpoint(x, subnormals, exact_sum, reduction):
+    n = 1024
+    inputs = np.full(n, x, np.float16)
+    targets = np.full(n, subnormals * 2.0**-24, np.float16)
+    expected = exact_sum / n if reduction == "mean" else exact_sum
+    got = fastloss.mse_loss(inputs, targets, reduction=reduction)
+    assert got.dtype == np.float16 and float(got) == expected, (float(got), expected)
+
+
+def test_bfloat16_squares_that_underflow_float32():
+    # (2^-76)^2 = 2^-152 rounds to 0 in float32, so the float32 lanes sum nothing; 1.5 2^18 of
+    # them sum to 1.5 2^-134, which bfloat16 (subnormals down to 2^-133) rounds up to 2^-133:
+    # the absolute part of the float32 bound (2^-149 a term) sends the zero back
+    bfloat16 = _dtype_named("bfloat16")
+    n = 2**18 + 2**17
+    got = fastloss.mse_loss(np.full(n, 2.0**-76, bfloat16), np.zeros(n, bfloat16), reduction="sum")
+    assert got.dtype == bfloat16 and float(got) == 2.0**-133
+
+
+@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
+def test_16bit_squares_summed_in_float32_are_the_exact_paths_bits(dtype_name):
+    dtype = _dtype_named(dtype_name)
+    rng = np.random.default_rng(seed_for("float32 squares", dtype_name))
+    for n in (255, 256, 511, 512, 513, CHUNK - 1, CHUNK + 600, 3 * CHUNK + 1000):
+        for x, y in ((rng.standard_normal(n), rng.standard_normal(n)),
+                     (rng.random(n), rng.random(n) < 0.5),
+                     # exponents 24 apart: many differences inexact in float32
+                     (np.exp2(rng.integers(-12, 8, n)), -np.exp2(rng.integers(-24, -4, n))),
+                     (np.full(n, 3.0), np.full(n, 1.0 + 2.0**-7))):
+            x, y = x.astype(dtype), y.astype(dtype)
+            for reduction in ("sum", "mean"):
+                copy = x.copy()
+                exact, _ = fastloss.mse_loss_and_grad(copy, y, reduction=reduction, out=copy)
+                assert_same_bits(fastloss.mse_loss(x, y, reduction=reduction), exact)
+
+
 @pytest.mark.parametrize("into", ["new", "input", "target", "other"])
 def test_plain_sum_and_grad_written_over_an_argument(into):
     # out= the input or the target: the gradient overwrites what a rerun would read, so such a

@@ -334,6 +334,32 @@ def test_weighted_strided_and_out(name):
         fastloss.binary_cross_entropy(z, y)
 
 
+@pytest.mark.parametrize("out", ["new", "other", "input"])
+def test_bfloat16_gradients_with_a_few_subnormal_lanes(out):
+    """With AVX512_BF16 the gradient's store checks for subnormal float32 lanes (which the
+    conversion instruction reads as zero) once a chunk and redoes that chunk with the checked
+    store (csrc/kernels.cpp, store_noting_subnormals); out= the input takes the checked store at
+    once. 2 (x - y) / n with n a power of two is exact in double: every value is its float64
+    reference rounded once by ml_dtypes, subnormals of bfloat16 among them."""
+    dtype = dtype_of("bfloat16")
+    rng = np.random.default_rng(11)
+    n = 2**16  # 8 chunks, the parallel path
+    x = rng.standard_normal(n)
+    x[3 * 8192 + 100:3 * 8192 + 140] = np.ldexp(rng.uniform(1, 2, 40), -120)  # grads ~2^-134
+    x[-5:] = np.ldexp(1.0, -118)
+    x, y = x.astype(dtype), np.zeros(n, dtype)
+    expected = (2 * x.astype(np.float64) / n).astype(dtype)
+    assert np.count_nonzero(np.abs(expected.astype(np.float64)) < 2.0**-126) > 40
+    for call in ("mse_loss_grad", "mse_loss_and_grad"):
+        argument = {"new": None, "other": np.empty_like(x), "input": x.copy()}[out]
+        inputs = argument if out == "input" else x
+        got = getattr(fastloss, call)(inputs, y, out=argument)
+        grad = got[1] if call == "mse_loss_and_grad" else got
+        np.testing.assert_array_equal(grad.view(np.uint16), expected.view(np.uint16), err_msg=call)
+        if call == "mse_loss_and_grad":
+            assert got[0] == fastloss.mse_loss(x, y)
+
+
 def test_float16_needs_no_ml_dtypes():
     """`import fastloss` and a float16 call never import ml_dtypes (bfloat16 is optional)."""
     code = ("import json, sys, numpy as np, fastloss\n"
