@@ -2,13 +2,15 @@
 model's forward and the loss) against the same step eager, in interleaved rounds (one step of
 each per round, so a busy or quiet spell of the machine falls on both).
 
-    python bench/torch_compiled_step.py [rounds] [--dtype float32|bfloat16]
+    python bench/torch_compiled_step.py [rounds] [--dtype float32|bfloat16] [--loss fastloss|torch]
 
 The model is Linear(64, 256), ReLU, Linear(256, 256) on a batch of 4096, the loss
 ``fastloss.torch.BCEWithLogitsLoss`` against 0/1 labels, SGD(lr=0.01); backward and the
 optimizer step run eager in both. ``--dtype bfloat16`` runs the forward under
 ``torch.autocast("cpu", dtype=torch.bfloat16)`` (bfloat16 matmuls, the loss in float32, as
-torch's own losses autocast). Both models start from the same weights; after the rounds the
+torch's own losses autocast). ``--loss torch`` runs the same steps with
+``torch.nn.BCEWithLogitsLoss``: the control that tells what compiling does to the model and
+torch itself from what it does to fastloss's operator. Both models start from the same weights; after the rounds the
 two losses of the last round are printed (the compiled step must compute the eager one's:
 tests/test_torch_pt2.py checks that, not this script). A benchmark: it asserts nothing.
 """
@@ -29,6 +31,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("rounds", nargs="?", type=int, default=30)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--loss", default="fastloss", choices=["fastloss", "torch"])
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256))
@@ -36,7 +39,7 @@ def main(argv=None):
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(4096, 64, generator=generator)
     labels = (torch.rand(4096, 256, generator=generator) < 0.5).float()
-    loss_fn = ft.BCEWithLogitsLoss()
+    loss_fn = ft.BCEWithLogitsLoss() if args.loss == "fastloss" else torch.nn.BCEWithLogitsLoss()
     autocast = args.dtype == "bfloat16"
 
     def forward_and_loss(net, inputs, targets):

@@ -239,7 +239,7 @@ def test_values_on_the_gpu(cp, shape, dtype):
         assert_elementwise_close(cp.asnumpy(out), reference(x), dtype)
         assert_same_bits(cp.asnumpy(function(gx)), cp.asnumpy(out))
     with pytest.raises(ValueError, match="class index"):
-        bad = np.zeros(shape[:1] + shape[2:], np.int64)
+        bad = np.zeros(shape[:1] + shape[2:] if len(shape) > 1 else (), np.int64)  # (C,): ()
         if bad.size:
             bad.reshape(-1)[-1] = classes
             fastloss.cross_entropy(gx, cp.asarray(bad))

@@ -278,7 +278,7 @@ def test_cuda_float16_row_ops_on_the_gpu():
                          lambda v: ft.cross_entropy(v, indices.to(device),
                                                     weight=weight.to(device),
                                                     label_smoothing=0.1, reduction="none")):
-            leaf = x.to(device).requires_grad_()
+            leaf = x.detach().clone().to(device).requires_grad_()  # a fresh leaf per call
             y = function(leaf)
             assert y.dtype == torch.float16 and y.device.type == device
             upstream = target.to(device) if y.dim() == 2 else target[:, 0].to(device)
