@@ -11,7 +11,9 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <type_traits>
 
 #if defined(FASTLOSS_PLANTED_FAULT_BCE_GRAD_PARALLEL)
@@ -291,6 +293,71 @@ void store_partial(T* p, V v, int count) {
   std::memcpy(p, padded, sizeof(T) * count);
 }
 
+// ---- streaming stores --------------------------------------------------------------------------
+// A float32 output far larger than the last-level cache goes out by non-temporal stores. An
+// ordinary store first reads the line it writes into, so a gradient pass (two arrays read, one
+// written) moves four arrays' bytes, not three, and a copy three, not two; and the output would
+// not stay in cache for its next reader anyway. Zen 4, 2 threads, N = 1e8 (bench/NOTES.md): a copy
+// 29 -> 40 GB/s, mse_loss_and_grad(out=) 22.8 -> 16.3 ms, sigmoid_backward 21.8 -> 16.7 ms.
+// Below the threshold the output stays in cache for whatever reads it next. Only the passes
+// bound by memory take them (the squared error's, sigmoid_backward). An output that is
+// one of the pass's inputs is in cache already (just read): plain stores. The stores are 16 bytes
+// wide because NumPy's buffers are 16-byte aligned (not 32): an AVX-512 vector's 8 floats go as
+// two. Each chunk that streamed ends with an sfence, so its stores are visible to the threads
+// that read the output after the parallel region (whose barrier orders ordinary stores only).
+constexpr std::int64_t kStreamingStoreBytes = std::int64_t{32} << 20;
+
+template <class T>
+bool streams_into(const T* out, std::int64_t n, std::initializer_list<const void*> inputs) {
+#if defined(__AVX__)
+  if constexpr (std::is_same<T, float>::value) {
+    if (out == nullptr || n < kStreamingStoreBytes / static_cast<std::int64_t>(sizeof(T))) return false;
+    if ((reinterpret_cast<std::uintptr_t>(out) & 15) != 0) return false;
+    for (const void* input : inputs) {
+      if (input == out) return false;
+    }
+    return true;
+  }
+#endif
+  (void)out, (void)n, (void)inputs;
+  return false;
+}
+
+template <class T>
+void store_streaming(T* p, V v) {
+#if defined(__AVX__)
+  if constexpr (std::is_same<T, float>::value) {
+#if defined(__AVX512F__)
+    const __m256 f = _mm512_cvtpd_ps((__m512d)v);
+    _mm_stream_ps(p, _mm256_castps256_ps128(f));
+#ifdef FASTLOSS_PLANTED_FAULT_STREAMING_STORE_LOW_HALF_TWICE
+    _mm_stream_ps(p + 4, _mm256_castps256_ps128(f));
+#else
+    _mm_stream_ps(p + 4, _mm256_extractf128_ps(f, 1));
+#endif
+#else
+    _mm_stream_ps(p, _mm256_cvtpd_ps((__m256d)v));
+#endif
+    return;
+  }
+#endif
+  store(p, v);
+}
+
+// store() or store_streaming(), as the pass decided.
+template <class T>
+void store_to(T* p, V v, bool streaming) {
+  if (streaming) {
+    store_streaming(p, v);
+  } else {
+    store(p, v);
+  }
+}
+
+void end_streaming(bool streamed) {
+  if (streamed) _mm_sfence();
+}
+
 // Lanes [0, count) of a vector: the elements of a partial vector.
 Mask first_lanes(int count) {
   V index;
@@ -552,6 +619,10 @@ struct LossPassKernel {
   // the squared error's terms are >= 0 whatever the inputs; BCE's only for targets in [0, 1]
   using PlainLaneSums =
       PlainLaneSumsOf<!std::is_same<Op, pass::OpOf<LossOp::SquaredError>::type>::value>;
+  // Streaming stores for the squared error's outputs alone: the cross-entropies are bound by
+  // their arithmetic, where the extra instruction of a split store costs 2-5 % and the bytes
+  // saved buy nothing (bench/NOTES.md).
+  static constexpr bool kMayStream = std::is_same<Op, pass::OpOf<LossOp::SquaredError>::type>::value;
   // where a plain sum's whole blocks take float32 lanes (above): the 16-bit squared error alone
 #ifdef FASTLOSS_FLOAT32_TERMS
   static constexpr bool kFloat32Terms =
@@ -573,6 +644,7 @@ struct LossPassKernel {
     T* grad_out;
     double grad_scale;
     unsigned* subnormal_lanes;  // bfloat16 gradients: store_noting_subnormals' lanes, or null
+    bool stream_loss, stream_grad;  // streaming stores (streams_into) for loss_out, grad_out
   };
 
   // bfloat16 gradients on a CPU with AVX512_BF16 may defer the store's subnormal check to the
@@ -584,6 +656,7 @@ struct LossPassKernel {
   static constexpr bool kMayDeferSubnormals = false;
 #endif
 
+  template <bool kStream>
   static void store_grad(Streams s, std::int64_t i, V grad) {
 #if defined(__AVX512BF16__)
     if constexpr (kMayDeferSubnormals) {
@@ -593,13 +666,15 @@ struct LossPassKernel {
       }
     }
 #endif
-    store(s.grad_out + i, grad);
+    store_to(s.grad_out + i, grad, kStream && s.stream_grad);
   }
 
   // The vector of elements i .. i + kWidth (kWhole), or its first `count` (weights w and pw
   // at the same offsets): writes its elementwise outputs, returns its weighted losses (0 in
   // the lanes past count). Everything is read before anything is written: out may be the input.
-  template <bool kWhole>
+  // kStream: whether the streams' stream_* flags are read (a pass that takes none leaves the
+  // test out of its loop).
+  template <bool kWhole, bool kStream>
   static V step(Streams s, std::int64_t i, const T* w, const T* pw, int count, Mask& out_of_range) {
     const auto read = [count](const T* a) { return kWhole ? load(a) : load_partial(a, count); };
     const V x = read(s.input + i);
@@ -616,8 +691,8 @@ struct LossPassKernel {
     }
 #endif
     if (kWhole) {
-      if constexpr (kElementwise) store(s.loss_out + i, loss);
-      if constexpr (kGrad) store_grad(s, i, grad);
+      if constexpr (kElementwise) store_to(s.loss_out + i, loss, kStream && s.stream_loss);
+      if constexpr (kGrad) store_grad<kStream>(s, i, grad);
       return loss;
     }
     if constexpr (kElementwise) store_partial(s.loss_out + i, loss, count);
@@ -629,15 +704,16 @@ struct LossPassKernel {
   }
 
   // Elements [i, end) of one contiguous run (weights contiguous over it too, from w and pw).
-  template <class Lanes>
+  template <bool kStream, class Lanes>
   static void run(Streams s, std::int64_t i, std::int64_t end, const T* w, const T* pw, Lanes& lanes,
                   Mask& out_of_range) {
     constexpr int kBlock = Lanes::kCount * kWidth;
     for (; i + kBlock <= end; i += kBlock) {
       for (int k = 0; k < Lanes::kCount; ++k) {
         // (no offset on the null pointers of an unweighted pass: UBSan rightly objects)
-        const V loss = kWeighted ? step<true>(s, i + k * kWidth, w + k * kWidth, pw + k * kWidth, kWidth, out_of_range)
-                                 : step<true>(s, i + k * kWidth, w, pw, kWidth, out_of_range);
+        const V loss = kWeighted ? step<true, kStream>(s, i + k * kWidth, w + k * kWidth, pw + k * kWidth, kWidth,
+                                                       out_of_range)
+                                 : step<true, kStream>(s, i + k * kWidth, w, pw, kWidth, out_of_range);
         if constexpr (kSum) lanes.add(k, loss);
       }
       if constexpr (kWeighted) {
@@ -648,8 +724,8 @@ struct LossPassKernel {
     int k = 0;
     for (; i < end; i += kWidth, ++k) {
       const int count = static_cast<int>(std::min<std::int64_t>(kWidth, end - i));
-      const V loss = count == kWidth ? step<true>(s, i, w, pw, kWidth, out_of_range)
-                                     : step<false>(s, i, w, pw, count, out_of_range);
+      const V loss = count == kWidth ? step<true, kStream>(s, i, w, pw, kWidth, out_of_range)
+                                     : step<false, kStream>(s, i, w, pw, count, out_of_range);
       if constexpr (kSum) lanes.add(k, loss);
       if constexpr (kWeighted) {
         w += kWidth;
@@ -678,8 +754,16 @@ struct LossPassKernel {
                   p.grad_out != p.target && p.grad_out != p.weight && p.grad_out != p.pos_weight;
     }
 #endif
-    const Streams streams{p.input, p.target, p.loss_out, p.grad_out, p.grad_scale,
-                          deferring ? &subnormal_lanes : nullptr};
+    const std::initializer_list<const void*> inputs{p.input, p.target, p.weight, p.pos_weight};
+    const Streams streams{p.input,
+                          p.target,
+                          p.loss_out,
+                          p.grad_out,
+                          p.grad_scale,
+                          deferring ? &subnormal_lanes : nullptr,
+                          kMayStream && kElementwise && streams_into(p.loss_out, p.n, inputs),
+                          kMayStream && kGrad && streams_into(p.grad_out, p.n, inputs)};
+    const bool streaming = streams.stream_loss || streams.stream_grad;
     std::int64_t i = begin;
 #ifdef FASTLOSS_FLOAT32_TERMS
     if constexpr (kFloat32Terms && std::is_same<Lanes, PlainLaneSums>::value) {
@@ -702,9 +786,14 @@ struct LossPassKernel {
         w = p.weight + w_offset;
         pw = p.pos_weight + pw_offset;
       }
-      run(streams, i, run_end, w, pw, lanes, out_of_range);
+      if (streaming) {
+        if constexpr (kMayStream) run<true>(streams, i, run_end, w, pw, lanes, out_of_range);
+      } else {
+        run<false>(streams, i, run_end, w, pw, lanes, out_of_range);
+      }
       i = run_end;
     }
+    end_streaming(streaming);
     if constexpr (kSum) lanes.total(p.chunk_sums + 2 * index);
     if constexpr (kMayDeferSubnormals) {
       // the gradient again with the checked store: the same values (the Grad pass's element
@@ -782,9 +871,9 @@ void map_chunk(std::int64_t begin, std::int64_t end, T* out, F f, const T* a) {
 
 // out[i] = f(a[i], b[i]) over [begin, end) (out may be a or b).
 template <class T, class F>
-void map_chunk(std::int64_t begin, std::int64_t end, T* out, F f, const T* a, const T* b) {
+void map_chunk(std::int64_t begin, std::int64_t end, T* out, F f, const T* a, const T* b, bool streaming = false) {
   std::int64_t i = begin;
-  for (; i + kWidth <= end; i += kWidth) store(out + i, f(load(a + i), load(b + i)));
+  for (; i + kWidth <= end; i += kWidth) store_to(out + i, f(load(a + i), load(b + i)), streaming);
   if (i < end) {
     const int count = static_cast<int>(end - i);
     store_partial(out + i, f(load_partial(a + i, count), load_partial(b + i, count)), count);
@@ -850,6 +939,7 @@ void sigmoid_chunk_pipelined(std::int64_t begin, std::int64_t end, const T* x, T
 
 template <class T>
 void sigmoid_impl(std::int64_t n, const T* x, T* out) {
+  // (no streaming stores: sigmoid is bound by its arithmetic, as the cross-entropies are)
   for_each_chunk(n, [=](std::int64_t, std::int64_t begin, std::int64_t end) {
 #if defined(__AVX2__) && !defined(__AVX512F__)
     if constexpr (std::is_same<typename MathOf<T>::type, float>::value) {
@@ -876,6 +966,7 @@ void sigmoid_impl(std::int64_t n, const T* x, T* out) {
 // itself: each element is read before it is written.
 template <class T>
 bool sigmoid_backward_impl(std::int64_t n, const T* grad_output, const T* output, T* out) {
+  const bool streaming = streams_into(out, n, {grad_output, output});
   const int out_of_range = for_each_chunk(n, [=](std::int64_t, std::int64_t begin, std::int64_t end) {
     Mask not_an_output = {};  // a partial vector's padding lanes are 0: inside [0, 1]
     map_chunk(begin, end, out, [&not_an_output](V g, V y) {
@@ -883,7 +974,8 @@ bool sigmoid_backward_impl(std::int64_t n, const T* grad_output, const T* output
       not_an_output = not_an_output | ew::outside_unit_interval(y);
 #endif
       return ew::sigmoid_backward(g, y);
-    }, grad_output, output);
+    }, grad_output, output, streaming);
+    end_streaming(streaming);
     return lanes::any(not_an_output) ? 1 : 0;
   });
   return out_of_range != 0;
