@@ -98,7 +98,7 @@ CPP_FAULTS = (
           "AVX512_BF16 gradient stores: a chunk with subnormal float32 lanes keeps the conversion's zeros",
           ("tests/test_half.py", "-k", "subnormal_lanes"), ci=False),
     Fault("STREAMING_STORE_LOW_HALF_TWICE",
-          "AVX-512 streaming stores (outputs of 32 MiB and more): a vector's low 4 floats written twice",
+          "AVX-512 streaming stores (outputs of 32 MiB and more): a vector's low 16 bytes written twice",
           ("tests/test_streaming_stores.py",), ci=False),
     Fault("PLAIN_SUM_SIGN_UNCHECKED",
           "plain BCE sums: a negative term (a target outside [0, 1]) is not seen, so the sum is not redone",

@@ -61,7 +61,11 @@ V load(const float* p) {
 #elif defined(__AVX__)
   return (V)_mm256_cvtps_pd(_mm_loadu_ps(p));
 #else
-  return (V)_mm_cvtps_pd(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p))));
+  // two floats by memcpy, not through a double*: a float32 array may be only 4-byte aligned
+  // (UBSan: a misaligned double access); the compiler emits the same 8-byte load
+  double two_floats;
+  std::memcpy(&two_floats, p, sizeof two_floats);
+  return (V)_mm_cvtps_pd(_mm_castpd_ps(_mm_set_sd(two_floats)));
 #endif
 }
 
@@ -73,7 +77,8 @@ void store(float* p, V v) {
 #elif defined(__AVX__)
   _mm_storeu_ps(p, _mm256_cvtpd_ps((__m256d)v));
 #else
-  _mm_store_sd(reinterpret_cast<double*>(p), _mm_castps_pd(_mm_cvtpd_ps((__m128d)v)));
+  const __m128 two_floats = _mm_cvtpd_ps((__m128d)v);  // (as load: memcpy, 4-byte alignment)
+  std::memcpy(p, &two_floats, 2 * sizeof(float));
 #endif
 }
 
@@ -294,7 +299,7 @@ void store_partial(T* p, V v, int count) {
 }
 
 // ---- streaming stores --------------------------------------------------------------------------
-// A float32 output far larger than the last-level cache goes out by non-temporal stores. An
+// A float32 or float64 output far larger than the last-level cache goes out by non-temporal stores. An
 // ordinary store first reads the line it writes into, so a gradient pass (two arrays read, one
 // written) moves four arrays' bytes, not three, and a copy three, not two; and the output would
 // not stay in cache for its next reader anyway. Zen 4, 2 threads, N = 1e8 (bench/NOTES.md): a copy
@@ -303,14 +308,14 @@ void store_partial(T* p, V v, int count) {
 // bound by memory take them (the squared error's, sigmoid_backward). An output that is
 // one of the pass's inputs is in cache already (just read): plain stores. The stores are 16 bytes
 // wide because NumPy's buffers are 16-byte aligned (not 32): an AVX-512 vector's 8 floats go as
-// two. Each chunk that streamed ends with an sfence, so its stores are visible to the threads
+// two, its 8 doubles as four. Each chunk that streamed ends with an sfence, so its stores are visible to the threads
 // that read the output after the parallel region (whose barrier orders ordinary stores only).
 constexpr std::int64_t kStreamingStoreBytes = std::int64_t{32} << 20;
 
 template <class T>
 bool streams_into(const T* out, std::int64_t n, std::initializer_list<const void*> inputs) {
 #if defined(__AVX__)
-  if constexpr (std::is_same<T, float>::value) {
+  if constexpr (std::is_same<T, float>::value || std::is_same<T, double>::value) {
     if (out == nullptr || n < kStreamingStoreBytes / static_cast<std::int64_t>(sizeof(T))) return false;
     if ((reinterpret_cast<std::uintptr_t>(out) & 15) != 0) return false;
     for (const void* input : inputs) {
@@ -337,6 +342,24 @@ void store_streaming(T* p, V v) {
 #endif
 #else
     _mm_stream_ps(p, _mm256_cvtpd_ps((__m256d)v));
+#endif
+    return;
+  }
+  if constexpr (std::is_same<T, double>::value) {
+#if defined(__AVX512F__)
+    const __m512d d = (__m512d)v;
+    _mm_stream_pd(p, _mm512_castpd512_pd128(d));
+#ifdef FASTLOSS_PLANTED_FAULT_STREAMING_STORE_LOW_HALF_TWICE
+    _mm_stream_pd(p + 2, _mm512_castpd512_pd128(d));
+#else
+    _mm_stream_pd(p + 2, _mm512_extractf64x2_pd(d, 1));
+#endif
+    _mm_stream_pd(p + 4, _mm512_extractf64x2_pd(d, 2));
+    _mm_stream_pd(p + 6, _mm512_extractf64x2_pd(d, 3));
+#else
+    const __m256d d = (__m256d)v;
+    _mm_stream_pd(p, _mm256_castpd256_pd128(d));
+    _mm_stream_pd(p + 2, _mm256_extractf128_pd(d, 1));
 #endif
     return;
   }
