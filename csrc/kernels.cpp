@@ -349,7 +349,7 @@ void store_streaming(T* p, V v) {
 #if defined(__AVX512F__)
     const __m512d d = (__m512d)v;
     _mm_stream_pd(p, _mm512_castpd512_pd128(d));
-#ifdef FASTLOSS_PLANTED_FAULT_STREAMING_STORE_LOW_HALF_TWICE
+#ifdef FASTLOSS_PLANTED_FAULT_STREAMING_STORE_FLOAT64_LOW_PAIR_TWICE
     _mm_stream_pd(p + 2, _mm512_castpd512_pd128(d));
 #else
     _mm_stream_pd(p + 2, _mm512_extractf64x2_pd(d, 1));
