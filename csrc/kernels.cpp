@@ -299,17 +299,18 @@ void store_partial(T* p, V v, int count) {
 }
 
 // ---- streaming stores --------------------------------------------------------------------------
-// A float32 or float64 output far larger than the last-level cache goes out by non-temporal stores. An
-// ordinary store first reads the line it writes into, so a gradient pass (two arrays read, one
-// written) moves four arrays' bytes, not three, and a copy three, not two; and the output would
-// not stay in cache for its next reader anyway. Zen 4, 2 threads, N = 1e8 (bench/NOTES.md): a copy
-// 29 -> 40 GB/s, mse_loss_and_grad(out=) 22.8 -> 16.3 ms, sigmoid_backward 21.8 -> 16.7 ms.
-// Below the threshold the output stays in cache for whatever reads it next. Only the passes
-// bound by memory take them (the squared error's, sigmoid_backward). An output that is
-// one of the pass's inputs is in cache already (just read): plain stores. The stores are 16 bytes
-// wide because NumPy's buffers are 16-byte aligned (not 32): an AVX-512 vector's 8 floats go as
-// two, its 8 doubles as four. Each chunk that streamed ends with an sfence, so its stores are visible to the threads
-// that read the output after the parallel region (whose barrier orders ordinary stores only).
+// A float32 or float64 output far larger than the last-level cache goes out by non-temporal
+// stores. An ordinary store first reads the line it writes into, so a gradient pass (two arrays
+// read, one written) moves four arrays' bytes, not three, and a copy three, not two; and the
+// output would not stay in cache for its next reader anyway. Zen 4, 2 threads, N = 1e8
+// (bench/NOTES.md): a copy 29 -> 40 GB/s, mse_loss_and_grad(out=) 22.8 -> 16.3 ms,
+// sigmoid_backward 21.8 -> 16.7 ms. Below the threshold the output stays in cache for whatever
+// reads it next. Only the passes bound by memory take them (the squared error's,
+// sigmoid_backward). An output that is one of the pass's inputs is in cache already (just read):
+// plain stores. The stores are 16 bytes wide because NumPy's buffers are 16-byte aligned (not
+// 32): an AVX-512 vector's 8 floats go as two, its 8 doubles as four. Each chunk that streamed
+// ends with an sfence, so its stores are visible to the threads that read the output after the
+// parallel region (whose barrier orders ordinary stores only).
 constexpr std::int64_t kStreamingStoreBytes = std::int64_t{32} << 20;
 
 template <class T>

@@ -31,9 +31,6 @@ def fresh():
 def offset():  # a view one element past a 16-byte aligned start: never streamed
     return np.empty(n + 1, dtype)[1:]
 
-def grads(fn, *args, **kw):
-    return lambda out: fn(*args, **kw, out=out)
-
 def in_pieces(call):
     out = fresh()
     h = n // 2
