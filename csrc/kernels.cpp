@@ -11,6 +11,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
@@ -316,7 +317,10 @@ constexpr std::int64_t kStreamingStoreBytes = std::int64_t{32} << 20;
 template <class T>
 bool streams_into(const T* out, std::int64_t n, std::initializer_list<const void*> inputs) {
 #if defined(__AVX__)
-  if constexpr (std::is_same<T, float>::value || std::is_same<T, double>::value) {
+  if constexpr (std::is_same<T, float>::value || std::is_same<T, double>::value || std::is_same<T, Float16>::value ||
+                std::is_same<T, BFloat16>::value) {
+    // (16-bit outputs: the float32 gradient lanes alone stream them, store_gradient_pair;
+    // store_streaming stores them as store() does)
     if (out == nullptr || n < kStreamingStoreBytes / static_cast<std::int64_t>(sizeof(T))) return false;
     if ((reinterpret_cast<std::uintptr_t>(out) & 15) != 0) return false;
     for (const void* input : inputs) {
@@ -610,7 +614,281 @@ std::int64_t add_squared_errors_in_float32(const T* input, const T* target, std:
   }
   return i;
 }
+
+// ---- the 16-bit squared error's gradient in float32 lanes -----------------------------------
+// The gradient is D = (x - y) * scale in double rounded once to the 16-bit format. The double
+// lanes take it through six conversions per 8 elements (both inputs widened twice, the round to
+// odd, the narrowing), which bound the fused float16 pass at ~8.6 cycles per 8 on Zen 4
+// (bench/NOTES.md). In float32 lanes q = (x - y) * float(scale) has three roundings (the
+// difference, the scale, the product): |q - D| <= 3.0001 2^-24 |q|, plus 2^-150 where q is
+// subnormal, at most 3 steps of q's own float32 grid (3.0001 at the top of a binade: below a
+// power of two the steps halve, where the bound is half as many). Rounding is monotonic, so q
+// rounds to D's 16-bit value unless one of the format's half-way points lies within those steps
+// of q; gradient_in_doubt looks for one within kHalfwayMargin steps, and a vector where it finds
+// one takes the double lanes instead: the bits are theirs either way. That is ~1.8 % of random
+// float16 vectors (9 in 2^13 per element), fewer for bfloat16. A NaN is the double lanes' NaN
+// without a test: x86 passes the same operand's payload on in either width, and narrowing keeps
+// its top bits (tests/test_half_gradient_lanes.py compares every NaN). The scale must be a
+// normal float32 (or 0) for its rounding to be relative: float32_gradient_scale_usable.
+constexpr int kHalfwayMargin = 4;
+#ifdef FASTLOSS_PLANTED_FAULT_HALF_GRAD_HALFWAY_UNCHECKED
+constexpr bool kHalfwayChecked = false;
+#else
+constexpr bool kHalfwayChecked = true;
 #endif
+
+#if defined(__AVX512F__)
+typedef __m512i FloatLaneBits;
+FloatLaneBits bits_of(FloatLanes v) { return _mm512_castps_si512(v); }
+FloatLaneBits splat_bits(int v) { return _mm512_set1_epi32(v); }
+#else
+typedef __m256i FloatLaneBits;
+FloatLaneBits bits_of(FloatLanes v) { return _mm256_castps_si256(v); }
+FloatLaneBits splat_bits(int v) { return _mm256_set1_epi32(v); }
+#endif
+
+FloatLanes splat_float(float v) {
+#if defined(__AVX512F__)
+  return _mm512_set1_ps(v);
+#else
+  return _mm256_set1_ps(v);
+#endif
+}
+
+// The lanes in doubt, as a mask (a compare's k register, or AVX2's movemask), so that a
+// pair's four tests join before one branch.
+#if defined(__AVX512F__)
+typedef __mmask16 DoubtMask;
+#else
+typedef int DoubtMask;
+#endif
+
+// The lanes whose bits below the format's last kept one (the low `kDroppedBits` of `placed`)
+// are within kHalfwayMargin steps of the half-way pattern (the top dropped bit alone).
+template <int kDroppedBits>
+DoubtMask near_halfway(FloatLanes placed) {
+  constexpr int kHalfway = 1 << (kDroppedBits - 1);
+  constexpr int kDropped = (1 << kDroppedBits) - 1;
+  if (!kHalfwayChecked) return 0;
+  // (the window [halfway - margin, halfway + margin] as one unsigned compare of the offset bits)
+#if defined(__AVX512F__)
+  const __m512i below = _mm512_and_si512(_mm512_sub_epi32(bits_of(placed), splat_bits(kHalfway - kHalfwayMargin)),
+                                         splat_bits(kDropped));
+  return _mm512_cmple_epu32_mask(below, splat_bits(2 * kHalfwayMargin));
+#else
+  const __m256i below = _mm256_and_si256(_mm256_sub_epi32(bits_of(placed), splat_bits(kHalfway - kHalfwayMargin)),
+                                         splat_bits(kDropped));
+  return _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(splat_bits(2 * kHalfwayMargin + 1), below)));
+#endif
+}
+
+FloatLanes magnitude_of(FloatLanes v) {
+#if defined(__AVX512F__)
+  return _mm512_abs_ps(v);
+#else
+  return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v);
+#endif
+}
+
+// float16 keeps 11 of float32's 24 bits from 2^-14 up; below, its subnormals are 2^-24 apart, as
+// its normals in [2^-14, 2^-13), where magnitudes below 2^-14 are moved by adding 2^-14 (one
+// rounding to 2^-37, half a step there: the margin holds).
+DoubtMask gradient_in_doubt(const Float16*, FloatLanes q) {
+  const FloatLanes magnitude = magnitude_of(q);
+  const FloatLanes smallest_normal = splat_float(0x1p-14f);
+#if defined(__AVX512F__)
+  const FloatLanes placed = _mm512_mask_add_ps(
+      magnitude, _mm512_cmp_ps_mask(magnitude, smallest_normal, _CMP_LT_OQ), magnitude, smallest_normal);
+#else
+  const FloatLanes placed =
+      magnitude + _mm256_and_ps(_mm256_cmp_ps(magnitude, smallest_normal, _CMP_LT_OQ), smallest_normal);
+#endif
+  return near_halfway<13>(placed);
+}
+
+// bfloat16 has float32's exponents, subnormals included: its rounding drops the low 16 bits of
+// every float32.
+DoubtMask gradient_in_doubt(const BFloat16*, FloatLanes q) { return near_halfway<16>(magnitude_of(q)); }
+
+// A power-of-two scale (every mean over 2^k elements) puts many gradients exactly on half-way
+// points, where the test above would send most pairs to the double lanes. There q is exactly D
+// wherever the float32 difference is exact and q is not a float32 subnormal (bfloat16's range),
+// and then its own rounding is D's, ties included: the difference's error by Knuth's TwoSum
+// (exact for every pair; NaN where an input is NaN or inf) is the whole test.
+FloatLanes difference_error(FloatLanes x, FloatLanes y, FloatLanes d) {
+  const FloatLanes moved = d - x;
+  return (x - (d - moved)) - (y + moved);
+}
+
+template <class T>
+DoubtMask exact_gradient_in_doubt(FloatLanes x, FloatLanes y, FloatLanes d, FloatLanes q) {
+  const FloatLanes error = difference_error(x, y, d);
+#ifdef FASTLOSS_PLANTED_FAULT_HALF_GRAD_DIFFERENCE_UNCHECKED
+  (void)error;
+  const FloatLanes unchecked = q - q;  // (NaN where q is NaN or inf, as the error would be)
+#define FASTLOSS_DIFFERENCE_ERROR unchecked
+#else
+#define FASTLOSS_DIFFERENCE_ERROR error
+#endif
+#if defined(__AVX512F__)
+  __mmask16 doubt = _mm512_cmp_ps_mask(FASTLOSS_DIFFERENCE_ERROR, _mm512_setzero_ps(), _CMP_NEQ_UQ);
+  if constexpr (std::is_same<T, BFloat16>::value) doubt |= _mm512_fpclass_ps_mask(q, 0x20);  // 0x20: subnormal
+  return doubt;
+#else
+  __m256 doubt = _mm256_cmp_ps(FASTLOSS_DIFFERENCE_ERROR, _mm256_setzero_ps(), _CMP_NEQ_UQ);
+  if constexpr (std::is_same<T, BFloat16>::value) {
+    const __m256 magnitude = magnitude_of(q);
+    doubt = _mm256_or_ps(doubt, _mm256_and_ps(_mm256_cmp_ps(magnitude, splat_float(0x1p-126f), _CMP_LT_OQ),
+                                              _mm256_cmp_ps(magnitude, _mm256_setzero_ps(), _CMP_NEQ_OQ)));
+  }
+  return _mm256_movemask_ps(doubt);
+#endif
+#undef FASTLOSS_DIFFERENCE_ERROR
+}
+
+// kStream: by non-temporal stores, 16 bytes at a time (streams_into: a 16-byte aligned output;
+// a pair starts a whole number of 32 bytes into it).
+template <bool kStream>
+void store_16_bytes(void* p, __m128i v) {
+  if constexpr (kStream) {
+    _mm_stream_si128(static_cast<__m128i*>(p), v);
+  } else {
+    _mm_storeu_si128(static_cast<__m128i*>(p), v);
+  }
+}
+
+template <bool kStream>
+void store_32_bytes(void* p, __m256i v) {
+  if constexpr (kStream) {
+    store_16_bytes<true>(p, _mm256_castsi256_si128(v));
+    store_16_bytes<true>(static_cast<char*>(p) + 16, _mm256_extracti128_si256(v, 1));
+  } else {
+    _mm256_storeu_si256(static_cast<__m256i*>(p), v);
+  }
+}
+
+// The float32 lanes rounded to nearest even, stored: a pair of vectors as load_float_pair
+// gives them (for bfloat16: the even elements, then the odd ones).
+template <bool kStream>
+void store_gradient_pair(Float16* p, FloatLanes first, FloatLanes second) {
+#if defined(__AVX512F__)
+  store_32_bytes<kStream>(p, _mm512_cvtps_ph(first, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  store_32_bytes<kStream>(p + 16, _mm512_cvtps_ph(second, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#else
+  store_16_bytes<kStream>(p, _mm256_cvtps_ph(first, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  store_16_bytes<kStream>(p + 8, _mm256_cvtps_ph(second, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#endif
+}
+
+// bfloat16: + 0x7fff + the kept lowest bit rounds the bits to nearest even (a carry into the
+// exponent is the next binade, or inf). A NaN here is a bfloat16 input's, quieted, or the default
+// NaN: its low 16 bits are 0, so it passes unchanged. The even elements' rounded top halves go to
+// the low halves of the 32-bit lanes, the odd ones' stay in the top halves.
+template <bool kStream>
+void store_gradient_pair(BFloat16* p, FloatLanes even, FloatLanes odd) {
+#if defined(__AVX512F__)
+  const auto rounded = [](FloatLanes v) {
+    const __m512i bits = bits_of(v);
+    const __m512i kept_lowest = _mm512_and_si512(_mm512_srli_epi32(bits, 16), splat_bits(1));
+    return _mm512_add_epi32(bits, _mm512_add_epi32(splat_bits(0x7fff), kept_lowest));
+  };
+  const __m512i both = _mm512_or_si512(_mm512_srli_epi32(rounded(even), 16),
+                                       _mm512_and_si512(rounded(odd), splat_bits(static_cast<int>(0xffff0000u))));
+  if constexpr (kStream) {
+    store_32_bytes<true>(p, _mm512_castsi512_si256(both));
+    store_32_bytes<true>(p + 16, _mm512_extracti64x4_epi64(both, 1));
+  } else {
+    _mm512_storeu_si512(p, both);
+  }
+#else
+  const auto rounded = [](FloatLanes v) {
+    const __m256i bits = bits_of(v);
+    const __m256i kept_lowest = _mm256_and_si256(_mm256_srli_epi32(bits, 16), splat_bits(1));
+    return _mm256_add_epi32(bits, _mm256_add_epi32(splat_bits(0x7fff), kept_lowest));
+  };
+  const __m256i both = _mm256_or_si256(_mm256_srli_epi32(rounded(even), 16),
+                                       _mm256_and_si256(rounded(odd), splat_bits(static_cast<int>(0xffff0000u))));
+  store_32_bytes<kStream>(p, both);
+#endif
+}
+
+// The squared errors' sum (kSum: into `sum`, as add_squared_errors_in_float32 adds it) and the
+// gradient (x - y) * scale of the whole blocks from i on; returns where they end. A pair in doubt
+// is handed to in_doubt(at, count, to), which writes those elements' gradient by the double
+// lanes to `to` (it reads the inputs again: grad_out may be the input, not yet written there).
+template <bool kSum, bool kPowerOfTwoScale, bool kStream, class T, class InDoubt>
+std::int64_t squared_errors_and_gradient_in_float32(const T* input, const T* target, T* grad_out, double scale,
+                                                    std::int64_t i, std::int64_t end, V* sum, InDoubt in_doubt) {
+  const FloatLanes scale32 = splat_float(static_cast<float>(scale));
+  constexpr std::int64_t kPair = 2 * kFloatWidth;
+  const auto gradient_of = [&](std::int64_t at, FloatLanes x0, FloatLanes y0, FloatLanes d0, FloatLanes x1,
+                               FloatLanes y1, FloatLanes d1) {
+    const FloatLanes q0 = d0 * scale32, q1 = d1 * scale32;
+    DoubtMask doubt0, doubt1;
+    if constexpr (kPowerOfTwoScale) {
+      doubt0 = exact_gradient_in_doubt<T>(x0, y0, d0, q0);
+      doubt1 = exact_gradient_in_doubt<T>(x1, y1, d1, q1);
+    } else {
+      doubt0 = gradient_in_doubt(input, q0);
+      doubt1 = gradient_in_doubt(input, q1);
+    }
+    if ((doubt0 | doubt1) != 0) {
+      // the float32 lanes' values, the elements in doubt written over them by the double lanes,
+      // all into a buffer, then stored as the pair would be: ordinary stores into lines being
+      // streamed cost ~0.3 us each (float16 at 1e8: 37 against 11 ms). A float16 pair is two
+      // runs of kFloatWidth elements, so only the run in doubt is redone; bfloat16's vectors
+      // interleave, so both are.
+      alignas(64) T redone[kPair];
+      store_gradient_pair<false>(redone, q0, q1);
+      if constexpr (std::is_same<T, Float16>::value) {
+        if (doubt0 != 0) in_doubt(at, kFloatWidth, redone);
+        if (doubt1 != 0) in_doubt(at + kFloatWidth, kFloatWidth, redone + kFloatWidth);
+      } else {
+        in_doubt(at, kPair, redone);
+      }
+      for (std::int64_t k = 0; k < kPair; k += 16) {
+        store_32_bytes<kStream>(grad_out + at + k, _mm256_load_si256(reinterpret_cast<const __m256i*>(redone + k)));
+      }
+    } else {
+      store_gradient_pair<kStream>(grad_out + at, q0, q1);
+    }
+  };
+  for (; i + kFloat32TermBlock <= end; i += kFloat32TermBlock) {
+    FloatLanes p0 = {}, p1 = {}, p2 = {}, p3 = {};
+    for (int step = 0; step < kFloat32TermSteps; step += 2) {
+      const std::int64_t at = i + step * kPair;
+      FloatLanes x0, x1, x2, x3, y0, y1, y2, y3;
+      load_float_pair(input + at, x0, x1);
+      load_float_pair(target + at, y0, y1);
+      load_float_pair(input + at + kPair, x2, x3);
+      load_float_pair(target + at + kPair, y2, y3);
+      const FloatLanes d0 = x0 - y0, d1 = x1 - y1, d2 = x2 - y2, d3 = x3 - y3;
+      if constexpr (kSum) {
+        p0 = add_square(p0, d0);
+        p1 = add_square(p1, d1);
+        p2 = add_square(p2, d2);
+        p3 = add_square(p3, d3);
+      }
+      gradient_of(at, x0, y0, d0, x1, y1, d1);
+      gradient_of(at + kPair, x2, y2, d2, x3, y3, d3);
+    }
+    if constexpr (kSum) add_widened(sum, (p0 + p1) + (p2 + p3));
+  }
+  return i;
+}
+#endif
+
+// Whether the squared error's gradient scale is a normal float32 (or 0), so that its rounding to
+// float32 is relative (the float32 gradient lanes above; the same test in every build).
+bool float32_gradient_scale_usable(double scale) {
+  const double magnitude = std::fabs(scale);
+  return magnitude == 0.0 || (magnitude >= 0x1p-100 && magnitude <= 0x1p100);
+}
+
+bool is_power_of_two(double scale) {
+  int exponent;
+  return std::frexp(std::fabs(scale), &exponent) == 0.5;
+}
 
 // Calls chunk(begin, end) for every chunk of [0, n): serially below kParallelThreshold or in a
 // forked child, else split statically over the OpenMP threads. Returns the OR of the calls.
@@ -652,9 +930,27 @@ struct LossPassKernel {
   static constexpr bool kFloat32Terms =
       kOutputs == PassOutputs::Sum && !kWeighted && std::is_same<Op, pass::OpOf<LossOp::SquaredError>::type>::value &&
       (std::is_same<T, Float16>::value || std::is_same<T, BFloat16>::value);
+  // where the 16-bit squared error's gradient takes float32 lanes (above), and with it the
+  // sum of a fused pass that sums plainly
+  static constexpr bool kFloat32Gradient =
+      !kWeighted && std::is_same<Op, pass::OpOf<LossOp::SquaredError>::type>::value &&
+      (kOutputs == PassOutputs::SumAndGrad || kOutputs == PassOutputs::Grad) &&
+      (std::is_same<T, Float16>::value || std::is_same<T, BFloat16>::value);
 #else
   static constexpr bool kFloat32Terms = false;
+  static constexpr bool kFloat32Gradient = false;
 #endif
+
+  // Whether this pass's whole blocks take float32 lanes, so the sum's bound is theirs.
+  static bool takes_float32_lanes(const LossPass<T>& p, bool summing_plainly) {
+    if constexpr (kFloat32Terms) return summing_plainly;
+    if constexpr (kFloat32Gradient) {
+      return (kOutputs == PassOutputs::Grad || summing_plainly) &&
+             float32_gradient_scale_usable(Op::kGradFactor * p.grad_scale);
+    }
+    (void)p, (void)summing_plainly;
+    return false;
+  }
 
   const LossPass<T>& p;
   bool may_defer_subnormal_check = true;  // (false for the redo itself)
@@ -790,8 +1086,37 @@ struct LossPassKernel {
     const bool streaming = streams.stream_loss || streams.stream_grad;
     std::int64_t i = begin;
 #ifdef FASTLOSS_FLOAT32_TERMS
-    if constexpr (kFloat32Terms && std::is_same<Lanes, PlainLaneSums>::value) {
+    constexpr bool kPlainlySummed = std::is_same<Lanes, PlainLaneSums>::value;
+    if constexpr (kFloat32Terms && kPlainlySummed) {
       i = add_squared_errors_in_float32(p.input, p.target, i, end, lanes.sum);
+    }
+    if constexpr (kFloat32Gradient) {
+      if (takes_float32_lanes(p, kPlainlySummed)) {
+        const auto by_double_lanes = [&streams, &out_of_range](std::int64_t at, std::int64_t count, T* to) {
+          for (std::int64_t j = at; j < at + count; j += kWidth) {
+            const V x = load(streams.input + j), y = load(streams.target + j), one = lanes::splat<V>(1.0);
+            V loss, grad;
+            pass::element<typename MathOf<T>::type, Op, PassOutputs::Grad, false>(x, y, one, one, streams.grad_scale,
+                                                                                  loss, grad, out_of_range);
+            store(to + (j - at), grad);
+          }
+        };
+        V* sum = nullptr;
+        if constexpr (kPlainlySummed) sum = lanes.sum;
+        const double scale = Op::kGradFactor * p.grad_scale;
+        const auto blocks = [&](auto power_of_two_scale, auto stream) {
+          return squared_errors_and_gradient_in_float32<kSum && kPlainlySummed, decltype(power_of_two_scale)::value,
+                                                        decltype(stream)::value>(p.input, p.target, p.grad_out, scale,
+                                                                                 i, end, sum, by_double_lanes);
+        };
+        using Yes = std::true_type;
+        using No = std::false_type;
+        if (is_power_of_two(scale)) {
+          i = streams.stream_grad ? blocks(Yes{}, Yes{}) : blocks(Yes{}, No{});
+        } else {
+          i = streams.stream_grad ? blocks(No{}, Yes{}) : blocks(No{}, No{});
+        }
+      }
     }
 #endif
     while (i < end) {
@@ -837,7 +1162,8 @@ struct LossPassKernel {
         p.n, [this](std::int64_t index, std::int64_t begin, std::int64_t end) { return chunk(index, begin, end); });
     LossPassResult result{0.0, 0.0, out_of_range != 0, kPlainSumAllowed && p.plain_sum, false};
 #ifdef FASTLOSS_FLOAT32_TERMS
-    result.float32_terms = kFloat32Terms && p.plain_sum && p.n >= kFloat32TermBlock;
+    result.float32_terms = kSum && kPlainSumAllowed && p.plain_sum && p.n >= kFloat32TermBlock &&
+                           takes_float32_lanes(p, true);
 #endif
     if constexpr (kSum) {
       pairwise_sum(p.chunk_sums, num_chunks(p.n));
