@@ -479,6 +479,17 @@ def run_python_json(code, env, *args, timeout=300):
     return json.loads(run_python(code, env, *args, timeout=timeout).strip().splitlines()[-1])
 
 
+def run_python_json_in_build(code, isa, *args, timeout=300):
+    """``run_python_json`` in a fresh interpreter on the FASTLOSS_ISA=``isa`` build; skips the
+    test where this CPU cannot run that build (the baseline runs everywhere)."""
+    import pytest
+    out = run_python_json(code, python_env(FASTLOSS_ISA=isa), *args, timeout=timeout)
+    if out["isa"] != isa:
+        assert isa != "baseline", out["isa"]
+        pytest.skip(f"this CPU does not run the {isa} build (got {out['isa']})")
+    return out
+
+
 def import_cupy_or_skip():
     """Like pytest.importorskip("cupy"), but a CuPy that is installed and fails to import (a
     broken CUDA install raises ImportError, not ModuleNotFoundError) is a skip too."""
